@@ -1,0 +1,11 @@
+//! The topicfusion SQL dialect: a parser for the topic statements (`CREATE TOPIC`, `ALTER TOPIC`,
+//! `CONSUME`, `ACK`, ...) layered over DataFusion's parser, and their typed AST. No storage.
+
+pub mod ast;
+pub mod parser;
+
+pub use ast::*;
+pub use parser::{ParsedStatement, Statement, parse_sql};
+
+/// The sqlparser version DataFusion uses, re-exported so every crate agrees on it.
+pub use datafusion_sql::sqlparser;

@@ -1,0 +1,225 @@
+//! The router: the one place that turns a statement's row changes into topic messages.
+//!
+//! For each topic route of the changed table and operation it evaluates the route's filter
+//! (a DataFusion physical expression compiled once, run on an Arrow batch of the changed rows;
+//! NULL counts as false), picks the partition (xxHash64 of the primary-key bytes, or of the
+//! `PARTITION BY` value, modulo the partition count) and builds the key and payload JSON.
+//! The writer puts the messages in the same commit as the row changes.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::common::{DFSchema, Result, ScalarValue, exec_err, plan_err};
+use datafusion::execution::context::SessionContext;
+use datafusion::physical_expr::PhysicalExpr;
+use serde_json::{Map, Value as Json};
+use topicfusion_dialect::{PayloadMode, SourceOp};
+use topicfusion_storage::codec::encode_key_value;
+use topicfusion_storage::{ChangeOp, NewMessage, Value};
+
+use crate::catalog::{RouteMeta, Table, Topic};
+use crate::cdc::payload::{json_value, object};
+use crate::types::{rows_to_batch, scalar_value};
+
+/// One changed row of a statement.
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    pub op: ChangeOp,
+    /// The memcomparable primary key (or hidden row id) after the change (before for DELETE).
+    pub key: Vec<u8>,
+    pub before: Option<Vec<Value>>,
+    pub after: Option<Vec<Value>>,
+}
+
+impl RowChange {
+    /// The row a route's filter and partitioning see: after the change, before it for DELETE.
+    fn image(&self) -> &[Value] {
+        self.after.as_deref().or(self.before.as_deref()).unwrap_or(&[])
+    }
+}
+
+/// A route with its expressions compiled against the source table's schema.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    pub meta: RouteMeta,
+    pub op: ChangeOp,
+    pub payload: PayloadMode,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    partition_by: Option<Arc<dyn PhysicalExpr>>,
+}
+
+pub fn change_op(op: SourceOp) -> ChangeOp {
+    match op {
+        SourceOp::Insert => ChangeOp::Insert,
+        SourceOp::Update => ChangeOp::Update,
+        SourceOp::Delete => ChangeOp::Delete,
+    }
+}
+
+fn parse_payload(s: &str) -> Result<PayloadMode> {
+    Ok(match s {
+        "key" => PayloadMode::Key,
+        "full" => PayloadMode::Full,
+        "diff" => PayloadMode::Diff,
+        other => return exec_err!("unknown payload mode {other} in the catalog"),
+    })
+}
+
+fn parse_op(s: &str) -> Result<ChangeOp> {
+    Ok(match s {
+        "insert" => ChangeOp::Insert,
+        "update" => ChangeOp::Update,
+        "delete" => ChangeOp::Delete,
+        other => return exec_err!("unknown operation {other} in the catalog"),
+    })
+}
+
+/// Compiles a route's filter and partitioning expression with DataFusion's expression planner;
+/// fails if they do not type-check against the table (the filter must be boolean).
+pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Result<CompiledRoute> {
+    let df_schema = DFSchema::try_from(table.schema.as_ref().clone())?;
+    let compile = |text: &str| -> Result<Arc<dyn PhysicalExpr>> {
+        let expr = ctx.parse_sql_expr(text, &df_schema)?;
+        ctx.create_physical_expr(expr, &df_schema)
+    };
+    let filter = meta.filter.as_deref().map(compile).transpose()?;
+    if let Some(f) = &filter {
+        let dt = f.data_type(&table.schema)?;
+        if dt != datafusion::arrow::datatypes::DataType::Boolean {
+            return plan_err!("the WHERE of a topic source must be a boolean expression, found {dt}");
+        }
+    }
+    let partition_by = meta.partition_by.as_deref().map(compile).transpose()?;
+    Ok(CompiledRoute { op: parse_op(&meta.op)?, payload: parse_payload(&meta.payload)?, filter, partition_by, meta })
+}
+
+/// The messages for a statement's changes to `table`, over the routes of `topics`, in change
+/// order per topic.
+pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Result<Vec<NewMessage>> {
+    let mut out = Vec::new();
+    if changes.is_empty() {
+        return Ok(out);
+    }
+    let source_table = table.meta.qualified_name();
+    for topic in topics {
+        for route in topic.routes.iter().filter(|r| r.meta.table_id == table.meta.id) {
+            let selected: Vec<&RowChange> = changes.iter().filter(|c| c.op == route.op).collect();
+            if selected.is_empty() {
+                continue;
+            }
+            let batch = if route.filter.is_some() || route.partition_by.is_some() {
+                let rows: Vec<Vec<Value>> = selected.iter().map(|c| c.image().to_vec()).collect();
+                let all: Vec<usize> = (0..table.meta.columns.len()).collect();
+                Some(rows_to_batch(&table.schema, &table.meta.columns, &all, &rows)?)
+            } else {
+                None
+            };
+            let mask = match (&route.filter, &batch) {
+                (Some(f), Some(b)) => Some(evaluate_mask(f.as_ref(), b)?),
+                _ => None,
+            };
+            let partitions = partitions(route, &batch, &selected, topic.meta.partitions)?;
+            for (i, change) in selected.iter().enumerate() {
+                if let Some(mask) = &mask
+                    && !(mask.is_valid(i) && mask.value(i))
+                {
+                    continue;
+                }
+                let Some(payload) = payload(table, route.payload, change) else { continue };
+                out.push(NewMessage {
+                    topic_id: topic.meta.id,
+                    partition: partitions[i],
+                    op: change.op,
+                    source_table: source_table.clone(),
+                    key: Json::Object(key_object(table, change)).to_string(),
+                    payload: payload.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn evaluate_mask(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<BooleanArray> {
+    let array = filter.evaluate(batch)?.into_array(batch.num_rows())?;
+    match array.as_any().downcast_ref::<BooleanArray>() {
+        Some(b) => Ok(b.clone()),
+        None => exec_err!("a topic route filter returned {}, not booleans", array.data_type()),
+    }
+}
+
+fn partitions(route: &CompiledRoute, batch: &Option<RecordBatch>, selected: &[&RowChange], count: u32) -> Result<Vec<u32>> {
+    let hash = |bytes: &[u8]| (twox_hash::XxHash64::oneshot(0, bytes) % u64::from(count)) as u32;
+    match (&route.partition_by, batch) {
+        (Some(expr), Some(b)) => {
+            let values = expr.evaluate(b)?.into_array(b.num_rows())?;
+            (0..b.num_rows())
+                .map(|i| {
+                    let scalar = ScalarValue::try_from_array(&values, i)?;
+                    let mut bytes = Vec::new();
+                    if !scalar.is_null() {
+                        encode_key_value(&scalar_value(&scalar)?, &mut bytes)
+                            .map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))?;
+                    }
+                    Ok(hash(&bytes))
+                })
+                .collect()
+        }
+        _ => Ok(selected.iter().map(|c| hash(&c.key)).collect()),
+    }
+}
+
+/// `{"pk": value, ...}`, or `{"_rowid": n}` for a table without a primary key.
+fn key_object(table: &Table, change: &RowChange) -> Map<String, Json> {
+    let meta = &table.meta;
+    if meta.primary_key.is_empty() {
+        let rowid = decode_rowid(&change.key);
+        return Map::from_iter([("_rowid".to_owned(), Json::from(rowid))]);
+    }
+    object(&meta.columns, change.image(), meta.primary_key.iter().copied())
+}
+
+/// The key bytes of a hidden row id.
+pub fn encode_rowid(rowid: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8);
+    encode_key_value(&Value::Int64(rowid as i64), &mut out).expect("a number is a key");
+    out
+}
+
+fn decode_rowid(key: &[u8]) -> i64 {
+    let bytes: [u8; 8] = key.try_into().unwrap_or([0x80, 0, 0, 0, 0, 0, 0, 0]);
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// The payload of one change, or `None` when a `diff` UPDATE changed nothing.
+fn payload(table: &Table, mode: PayloadMode, change: &RowChange) -> Option<Json> {
+    let columns = &table.meta.columns;
+    let all = || 0..columns.len();
+    let key = || Json::Object(key_object(table, change));
+    Some(match (mode, change.op) {
+        (PayloadMode::Key, _) => key(),
+        (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => Json::Object(object(columns, change.image(), all())),
+        (PayloadMode::Diff, ChangeOp::Update) => {
+            let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
+            let changed: Map<String, Json> = all()
+                .filter(|&i| before[i] != after[i])
+                .map(|i| {
+                    let ty = columns[i].data_type;
+                    let pair = Map::from_iter([
+                        ("old".to_owned(), json_value(&before[i], ty)),
+                        ("new".to_owned(), json_value(&after[i], ty)),
+                    ]);
+                    (columns[i].name.clone(), Json::Object(pair))
+                })
+                .collect();
+            if changed.is_empty() {
+                return None;
+            }
+            Json::Object(Map::from_iter([("key".to_owned(), key()), ("changes".to_owned(), Json::Object(changed))]))
+        }
+        (PayloadMode::Diff, ChangeOp::Delete) => Json::Object(Map::from_iter([
+            ("key".to_owned(), key()),
+            ("old".to_owned(), Json::Object(object(columns, change.before.as_deref()?, all()))),
+        ])),
+    })
+}

@@ -1,0 +1,49 @@
+//! `Core`: the state every plan, operator and provider shares: the store, the catalog, the
+//! consumer groups, the DDL lock, and a session for compiling route expressions.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::{Result, plan_err};
+use datafusion::execution::context::SessionContext;
+use datafusion::common::TableReference;
+use datafusion::sql::planner::object_name_to_table_reference;
+use topicfusion_dialect::sqlparser::ast::ObjectName;
+use topicfusion_storage::Store;
+
+use crate::catalog::{Catalog, DEFAULT_SCHEMA};
+use crate::groups::Groups;
+
+pub struct Core {
+    pub store: Arc<Store>,
+    pub catalog: Catalog,
+    pub groups: Groups,
+    /// Taken for writing by DDL that changes routes or drops tables, for reading by every table
+    /// write: a statement sees the same routes from its first read to its commit.
+    pub ddl_lock: tokio::sync::RwLock<()>,
+    /// Compiles route filters and PARTITION BY expressions.
+    pub expr_ctx: SessionContext,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// `(schema, name)` of a table or topic name, with DataFusion's rules: unquoted identifiers
+/// are lowercased and unqualified names are in the default schema.
+pub fn resolve_name(name: &ObjectName) -> Result<(String, String)> {
+    reference_parts(object_name_to_table_reference(name.clone(), true)?)
+}
+
+pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
+    match r {
+        TableReference::Bare { table } => Ok((DEFAULT_SCHEMA.to_owned(), table.to_string())),
+        TableReference::Partial { schema, table } => Ok((schema.to_string(), table.to_string())),
+        TableReference::Full { catalog, schema, table } if catalog.as_ref() == "datafusion" => {
+            Ok((schema.to_string(), table.to_string()))
+        }
+        TableReference::Full { catalog, .. } => plan_err!("catalog {catalog} does not exist"),
+    }
+}

@@ -1,0 +1,148 @@
+//! `TopicCommandExec`: runs one topic statement in `execute` (never while planning, so EXPLAIN
+//! changes nothing) and streams its result: the messages for CONSUME, a status row otherwise.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_err, plan_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use topicfusion_dialect::{Consume, TopicStatement};
+use topicfusion_storage::Message;
+
+use crate::core::Core;
+use crate::groups::{ConsumeRequest, DEFAULT_CONSUME_LIMIT, check_partition};
+use crate::plan::topic_command::output_schema;
+use crate::topics::{self, find_topic};
+
+#[derive(Debug)]
+pub struct TopicCommandExec {
+    core: Arc<Core>,
+    statement: TopicStatement,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl TopicCommandExec {
+    pub fn new(core: Arc<Core>, statement: TopicStatement) -> Self {
+        let schema = output_schema(&statement);
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self { core, statement, schema, properties }
+    }
+}
+
+impl DisplayAs for TopicCommandExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TopicCommandExec: {}", self.statement)
+    }
+}
+
+impl ExecutionPlan for TopicCommandExec {
+    fn name(&self) -> &str {
+        "TopicCommandExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() { Ok(self) } else { internal_err!("TopicCommandExec has no children") }
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("TopicCommandExec has one partition, asked for {partition}");
+        }
+        let (core, statement, schema) = (Arc::clone(&self.core), self.statement.clone(), Arc::clone(&self.schema));
+        let out_schema = Arc::clone(&schema);
+        let fut = async move {
+            if let TopicStatement::Consume(c) = &statement {
+                let messages = consume(&core, c).await?;
+                return messages_batch(out_schema, &messages);
+            }
+            let status = run(&core, &statement).await?;
+            Ok(RecordBatch::try_new(out_schema, vec![Arc::new(StringArray::from(vec![status]))])?)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(fut))))
+    }
+}
+
+async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
+    match statement {
+        TopicStatement::CreateTopic(s) => topics::create_topic(core, s).await,
+        TopicStatement::DropTopic(s) => topics::drop_topic(core, s).await,
+        TopicStatement::ClearTopic(s) => topics::clear_topic(core, s).await,
+        TopicStatement::AlterTopic(s) => topics::alter_topic(core, s).await,
+        TopicStatement::Ack(s) => {
+            let topic = find_topic(&core.catalog.read(), &s.topic)?;
+            let partition = check_partition(&topic, s.partition)?;
+            let position = core.groups.ack(&core.store, &topic, &s.group, partition, s.upto)?;
+            Ok(format!("group '{}' acknowledged up to offset {}", s.group, position - 1))
+        }
+        TopicStatement::ResetConsumerGroup(s) => {
+            let topic = find_topic(&core.catalog.read(), &s.topic)?;
+            let partition = check_partition(&topic, s.partition)?;
+            core.groups.reset(&core.store, &topic, &s.group, partition, &s.to)?;
+            Ok(format!("reset group '{}' on topic {} to {}", s.group, topic.meta.qualified_name(), s.to))
+        }
+        TopicStatement::DropConsumerGroup(s) => {
+            let topic = find_topic(&core.catalog.read(), &s.topic)?;
+            core.groups.drop_group(&core.store, &topic, &s.group)?;
+            Ok(format!("dropped group '{}' on topic {}", s.group, topic.meta.qualified_name()))
+        }
+        TopicStatement::Consume(_) | TopicStatement::ShowTopics => {
+            plan_err!("{statement} is planned as a query")
+        }
+    }
+}
+
+async fn consume(core: &Core, c: &Consume) -> Result<Vec<Message>> {
+    let topic = find_topic(&core.catalog.read(), &c.topic)?;
+    let req = ConsumeRequest {
+        group: c.group.clone(),
+        partition: check_partition(&topic, c.partition)?,
+        start: c.start.clone(),
+        limit: c.limit.unwrap_or(DEFAULT_CONSUME_LIMIT),
+        timeout_ms: c.timeout_ms().unwrap_or(0),
+        visibility_timeout_ms: c.visibility_timeout_ms(),
+    };
+    core.groups.consume(&core.store, &topic, &req).await
+}
+
+/// The CONSUME result rows.
+pub fn messages_batch(schema: SchemaRef, messages: &[Message]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(messages.iter().map(|m| m.topic_id))),
+        Arc::new(UInt32Array::from_iter_values(messages.iter().map(|m| m.partition))),
+        Arc::new(UInt64Array::from_iter_values(messages.iter().map(|m| m.offset))),
+        Arc::new(Int64Array::from_iter_values(messages.iter().map(|m| m.timestamp_ms))),
+        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| m.op.as_str()))),
+        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| m.source_table.as_str()))),
+        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| m.key.as_str()))),
+        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| m.payload.as_str()))),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}

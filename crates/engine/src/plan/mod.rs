@@ -1,0 +1,4 @@
+//! Logical plan nodes, one per file.
+
+pub mod table_write;
+pub mod topic_command;

@@ -1,0 +1,289 @@
+//! The RocksDB key layout: the only place where key bytes are built or read.
+//!
+//! Everything lives in the default column family; the first byte names the keyspace.
+//! Integers are fixed-width big-endian, so byte order is numeric order.
+//!
+//! | prefix | keyspace  | key                                                          | value                                  |
+//! |--------|-----------|--------------------------------------------------------------|----------------------------------------|
+//! | `0x01` | catalog   | `01 kind:u8 name:utf8` (kind 1 schema, 2 table, 3 topic)      | JSON metadata                          |
+//! | `0x02` | row       | `02 table_id:u64 pk:memcomparable`                           | row codec ([`crate::codec`])           |
+//! | `0x03` | message   | `03 topic_id:u64 partition:u32 offset:u64`                   | message codec ([`crate::message`])     |
+//! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
+//! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64`          |
+//! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
+
+use std::fmt;
+
+use crate::error::{Result, StorageError};
+
+/// Catalog entries (schemas, tables, topics): JSON metadata.
+pub const CATALOG_PREFIX: u8 = 0x01;
+/// Table rows.
+pub const ROW_PREFIX: u8 = 0x02;
+/// Topic messages.
+pub const MESSAGE_PREFIX: u8 = 0x03;
+/// Per-partition log state (high watermark, log start, bytes).
+pub const PARTITION_PREFIX: u8 = 0x04;
+/// Consumer-group positions.
+pub const GROUP_PREFIX: u8 = 0x05;
+/// Monotonic counters (ids).
+pub const SEQUENCE_PREFIX: u8 = 0x06;
+
+/// Kinds of catalog entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CatalogKind {
+    Schema = 1,
+    Table = 2,
+    Topic = 3,
+}
+
+/// Kinds of sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SequenceKind {
+    TableId = 1,
+    TopicId = 2,
+    RowId = 3,
+}
+
+/// The first key after every key that starts with `prefix` (for range scans and deletes).
+///
+/// # Panics
+/// If `prefix` is empty or all `0xFF` (no such key exists in our layout).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    panic!("prefix_end of an empty or all-0xFF prefix")
+}
+
+pub fn catalog_prefix(kind: CatalogKind) -> Vec<u8> {
+    vec![CATALOG_PREFIX, kind as u8]
+}
+
+pub fn catalog_key(kind: CatalogKind, name: &str) -> Vec<u8> {
+    let mut k = catalog_prefix(kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn table_prefix(table_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(ROW_PREFIX);
+    k.extend_from_slice(&table_id.to_be_bytes());
+    k
+}
+
+/// The key of one row: the table prefix followed by the memcomparable primary key.
+pub fn row_key(table_id: u64, pk: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + pk.len());
+    k.push(ROW_PREFIX);
+    k.extend_from_slice(&table_id.to_be_bytes());
+    k.extend_from_slice(pk);
+    k
+}
+
+/// Strips the table prefix from a row key, returning the primary-key bytes.
+pub fn decode_row_key(key: &[u8]) -> Result<(u64, &[u8])> {
+    if key.len() < 9 || key[0] != ROW_PREFIX {
+        return Err(StorageError::BadKey { what: "row", key: Hex(key.to_vec()) });
+    }
+    Ok((u64_at(key, 1), &key[9..]))
+}
+
+pub fn topic_messages_prefix(topic_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(MESSAGE_PREFIX);
+    k.extend_from_slice(&topic_id.to_be_bytes());
+    k
+}
+
+pub fn partition_messages_prefix(topic_id: u64, partition: u32) -> Vec<u8> {
+    let mut k = topic_messages_prefix(topic_id);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> Vec<u8> {
+    let mut k = partition_messages_prefix(topic_id, partition);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Returns `(topic_id, partition, offset)`.
+pub fn decode_message_key(key: &[u8]) -> Result<(u64, u32, u64)> {
+    if key.len() != 21 || key[0] != MESSAGE_PREFIX {
+        return Err(StorageError::BadKey { what: "message", key: Hex(key.to_vec()) });
+    }
+    Ok((u64_at(key, 1), u32_at(key, 9), u64_at(key, 13)))
+}
+
+pub fn partition_state_prefix() -> Vec<u8> {
+    vec![PARTITION_PREFIX]
+}
+
+pub fn partition_state_key(topic_id: u64, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(PARTITION_PREFIX);
+    k.extend_from_slice(&topic_id.to_be_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Returns `(topic_id, partition)`.
+pub fn decode_partition_state_key(key: &[u8]) -> Result<(u64, u32)> {
+    if key.len() != 13 || key[0] != PARTITION_PREFIX {
+        return Err(StorageError::BadKey { what: "partition state", key: Hex(key.to_vec()) });
+    }
+    Ok((u64_at(key, 1), u32_at(key, 9)))
+}
+
+pub fn groups_prefix() -> Vec<u8> {
+    vec![GROUP_PREFIX]
+}
+
+pub fn topic_groups_prefix(topic_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(GROUP_PREFIX);
+    k.extend_from_slice(&topic_id.to_be_bytes());
+    k
+}
+
+/// All partitions of one group on one topic.
+///
+/// # Panics
+/// If the group name is longer than `u16::MAX` bytes (the engine rejects such names first).
+pub fn group_prefix(topic_id: u64, group: &str) -> Vec<u8> {
+    let len = u16::try_from(group.len()).expect("group name length checked by the engine");
+    let mut k = topic_groups_prefix(topic_id);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+pub fn group_key(topic_id: u64, group: &str, partition: u32) -> Vec<u8> {
+    let mut k = group_prefix(topic_id, group);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Returns `(topic_id, group, partition)`.
+pub fn decode_group_key(key: &[u8]) -> Result<(u64, String, u32)> {
+    let bad = || StorageError::BadKey { what: "group", key: Hex(key.to_vec()) };
+    if key.len() < 15 || key[0] != GROUP_PREFIX {
+        return Err(bad());
+    }
+    let len = u16::from_be_bytes([key[9], key[10]]) as usize;
+    if key.len() != 11 + len + 4 {
+        return Err(bad());
+    }
+    let group = std::str::from_utf8(&key[11..11 + len]).map_err(|_| bad())?;
+    Ok((u64_at(key, 1), group.to_owned(), u32_at(key, 11 + len)))
+}
+
+pub fn sequence_key(kind: SequenceKind, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(SEQUENCE_PREFIX);
+    k.push(kind as u8);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("length checked by caller"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("length checked by caller"))
+}
+
+/// Prints bytes as hex in errors and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hex(pub Vec<u8>);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_key_round_trips() {
+        for (t, p, o) in [(0, 0, 0), (1, 1, 1), (u64::MAX, u32::MAX, u64::MAX)] {
+            assert_eq!(decode_message_key(&message_key(t, p, o)).unwrap(), (t, p, o));
+        }
+    }
+
+    #[test]
+    fn message_keys_order_by_partition_then_offset() {
+        let cases = [
+            ((1, 0, 9), (1, 0, 10)),
+            ((1, 0, 255), (1, 0, 256)),
+            ((1, 0, u64::MAX), (1, 1, 0)),
+            ((1, 3, 5), (2, 0, 0)),
+        ];
+        for (a, b) in cases {
+            assert!(message_key(a.0, a.1, a.2) < message_key(b.0, b.1, b.2), "{a:?} < {b:?}");
+        }
+    }
+
+    #[test]
+    fn group_key_round_trips_and_rejects_malformed() {
+        let k = group_key(7, "billing", 3);
+        assert_eq!(decode_group_key(&k).unwrap(), (7, "billing".to_owned(), 3));
+        assert_eq!(decode_group_key(&group_key(0, "", 0)).unwrap(), (0, String::new(), 0));
+        assert!(decode_group_key(&k[..k.len() - 1]).is_err());
+        let mut wrong = k.clone();
+        wrong[0] = ROW_PREFIX;
+        assert!(decode_group_key(&wrong).is_err());
+    }
+
+    #[test]
+    fn partition_state_key_round_trips() {
+        let k = partition_state_key(u64::MAX, 7);
+        assert_eq!(decode_partition_state_key(&k).unwrap(), (u64::MAX, 7));
+        assert!(decode_partition_state_key(&k[..12]).is_err());
+    }
+
+    #[test]
+    fn malformed_keys_are_errors() {
+        assert!(decode_message_key(&[]).is_err());
+        assert!(decode_message_key(&message_key(1, 2, 3)[..20]).is_err());
+        assert!(decode_row_key(&[ROW_PREFIX, 0, 0]).is_err());
+        let key = row_key(5, b"abc");
+        let (t, pk) = decode_row_key(&key).unwrap();
+        assert_eq!((t, pk), (5, &b"abc"[..]));
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), vec![1, 3]);
+        assert_eq!(prefix_end(&[1, 0xFF]), vec![2]);
+        let p = table_prefix(9);
+        assert!(row_key(9, &[0xFF; 8]) < prefix_end(&p));
+        assert!(row_key(10, &[]) >= prefix_end(&p));
+    }
+
+    #[test]
+    fn hex_prints_bytes() {
+        assert_eq!(Hex(vec![0, 0xAB, 0x10]).to_string(), "00ab10");
+    }
+}

@@ -1,0 +1,423 @@
+//! The RocksDB store and its single commit path.
+//!
+//! [`Store::commit`] is the only place that writes to RocksDB. Under one lock it assigns each
+//! new message the next offset of its partition, stamps the commit time, persists the partitions'
+//! high watermarks in the same write batch as the caller's row changes, writes the batch, and then
+//! wakes the readers waiting on the touched partitions. Offsets are therefore gap-free, assigned
+//! in commit order, never reused (the watermark is stored, not derived from the messages), and a
+//! reader can never see offset n+1 before offset n.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{Result, StorageError};
+use crate::keys;
+use crate::message::{Message, NewMessage, decode_message, decode_message_timestamp, encode_message_value};
+
+/// How far a commit is flushed before [`Store::commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written to the WAL in the OS page cache: survives a process crash (`kill -9`), not a
+    /// power loss. The default.
+    #[default]
+    Process,
+    /// The WAL is fsynced on every commit: also survives power loss.
+    Sync,
+}
+
+/// The log state of one topic partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionState {
+    /// The offset the next message will get (the high watermark).
+    pub next_offset: u64,
+    /// The first offset still stored (moves up on CLEAR TOPIC and retention).
+    pub log_start: u64,
+    /// Bytes of the stored messages (keys and values).
+    pub bytes: u64,
+}
+
+impl PartitionState {
+    fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.next_offset.to_be_bytes());
+        out[8..16].copy_from_slice(&self.log_start.to_be_bytes());
+        out[16..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 24 {
+            return Err(StorageError::Corrupt { what: "partition state: wrong length" });
+        }
+        let at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("len checked"));
+        Ok(Self { next_offset: at(0), log_start: at(8), bytes: at(16) })
+    }
+
+    /// Messages currently stored.
+    pub fn message_count(&self) -> u64 {
+        self.next_offset - self.log_start
+    }
+}
+
+/// A change to the set of partitions or to a partition's log, applied under the commit lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionOp {
+    /// A new, empty partition starting at offset 0.
+    Create { topic_id: u64, partition: u32 },
+    /// Delete every message; the high watermark stays, so offsets are never reused.
+    Clear { topic_id: u64, partition: u32 },
+    /// Delete the partition, its messages and its watermark (DROP TOPIC).
+    Drop { topic_id: u64, partition: u32 },
+}
+
+/// One atomic commit: the caller's puts and deletes plus the messages to append.
+#[derive(Default)]
+pub struct Commit {
+    pub batch: WriteBatch,
+    pub messages: Vec<NewMessage>,
+    pub partition_ops: Vec<PartitionOp>,
+}
+
+/// What a commit assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub timestamp_ms: i64,
+    /// The offset of each message, in the order of [`Commit::messages`].
+    pub offsets: Vec<u64>,
+}
+
+struct LogState {
+    partitions: HashMap<(u64, u32), PartitionState>,
+    last_timestamp_ms: i64,
+    signals: HashMap<(u64, u32), watch::Sender<u64>>,
+}
+
+/// The RocksDB store. `Send + Sync`; share it with an `Arc`.
+pub struct Store {
+    db: Arc<DB>,
+    durability: Durability,
+    log: Mutex<LogState>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).field("durability", &self.durability).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path` and loads the partition watermarks.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_max_background_jobs(2);
+        let db = Arc::new(DB::open(&opts, path)?);
+        let mut partitions = HashMap::new();
+        let mut last_timestamp_ms = 0;
+        let prefix = keys::partition_state_prefix();
+        for item in db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id = keys::decode_partition_state_key(&k)?;
+            let state = PartitionState::decode(&v)?;
+            if state.next_offset > state.log_start {
+                let last = keys::message_key(id.0, id.1, state.next_offset - 1);
+                if let Some(v) = db.get_pinned(&last)? {
+                    last_timestamp_ms = last_timestamp_ms.max(decode_message_timestamp(&v)?);
+                }
+            }
+            partitions.insert(id, state);
+        }
+        let log = LogState { partitions, last_timestamp_ms, signals: HashMap::new() };
+        Ok(Self { db, durability, log: Mutex::new(log) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock cannot leave it half-updated: state changes are applied
+        // only after the write succeeded, so a poisoned lock is still consistent.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The one commit path: see the module doc.
+    pub fn commit(&self, commit: Commit) -> Result<Committed> {
+        let Commit { mut batch, messages, partition_ops } = commit;
+        let mut log = self.lock();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let timestamp_ms = now.max(log.last_timestamp_ms);
+        // Partition states this commit changes; `None` means dropped.
+        let mut touched: HashMap<(u64, u32), Option<PartitionState>> = HashMap::new();
+        for op in partition_ops {
+            match op {
+                PartitionOp::Create { topic_id, partition } => {
+                    let id = (topic_id, partition);
+                    let exists = match touched.get(&id) {
+                        Some(s) => s.is_some(),
+                        None => log.partitions.contains_key(&id),
+                    };
+                    if exists {
+                        return Err(StorageError::PartitionExists { topic_id, partition });
+                    }
+                    touched.insert(id, Some(PartitionState::default()));
+                }
+                PartitionOp::Clear { topic_id, partition } => {
+                    let state = current(&log, &mut touched, topic_id, partition)?;
+                    state.log_start = state.next_offset;
+                    state.bytes = 0;
+                    let prefix = keys::partition_messages_prefix(topic_id, partition);
+                    batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+                }
+                PartitionOp::Drop { topic_id, partition } => {
+                    current(&log, &mut touched, topic_id, partition)?;
+                    let prefix = keys::partition_messages_prefix(topic_id, partition);
+                    batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+                    batch.delete(keys::partition_state_key(topic_id, partition));
+                    touched.insert((topic_id, partition), None);
+                }
+            }
+        }
+        let mut offsets = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let state = current(&log, &mut touched, m.topic_id, m.partition)?;
+            let offset = state.next_offset;
+            let key = keys::message_key(m.topic_id, m.partition, offset);
+            let value = encode_message_value(m, timestamp_ms);
+            state.next_offset += 1;
+            state.bytes += (key.len() + value.len()) as u64;
+            batch.put(key, value);
+            offsets.push(offset);
+        }
+        for (&(topic_id, partition), state) in &touched {
+            if let Some(state) = state {
+                batch.put(keys::partition_state_key(topic_id, partition), state.encode());
+            }
+        }
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(self.durability == Durability::Sync);
+        self.db.write_opt(batch, &write_opts)?;
+
+        log.last_timestamp_ms = timestamp_ms;
+        for (id, state) in touched {
+            match state {
+                Some(state) => {
+                    log.partitions.insert(id, state);
+                    if let Some(signal) = log.signals.get(&id) {
+                        signal.send_replace(state.next_offset);
+                    }
+                }
+                None => {
+                    log.partitions.remove(&id);
+                    // Dropping the sender wakes every waiter; they find the partition gone.
+                    log.signals.remove(&id);
+                }
+            }
+        }
+        Ok(Committed { timestamp_ms, offsets })
+    }
+
+    /// The state of one partition, or `None` if it does not exist.
+    pub fn partition_state(&self, topic_id: u64, partition: u32) -> Option<PartitionState> {
+        self.lock().partitions.get(&(topic_id, partition)).copied()
+    }
+
+    /// A receiver that changes after every commit that appends to the partition (its value is
+    /// the new high watermark), and closes when the partition is dropped.
+    pub fn subscribe(&self, topic_id: u64, partition: u32) -> Option<watch::Receiver<u64>> {
+        let mut log = self.lock();
+        let next = log.partitions.get(&(topic_id, partition))?.next_offset;
+        let sender = log.signals.entry((topic_id, partition)).or_insert_with(|| watch::channel(next).0);
+        Some(sender.subscribe())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key)?)
+    }
+
+    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db.multi_get(keys).into_iter().map(|r| r.map_err(StorageError::from)).collect()
+    }
+
+    /// Every key-value pair in `[start, end)`, at most `limit`, read synchronously (for small
+    /// ranges: catalog entries, group positions).
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.raw_iterator_opt(read_opts);
+        it.seek(start);
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let (k, v) = it.item().expect("valid iterator has an item");
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Streams `[start, end)` from one consistent snapshot, in chunks of `chunk` pairs, from a
+    /// blocking task. Dropping the receiver stops the scan.
+    ///
+    /// # Panics
+    /// If called outside a tokio runtime.
+    pub fn scan_chunks(&self, start: Vec<u8>, end: Vec<u8>, chunk: usize) -> mpsc::Receiver<Result<Vec<(Vec<u8>, Vec<u8>)>>> {
+        let (tx, rx) = mpsc::channel(2);
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let snapshot = db.snapshot();
+            let mut read_opts = ReadOptions::default();
+            read_opts.set_iterate_upper_bound(end);
+            let mut it = snapshot.raw_iterator_opt(read_opts);
+            it.seek(&start);
+            loop {
+                let mut rows = Vec::with_capacity(chunk);
+                while it.valid() && rows.len() < chunk {
+                    let (k, v) = it.item().expect("valid iterator has an item");
+                    rows.push((k.to_vec(), v.to_vec()));
+                    it.next();
+                }
+                if let Err(e) = it.status() {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    return;
+                }
+                let done = rows.len() < chunk;
+                if !rows.is_empty() && tx.blocking_send(Ok(rows)).is_err() {
+                    return;
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Up to `limit` messages of one partition with offsets in `[from, until)` (offsets below the
+    /// log start are skipped), never beyond the committed high watermark.
+    pub fn read_messages(&self, topic_id: u64, partition: u32, from: u64, until: u64, limit: usize) -> Result<Vec<Message>> {
+        let Some(state) = self.partition_state(topic_id, partition) else {
+            return Err(StorageError::UnknownPartition { topic_id, partition });
+        };
+        let from = from.max(state.log_start);
+        let until = until.min(state.next_offset);
+        if from >= until || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = keys::message_key(topic_id, partition, from);
+        let end = keys::message_key(topic_id, partition, until);
+        let mut out = Vec::with_capacity(limit.min((until - from) as usize));
+        for (k, v) in self.scan(&start, &end, limit)? {
+            let (_, _, offset) = keys::decode_message_key(&k)?;
+            out.push(decode_message(topic_id, partition, offset, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose commit time is at or after `timestamp_ms` (the high watermark if
+    /// none is). Commit times never decrease within a partition, so this is a binary search.
+    pub fn offset_for_timestamp(&self, topic_id: u64, partition: u32, timestamp_ms: i64) -> Result<u64> {
+        let Some(state) = self.partition_state(topic_id, partition) else {
+            return Err(StorageError::UnknownPartition { topic_id, partition });
+        };
+        let (mut lo, mut hi) = (state.log_start, state.next_offset);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = match self.db.get_pinned(keys::message_key(topic_id, partition, mid))? {
+                Some(v) => decode_message_timestamp(&v)?,
+                // Deleted by a concurrent clear: treat as older than anything.
+                None => i64::MIN,
+            };
+            if ts < timestamp_ms { lo = mid + 1 } else { hi = mid }
+        }
+        Ok(lo)
+    }
+}
+
+fn current<'a>(
+    log: &LogState,
+    touched: &'a mut HashMap<(u64, u32), Option<PartitionState>>,
+    topic_id: u64,
+    partition: u32,
+) -> Result<&'a mut PartitionState> {
+    touched
+        .entry((topic_id, partition))
+        .or_insert_with(|| log.partitions.get(&(topic_id, partition)).copied())
+        .as_mut()
+        .ok_or(StorageError::UnknownPartition { topic_id, partition })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ChangeOp;
+
+    fn msg(topic_id: u64, partition: u32, payload: &str) -> NewMessage {
+        NewMessage {
+            topic_id,
+            partition,
+            op: ChangeOp::Insert,
+            source_table: "s.t".into(),
+            key: "{}".into(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn offsets_are_gap_free_and_survive_clear_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Durability::Process).unwrap();
+            let mut c = Commit::default();
+            c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition: 0 });
+            store.commit(c).unwrap();
+            let c = Commit { messages: vec![msg(1, 0, "a"), msg(1, 0, "b")], ..Default::default() };
+            assert_eq!(store.commit(c).unwrap().offsets, vec![0, 1]);
+            let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
+            assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+            let c = Commit { partition_ops: vec![PartitionOp::Clear { topic_id: 1, partition: 0 }], ..Default::default() };
+            store.commit(c).unwrap();
+            assert!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().is_empty());
+        }
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let state = store.partition_state(1, 0).unwrap();
+        assert_eq!((state.next_offset, state.log_start, state.bytes), (2, 2, 0));
+        let c = Commit { messages: vec![msg(1, 0, "c")], ..Default::default() };
+        assert_eq!(store.commit(c).unwrap().offsets, vec![2]);
+        assert_eq!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap()[0].offset, 2);
+    }
+
+    #[test]
+    fn a_message_for_an_unknown_partition_fails_the_whole_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let mut c = Commit::default();
+        c.batch.put(b"\x02row", b"v");
+        c.messages.push(msg(9, 0, "x"));
+        assert!(matches!(store.commit(c), Err(StorageError::UnknownPartition { .. })));
+        assert_eq!(store.get(b"\x02row").unwrap(), None);
+    }
+
+    #[test]
+    fn offset_for_timestamp_finds_the_first_at_or_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        let mut times = Vec::new();
+        for i in 0..5 {
+            let c = Commit { messages: vec![msg(1, 0, &i.to_string())], ..Default::default() };
+            times.push(store.commit(c).unwrap().timestamp_ms);
+        }
+        assert_eq!(store.offset_for_timestamp(1, 0, i64::MIN).unwrap(), 0);
+        assert_eq!(store.offset_for_timestamp(1, 0, times[4] + 1).unwrap(), 5);
+        let t = times[2];
+        let first = times.iter().position(|&x| x >= t).unwrap() as u64;
+        assert_eq!(store.offset_for_timestamp(1, 0, t).unwrap(), first);
+    }
+}

@@ -1,0 +1,103 @@
+//! The sqllogictest database adapter: runs each record's SQL through [`Database::execute`] and
+//! renders the last statement's result as text. The pseudo-statement `restart` closes the
+//! database and reopens the same data dir, so `.slt` files can check durability.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use tokio::sync::Mutex;
+use topicfusion_engine::{Database, DatabaseOptions};
+
+/// One data dir, shared by every connection of a test file.
+pub struct SharedDatabase {
+    dir: PathBuf,
+    db: Mutex<Option<Database>>,
+}
+
+impl SharedDatabase {
+    pub fn open(dir: PathBuf) -> Result<Arc<Self>, Error> {
+        let db = Database::open(&dir, options())?;
+        Ok(Arc::new(Self { dir, db: Mutex::new(Some(db)) }))
+    }
+}
+
+fn options() -> DatabaseOptions {
+    DatabaseOptions::default()
+}
+
+/// A connection of the sqllogictest runner.
+pub struct Connection(pub Arc<SharedDatabase>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(String);
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error(e.to_string())
+    }
+}
+
+#[async_trait]
+impl AsyncDB for Connection {
+    type Error = Error;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
+        let mut guard = self.0.db.lock().await;
+        if sql.trim().eq_ignore_ascii_case("restart") {
+            // Close first: RocksDB allows one process-wide handle per data dir.
+            guard.take();
+            *guard = Some(Database::open(&self.0.dir, options())?);
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let db = guard.as_ref().ok_or_else(|| Error("database is closed".into()))?;
+        let results = db.execute(sql).await.map_err(|e| Error(e.source.to_string()))?;
+        let Some(last) = results.last() else { return Ok(DBOutput::StatementComplete(0)) };
+        let types = last.schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+        let options = FormatOptions::default().with_null("NULL");
+        let mut rows = Vec::new();
+        for batch in &last.batches {
+            let formatters = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error(e.to_string()))?;
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    formatters
+                        .iter()
+                        .zip(batch.columns())
+                        .map(|(f, c)| {
+                            let s = f.value(row).to_string();
+                            if s.is_empty() && !c.is_null(row) { "(empty)".to_owned() } else { s }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "topicfusion"
+    }
+}
+
+fn column_type(dt: &DataType) -> DefaultColumnType {
+    if dt.is_integer() {
+        DefaultColumnType::Integer
+    } else if dt.is_floating() || matches!(dt, DataType::Decimal128(..)) {
+        DefaultColumnType::FloatingPoint
+    } else {
+        DefaultColumnType::Text
+    }
+}
