@@ -26,8 +26,9 @@ impl SharedDatabase {
     }
 }
 
+/// Fixed parallelism, so EXPLAIN output does not depend on the machine.
 fn options() -> DatabaseOptions {
-    DatabaseOptions::default()
+    DatabaseOptions { target_partitions: Some(2), ..DatabaseOptions::default() }
 }
 
 /// A connection of the sqllogictest runner.

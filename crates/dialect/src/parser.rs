@@ -74,7 +74,11 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
 }
 
 /// Text between two token locations (1-based lines and columns, columns counted in chars).
-fn slice(sql: &str, from: datafusion_sql::sqlparser::tokenizer::Location, to: datafusion_sql::sqlparser::tokenizer::Location) -> &str {
+fn slice(
+    sql: &str,
+    from: datafusion_sql::sqlparser::tokenizer::Location,
+    to: datafusion_sql::sqlparser::tokenizer::Location,
+) -> &str {
     let offset = |loc: datafusion_sql::sqlparser::tokenizer::Location| -> usize {
         if loc.line == 0 {
             return sql.len();
@@ -213,9 +217,7 @@ pub(crate) fn parse_row_expr(p: &mut Parser<'_>, clause: &str) -> Result<Expr, P
         _ => ControlFlow::Continue(()),
     });
     if has_subquery.is_break() {
-        return Err(ParserError::ParserError(format!(
-            "{clause} of a topic source cannot contain a subquery: {expr}"
-        )));
+        return Err(ParserError::ParserError(format!("{clause} of a topic source cannot contain a subquery: {expr}")));
     }
     Ok(expr)
 }

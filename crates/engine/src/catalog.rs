@@ -129,8 +129,7 @@ impl CatalogState {
     /// The topic with this name, or whose alias is this name (aliases live in the default schema's
     /// namespace: they are unique across topic names and aliases).
     pub fn topic_by_name_or_alias(&self, schema: &str, name: &str) -> Option<&Arc<Topic>> {
-        self.topic(schema, name)
-            .or_else(|| self.topics.values().find(|t| t.meta.alias.as_deref() == Some(name)))
+        self.topic(schema, name).or_else(|| self.topics.values().find(|t| t.meta.alias.as_deref() == Some(name)))
     }
 
     pub fn topic_by_id(&self, id: u64) -> Option<&Arc<Topic>> {
@@ -152,7 +151,10 @@ pub struct Catalog {
 
 impl Catalog {
     /// Loads every entry from the store; creates the default schema on a new data dir.
-    pub fn load(store: &Store, compile: impl Fn(&TopicMeta, &CatalogState) -> Result<Vec<CompiledRoute>>) -> Result<Self> {
+    pub fn load(
+        store: &Store,
+        compile: impl Fn(&TopicMeta, &CatalogState) -> Result<Vec<CompiledRoute>>,
+    ) -> Result<Self> {
         let mut state = CatalogState::default();
         for (_, v) in scan_kind(store, CatalogKind::Schema)? {
             let s: SchemaMeta = from_json(&v)?;
@@ -191,7 +193,12 @@ impl Catalog {
 }
 
 pub fn new_table(meta: TableMeta, next_rowid: u64) -> Table {
-    Table { schema: arrow_schema(&meta.columns), meta, write_lock: tokio::sync::Mutex::new(()), next_rowid: AtomicU64::new(next_rowid) }
+    Table {
+        schema: arrow_schema(&meta.columns),
+        meta,
+        write_lock: tokio::sync::Mutex::new(()),
+        next_rowid: AtomicU64::new(next_rowid),
+    }
 }
 
 fn scan_kind(store: &Store, kind: CatalogKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

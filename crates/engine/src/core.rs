@@ -4,9 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::TableReference;
 use datafusion::common::{Result, plan_err};
 use datafusion::execution::context::SessionContext;
-use datafusion::common::TableReference;
 use datafusion::sql::planner::object_name_to_table_reference;
 use topicfusion_dialect::sqlparser::ast::ObjectName;
 use topicfusion_storage::Store;

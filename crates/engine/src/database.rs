@@ -32,11 +32,13 @@ pub struct DatabaseOptions {
     pub durability: Durability,
     /// The default claim length of a group CONSUME.
     pub visibility_timeout_ms: u64,
+    /// DataFusion's parallelism (default: the number of cores).
+    pub target_partitions: Option<usize>,
 }
 
 impl Default for DatabaseOptions {
     fn default() -> Self {
-        Self { durability: Durability::Process, visibility_timeout_ms: 60_000 }
+        Self { durability: Durability::Process, visibility_timeout_ms: 60_000, target_partitions: None }
     }
 }
 
@@ -92,6 +94,11 @@ impl Database {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema("datafusion", DEFAULT_SCHEMA);
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // Numeric literals with a fraction are exact decimals, as in PostgreSQL.
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        if let Some(n) = options.target_partitions {
+            config = config.with_target_partitions(n);
+        }
         let mut analyzer_rules = Analyzer::new().rules;
         analyzer_rules.push(Arc::new(TableWriteRule));
         let state = SessionStateBuilder::new()

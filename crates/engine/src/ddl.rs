@@ -6,8 +6,8 @@ use datafusion::logical_expr::{CreateCatalogSchema, CreateMemoryTable, DropCatal
 use topicfusion_storage::Commit;
 
 use crate::catalog::{
-    CatalogState, DEFAULT_SCHEMA, SYSTEM_SCHEMA, TableMeta, delete_schema, delete_table, now_ms, put_new_table, put_schema,
-    require_schema, storage_err,
+    CatalogState, DEFAULT_SCHEMA, SYSTEM_SCHEMA, TableMeta, delete_schema, delete_table, now_ms, put_new_table,
+    put_schema, require_schema, storage_err,
 };
 use crate::core::{Core, reference_parts};
 use crate::types::{ColumnMeta, ColumnType};
@@ -52,17 +52,19 @@ pub async fn drop_schema(core: &Core, d: &DropCatalogSchema) -> Result<String> {
     }
     let tables: Vec<_> = st.tables.values().filter(|t| t.meta.schema == name).cloned().collect();
     let topics: Vec<_> = st.topics.values().filter(|t| t.meta.schema == name).cloned().collect();
-    if !d.cascade && !(tables.is_empty() && topics.is_empty()) {
-        return plan_err!("schema {name} is not empty: drop its tables and topics first, or use DROP SCHEMA {name} CASCADE");
+    if !d.cascade && (!tables.is_empty() || !topics.is_empty()) {
+        return plan_err!(
+            "schema {name} is not empty: drop its tables and topics first, or use DROP SCHEMA {name} CASCADE"
+        );
     }
     let mut next = st.clone();
     let mut commit = Commit::default();
     for topic in &topics {
         crate::catalog::delete_topic(&mut commit, &mut next, &topic.meta);
-        commit.partition_ops.extend((0..topic.meta.partitions).map(|p| topicfusion_storage::PartitionOp::Drop {
-            topic_id: topic.meta.id,
-            partition: p,
-        }));
+        commit.partition_ops.extend(
+            (0..topic.meta.partitions)
+                .map(|p| topicfusion_storage::PartitionOp::Drop { topic_id: topic.meta.id, partition: p }),
+        );
     }
     for table in &tables {
         check_not_a_source(&next, &table.meta)?;
@@ -77,7 +79,7 @@ pub async fn drop_schema(core: &Core, d: &DropCatalogSchema) -> Result<String> {
 }
 
 fn check_not_a_source(st: &CatalogState, table: &TableMeta) -> Result<()> {
-    for topic in st.topics_fed_by(table.id) {
+    if let Some(topic) = st.topics_fed_by(table.id).first() {
         let route = topic.meta.routes.iter().find(|r| r.table_id == table.id).expect("fed by");
         return plan_err!(
             "table {} is a source of topic {}: drop the route first (ALTER TOPIC {} DROP SOURCE {} ON {})",
@@ -121,8 +123,14 @@ pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> 
         }
         columns.push(ColumnMeta {
             name: field.name().clone(),
-            data_type: ColumnType::from_arrow(field.data_type())
-                .map_err(|e| e.context(format!("column {}", field.name())))?,
+            data_type: match ColumnType::from_arrow(field.data_type()) {
+                Ok(t) => t,
+                Err(_) => return plan_err!(
+                    "column {} has unsupported type {}: use SMALLINT, INT, BIGINT, REAL, DOUBLE, DECIMAL(p,s), BOOLEAN, TEXT, VARCHAR, DATE, TIMESTAMP or BYTEA",
+                    field.name(),
+                    field.data_type()
+                ),
+            },
             nullable: field.is_nullable() && !primary_key.contains(&i),
         });
     }
@@ -138,7 +146,8 @@ pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> 
         }
         return plan_err!("table {schema}.{name} already exists");
     }
-    let meta = TableMeta { id: 0, schema: schema.clone(), name: name.clone(), columns, primary_key, created_at_ms: now_ms() };
+    let meta =
+        TableMeta { id: 0, schema: schema.clone(), name: name.clone(), columns, primary_key, created_at_ms: now_ms() };
     let mut next = st.clone();
     let mut commit = Commit::default();
     put_new_table(&mut commit, &mut next, meta)?;

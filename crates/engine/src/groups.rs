@@ -109,7 +109,9 @@ fn resolve_start(store: &Store, topic_id: u64, partition: u32, start: &StartPosi
         StartPosition::Earliest => state.log_start,
         StartPosition::Latest => state.next_offset,
         StartPosition::Offset(n) => *n,
-        StartPosition::Timestamp(t) => store.offset_for_timestamp(topic_id, partition, parse_timestamp(t)?).map_err(storage_err)?,
+        StartPosition::Timestamp(t) => {
+            store.offset_for_timestamp(topic_id, partition, parse_timestamp(t)?).map_err(storage_err)?
+        }
     })
 }
 
@@ -146,7 +148,9 @@ impl Groups {
         }
         let visibility = req.visibility_timeout_ms.unwrap_or(self.default_visibility_timeout_ms);
         if visibility == 0 || visibility > MAX_VISIBILITY_TIMEOUT_MS {
-            return plan_err!("visibility_timeout_ms must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}, got {visibility}");
+            return plan_err!(
+                "visibility_timeout_ms must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}, got {visibility}"
+            );
         }
         let partitions: Vec<u32> = match req.partition {
             Some(p) => vec![p],
@@ -184,7 +188,9 @@ impl Groups {
                 let in_ms = (expiry - now_ms()).max(0) as u64;
                 wake = wake.min(now + Duration::from_millis(in_ms));
             }
-            let changed = futures::future::select_all(signals.into_iter().map(|mut rx| Box::pin(async move { rx.changed().await })));
+            let changed = futures::future::select_all(
+                signals.into_iter().map(|mut rx| Box::pin(async move { rx.changed().await })),
+            );
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(wake) => {}
@@ -234,7 +240,9 @@ impl Groups {
                     next_expiry = Some(next_expiry.map_or(deadline, |e| e.min(deadline)));
                 }
                 if offset > from {
-                    got.extend(store.read_messages(topic_id, p, from, offset, remaining - got.len()).map_err(storage_err)?);
+                    got.extend(
+                        store.read_messages(topic_id, p, from, offset, remaining - got.len()).map_err(storage_err)?,
+                    );
                 }
                 from = offset.saturating_add(1);
             }
@@ -251,7 +259,13 @@ impl Groups {
     /// The stored positions of a group on a topic; creates the group (positions resolved from
     /// `start` and committed) if it has none. Partitions added after the group was created start
     /// at their log start. The caller holds the claims lock.
-    fn ensure_group(&self, store: &Store, topic: &Topic, group: &str, start: &StartPosition) -> Result<HashMap<u32, u64>> {
+    fn ensure_group(
+        &self,
+        store: &Store,
+        topic: &Topic,
+        group: &str,
+        start: &StartPosition,
+    ) -> Result<HashMap<u32, u64>> {
         let stored = read_positions(store, topic.meta.id, group)?;
         if !stored.is_empty() {
             return Ok(stored.into_iter().map(|(p, (pos, _))| (p, pos)).collect());
@@ -290,7 +304,11 @@ impl Groups {
             return plan_err!(
                 "cannot ACK offset {upto}: partition {partition} of topic {} has {}",
                 topic.meta.qualified_name(),
-                if state.next_offset == 0 { "no messages yet".to_owned() } else { format!("offsets up to {} only", state.next_offset - 1) }
+                if state.next_offset == 0 {
+                    "no messages yet".to_owned()
+                } else {
+                    format!("offsets up to {} only", state.next_offset - 1)
+                }
             );
         }
         // A group an ACK creates starts at EARLIEST elsewhere: nothing is skipped unacknowledged.
@@ -309,7 +327,14 @@ impl Groups {
     }
 
     /// RESET CONSUMER GROUP: sets the positions of one or all partitions; drops their claims.
-    pub fn reset(&self, store: &Store, topic: &Topic, group: &str, partition: Option<u32>, to: &StartPosition) -> Result<()> {
+    pub fn reset(
+        &self,
+        store: &Store,
+        topic: &Topic,
+        group: &str,
+        partition: Option<u32>,
+        to: &StartPosition,
+    ) -> Result<()> {
         let mut claims = self.lock();
         let partitions: Vec<u32> = match partition {
             Some(p) => vec![p],
@@ -384,7 +409,9 @@ impl Groups {
                 })
             })
             .collect();
-        rows.sort_by(|a, b| (a.topic_id, &a.group, a.partition, a.offset).cmp(&(b.topic_id, &b.group, b.partition, b.offset)));
+        rows.sort_by(|a, b| {
+            (a.topic_id, &a.group, a.partition, a.offset).cmp(&(b.topic_id, &b.group, b.partition, b.offset))
+        });
         rows
     }
 }

@@ -31,7 +31,11 @@ impl TopicQueryPlanner {
 
 #[async_trait]
 impl QueryPlanner for TopicQueryPlanner {
-    async fn create_physical_plan(&self, logical_plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(TopicExtensionPlanner {
             core: Arc::clone(&self.core),
         })]);
@@ -63,7 +67,8 @@ impl ExtensionPlanner for TopicExtensionPlanner {
                 return plan_err!("table {} does not exist", n.table);
             };
             let schema = Arc::clone(n.schema().inner());
-            let exec = TableWriteExec::new(Arc::clone(&self.core), table, n.op, Arc::clone(&physical_inputs[0]), schema);
+            let exec =
+                TableWriteExec::new(Arc::clone(&self.core), table, n.op, Arc::clone(&physical_inputs[0]), schema);
             return Ok(Some(Arc::new(exec)));
         }
         Ok(None)

@@ -8,7 +8,10 @@ use datafusion::common::{Result, plan_err};
 use topicfusion_dialect::{AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, TopicOption};
 use topicfusion_storage::{Commit, PartitionOp};
 
-use crate::catalog::{CatalogState, RouteMeta, Topic, TopicMeta, delete_topic, next_topic_id, now_ms, put_topic, require_schema, storage_err};
+use crate::catalog::{
+    CatalogState, RouteMeta, Topic, TopicMeta, delete_topic, next_topic_id, now_ms, put_topic, require_schema,
+    storage_err,
+};
 use crate::cdc::router::{change_op, compile_route};
 use crate::core::{Core, resolve_name};
 
@@ -36,9 +39,10 @@ pub fn find_topic(st: &CatalogState, name: &topicfusion_dialect::sqlparser::ast:
 }
 
 fn check_alias_free(st: &CatalogState, alias: &str, except_topic: Option<u64>) -> Result<()> {
-    let taken = st.topics.values().any(|t| {
-        Some(t.meta.id) != except_topic && (t.meta.name == alias || t.meta.alias.as_deref() == Some(alias))
-    });
+    let taken = st
+        .topics
+        .values()
+        .any(|t| Some(t.meta.id) != except_topic && (t.meta.name == alias || t.meta.alias.as_deref() == Some(alias)));
     if taken {
         return plan_err!("alias {alias} is already a topic name or alias");
     }
@@ -119,9 +123,9 @@ pub async fn clear_topic(core: &Core, stmt: &ClearTopic) -> Result<String> {
     let _ddl = core.ddl_lock.write().await;
     let st = core.catalog.write();
     let topic = find_topic(&st, &stmt.name)?;
-    let mut commit = Commit::default();
-    commit.partition_ops =
+    let partition_ops =
         (0..topic.meta.partitions).map(|p| PartitionOp::Clear { topic_id: topic.meta.id, partition: p }).collect();
+    let mut commit = Commit { partition_ops, ..Default::default() };
     let _claims = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
     core.store.commit(commit).map_err(storage_err)?;
     Ok(format!("cleared topic {}", topic.meta.qualified_name()))

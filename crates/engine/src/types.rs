@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array,
-    Date32Builder, Decimal128Array, Decimal128Builder, Float32Array, Float32Builder, Float64Array,
-    Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
+    Decimal128Array, Decimal128Builder, Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array,
+    Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -22,7 +22,10 @@ pub enum ColumnType {
     BigInt,
     Real,
     Double,
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     Boolean,
     Text,
     Date,
@@ -170,7 +173,12 @@ pub fn build_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) 
 }
 
 /// A record batch of `rows` (full table rows) holding the columns in `projection`.
-pub fn rows_to_batch(schema: &SchemaRef, columns: &[ColumnMeta], projection: &[usize], rows: &[Vec<Value>]) -> Result<RecordBatch> {
+pub fn rows_to_batch(
+    schema: &SchemaRef,
+    columns: &[ColumnMeta],
+    projection: &[usize],
+    rows: &[Vec<Value>],
+) -> Result<RecordBatch> {
     let arrays = projection
         .iter()
         .map(|&i| build_array(columns[i].data_type, rows.iter().map(|r| &r[i])))

@@ -23,7 +23,13 @@ use crate::types::batch_rows;
 /// - Insert: the n new columns;
 /// - Delete: the n old columns, then the storage key;
 /// - Update: the n new columns, the n old columns, then the storage key.
-pub fn apply(store: &Store, catalog: &Catalog, table: &Arc<Table>, op: ChangeOp, batches: &[RecordBatch]) -> Result<u64> {
+pub fn apply(
+    store: &Store,
+    catalog: &Catalog,
+    table: &Arc<Table>,
+    op: ChangeOp,
+    batches: &[RecordBatch],
+) -> Result<u64> {
     let n = table.meta.columns.len();
     let mut changes = Vec::new();
     // Keys the statement removes (DELETE, and UPDATE moving a row to a new key).

@@ -78,12 +78,7 @@ pub fn encode_message_value(m: &NewMessage, timestamp_ms: i64) -> Vec<u8> {
 }
 
 /// Decodes a value written by [`encode_message_value`].
-pub fn decode_message(
-    topic_id: u64,
-    partition: u32,
-    offset: u64,
-    value: &[u8],
-) -> Result<Message> {
+pub fn decode_message(topic_id: u64, partition: u32, offset: u64, value: &[u8]) -> Result<Message> {
     let bad = || StorageError::Corrupt { what: "message: truncated" };
     if value.len() < 9 {
         return Err(bad());

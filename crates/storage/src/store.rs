@@ -19,6 +19,9 @@ use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{Message, NewMessage, decode_message, decode_message_timestamp, encode_message_value};
 
+/// A stored key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// How far a commit is flushed before [`Store::commit`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -246,7 +249,7 @@ impl Store {
 
     /// Every key-value pair in `[start, end)`, at most `limit`, read synchronously (for small
     /// ranges: catalog entries, group positions).
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>> {
         let mut read_opts = ReadOptions::default();
         read_opts.set_iterate_upper_bound(end.to_vec());
         let mut it = self.db.raw_iterator_opt(read_opts);
@@ -266,7 +269,7 @@ impl Store {
     ///
     /// # Panics
     /// If called outside a tokio runtime.
-    pub fn scan_chunks(&self, start: Vec<u8>, end: Vec<u8>, chunk: usize) -> mpsc::Receiver<Result<Vec<(Vec<u8>, Vec<u8>)>>> {
+    pub fn scan_chunks(&self, start: Vec<u8>, end: Vec<u8>, chunk: usize) -> mpsc::Receiver<Result<Vec<KeyValue>>> {
         let (tx, rx) = mpsc::channel(2);
         let db = Arc::clone(&self.db);
         tokio::task::spawn_blocking(move || {
@@ -300,7 +303,14 @@ impl Store {
 
     /// Up to `limit` messages of one partition with offsets in `[from, until)` (offsets below the
     /// log start are skipped), never beyond the committed high watermark.
-    pub fn read_messages(&self, topic_id: u64, partition: u32, from: u64, until: u64, limit: usize) -> Result<Vec<Message>> {
+    pub fn read_messages(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         let Some(state) = self.partition_state(topic_id, partition) else {
             return Err(StorageError::UnknownPartition { topic_id, partition });
         };
@@ -380,7 +390,8 @@ mod tests {
             assert_eq!(store.commit(c).unwrap().offsets, vec![0, 1]);
             let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
             assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-            let c = Commit { partition_ops: vec![PartitionOp::Clear { topic_id: 1, partition: 0 }], ..Default::default() };
+            let c =
+                Commit { partition_ops: vec![PartitionOp::Clear { topic_id: 1, partition: 0 }], ..Default::default() };
             store.commit(c).unwrap();
             assert!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().is_empty());
         }

@@ -91,13 +91,18 @@ impl Consume {
         p.expect_keyword_is(Keyword::FROM)?;
         let topic = parse_name(p, "a topic name")?;
         let group = if p.parse_keyword(Keyword::GROUP) { Some(parse_group_name(p)?) } else { None };
-        let partition = if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
+        let partition =
+            if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
         let start = if p.parse_keyword(Keyword::FROM) { Some(StartPosition::parse(p, true)?) } else { None };
         let limit = if p.parse_keyword(Keyword::LIMIT) { Some(parse_uint(p, "a row limit")?) } else { None };
         let options = if p.parse_keyword(Keyword::WITH) {
             parse_options(p, &["timeout_ms", "visibility_timeout_ms"], |p, name| {
                 let n = parse_uint(p, &format!("a number of milliseconds for {name}"))?;
-                Ok(if name == "timeout_ms" { ConsumeOption::TimeoutMs(n) } else { ConsumeOption::VisibilityTimeoutMs(n) })
+                Ok(if name == "timeout_ms" {
+                    ConsumeOption::TimeoutMs(n)
+                } else {
+                    ConsumeOption::VisibilityTimeoutMs(n)
+                })
             })?
         } else {
             Vec::new()

@@ -28,7 +28,8 @@ impl Ack {
         let topic = parse_name(p, "a topic name")?;
         p.expect_keyword_is(Keyword::GROUP)?;
         let group = parse_group_name(p)?;
-        let partition = if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
+        let partition =
+            if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
         expect_word(p, "UPTO")?;
         p.expect_keyword_is(Keyword::OFFSET)?;
         let upto = parse_uint(p, "an offset")?;
@@ -66,7 +67,8 @@ impl ResetConsumerGroup {
         let group = parse_group_name(p)?;
         p.expect_keyword_is(Keyword::ON)?;
         let topic = parse_name(p, "a topic name")?;
-        let partition = if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
+        let partition =
+            if p.parse_keyword(Keyword::PARTITION) { Some(parse_uint(p, "a partition number")?) } else { None };
         p.expect_keyword_is(Keyword::TO)?;
         let to = StartPosition::parse(p, false)?;
         Ok(Self { group, topic, partition, to })
@@ -132,7 +134,10 @@ mod tests {
         assert!(parse_error("ACK t GROUP 'g' UPTO 5").contains("Expected: OFFSET, found: 5"));
         assert!(parse_error("ACK t GROUP 'g' UPTO OFFSET -5").contains("Expected: an offset, found: -"));
         assert!(parse_error("ACK t UPTO OFFSET 5").contains("Expected: GROUP, found: UPTO"));
-        assert!(parse_error("RESET CONSUMER GROUP 'g' ON t TO 5").contains("Expected: EARLIEST, LATEST, OFFSET <n> or TIMESTAMP '<rfc3339>', found: 5"));
+        assert!(
+            parse_error("RESET CONSUMER GROUP 'g' ON t TO 5")
+                .contains("Expected: EARLIEST, LATEST, OFFSET <n> or TIMESTAMP '<rfc3339>', found: 5")
+        );
         assert!(parse_error("DROP CONSUMER GROUP 'g'").contains("Expected: ON, found: EOF"));
     }
 }

@@ -13,8 +13,7 @@ use datafusion_sql::sqlparser::parser::Parser;
 pub use consume::{Consume, ConsumeOption, StartPosition};
 pub use group::{Ack, DropConsumerGroup, ResetConsumerGroup};
 pub use topic::{
-    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode,
-    SourceOp, TopicOption,
+    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, SourceOp, TopicOption,
 };
 
 use crate::parser::{is_word, parse_word};
@@ -97,8 +96,7 @@ pub(crate) mod test_util {
 
     /// Parses one topic statement, prints it, and checks the text round-trips exactly.
     pub fn verified_stmt(sql: &str) -> super::TopicStatement {
-        let stmt = parses_to(sql, sql);
-        stmt
+        parses_to(sql, sql)
     }
 
     /// Parses `sql`, checks it prints as `canonical`, and that `canonical` reparses to the same AST.

@@ -10,8 +10,7 @@ use datafusion_sql::sqlparser::tokenizer::Token;
 
 use super::Quoted;
 use crate::parser::{
-    expect_word, parse_name, parse_options, parse_positive, parse_row_expr, parse_string,
-    parse_word, parse_words,
+    expect_word, parse_name, parse_options, parse_positive, parse_row_expr, parse_string, parse_word, parse_words,
 };
 
 /// An option of `CREATE TOPIC ... WITH (...)` and `ALTER TOPIC ... SET RETENTION WITH (...)`.
@@ -217,9 +216,12 @@ pub struct AddSource {
 /// What `ALTER TOPIC` changes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub enum AlterTopicAction {
-    AddSource(AddSource),
+    AddSource(Box<AddSource>),
     /// `DROP SOURCE <table> ON INSERT|UPDATE|DELETE`
-    DropSource { table: ObjectName, op: SourceOp },
+    DropSource {
+        table: ObjectName,
+        op: SourceOp,
+    },
     /// `SET RETENTION WITH (retention_seconds = .., retention_max_bytes = ..)`
     SetRetention(Vec<TopicOption>),
     /// `CLEAR RETENTION`: no time or size limit.
@@ -270,7 +272,7 @@ impl AlterTopic {
             } else {
                 None
             };
-            AlterTopicAction::AddSource(AddSource { table, op, filter, partition_by, payload })
+            AlterTopicAction::AddSource(Box::new(AddSource { table, op, filter, partition_by, payload }))
         } else if parse_words(p, &["DROP", "SOURCE"]) {
             let table = parse_name(p, "a table name")?;
             p.expect_keyword_is(Keyword::ON)?;
@@ -342,10 +344,15 @@ mod tests {
 
     #[test]
     fn create_topic_errors_name_the_token() {
-        assert!(parse_error("CREATE TOPIC t PARTITIONS 0").contains("Expected: a positive number of partitions, found: 0"));
+        assert!(
+            parse_error("CREATE TOPIC t PARTITIONS 0").contains("Expected: a positive number of partitions, found: 0")
+        );
         assert!(parse_error("CREATE TOPIC t PARTITIONS -1").contains("found: -"));
         assert!(parse_error("CREATE TOPIC t WITH (colour = 1)").contains("found: colour"));
-        assert!(parse_error("CREATE TOPIC t WITH (alias = 'a', alias = 'b')").contains("option alias specified more than once"));
+        assert!(
+            parse_error("CREATE TOPIC t WITH (alias = 'a', alias = 'b')")
+                .contains("option alias specified more than once")
+        );
         assert!(parse_error("CREATE TOPIC t WITH (retention_seconds = 0)").contains("found: 0"));
         assert!(parse_error("CREATE TOPIC t extra").contains("Expected: end of statement, found: extra"));
         assert!(parse_error("CREATE TOPIC").contains("Expected: a topic name, found: EOF"));
@@ -382,12 +389,24 @@ mod tests {
 
     #[test]
     fn alter_topic_errors() {
-        assert!(parse_error("ALTER TOPIC t ADD SOURCE o ON MERGE").contains("Expected: INSERT, UPDATE or DELETE, found: MERGE"));
-        assert!(parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WITH (payload = 'all')").contains("Expected: 'key', 'full' or 'diff', found: 'all'"));
-        assert!(parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WHERE id IN (SELECT id FROM x)").contains("WHERE of a topic source cannot contain a subquery"));
+        assert!(
+            parse_error("ALTER TOPIC t ADD SOURCE o ON MERGE")
+                .contains("Expected: INSERT, UPDATE or DELETE, found: MERGE")
+        );
+        assert!(
+            parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WITH (payload = 'all')")
+                .contains("Expected: 'key', 'full' or 'diff', found: 'all'")
+        );
+        assert!(
+            parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WHERE id IN (SELECT id FROM x)")
+                .contains("WHERE of a topic source cannot contain a subquery")
+        );
         assert!(parse_error("ALTER TOPIC t RENAME TO u").contains("found: RENAME"));
         assert!(parse_error("ALTER TOPIC t SET RETENTION WITH (alias = 'x')").contains("found: alias"));
         assert!(parse_error("ALTER TOPIC t SET PARTITIONS 0").contains("found: 0"));
-        assert!(parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WITH (payload = 'key') WHERE a = 1").contains("Expected: end of statement, found: WHERE"));
+        assert!(
+            parse_error("ALTER TOPIC t ADD SOURCE o ON INSERT WITH (payload = 'key') WHERE a = 1")
+                .contains("Expected: end of statement, found: WHERE")
+        );
     }
 }

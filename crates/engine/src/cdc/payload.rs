@@ -60,7 +60,8 @@ pub fn decimal_string(unscaled: i128, scale: i8) -> String {
     }
     let scale = scale as usize;
     let digits = unscaled.unsigned_abs().to_string();
-    let digits = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale + 1 - digits.len())) } else { digits };
+    let digits =
+        if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale + 1 - digits.len())) } else { digits };
     let (int, frac) = digits.split_at(digits.len() - scale);
     format!("{}{int}.{frac}", if unscaled < 0 { "-" } else { "" })
 }

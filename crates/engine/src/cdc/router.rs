@@ -148,7 +148,12 @@ fn evaluate_mask(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<Boole
     }
 }
 
-fn partitions(route: &CompiledRoute, batch: &Option<RecordBatch>, selected: &[&RowChange], count: u32) -> Result<Vec<u32>> {
+fn partitions(
+    route: &CompiledRoute,
+    batch: &Option<RecordBatch>,
+    selected: &[&RowChange],
+    count: u32,
+) -> Result<Vec<u32>> {
     let hash = |bytes: &[u8]| (twox_hash::XxHash64::oneshot(0, bytes) % u64::from(count)) as u32;
     match (&route.partition_by, batch) {
         (Some(expr), Some(b)) => {
@@ -198,7 +203,9 @@ fn payload(table: &Table, mode: PayloadMode, change: &RowChange) -> Option<Json>
     let key = || Json::Object(key_object(table, change));
     Some(match (mode, change.op) {
         (PayloadMode::Key, _) => key(),
-        (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => Json::Object(object(columns, change.image(), all())),
+        (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
+            Json::Object(object(columns, change.image(), all()))
+        }
         (PayloadMode::Diff, ChangeOp::Update) => {
             let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
             let changed: Map<String, Json> = all()

@@ -32,7 +32,13 @@ pub struct TableWriteExec {
 }
 
 impl TableWriteExec {
-    pub fn new(core: Arc<Core>, table: Arc<Table>, op: ChangeOp, input: Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        table: Arc<Table>,
+        op: ChangeOp,
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
             Partitioning::UnknownPartitioning(1),
@@ -77,7 +83,13 @@ impl ExecutionPlan for TableWriteExec {
         if children.len() != 1 {
             return internal_err!("TableWriteExec takes one child");
         }
-        let this = Self::new(Arc::clone(&self.core), Arc::clone(&self.table), self.op, children.remove(0), Arc::clone(&self.schema));
+        let this = Self::new(
+            Arc::clone(&self.core),
+            Arc::clone(&self.table),
+            self.op,
+            children.remove(0),
+            Arc::clone(&self.schema),
+        );
         Ok(Arc::new(this))
     }
 
@@ -85,8 +97,13 @@ impl ExecutionPlan for TableWriteExec {
         if partition != 0 {
             return internal_err!("TableWriteExec has one partition, asked for {partition}");
         }
-        let (core, table, op, input, schema) =
-            (Arc::clone(&self.core), Arc::clone(&self.table), self.op, Arc::clone(&self.input), Arc::clone(&self.schema));
+        let (core, table, op, input, schema) = (
+            Arc::clone(&self.core),
+            Arc::clone(&self.table),
+            self.op,
+            Arc::clone(&self.input),
+            Arc::clone(&self.schema),
+        );
         let out_schema = Arc::clone(&schema);
         let fut = async move {
             // Topic DDL waits for running writes, so a write sees one consistent set of routes.

@@ -15,7 +15,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchemaRef, Result, config::ConfigOptions, not_impl_err, plan_err};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
-    DmlStatement, Expr, Extension, LogicalPlan, Projection, TableScan, TableScanBuilder, UserDefinedLogicalNodeCore, WriteOp,
+    DmlStatement, Expr, Extension, LogicalPlan, Projection, TableScan, TableScanBuilder, UserDefinedLogicalNodeCore,
+    WriteOp,
 };
 use datafusion::optimizer::AnalyzerRule;
 use topicfusion_storage::ChangeOp;
@@ -156,7 +157,8 @@ fn with_keyed_scan(plan: LogicalPlan, table_id: u64, keyed: &Arc<UserTable>) -> 
         match plan {
             LogicalPlan::TableScan(scan) if scans_table(&scan, table_id) => {
                 replaced = true;
-                let scan = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(Arc::clone(keyed) as _)).build()?;
+                let scan = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(Arc::clone(keyed) as _))
+                    .build()?;
                 Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
             }
             other => Ok(Transformed::no(other)),

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::Result;
@@ -35,9 +37,9 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(TABLES
-            .contains(&name)
-            .then(|| Arc::new(SystemTable { name: name.to_owned(), core: Arc::clone(&self.core) }) as Arc<dyn TableProvider>))
+        Ok(TABLES.contains(&name).then(|| {
+            Arc::new(SystemTable { name: name.to_owned(), core: Arc::clone(&self.core) }) as Arc<dyn TableProvider>
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -153,7 +155,9 @@ impl SystemTable {
                     Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.partition))),
                     Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.position.checked_sub(1)))),
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.next_offset))),
-                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.next_offset.saturating_sub(r.position)))),
+                    Arc::new(UInt64Array::from_iter_values(
+                        rows.iter().map(|r| r.next_offset.saturating_sub(r.position)),
+                    )),
                     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.updated_at_ms))),
                 ]
             }
@@ -174,7 +178,14 @@ impl SystemTable {
                 let describe = |m: &crate::catalog::TableMeta| {
                     m.columns
                         .iter()
-                        .map(|c| format!("{} {}{}", c.name, c.data_type.sql_name(), if c.nullable { "" } else { " NOT NULL" }))
+                        .map(|c| {
+                            format!(
+                                "{} {}{}",
+                                c.name,
+                                c.data_type.sql_name(),
+                                if c.nullable { "" } else { " NOT NULL" }
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -214,7 +225,8 @@ impl TableProvider for SystemTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = self.schema();
         let batch = self.batch(Arc::clone(&schema))?;
-        let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, projection.cloned())?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, projection.cloned())?;
         Ok(exec)
     }
 }

@@ -203,9 +203,14 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
     }
 }
 
-/// `col = v` or `col IN (v, ...)`: the values.
+/// `col = v`, `col IN (v, ...)` or `col = v OR col = w ...`: the values.
 fn equality(e: &Expr, col: &str) -> Option<Vec<ScalarValue>> {
     match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+            let mut values = equality(left, col)?;
+            values.extend(equality(right, col)?);
+            Some(values)
+        }
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
             let v = if column_name(left) == Some(col) {
                 literal(right)
@@ -367,7 +372,11 @@ impl Decoder {
         let mut arrays = Vec::with_capacity(self.projection.len());
         let mut it = batch.columns().iter();
         for &i in &self.projection {
-            arrays.push(if i < n { Arc::clone(it.next().expect("one array per table column")) } else { Arc::clone(&keys) });
+            arrays.push(if i < n {
+                Arc::clone(it.next().expect("one array per table column"))
+            } else {
+                Arc::clone(&keys)
+            });
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), arrays)?)
     }
