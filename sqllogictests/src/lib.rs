@@ -62,7 +62,7 @@ impl AsyncDB for Connection {
         let Some(last) = results.last() else { return Ok(DBOutput::StatementComplete(0)) };
         let types = last.schema.fields().iter().map(|f| column_type(f.data_type())).collect();
         let options = FormatOptions::default().with_null("NULL");
-        let mut rows = Vec::new();
+        let mut rows: Vec<Vec<String>> = Vec::new();
         for batch in &last.batches {
             let formatters = batch
                 .columns()
@@ -76,12 +76,18 @@ impl AsyncDB for Connection {
                         .iter()
                         .zip(batch.columns())
                         .map(|(f, c)| {
-                            let s = f.value(row).to_string();
+                            let s = f.value(row).to_string().trim_end().to_owned();
                             if s.is_empty() && !c.is_null(row) { "(empty)".to_owned() } else { s }
                         })
                         .collect(),
                 );
             }
+        }
+        // Multi-line values (EXPLAIN) become one single-column row per line.
+        if rows.iter().flatten().any(|v: &String| v.contains('\n')) {
+            let lines: Vec<Vec<String>> =
+                rows.iter().flat_map(|r| r.join(" ").lines().map(|l| vec![l.to_owned()]).collect::<Vec<_>>()).collect();
+            return Ok(DBOutput::Rows { types: vec![DefaultColumnType::Text], rows: lines });
         }
         Ok(DBOutput::Rows { types, rows })
     }
