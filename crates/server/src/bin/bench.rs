@@ -32,8 +32,9 @@ async fn exec(db: &Database, sql: &str) {
 }
 
 fn values(from: u64, n: u64) -> String {
-    let rows: Vec<String> =
-        (from..from + n).map(|i| format!("({i}, '{}', {}.5)", if i % 3 == 0 { "paid" } else { "new" }, i % 1000)).collect();
+    let rows: Vec<String> = (from..from + n)
+        .map(|i| format!("({i}, '{}', {}.5)", if i % 3 == 0 { "paid" } else { "new" }, i % 1000))
+        .collect();
     rows.join(",")
 }
 
@@ -68,7 +69,8 @@ async fn main() {
     let mut out = Vec::new();
 
     // 1. Write path: bulk INSERT with 0, 1 and 3 routes.
-    for (name, routes) in [("no_route", &[][..]), ("one_route", &["full"][..]), ("three_routes", &["full", "key", "diff"][..])]
+    for (name, routes) in
+        [("no_route", &[][..]), ("one_route", &["full"][..]), ("three_routes", &["full", "key", "diff"][..])]
     {
         let dir = tempfile::tempdir().expect("tempdir");
         let rate = bulk_insert(dir.path(), rows, batch, routes).await;
@@ -99,7 +101,8 @@ async fn main() {
 
     // 3. Single-row autocommit INSERTs with the WAL fsynced (one route), like PostgreSQL's.
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() }).expect("open");
+    let db = Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
+        .expect("open");
     exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
     exec(&db, "CREATE TOPIC ev").await;
     exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
