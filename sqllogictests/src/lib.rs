@@ -40,7 +40,7 @@ pub struct Error(String);
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        Error(e.to_string())
+        Error(e.to_string().replace('\n', " "))
     }
 }
 
@@ -58,7 +58,8 @@ impl AsyncDB for Connection {
             return Ok(DBOutput::StatementComplete(0));
         }
         let db = guard.as_ref().ok_or_else(|| Error("database is closed".into()))?;
-        let results = db.execute(sql).await.map_err(|e| Error(e.source.to_string()))?;
+        // One-line messages: a multi-line expected error would swallow the records after it.
+        let results = db.execute(sql).await.map_err(|e| Error(e.source.to_string().replace('\n', " ")))?;
         let Some(last) = results.last() else { return Ok(DBOutput::StatementComplete(0)) };
         let types = last.schema.fields().iter().map(|f| column_type(f.data_type())).collect();
         let options = FormatOptions::default().with_null("NULL");

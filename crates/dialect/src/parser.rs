@@ -113,7 +113,23 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if claims(p, 0) {
         return Ok(Statement::Topic(TopicStatement::parse(p)?));
     }
-    Ok(Statement::DataFusion(Box::new(df.parse_statement()?)))
+    let mut statement = df.parse_statement()?;
+    normalize_types(&mut statement);
+    Ok(Statement::DataFusion(Box::new(statement)))
+}
+
+/// `BLOB` columns are `BYTEA` (DataFusion's planner knows only the latter).
+fn normalize_types(statement: &mut DFStatement) {
+    use datafusion_sql::sqlparser::ast::{DataType, Statement as SQLStatement};
+    if let DFStatement::Statement(s) = statement
+        && let SQLStatement::CreateTable(create) = s.as_mut()
+    {
+        for column in &mut create.columns {
+            if matches!(column.data_type, DataType::Blob(_)) {
+                column.data_type = DataType::Bytea;
+            }
+        }
+    }
 }
 
 /// Whether the statement starting `at` tokens ahead (after an optional VERBOSE) is ours.
@@ -250,4 +266,48 @@ pub(crate) fn parse_options<T>(
     }
     p.expect_token(&Token::RParen)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_and_topic_statements_mix_in_order() {
+        let sql = "CREATE TABLE t (id INT PRIMARY KEY);\n create topic ev ; ALTER TOPIC ev ADD SOURCE t ON INSERT;;SELECT 1";
+        let stmts = parse_sql(sql).unwrap();
+        let texts: Vec<&str> = stmts.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["CREATE TABLE t (id INT PRIMARY KEY)", "create topic ev", "ALTER TOPIC ev ADD SOURCE t ON INSERT", "SELECT 1"]
+        );
+        assert!(matches!(stmts[0].statement, Statement::DataFusion(_)));
+        assert!(matches!(stmts[1].statement, Statement::Topic(TopicStatement::CreateTopic(_))));
+        assert!(matches!(stmts[3].statement, Statement::DataFusion(_)));
+    }
+
+    #[test]
+    fn explain_of_a_topic_statement() {
+        let stmts = parse_sql("EXPLAIN VERBOSE DROP TOPIC x").unwrap();
+        let Statement::ExplainTopic { verbose, statement } = &stmts[0].statement else { panic!() };
+        assert!(*verbose);
+        assert_eq!(statement.to_string(), "DROP TOPIC x");
+        assert_eq!(stmts[0].statement.to_string(), "EXPLAIN VERBOSE DROP TOPIC x");
+        // EXPLAIN of anything else stays DataFusion's.
+        assert!(matches!(parse_sql("EXPLAIN SELECT 1").unwrap()[0].statement, Statement::DataFusion(_)));
+    }
+
+    #[test]
+    fn a_missing_semicolon_is_an_error() {
+        let err = parse_sql("CREATE TOPIC a CREATE TOPIC b").unwrap_err().to_string();
+        assert!(err.contains("Expected: end of statement, found: CREATE"), "{err}");
+    }
+
+    #[test]
+    fn quoted_words_are_not_claimed() {
+        // A quoted "TOPIC" is an identifier, so this is DataFusion's CREATE ... statement.
+        let err = parse_sql("CREATE \"TOPIC\" x").unwrap_err().to_string();
+        assert!(!err.contains("topic name"), "{err}");
+        assert!(parse_sql("SELECT 1 AS consume").is_ok());
+    }
 }

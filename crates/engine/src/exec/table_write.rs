@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, internal_err};
+use datafusion::common::{Result, exec_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -110,7 +110,7 @@ impl ExecutionPlan for TableWriteExec {
             let _ddl = core.ddl_lock.read().await;
             let _table = table.write_lock.lock().await;
             if !core.catalog.read().tables.values().any(|t| Arc::ptr_eq(t, &table)) {
-                return internal_err!("table {} was dropped", table.meta.qualified_name());
+                return exec_err!("table {} was dropped", table.meta.qualified_name());
             }
             let batches = collect(input, context).await?;
             let count = writer::apply(&core.store, &core.catalog, &table, op, &batches)?;
