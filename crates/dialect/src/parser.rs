@@ -274,12 +274,18 @@ mod tests {
 
     #[test]
     fn standard_and_topic_statements_mix_in_order() {
-        let sql = "CREATE TABLE t (id INT PRIMARY KEY);\n create topic ev ; ALTER TOPIC ev ADD SOURCE t ON INSERT;;SELECT 1";
+        let sql =
+            "CREATE TABLE t (id INT PRIMARY KEY);\n create topic ev ; ALTER TOPIC ev ADD SOURCE t ON INSERT;;SELECT 1";
         let stmts = parse_sql(sql).unwrap();
         let texts: Vec<&str> = stmts.iter().map(|s| s.sql.as_str()).collect();
         assert_eq!(
             texts,
-            ["CREATE TABLE t (id INT PRIMARY KEY)", "create topic ev", "ALTER TOPIC ev ADD SOURCE t ON INSERT", "SELECT 1"]
+            [
+                "CREATE TABLE t (id INT PRIMARY KEY)",
+                "create topic ev",
+                "ALTER TOPIC ev ADD SOURCE t ON INSERT",
+                "SELECT 1"
+            ]
         );
         assert!(matches!(stmts[0].statement, Statement::DataFusion(_)));
         assert!(matches!(stmts[1].statement, Statement::Topic(TopicStatement::CreateTopic(_))));

@@ -34,7 +34,7 @@ pub fn apply(
     let mut changes = Vec::new();
     // Keys the statement removes (DELETE, and UPDATE moving a row to a new key).
     let mut removed: Vec<Vec<u8>> = Vec::new();
-    // Keys of the rows an UPDATE changed.
+    // Keys of the rows an UPDATE or DELETE changed.
     let mut old_keys: Vec<Vec<u8>> = Vec::new();
     for batch in batches {
         match op {
@@ -53,6 +53,7 @@ pub fn apply(
                 for (i, row) in batch_rows(batch, &table.meta.columns, 0)?.into_iter().enumerate() {
                     let key = keys.value(i).to_vec();
                     removed.push(key.clone());
+                    old_keys.push(key.clone());
                     changes.push(RowChange { op, key, before: Some(row), after: None });
                 }
             }
@@ -73,9 +74,7 @@ pub fn apply(
             }
         }
     }
-    if op != ChangeOp::Delete {
-        check_keys(store, table, &changes, &old_keys)?;
-    }
+    check_keys(store, table, &changes, &old_keys)?;
 
     let mut commit = Commit::default();
     for key in &removed {
@@ -132,13 +131,14 @@ fn check_not_null(table: &Table, row: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// Every row written must have a key that no other row has after the statement. `old_keys` are
-/// the keys of the rows an UPDATE changed: one of them may be taken by a row moved to it, as the
-/// uniqueness of the new keys already guarantees that its old row moved away.
+/// Every row is changed at most once, and every row written has a key that no other row has
+/// after the statement. `old_keys` are the keys of the rows an UPDATE or DELETE changed: one of
+/// them may be taken by a row moved to it, as the uniqueness of the new keys already guarantees
+/// that its old row moved away.
 fn check_keys(store: &Store, table: &Table, changes: &[RowChange], old_keys: &[Vec<u8>]) -> Result<()> {
     let mut olds = HashSet::new();
     if old_keys.iter().any(|k| !olds.insert(k)) {
-        return exec_err!("UPDATE matched a row of {} more than once", table.meta.qualified_name());
+        return exec_err!("the statement matched a row of {} more than once", table.meta.qualified_name());
     }
     let mut news = HashSet::new();
     let mut to_check = Vec::new();
