@@ -431,4 +431,47 @@ mod tests {
         let first = times.iter().position(|&x| x >= t).unwrap() as u64;
         assert_eq!(store.offset_for_timestamp(1, 0, t).unwrap(), first);
     }
+
+    #[test]
+    fn concurrent_commits_get_unique_gap_free_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Process).unwrap());
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..100 {
+                        let msgs = (0..(i % 3 + 1)).map(|_| msg(1, 0, &t.to_string())).collect();
+                        mine.extend(store.commit(Commit { messages: msgs, ..Default::default() }).unwrap().offsets);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>());
+        let stored = store.read_messages(1, 0, 0, u64::MAX, usize::MAX).unwrap();
+        assert_eq!(stored.iter().map(|m| m.offset).collect::<Vec<_>>(), all);
+        assert!(stored.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    }
+
+    #[tokio::test]
+    async fn subscribers_wake_on_commit_and_close_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        let mut rx = store.subscribe(1, 0).unwrap();
+        store.commit(Commit { messages: vec![msg(1, 0, "a")], ..Default::default() }).unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), 1);
+        let c = Commit { partition_ops: vec![PartitionOp::Drop { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        assert!(rx.changed().await.is_err());
+        assert!(store.subscribe(1, 0).is_none());
+    }
 }
