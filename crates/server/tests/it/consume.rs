@@ -93,7 +93,9 @@ async fn long_poll_returns_the_message_committed_by_another_task() {
             let req = ConsumeRequest {
                 group: None,
                 partition: None,
-                start: Some(StartPosition::Latest),
+                // Offset 0 of the empty topic: the result does not depend on whether the waiter
+                // started before or after the INSERT; normally it is waiting by then.
+                start: Some(StartPosition::Offset(0)),
                 limit: 10,
                 timeout_ms: 60_000,
                 visibility_timeout_ms: None,
