@@ -216,33 +216,28 @@ impl Groups {
         let topic_id = topic.meta.id;
         let positions = self.ensure_group(store, topic, group, start)?;
         let now = now_ms();
-        let mut out = Vec::new();
         let mut next_expiry: Option<i64> = None;
-        for &p in partitions {
-            let remaining = (limit as usize).saturating_sub(out.len());
-            if remaining == 0 {
-                break;
-            }
-            let Some(state) = store.partition_state(topic_id, p) else { continue };
+        let messages = fair_fill(partitions, limit, |i, want| {
+            let p = partitions[i];
+            let Some(state) = store.partition_state(topic_id, p) else { return Ok(Vec::new()) };
             let position = positions.get(&p).copied().unwrap_or(state.log_start).max(state.log_start);
             let map = claims.entry((topic_id, group.to_owned(), p)).or_default();
             // Claims at or below the position were acknowledged.
             *map = map.split_off(&position);
+            // Read the runs of offsets between live claims.
             let mut from = position;
             let mut got: Vec<Message> = Vec::new();
             let live: Vec<(u64, i64)> =
                 map.iter().filter(|(_, c)| c.deadline_ms > now).map(|(&o, c)| (o, c.deadline_ms)).collect();
             for (offset, deadline) in live.into_iter().chain(std::iter::once((u64::MAX, 0))) {
-                if got.len() >= remaining {
+                if got.len() >= want {
                     break;
                 }
                 if offset != u64::MAX {
                     next_expiry = Some(next_expiry.map_or(deadline, |e| e.min(deadline)));
                 }
                 if offset > from {
-                    got.extend(
-                        store.read_messages(topic_id, p, from, offset, remaining - got.len()).map_err(storage_err)?,
-                    );
+                    got.extend(store.read_messages(topic_id, p, from, offset, want - got.len()).map_err(storage_err)?);
                 }
                 from = offset.saturating_add(1);
             }
@@ -251,9 +246,9 @@ impl Groups {
                 c.deadline_ms = now + visibility_ms as i64;
                 c.deliveries += 1;
             }
-            out.extend(got);
-        }
-        Ok((out, next_expiry))
+            Ok(got)
+        })?;
+        Ok((messages, next_expiry))
     }
 
     /// The stored positions of a group on a topic; creates the group (positions resolved from
@@ -428,13 +423,39 @@ fn read_positions(store: &Store, topic_id: u64, group: &str) -> Result<HashMap<u
 }
 
 fn read_from(store: &Store, topic_id: u64, partitions: &[u32], from: &[u64], limit: u64) -> Result<Vec<Message>> {
-    let mut out = Vec::new();
-    for (&p, &f) in partitions.iter().zip(from) {
-        let remaining = (limit as usize).saturating_sub(out.len());
-        if remaining == 0 {
-            break;
+    let mut next: Vec<u64> = from.to_vec();
+    fair_fill(partitions, limit, |i, want| {
+        let got = store.read_messages(topic_id, partitions[i], next[i], u64::MAX, want).map_err(storage_err)?;
+        if let Some(last) = got.last() {
+            next[i] = last.offset + 1;
         }
-        out.extend(store.read_messages(topic_id, p, f, u64::MAX, remaining).map_err(storage_err)?);
+        Ok(got)
+    })
+}
+
+/// Shares `limit` between partitions so that none starves: first each partition gets up to
+/// `max(limit / partitions, 1)` messages, then what is left of the limit is filled in partition
+/// order. `read(i, want)` returns up to `want` further messages of partition `i` (later calls
+/// continue after earlier ones). The result is ordered by partition, then offset.
+fn fair_fill(
+    partitions: &[u32],
+    limit: u64,
+    mut read: impl FnMut(usize, usize) -> Result<Vec<Message>>,
+) -> Result<Vec<Message>> {
+    let limit = limit as usize;
+    let quota = (limit / partitions.len().max(1)).max(1);
+    let mut per_partition: Vec<Vec<Message>> = vec![Vec::new(); partitions.len()];
+    let mut total = 0;
+    for cap in [quota, limit] {
+        for (i, got) in per_partition.iter_mut().enumerate() {
+            let want = (limit - total).min(cap.saturating_sub(got.len()));
+            if want == 0 {
+                continue;
+            }
+            let more = read(i, want)?;
+            total += more.len();
+            got.extend(more);
+        }
     }
-    Ok(out)
+    Ok(per_partition.into_iter().flatten().collect())
 }
