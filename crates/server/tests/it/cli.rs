@@ -1,21 +1,25 @@
 //! The `topicfusion sql` command line, run as a real process.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn topicfusion() -> Command {
     Command::new(env!("CARGO_BIN_EXE_topicfusion"))
 }
 
+/// `topicfusion sql --data-dir DIR [extra args] -c SQL`, run to completion.
+fn sql(dir: &Path, extra: &[&str], sql: &str) -> Output {
+    topicfusion().args(["sql", "--data-dir"]).arg(dir).args(extra).args(["-c", sql]).output().unwrap()
+}
+
 #[test]
 fn csv_prints_a_header_and_the_rows_of_every_result() {
     let dir = tempfile::tempdir().unwrap();
-    let out = topicfusion()
-        .args(["sql", "--data-dir"])
-        .arg(dir.path())
-        .args(["--format", "csv", "-c"])
-        .arg("CREATE TABLE t (id INT PRIMARY KEY, s TEXT); INSERT INTO t VALUES (2, 'b'), (1, 'a'); SELECT * FROM t ORDER BY id; SELECT id FROM t WHERE false")
-        .output()
-        .unwrap();
+    let out = sql(
+        dir.path(),
+        &["--format", "csv"],
+        "CREATE TABLE t (id INT PRIMARY KEY, s TEXT); INSERT INTO t VALUES (2, 'b'), (1, 'a'); SELECT * FROM t ORDER BY id; SELECT id FROM t WHERE false",
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, "status\ncreated table public.t\ncount\n2\nid,s\n1,a\n2,b\nid\n");
@@ -24,22 +28,16 @@ fn csv_prints_a_header_and_the_rows_of_every_result() {
 #[test]
 fn a_failing_statement_exits_non_zero_and_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = topicfusion()
-        .args(["sql", "--data-dir"])
-        .arg(dir.path())
-        .args(["-c", "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO nope VALUES (1); INSERT INTO t VALUES (1)"])
-        .output()
-        .unwrap();
+    let out = sql(
+        dir.path(),
+        &[],
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO nope VALUES (1); INSERT INTO t VALUES (1)",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("error in statement 2 (`INSERT INTO nope VALUES (1)`)"), "{stderr}");
     // The statements before the failure committed; the ones after it did not run.
-    let out = topicfusion()
-        .args(["sql", "--data-dir"])
-        .arg(dir.path())
-        .args(["--format", "csv", "-c", "SELECT count(*) AS n FROM t"])
-        .output()
-        .unwrap();
+    let out = sql(dir.path(), &["--format", "csv"], "SELECT count(*) AS n FROM t");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "n\n0\n");
 }
 
@@ -71,7 +69,7 @@ fn a_bad_data_dir_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
-    let out = topicfusion().args(["sql", "--data-dir"]).arg(&file).args(["-c", "SELECT 1"]).output().unwrap();
+    let out = sql(&file, &[], "SELECT 1");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open data dir"));
 }
