@@ -67,8 +67,8 @@ async fn consumers_of_one_group_get_disjoint_messages_and_all_of_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_redelivered_to_another_consumer() {
     let (_dir, db) = topic_with_rows(10, 1).await;
-    // Consumer A claims five messages for 1.5 s and never acknowledges them.
-    let first = db.consume("ev", &group_request("g", 5, 0, 1500)).await.unwrap();
+    // Consumer A claims five messages for 3 s and never acknowledges them.
+    let first = db.consume("ev", &group_request("g", 5, 0, 3000)).await.unwrap();
     assert_eq!(first.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     // Consumer B gets the five others at once, then, waiting, the first five again.
     let second = db.consume("ev", &group_request("g", 10, 0, 60_000)).await.unwrap();
