@@ -132,10 +132,6 @@ impl CatalogState {
         self.topic(schema, name).or_else(|| self.topics.values().find(|t| t.meta.alias.as_deref() == Some(name)))
     }
 
-    pub fn topic_by_id(&self, id: u64) -> Option<&Arc<Topic>> {
-        self.topics.values().find(|t| t.meta.id == id)
-    }
-
     /// Topics with at least one route from this table.
     pub fn topics_fed_by(&self, table_id: u64) -> Vec<Arc<Topic>> {
         self.topics.values().filter(|t| t.meta.routes.iter().any(|r| r.table_id == table_id)).cloned().collect()
@@ -177,7 +173,7 @@ impl Catalog {
         if !catalog.read().schemas.contains_key(DEFAULT_SCHEMA) {
             let mut c = Commit::default();
             let mut st = catalog.write();
-            put_schema(&mut c, &mut st, DEFAULT_SCHEMA)?;
+            put_schema(&mut c, &mut st, DEFAULT_SCHEMA);
             store.commit(c).map_err(storage_err)?;
         }
         Ok(catalog)
@@ -225,11 +221,10 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// Stages a new schema; the caller commits `c` and keeps `st` locked until then.
-pub fn put_schema(c: &mut Commit, st: &mut CatalogState, name: &str) -> Result<()> {
+pub fn put_schema(c: &mut Commit, st: &mut CatalogState, name: &str) {
     let meta = SchemaMeta { name: name.to_owned(), created_at_ms: now_ms() };
     c.batch.put(keys::catalog_key(CatalogKind::Schema, name), to_json(&meta));
     st.schemas.insert(name.to_owned(), meta);
-    Ok(())
 }
 
 pub fn delete_schema(c: &mut Commit, st: &mut CatalogState, name: &str) {

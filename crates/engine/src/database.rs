@@ -167,11 +167,6 @@ impl Database {
         let topic = find_topic(&self.core.catalog.read(), &name)?;
         self.core.groups.consume(&self.core.store, &topic, request).await
     }
-
-    /// The DataFusion session (for registering functions, reading configuration).
-    pub fn session(&self) -> &SessionContext {
-        &self.ctx
-    }
 }
 
 fn extension(statement: TopicStatement) -> Result<LogicalPlan> {

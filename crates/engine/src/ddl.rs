@@ -31,7 +31,7 @@ pub async fn create_schema(core: &Core, c: &CreateCatalogSchema) -> Result<Strin
     }
     let mut next = st.clone();
     let mut commit = Commit::default();
-    put_schema(&mut commit, &mut next, &name)?;
+    put_schema(&mut commit, &mut next, &name);
     core.store.commit(commit).map_err(storage_err)?;
     *st = next;
     Ok(format!("created schema {name}"))

@@ -38,15 +38,12 @@ pub fn find_topic(st: &CatalogState, name: &topicfusion_dialect::sqlparser::ast:
     }
 }
 
-fn check_alias_free(st: &CatalogState, alias: &str, except_topic: Option<u64>) -> Result<()> {
-    let taken = st
-        .topics
-        .values()
-        .any(|t| Some(t.meta.id) != except_topic && (t.meta.name == alias || t.meta.alias.as_deref() == Some(alias)));
-    if taken {
-        return plan_err!("alias {alias} is already a topic name or alias");
+/// Topic names and aliases share one namespace: `name` must be neither.
+fn check_name_free(st: &CatalogState, name: &str) -> Result<()> {
+    match st.topics.values().find(|t| t.meta.name == name || t.meta.alias.as_deref() == Some(name)) {
+        Some(t) => plan_err!("{name} is already the name or alias of topic {}", t.meta.qualified_name()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
@@ -60,7 +57,7 @@ pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
         }
         return plan_err!("topic {schema}.{name} already exists");
     }
-    check_alias_free(&st, &name, None)?;
+    check_name_free(&st, &name)?;
     let partitions = check_partitions(stmt.partitions.unwrap_or(1))?;
     let mut meta = TopicMeta {
         id: 0,
@@ -79,7 +76,7 @@ pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
             TopicOption::RetentionSeconds(v) => meta.retention_seconds = *v,
             TopicOption::RetentionMaxBytes(v) => meta.retention_max_bytes = *v,
             TopicOption::Alias(a) => {
-                check_alias_free(&st, a, None)?;
+                check_name_free(&st, a)?;
                 if a == &name {
                     return plan_err!("alias {a} is the topic's own name");
                 }

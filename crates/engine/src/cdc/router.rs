@@ -6,6 +6,7 @@
 //! `PARTITION BY` value, modulo the partition count) and builds the key and payload JSON.
 //! The writer puts the messages in the same commit as the row changes.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
@@ -97,29 +98,38 @@ pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Re
 /// order per topic.
 pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Result<Vec<NewMessage>> {
     let mut out = Vec::new();
-    if changes.is_empty() {
-        return Ok(out);
-    }
     let source_table = table.meta.qualified_name();
+    // Built at most once per statement, when the first route needs them: the Arrow batch of the
+    // changed rows (for filters and PARTITION BY) and the key JSON of each change.
+    let images: OnceCell<RecordBatch> = OnceCell::new();
+    let keys: OnceCell<Vec<String>> = OnceCell::new();
     for topic in topics {
         for route in topic.routes.iter().filter(|r| r.meta.table_id == table.meta.id) {
-            let selected: Vec<&RowChange> = changes.iter().filter(|c| c.op == route.op).collect();
-            if selected.is_empty() {
+            // All changes of a statement share one operation.
+            if changes.first().is_none_or(|c| c.op != route.op) {
                 continue;
             }
             let batch = if route.filter.is_some() || route.partition_by.is_some() {
-                let rows: Vec<Vec<Value>> = selected.iter().map(|c| c.image().to_vec()).collect();
-                let all: Vec<usize> = (0..table.meta.columns.len()).collect();
-                Some(rows_to_batch(&table.schema, &table.meta.columns, &all, &rows)?)
+                Some(match images.get() {
+                    Some(b) => b,
+                    None => {
+                        let rows: Vec<Vec<Value>> = changes.iter().map(|c| c.image().to_vec()).collect();
+                        let all: Vec<usize> = (0..table.meta.columns.len()).collect();
+                        let b = rows_to_batch(&table.schema, &table.meta.columns, &all, &rows)?;
+                        images.get_or_init(|| b)
+                    }
+                })
             } else {
                 None
             };
-            let mask = match (&route.filter, &batch) {
+            let mask = match (&route.filter, batch) {
                 (Some(f), Some(b)) => Some(evaluate_mask(f.as_ref(), b)?),
                 _ => None,
             };
-            let partitions = partitions(route, &batch, &selected, topic.meta.partitions)?;
-            for (i, change) in selected.iter().enumerate() {
+            let partitions = partitions(route, batch, changes, topic.meta.partitions)?;
+            let keys =
+                keys.get_or_init(|| changes.iter().map(|c| Json::Object(key_object(table, c)).to_string()).collect());
+            for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
                 {
@@ -131,7 +141,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                     partition: partitions[i],
                     op: change.op,
                     source_table: source_table.clone(),
-                    key: Json::Object(key_object(table, change)).to_string(),
+                    key: keys[i].clone(),
                     payload: payload.to_string(),
                 });
             }
@@ -150,8 +160,8 @@ fn evaluate_mask(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<Boole
 
 fn partitions(
     route: &CompiledRoute,
-    batch: &Option<RecordBatch>,
-    selected: &[&RowChange],
+    batch: Option<&RecordBatch>,
+    changes: &[RowChange],
     count: u32,
 ) -> Result<Vec<u32>> {
     let hash = |bytes: &[u8]| (twox_hash::XxHash64::oneshot(0, bytes) % u64::from(count)) as u32;
@@ -170,7 +180,7 @@ fn partitions(
                 })
                 .collect()
         }
-        _ => Ok(selected.iter().map(|c| hash(&c.key)).collect()),
+        _ => Ok(changes.iter().map(|c| hash(&c.key)).collect()),
     }
 }
 

@@ -109,7 +109,8 @@ impl ExecutionPlan for TableWriteExec {
             // Topic DDL waits for running writes, so a write sees one consistent set of routes.
             let _ddl = core.ddl_lock.read().await;
             let _table = table.write_lock.lock().await;
-            if !core.catalog.read().tables.values().any(|t| Arc::ptr_eq(t, &table)) {
+            let current = core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
+            if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
                 return exec_err!("table {} was dropped", table.meta.qualified_name());
             }
             let batches = collect(input, context).await?;
