@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds topicfusion (release) and runs it on the embedded data dir ./data.
-# Extra arguments go to `topicfusion sql` (e.g. -c "SELECT 1").
+# Builds topicfusion (release) and runs the server on the embedded data dir ./data, listening on
+# http://127.0.0.1:8080. Extra arguments go to `topicfusion serve` (e.g. --config FILE,
+# --listen 0.0.0.0:8080, --data-dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --release --locked -p topicfusion --bin topicfusion -- sql --data-dir ./data "$@"
+exec cargo run --release --locked -p topicfusion --bin topicfusion -- serve "$@"

@@ -16,7 +16,7 @@ use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 use std::ops::ControlFlow;
 
-use crate::ast::TopicStatement;
+use crate::ast::{TopicStatement, UserStatement};
 
 /// One statement of SQL text.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,8 @@ pub enum Statement {
     DataFusion(Box<DFStatement>),
     /// A topic statement.
     Topic(TopicStatement),
+    /// `CREATE USER`, `ALTER USER`, `DROP USER`.
+    User(UserStatement),
     /// `EXPLAIN [VERBOSE] <topic statement>`
     ExplainTopic { verbose: bool, statement: TopicStatement },
 }
@@ -34,6 +36,7 @@ impl fmt::Display for Statement {
         match self {
             Statement::DataFusion(s) => write!(f, "{s}"),
             Statement::Topic(s) => write!(f, "{s}"),
+            Statement::User(s) => write!(f, "{s}"),
             Statement::ExplainTopic { verbose, statement } => {
                 write!(f, "EXPLAIN {}{statement}", if *verbose { "VERBOSE " } else { "" })
             }
@@ -113,6 +116,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if claims(p, 0) {
         return Ok(Statement::Topic(TopicStatement::parse(p)?));
     }
+    if claims_user(p) {
+        return Ok(Statement::User(UserStatement::parse(p)?));
+    }
     let mut statement = df.parse_statement()?;
     normalize_types(&mut statement);
     Ok(Statement::DataFusion(Box::new(statement)))
@@ -148,6 +154,14 @@ fn claims(p: &Parser<'_>, mut at: usize) -> bool {
         || (is_word(&first, "RESET") && is_word(&second, "CONSUMER"))
         || is_word(&first, "CONSUME")
         || is_word(&first, "ACK")
+}
+
+/// Whether the statement is `CREATE|ALTER|DROP USER` (sqlparser has its own `CREATE USER`, which
+/// DataFusion cannot plan).
+fn claims_user(p: &Parser<'_>) -> bool {
+    let first = p.peek_nth_token(0).token;
+    (is_word(&first, "CREATE") || is_word(&first, "ALTER") || is_word(&first, "DROP"))
+        && is_word(&p.peek_nth_token(1).token, "USER")
 }
 
 /// An unquoted word equal to `word`, ignoring case (keyword or not).
@@ -207,11 +221,14 @@ pub(crate) fn parse_string(p: &mut Parser<'_>, what: &str) -> Result<String, Par
     }
 }
 
+/// The longest consumer-group name, in bytes.
+pub const MAX_GROUP_NAME_BYTES: usize = 255;
+
 /// A consumer-group name: a non-empty string literal of at most 255 bytes.
 pub(crate) fn parse_group_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
     let at = p.peek_token();
     let name = parse_string(p, "a group name in single quotes")?;
-    if name.is_empty() || name.len() > 255 {
+    if name.is_empty() || name.len() > MAX_GROUP_NAME_BYTES {
         return p.expected("a group name of 1 to 255 bytes", at);
     }
     Ok(name)

@@ -1,5 +1,5 @@
 //! `Core`: the state every plan, operator and provider shares: the store, the catalog, the
-//! consumer groups, the DDL lock, and a session for compiling route expressions.
+//! consumer groups, the users, the DDL lock, and a session for compiling route expressions.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,11 +13,13 @@ use topicfusion_storage::Store;
 
 use crate::catalog::{Catalog, DEFAULT_SCHEMA};
 use crate::groups::Groups;
+use crate::users::Users;
 
 pub struct Core {
     pub store: Arc<Store>,
     pub catalog: Catalog,
     pub groups: Groups,
+    pub users: Users,
     /// Taken for writing by DDL that changes routes or drops tables, for reading by every table
     /// write: a statement sees the same routes from its first read to its commit.
     pub ddl_lock: tokio::sync::RwLock<()>,

@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, not_impl_err};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, Extension, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::Analyzer;
-use topicfusion_dialect::{Statement, TopicStatement, parse_sql};
-use topicfusion_storage::{Durability, Message, Store};
+use topicfusion_dialect::{AlterUserAction, Statement, TopicStatement, UserStatement, parse_sql};
+use topicfusion_storage::keys::{self, CatalogKind};
+use topicfusion_storage::{Commit, Durability, Message, Store};
 
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, storage_err};
 use crate::cdc::router::compile_route;
@@ -25,6 +27,7 @@ use crate::plan::topic_command::TopicCommandNode;
 use crate::planner::TopicQueryPlanner;
 use crate::provider::catalog::DurableCatalog;
 use crate::topics::find_topic;
+use crate::users::{Action, PermissionDenied, Principal, Users, authorize};
 
 /// How a database is opened.
 #[derive(Debug, Clone)]
@@ -34,11 +37,18 @@ pub struct DatabaseOptions {
     pub visibility_timeout_ms: u64,
     /// DataFusion's parallelism (default: the number of cores).
     pub target_partitions: Option<usize>,
+    /// Whether role `user` may CONSUME and ACK (by default only service, dba and system may).
+    pub allow_user_role_consume: bool,
 }
 
 impl Default for DatabaseOptions {
     fn default() -> Self {
-        Self { durability: Durability::Process, visibility_timeout_ms: 60_000, target_partitions: None }
+        Self {
+            durability: Durability::Process,
+            visibility_timeout_ms: 60_000,
+            target_partitions: None,
+            allow_user_role_consume: false,
+        }
     }
 }
 
@@ -58,13 +68,55 @@ pub struct ExecuteError {
     /// 1-based position of the failing statement in the SQL text (0: the text did not parse).
     pub statement: usize,
     pub sql: String,
+    pub kind: ErrorKind,
     #[source]
     pub source: DataFusionError,
+}
+
+/// What kind of failure an error is, for interfaces that map errors to status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The SQL text did not parse.
+    Syntax,
+    /// The caller's role does not allow the statement.
+    PermissionDenied,
+    /// The statement is wrong for the data: unknown names, bad values, constraint violations.
+    InvalidInput,
+    /// A failure of the database itself (storage, a bug): not the caller's fault.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Classifies an error of a statement that parsed.
+    pub fn of(e: &DataFusionError) -> Self {
+        match e {
+            DataFusionError::Internal(_) | DataFusionError::IoError(_) | DataFusionError::ExecutionJoin(_) => {
+                ErrorKind::Internal
+            }
+            DataFusionError::External(inner) if inner.is::<topicfusion_storage::StorageError>() => ErrorKind::Internal,
+            DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
+            DataFusionError::Context(_, inner) => ErrorKind::of(inner),
+            DataFusionError::Shared(inner) => ErrorKind::of(inner),
+            _ => ErrorKind::InvalidInput,
+        }
+    }
+}
+
+impl ExecuteError {
+    fn new(statement: usize, sql: String, source: DataFusionError) -> Self {
+        let kind = if statement == 0 { ErrorKind::Syntax } else { ErrorKind::of(&source) };
+        Self { statement, sql, kind, source }
+    }
+}
+
+fn denied(e: PermissionDenied) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
 }
 
 pub struct Database {
     core: Arc<Core>,
     ctx: SessionContext,
+    allow_user_role_consume: bool,
 }
 
 impl Database {
@@ -82,9 +134,13 @@ impl Database {
                 })
                 .collect()
         })?;
+        let users = Users::load(&store)?;
+        // Every data dir has root (role system); the server gives it its password.
+        users.ensure_root(&store, None)?;
         let core = Arc::new(Core {
             store,
             catalog,
+            users,
             groups: Groups::new(options.visibility_timeout_ms),
             ddl_lock: tokio::sync::RwLock::new(()),
             expr_ctx,
@@ -109,26 +165,100 @@ impl Database {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog("datafusion", Arc::new(DurableCatalog::new(Arc::clone(&core))));
-        Ok(Self { core, ctx })
+        Ok(Self { core, ctx, allow_user_role_consume: options.allow_user_role_consume })
     }
 
-    /// Executes every statement of `sql` in order and returns their results; stops at the first
-    /// failing statement.
+    /// Executes every statement of `sql` in order as `root` (the embedded interface) and
+    /// returns their results; stops at the first failing statement.
     pub async fn execute(&self, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
-        let statements = parse_sql(sql).map_err(|source| ExecuteError { statement: 0, sql: sql.to_owned(), source })?;
+        self.execute_as(&Principal::root(), sql).await
+    }
+
+    /// Executes every statement of `sql` in order as `principal`, each checked against its role
+    /// before it runs; stops at the first failing statement.
+    pub async fn execute_as(&self, principal: &Principal, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
+        let statements = parse_sql(sql).map_err(|source| ExecuteError::new(0, sql.to_owned(), source))?;
         let mut out = Vec::with_capacity(statements.len());
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
-            match self.execute_statement(parsed.statement).await {
+            match self.execute_statement(principal, parsed.statement).await {
                 Ok((schema, batches)) => out.push(StatementResult { sql, schema, batches }),
-                Err(source) => return Err(ExecuteError { statement: i + 1, sql, source }),
+                Err(source) => return Err(ExecuteError::new(i + 1, sql, source)),
             }
         }
         Ok(out)
     }
 
-    async fn execute_statement(&self, statement: Statement) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    fn authorize(&self, principal: &Principal, action: Action) -> Result<()> {
+        authorize(principal, action, self.allow_user_role_consume).map_err(denied)
+    }
+
+    fn authorize_topic_statement(&self, principal: &Principal, statement: &TopicStatement) -> Result<()> {
+        let action = match statement {
+            TopicStatement::CreateTopic(_)
+            | TopicStatement::DropTopic(_)
+            | TopicStatement::ClearTopic(_)
+            | TopicStatement::AlterTopic(_) => Action::Ddl,
+            TopicStatement::ShowTopics => Action::ReadWrite,
+            TopicStatement::Consume(_)
+            | TopicStatement::Ack(_)
+            | TopicStatement::ResetConsumerGroup(_)
+            | TopicStatement::DropConsumerGroup(_) => Action::Consume,
+        };
+        self.authorize(principal, action)
+    }
+
+    /// Checks every part of a DataFusion plan (subqueries and EXPLAIN inputs included).
+    fn authorize_plan(&self, principal: &Principal, plan: &LogicalPlan) -> Result<()> {
+        use datafusion::logical_expr::Statement as DFPlanStatement;
+        let mut needed = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            match node {
+                LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) | LogicalPlan::Copy(_) => {
+                    needed.push(Action::FileSystem)
+                }
+                LogicalPlan::Ddl(_) => needed.push(Action::Ddl),
+                LogicalPlan::Statement(DFPlanStatement::SetVariable(_) | DFPlanStatement::ResetVariable(_)) => {
+                    needed.push(Action::SetOption)
+                }
+                LogicalPlan::TableScan(scan) => {
+                    if let Ok((schema, table)) = crate::core::reference_parts(scan.table_name.clone())
+                        && schema == crate::catalog::SYSTEM_SCHEMA
+                        && table == "users"
+                    {
+                        needed.push(Action::ReadUsers)
+                    }
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        needed.into_iter().try_for_each(|a| self.authorize(principal, a))
+    }
+
+    async fn execute_statement(
+        &self,
+        principal: &Principal,
+        statement: Statement,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        match &statement {
+            Statement::Topic(s) | Statement::ExplainTopic { statement: s, .. } => {
+                self.authorize_topic_statement(principal, s)?
+            }
+            Statement::User(UserStatement::Alter(a))
+                if a.name == principal.name && matches!(a.action, AlterUserAction::SetPassword(_)) => {}
+            Statement::User(_) => self.authorize(principal, Action::ManageUsers)?,
+            Statement::DataFusion(_) => {}
+        }
         let plan = match statement {
+            Statement::User(s) => {
+                let core = Arc::clone(&self.core);
+                let principal = principal.clone();
+                let status = tokio::task::spawn_blocking(move || core.users.execute(&core.store, &principal, &s))
+                    .await
+                    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+                return Ok(status_result(status));
+            }
             Statement::Topic(TopicStatement::ShowTopics) => {
                 let sql = "SELECT name, alias, partitions, retention_seconds, retention_max_bytes FROM system.topics ORDER BY name";
                 self.ctx.state().create_logical_plan(sql).await?
@@ -139,6 +269,7 @@ impl Database {
             }
             Statement::DataFusion(s) => {
                 let plan = self.ctx.state().statement_to_plan(*s).await?;
+                self.authorize_plan(principal, &plan)?;
                 if let LogicalPlan::Ddl(ddl) = &plan {
                     let core = &self.core;
                     let status = match ddl {
@@ -159,14 +290,119 @@ impl Database {
         Ok((schema, batches))
     }
 
-    /// CONSUME through the engine API (the same semantics as the SQL statement).
+    /// CONSUME through the engine API as `root` (the same semantics as the SQL statement).
     pub async fn consume(&self, topic: &str, request: &ConsumeRequest) -> Result<Vec<Message>> {
-        let name = topicfusion_dialect::sqlparser::ast::ObjectName::from(
-            topic.split('.').map(topicfusion_dialect::sqlparser::ast::Ident::new).collect::<Vec<_>>(),
-        );
-        let topic = find_topic(&self.core.catalog.read(), &name)?;
-        self.core.groups.consume(&self.core.store, &topic, request).await
+        self.consume_as(&Principal::root(), topic, request).await
     }
+
+    /// CONSUME through the engine API as `principal`.
+    pub async fn consume_as(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        request: &ConsumeRequest,
+    ) -> Result<Vec<Message>> {
+        self.authorize(principal, Action::Consume)?;
+        if let Some(g) = &request.group {
+            check_group_name(g)?;
+        }
+        let topic = self.find_topic(topic)?;
+        let partition = crate::groups::check_partition(&topic, request.partition.map(u64::from))?;
+        let request = ConsumeRequest { partition, ..request.clone() };
+        self.core.groups.consume(&self.core.store, &topic, &request).await
+    }
+
+    /// ACK through the engine API as `principal`: returns the group's new position (the next
+    /// offset it will read) in the partition.
+    pub async fn ack_as(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        group: &str,
+        partition: Option<u32>,
+        upto: u64,
+    ) -> Result<u64> {
+        self.authorize(principal, Action::Consume)?;
+        check_group_name(group)?;
+        let topic = self.find_topic(topic)?;
+        let partition = crate::groups::check_partition(&topic, partition.map(u64::from))?;
+        self.core.groups.ack(&self.core.store, &topic, group, partition, upto)
+    }
+
+    /// Whether a topic (by `[schema.]name` or alias) exists.
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        self.find_topic(topic).is_ok()
+    }
+
+    fn find_topic(&self, topic: &str) -> Result<Arc<crate::catalog::Topic>> {
+        // Names from the API are taken as written (no SQL case folding), one or two parts.
+        let parts: Vec<&str> = topic.split('.').collect();
+        if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+            return datafusion::common::plan_err!("invalid topic name '{topic}': expected [schema.]name");
+        }
+        let name = topicfusion_dialect::sqlparser::ast::ObjectName::from(
+            parts
+                .into_iter()
+                .map(|p| topicfusion_dialect::sqlparser::ast::Ident::with_quote('"', p))
+                .collect::<Vec<_>>(),
+        );
+        find_topic(&self.core.catalog.read(), &name)
+    }
+
+    /// Creates `root` on a new data dir and sets its password when it has none yet and one is
+    /// given. Returns whether root is left without a password.
+    pub fn ensure_root(&self, password: Option<&str>) -> Result<bool> {
+        self.core.users.ensure_root(&self.core.store, password)
+    }
+
+    /// Checks a user's password (argon2: slow on purpose, call it from a blocking thread).
+    pub fn verify_password(&self, user: &str, password: &str, loopback: bool) -> Option<Principal> {
+        self.core.users.verify(user, password, loopback).map(|(p, _)| p)
+    }
+
+    /// A user's current role and credential tag (which changes with the password), or `None`
+    /// if the user does not exist.
+    pub fn user_credentials(&self, user: &str) -> Option<(Principal, String)> {
+        self.core.users.get(user).map(|u| (Principal { name: u.name.clone(), role: u.role() }, u.credential_tag()))
+    }
+
+    /// A secret kept in the data dir (created at first use): `len` random bytes under `name`.
+    pub fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>> {
+        let key = keys::catalog_key(CatalogKind::Setting, name);
+        if let Some(v) = self.core.store.get(&key).map_err(crate::catalog::storage_err)? {
+            return Ok(v);
+        }
+        let mut secret = vec![0u8; len];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+        let mut commit = Commit::default();
+        commit.batch.put(&key, &secret);
+        self.core.store.commit(commit).map_err(crate::catalog::storage_err)?;
+        Ok(secret)
+    }
+
+    /// Starts a shutdown: every long poll returns at once (with what it has, usually nothing)
+    /// and later ones do not wait. Statements still run; drop the database to close it.
+    pub fn begin_shutdown(&self) {
+        self.core.groups.begin_shutdown();
+    }
+
+    /// Syncs the write-ahead log to disk (a clean close also survives a power loss after it).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.core.store.sync_wal().map_err(crate::catalog::storage_err)
+    }
+
+    /// How many long polls are waiting on commit signals now.
+    pub fn waiting_consumers(&self) -> usize {
+        self.core.store.waiters()
+    }
+}
+
+fn check_group_name(group: &str) -> Result<()> {
+    let max = crate::groups::MAX_GROUP_NAME_BYTES;
+    if group.is_empty() || group.len() > max {
+        return datafusion::common::plan_err!("a group name must have 1 to {max} bytes, got {}", group.len());
+    }
+    Ok(())
 }
 
 fn extension(statement: TopicStatement) -> Result<LogicalPlan> {

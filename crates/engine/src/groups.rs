@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use datafusion::common::{Result, exec_err, plan_err};
+pub use topicfusion_dialect::MAX_GROUP_NAME_BYTES;
 use topicfusion_dialect::StartPosition;
 use topicfusion_storage::{Commit, Message, Store, keys};
 
@@ -76,6 +77,8 @@ type ClaimKey = (u64, String, u32);
 pub struct Groups {
     claims: Mutex<HashMap<ClaimKey, BTreeMap<u64, Claim>>>,
     pub default_visibility_timeout_ms: u64,
+    /// Set when the database shuts down: long polls return what they have at once.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 fn encode_position(position: u64, updated_ms: i64) -> [u8; 16] {
@@ -130,7 +133,16 @@ pub fn check_partition(topic: &Topic, partition: Option<u64>) -> Result<Option<u
 
 impl Groups {
     pub fn new(default_visibility_timeout_ms: u64) -> Self {
-        Self { claims: Mutex::new(HashMap::new()), default_visibility_timeout_ms }
+        Self {
+            claims: Mutex::new(HashMap::new()),
+            default_visibility_timeout_ms,
+            shutdown: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every long poll now and makes later ones return without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ClaimKey, BTreeMap<u64, Claim>>> {
@@ -165,6 +177,7 @@ impl Groups {
             Some(_) => None,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
+        let mut shutdown = self.shutdown.subscribe();
         loop {
             // Subscribe before reading, so a commit between the read and the wait is not missed.
             let mut signals = Vec::with_capacity(partitions.len());
@@ -180,7 +193,7 @@ impl Groups {
                 (None, None) => unreachable!("stateless reads resolve their start"),
             };
             let now = tokio::time::Instant::now();
-            if !messages.is_empty() || req.limit == 0 || now >= deadline {
+            if !messages.is_empty() || req.limit == 0 || now >= deadline || *shutdown.borrow() {
                 return Ok(messages);
             }
             let mut wake = deadline;
@@ -194,6 +207,7 @@ impl Groups {
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.changed() => {}
             }
         }
     }

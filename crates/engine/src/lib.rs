@@ -3,7 +3,7 @@
 //! [`Database`] opens a data dir and executes SQL. Underneath: the durable catalog
 //! ([`catalog`]), table and system providers ([`provider`]), the DML rewrite and topic-command
 //! plans ([`plan`]) and their operators ([`exec`]), the write path ([`writer`]) with change
-//! capture ([`cdc`]), topic DDL ([`topics`]) and consumption ([`groups`]).
+//! capture ([`cdc`]), topic DDL ([`topics`]), consumption ([`groups`]) and users and roles ([`users`]).
 
 pub mod catalog;
 pub mod cdc;
@@ -17,9 +17,11 @@ pub mod planner;
 pub mod provider;
 pub mod topics;
 pub mod types;
+pub mod users;
 pub mod writer;
 
-pub use database::{Database, DatabaseOptions, ExecuteError, StatementResult};
+pub use database::{Database, DatabaseOptions, ErrorKind, ExecuteError, StatementResult};
 pub use groups::ConsumeRequest;
-pub use topicfusion_dialect::StartPosition;
+pub use topicfusion_dialect::{ParsedStatement, StartPosition, parse_sql};
 pub use topicfusion_storage::{Durability, Message};
+pub use users::{Action, PermissionDenied, Principal, Role, UserMeta};

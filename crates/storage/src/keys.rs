@@ -5,7 +5,7 @@
 //!
 //! | prefix | keyspace  | key                                                          | value                                  |
 //! |--------|-----------|--------------------------------------------------------------|----------------------------------------|
-//! | `0x01` | catalog   | `01 kind:u8 name:utf8` (kind 1 schema, 2 table, 3 topic)      | JSON metadata                          |
+//! | `0x01` | catalog   | `01 kind:u8 name:utf8` (kind 1 schema, 2 table, 3 topic, 4 user, 5 setting)| JSON metadata                          |
 //! | `0x02` | row       | `02 table_id:u64 pk:memcomparable`                           | row codec ([`crate::codec`])           |
 //! | `0x03` | message   | `03 topic_id:u64 partition:u32 offset:u64`                   | message codec ([`crate::message`])     |
 //! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
@@ -36,6 +36,10 @@ pub enum CatalogKind {
     Schema = 1,
     Table = 2,
     Topic = 3,
+    /// Users: name, role, argon2 password hash.
+    User = 4,
+    /// Server settings kept in the data dir (the token-signing secret).
+    Setting = 5,
 }
 
 /// Kinds of sequences.

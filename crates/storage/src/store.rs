@@ -239,6 +239,16 @@ impl Store {
         Some(sender.subscribe())
     }
 
+    /// fsyncs the write-ahead log.
+    pub fn sync_wal(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    /// How many receivers of commit signals exist now (long polls waiting, one per partition).
+    pub fn waiters(&self) -> usize {
+        self.lock().signals.values().map(|s| s.receiver_count()).sum()
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(key)?)
     }

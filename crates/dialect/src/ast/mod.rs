@@ -4,6 +4,7 @@
 mod consume;
 mod group;
 mod topic;
+mod user;
 
 use std::fmt;
 
@@ -15,6 +16,7 @@ pub use group::{Ack, DropConsumerGroup, ResetConsumerGroup};
 pub use topic::{
     AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, SourceOp, TopicOption,
 };
+pub use user::{AlterUser, AlterUserAction, CreateUser, DropUser, MAX_USER_NAME_BYTES, Role, UserStatement};
 
 use crate::parser::{is_word, parse_word};
 

@@ -1,5 +1,5 @@
 //! The `system` schema: read-only tables over the live catalog, partition logs, consumer-group
-//! positions and claims. Each scan snapshots its rows; any SELECT (filters, joins, aggregates)
+//! positions and claims, and users (never their password hashes). Each scan snapshots its rows; any SELECT (filters, joins, aggregates)
 //! works on them.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::core::Core;
 
-const TABLES: [&str; 5] = ["tables", "topic_claims", "topic_offsets", "topic_partitions", "topics"];
+const TABLES: [&str; 6] = ["tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -97,6 +97,7 @@ fn schema_of(name: &str) -> SchemaRef {
             f("deadline", ts(), false),
             f("delivery_count", UInt32, false),
         ],
+        "users" => vec![f("name", Utf8, false), f("role", Utf8, false), f("created_at", ts(), false)],
         _ => vec![
             f("schema", Utf8, false),
             f("name", Utf8, false),
@@ -170,6 +171,15 @@ impl SystemTable {
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.offset))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.deadline_ms))),
                     Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.deliveries))),
+                ]
+            }
+            "users" => {
+                // Never the password hash.
+                let users = core.users.list();
+                vec![
+                    Arc::new(StringArray::from_iter_values(users.iter().map(|u| u.name.as_str()))),
+                    Arc::new(StringArray::from_iter_values(users.iter().map(|u| u.role.as_str()))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(users.iter().map(|u| u.created_at_ms))),
                 ]
             }
             _ => {

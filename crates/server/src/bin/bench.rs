@@ -3,8 +3,14 @@
 //! same run. Run it in release: `scripts/bench.sh` (anchors included) or
 //! `cargo run --release -p topicfusion --bin bench`.
 //!
+//! `bench [FILTER ...]` runs only the sections that print a metric whose name contains one of the
+//! filters (e.g. `bench http_` or `bench consume_l1000`).
+//!
 //! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_BIG (10000000 messages
 //! in the large topic), BENCH_DRAIN (200000), BENCH_LAT_N (1000).
+//!
+//! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
+//! to it over loopback with reqwest, as a service would.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,58 +72,79 @@ async fn main() {
     let big = env("BENCH_BIG", 10_000_000);
     let drain = env("BENCH_DRAIN", 200_000);
     let lat_n = env("BENCH_LAT_N", 1000);
+    let filters: Vec<String> = std::env::args().skip(1).collect();
+    let wants =
+        |names: &[&str]| filters.is_empty() || names.iter().any(|n| filters.iter().any(|f| n.contains(f.as_str())));
     let mut out = Vec::new();
+
+    if wants(&["http_consume_ack_drain_b1000", "http_commit_to_consumer_latency"]) {
+        http::run(drain, lat_n, &mut out).await;
+    }
 
     // 1. Write path: bulk INSERT with 0, 1 and 3 routes.
     for (name, routes) in
         [("no_route", &[][..]), ("one_route", &["full"][..]), ("three_routes", &["full", "key", "diff"][..])]
     {
+        if !wants(&[&format!("insert_b{batch}_{name}")]) {
+            continue;
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let rate = bulk_insert(dir.path(), rows, batch, routes).await;
         out.push(metric(&format!("insert_b{batch}_{name}"), rate, "rows/s"));
     }
 
     // 2. Point SELECT on the primary key of a table of `rows` rows.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
-    exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
-    for b in 0..rows / batch {
-        exec(&db, &format!("INSERT INTO t VALUES {}", values(b * batch, batch))).await;
+    if wants(&["point_select_"]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
+        exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+        for b in 0..rows / batch {
+            exec(&db, &format!("INSERT INTO t VALUES {}", values(b * batch, batch))).await;
+        }
+        let mut lat = Vec::new();
+        let mut key = 12345u64;
+        for _ in 0..5000 {
+            key = key.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let sql = format!("SELECT * FROM t WHERE id = {}", (key >> 33) % rows);
+            let start = Instant::now();
+            let r = db.execute(&sql).await.expect("select");
+            lat.push(start.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(r[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        }
+        lat.sort_by(f64::total_cmp);
+        out.push(metric(&format!("point_select_{rows}_rows_p50"), percentile(&lat, 0.5), "ms"));
+        out.push(metric(&format!("point_select_{rows}_rows_p99"), percentile(&lat, 0.99), "ms"));
+        drop(db);
     }
-    let mut lat = Vec::new();
-    let mut key = 12345u64;
-    for _ in 0..5000 {
-        key = key.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let sql = format!("SELECT * FROM t WHERE id = {}", (key >> 33) % rows);
-        let start = Instant::now();
-        let r = db.execute(&sql).await.expect("select");
-        lat.push(start.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(r[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
-    }
-    lat.sort_by(f64::total_cmp);
-    out.push(metric(&format!("point_select_{rows}_rows_p50"), percentile(&lat, 0.5), "ms"));
-    out.push(metric(&format!("point_select_{rows}_rows_p99"), percentile(&lat, 0.99), "ms"));
-    drop(db);
 
     // 3. Single-row autocommit INSERTs with the WAL fsynced (one route), like PostgreSQL's.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
-        .expect("open");
-    exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
-    exec(&db, "CREATE TOPIC ev").await;
-    exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs(3) {
-        exec(&db, &format!("INSERT INTO t VALUES ({n}, 'new', 42.5)")).await;
-        n += 1;
+    if wants(&["insert_single_autocommit_sync_one_route"]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
+            .expect("open");
+        exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+        exec(&db, "CREATE TOPIC ev").await;
+        exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
+        let start = Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            exec(&db, &format!("INSERT INTO t VALUES ({n}, 'new', 42.5)")).await;
+            n += 1;
+        }
+        out.push(metric(
+            "insert_single_autocommit_sync_one_route",
+            n as f64 / start.elapsed().as_secs_f64(),
+            "stmts/s",
+        ));
+        drop(db);
     }
-    out.push(metric("insert_single_autocommit_sync_one_route", n as f64 / start.elapsed().as_secs_f64(), "stmts/s"));
-    drop(db);
 
     // 4. CONSUME cost does not depend on the topic's size: LIMIT 1000 near the end of a topic of
     //    1k messages and of `big` messages.
     for size in [1000u64, big] {
+        if !wants(&[&format!("consume_l1000_topic_{size}_p50")]) {
+            continue;
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
         exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
@@ -147,75 +174,274 @@ async fn main() {
     }
 
     // 5. Drain with a group: CONSUME LIMIT 1000 then ACK, until `drain` messages are read.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
-    exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY, v TEXT)").await;
-    exec(&db, "CREATE TOPIC d").await;
-    exec(&db, "ALTER TOPIC d ADD SOURCE k ON INSERT").await;
-    exec(&db, &format!("INSERT INTO k SELECT value, repeat('x', 100) FROM generate_series(1, {drain})")).await;
-    let start = Instant::now();
-    let mut read = 0u64;
-    loop {
-        let r = db.execute("CONSUME FROM d GROUP 'g' FROM EARLIEST LIMIT 1000").await.expect("consume");
-        let rows: usize = r[0].batches.iter().map(|b| b.num_rows()).sum();
-        if rows == 0 {
-            break;
+    if wants(&["consume_ack_drain_b1000"]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
+        exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY, v TEXT)").await;
+        exec(&db, "CREATE TOPIC d").await;
+        exec(&db, "ALTER TOPIC d ADD SOURCE k ON INSERT").await;
+        exec(&db, &format!("INSERT INTO k SELECT value, repeat('x', 100) FROM generate_series(1, {drain})")).await;
+        let start = Instant::now();
+        let mut read = 0u64;
+        loop {
+            let r = db.execute("CONSUME FROM d GROUP 'g' FROM EARLIEST LIMIT 1000").await.expect("consume");
+            let rows: usize = r[0].batches.iter().map(|b| b.num_rows()).sum();
+            if rows == 0 {
+                break;
+            }
+            read += rows as u64;
+            let last = read - 1;
+            exec(&db, &format!("ACK d GROUP 'g' UPTO OFFSET {last}")).await;
         }
-        read += rows as u64;
-        let last = read - 1;
-        exec(&db, &format!("ACK d GROUP 'g' UPTO OFFSET {last}")).await;
+        assert_eq!(read, drain);
+        out.push(metric("consume_ack_drain_b1000", read as f64 / start.elapsed().as_secs_f64(), "msg/s"));
+        drop(db);
     }
-    assert_eq!(read, drain);
-    out.push(metric("consume_ack_drain_b1000", read as f64 / start.elapsed().as_secs_f64(), "msg/s"));
-    drop(db);
 
     // 6. Commit-to-consumer latency: a consumer long-polls (engine API) while a producer commits
     //    one row every 2 ms.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).expect("open"));
-    exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
-    exec(&db, "CREATE TOPIC l").await;
-    exec(&db, "ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
-    let t0 = Instant::now();
-    let consumer = {
-        let db = Arc::clone(&db);
-        tokio::spawn(async move {
-            let mut seen = Vec::with_capacity(lat_n as usize);
-            let req = ConsumeRequest {
-                group: Some("lat".into()),
-                partition: None,
-                start: Some(StartPosition::Earliest),
-                limit: 100,
-                timeout_ms: 2000,
-                visibility_timeout_ms: None,
-            };
-            while (seen.len() as u64) < lat_n {
-                let msgs = db.consume("l", &req).await.expect("consume");
-                let now = t0.elapsed().as_secs_f64() * 1000.0;
-                for m in &msgs {
-                    seen.push((m.offset, now));
+    if wants(&["commit_to_consumer_latency_p"]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).expect("open"));
+        exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
+        exec(&db, "CREATE TOPIC l").await;
+        exec(&db, "ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
+        let t0 = Instant::now();
+        let consumer = {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(lat_n as usize);
+                let req = ConsumeRequest {
+                    group: Some("lat".into()),
+                    partition: None,
+                    start: Some(StartPosition::Earliest),
+                    limit: 100,
+                    timeout_ms: 2000,
+                    visibility_timeout_ms: None,
+                };
+                while (seen.len() as u64) < lat_n {
+                    let msgs = db.consume("l", &req).await.expect("consume");
+                    let now = t0.elapsed().as_secs_f64() * 1000.0;
+                    for m in &msgs {
+                        seen.push((m.offset, now));
+                    }
+                    if let Some(m) = msgs.last() {
+                        let ack = format!("ACK l GROUP 'lat' UPTO OFFSET {}", m.offset);
+                        db.execute(&ack).await.expect("ack");
+                    }
                 }
-                if let Some(m) = msgs.last() {
-                    let ack = format!("ACK l GROUP 'lat' UPTO OFFSET {}", m.offset);
-                    db.execute(&ack).await.expect("ack");
-                }
-            }
-            seen
-        })
-    };
-    let mut sent = Vec::with_capacity(lat_n as usize);
-    for i in 0..lat_n {
-        sent.push(t0.elapsed().as_secs_f64() * 1000.0);
-        exec(&db, &format!("INSERT INTO k VALUES ({i})")).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
+                seen
+            })
+        };
+        let mut sent = Vec::with_capacity(lat_n as usize);
+        for i in 0..lat_n {
+            sent.push(t0.elapsed().as_secs_f64() * 1000.0);
+            exec(&db, &format!("INSERT INTO k VALUES ({i})")).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let seen = consumer.await.expect("consumer");
+        let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
+        lat.sort_by(f64::total_cmp);
+        out.push(metric("commit_to_consumer_latency_p50", percentile(&lat, 0.5), "ms"));
+        out.push(metric("commit_to_consumer_latency_p99", percentile(&lat, 0.99), "ms"));
     }
-    let seen = consumer.await.expect("consumer");
-    let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
-    lat.sort_by(f64::total_cmp);
-    out.push(metric("commit_to_consumer_latency_p50", percentile(&lat, 0.5), "ms"));
-    out.push(metric("commit_to_consumer_latency_p99", percentile(&lat, 0.99), "ms"));
 
     for line in out {
         println!("{line}");
+    }
+}
+
+mod http {
+    //! The HTTP benchmarks: a real server process, reqwest clients on loopback.
+
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+
+    use super::{metric, percentile};
+
+    struct Server {
+        child: Child,
+        base: String,
+        client: reqwest::Client,
+        token: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Server {
+        async fn start(sync_writes: bool) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = dir.path().join("bench.toml");
+            let toml = format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync_writes = {sync_writes}\n[topics]\nmax_consume_timeout_ms = 60000\n"
+            );
+            std::fs::write(&config, toml).expect("config");
+            let exe = std::env::current_exe().expect("exe").with_file_name("topicfusion");
+            let mut child = Command::new(&exe)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("TOPICFUSION_ROOT_PASSWORD", "bench")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {} (build it with --bin topicfusion): {e}", exe.display()));
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
+            let base = line.trim().strip_prefix("listening on ").expect("address").to_owned();
+            let client = reqwest::Client::new();
+            let login: Value = client
+                .post(format!("{base}/v1/api/auth/login"))
+                .json(&json!({"username": "root", "password": "bench"}))
+                .send()
+                .await
+                .expect("login")
+                .json()
+                .await
+                .expect("login body");
+            let token = login["access_token"].as_str().expect("token").to_owned();
+            Self { child, base, client, token, _dir: dir }
+        }
+
+        async fn post(&self, path: &str, body: &Value) -> Value {
+            let resp = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status();
+            let body: Value = resp.json().await.expect("json");
+            assert!(status.is_success(), "{path}: {body}");
+            body
+        }
+
+        async fn sql(&self, sql: &str) -> Value {
+            self.post("/v1/api/sql", &json!({ "sql": sql })).await
+        }
+    }
+
+    pub async fn run(drain: u64, lat_n: u64, out: &mut Vec<String>) {
+        // CONSUME 1000 + ACK over HTTP until `drain` messages (100-byte payloads) are read.
+        let server = Server::start(false).await;
+        server
+            .sql("CREATE TABLE k (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC d; ALTER TOPIC d ADD SOURCE k ON INSERT")
+            .await;
+        server.sql(&format!("INSERT INTO k SELECT value, repeat('x', 100) FROM generate_series(1, {drain})")).await;
+        let start = Instant::now();
+        let mut read = 0u64;
+        loop {
+            let body = server
+                .post(
+                    "/v1/api/topics/consume",
+                    &json!({"topic_id": "d", "group_id": "g", "start": "Earliest", "limit": 1000}),
+                )
+                .await;
+            let messages = body["messages"].as_array().expect("messages");
+            let Some(last) = messages.last() else { break };
+            read += messages.len() as u64;
+            let upto = last["offset"].as_u64().expect("offset");
+            server
+                .post(
+                    "/v1/api/topics/ack",
+                    &json!({"topic_id": "d", "group_id": "g", "partition_id": 0, "upto_offset": upto}),
+                )
+                .await;
+        }
+        assert_eq!(read, drain);
+        out.push(metric("http_consume_ack_drain_b1000", read as f64 / start.elapsed().as_secs_f64(), "msg/s"));
+        drop(server);
+
+        // INSERT over HTTP -> long-polling HTTP consumer, alone and beside 8 synced writers.
+        for (name, sync_writers) in
+            [("http_commit_to_consumer_latency", 0usize), ("http_commit_to_consumer_latency_sync_c8", 8)]
+        {
+            let server = Arc::new(Server::start(sync_writers > 0).await);
+            server
+                .sql("CREATE TABLE k (id BIGINT PRIMARY KEY); CREATE TOPIC l; ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key');
+                      CREATE TABLE w (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC wt; ALTER TOPIC wt ADD SOURCE w ON INSERT")
+                .await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let written = Arc::new(AtomicU64::new(0));
+            let writers: Vec<_> = (0..sync_writers as u64)
+                .map(|w| {
+                    let (server, stop, written) = (Arc::clone(&server), Arc::clone(&stop), Arc::clone(&written));
+                    tokio::spawn(async move {
+                        let mut i = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            server
+                                .sql(&format!("INSERT INTO w VALUES ({}, 'writer {w}')", w * 1_000_000_000 + i))
+                                .await;
+                            i += 1;
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            let t0 = Instant::now();
+            let consumer = {
+                let server = Arc::clone(&server);
+                tokio::spawn(async move {
+                    let mut seen = Vec::with_capacity(lat_n as usize);
+                    while (seen.len() as u64) < lat_n {
+                        let body = server
+                            .post(
+                                "/v1/api/topics/consume",
+                                &json!({"topic_id": "l", "group_id": "lat", "start": "Earliest", "limit": 100, "timeout_ms": 2000}),
+                            )
+                            .await;
+                        let now = t0.elapsed().as_secs_f64() * 1000.0;
+                        let messages = body["messages"].as_array().expect("messages");
+                        for m in messages {
+                            seen.push((m["offset"].as_u64().expect("offset"), now));
+                        }
+                        if let Some(m) = messages.last() {
+                            let upto = m["offset"].as_u64().expect("offset");
+                            server
+                                .post(
+                                    "/v1/api/topics/ack",
+                                    &json!({"topic_id": "l", "group_id": "lat", "upto_offset": upto}),
+                                )
+                                .await;
+                        }
+                    }
+                    seen
+                })
+            };
+            let write_start = Instant::now();
+            let mut sent = Vec::with_capacity(lat_n as usize);
+            for i in 0..lat_n {
+                sent.push(t0.elapsed().as_secs_f64() * 1000.0);
+                server.sql(&format!("INSERT INTO k VALUES ({i})")).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let seen = consumer.await.expect("consumer");
+            stop.store(true, Ordering::Relaxed);
+            for w in writers {
+                w.await.expect("writer");
+            }
+            let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
+            lat.sort_by(f64::total_cmp);
+            out.push(metric(&format!("{name}_p50"), percentile(&lat, 0.5), "ms"));
+            out.push(metric(&format!("{name}_p99"), percentile(&lat, 0.99), "ms"));
+            if sync_writers > 0 {
+                let rate = written.load(Ordering::Relaxed) as f64 / write_start.elapsed().as_secs_f64();
+                out.push(metric("http_insert_single_sync_c8_beside_consumer", rate, "stmts/s"));
+            }
+        }
     }
 }

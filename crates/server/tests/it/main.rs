@@ -1,10 +1,11 @@
 //! The integration tests, in one binary: a module per area. Each test opens real RocksDB data
-//! dirs in temporary directories; the CLI tests run the real `topicfusion` binary.
+//! dirs in temporary directories; the CLI and HTTP tests run the real `topicfusion` binary.
 
 mod cli;
 mod concurrency;
 mod consume;
 mod crash;
+mod http;
 
 use topicfusion_engine::{Database, DatabaseOptions};
 

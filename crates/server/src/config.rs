@@ -1,0 +1,201 @@
+//! The server's configuration: a TOML file (`--config`), command-line overrides and
+//! `TOPICFUSION_ROOT_PASSWORD`. Every field has a default; unknown keys and bad values fail at
+//! start with a message naming the key. Documented field by field in docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The environment variable that overrides `[auth] root_password`.
+pub const ROOT_PASSWORD_ENV: &str = "TOPICFUSION_ROOT_PASSWORD";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub topics: TopicsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `HOST:PORT` of the HTTP API (port 0: any free port, printed at start).
+    pub listen: String,
+    /// The largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a shutdown waits for in-flight requests before closing them.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// fsync the write-ahead log on every commit (survives power loss, not only crashes).
+    pub sync_writes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// The wait of an HTTP consume request that names no `timeout_ms`.
+    pub default_consume_timeout_ms: u64,
+    /// The longest wait of an HTTP consume request; longer requests are clamped to it.
+    pub max_consume_timeout_ms: u64,
+    /// The claim length of a group CONSUME that names none.
+    pub default_visibility_timeout_ms: u64,
+    /// Whether role `user` may CONSUME and ACK.
+    pub allow_user_role_consume: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The password `root` gets when it has none (first start). Empty: no password, accepted
+    /// only on loopback connections.
+    pub root_password: String,
+    /// How long a login token is valid.
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 1024 * 1024, shutdown_timeout_ms: 10_000 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), sync_writes: false }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            default_consume_timeout_ms: 0,
+            max_consume_timeout_ms: 30_000,
+            default_visibility_timeout_ms: 60_000,
+            allow_user_role_consume: false,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { root_password: String::new(), token_ttl_seconds: 3600 }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config value {key} = {value}: {reason}")]
+    Invalid { key: &'static str, value: String, reason: String },
+}
+
+/// The longest wait the engine allows for a CONSUME (`max_consume_timeout_ms` cannot exceed it).
+pub const ENGINE_MAX_TIMEOUT_MS: u64 = topicfusion_engine::groups::MAX_TIMEOUT_MS;
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            // toml's message names the key and shows the line; keep it on one line.
+            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `TOPICFUSION_ROOT_PASSWORD` (if set) over the file's `root_password`.
+    pub fn apply_env(&mut self) {
+        if let Ok(p) = std::env::var(ROOT_PASSWORD_ENV) {
+            self.auth.root_password = p;
+        }
+    }
+
+    /// Checks every value; the first bad one is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: &str| {
+            Err(ConfigError::Invalid { key, value, reason: reason.to_owned() })
+        };
+        if self.listen_addr().is_err() {
+            return invalid(
+                "server.listen",
+                format!("{:?}", self.server.listen),
+                "expected HOST:PORT, e.g. 127.0.0.1:8080",
+            );
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 1 << 30 {
+            return invalid(
+                "server.max_body_bytes",
+                self.server.max_body_bytes.to_string(),
+                "must be between 1024 and 1073741824",
+            );
+        }
+        if self.server.shutdown_timeout_ms > 600_000 {
+            return invalid(
+                "server.shutdown_timeout_ms",
+                self.server.shutdown_timeout_ms.to_string(),
+                "at most 600000",
+            );
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return invalid("storage.data_dir", "\"\"".into(), "must not be empty");
+        }
+        let t = &self.topics;
+        if t.max_consume_timeout_ms > ENGINE_MAX_TIMEOUT_MS {
+            return invalid(
+                "topics.max_consume_timeout_ms",
+                t.max_consume_timeout_ms.to_string(),
+                &format!("at most {ENGINE_MAX_TIMEOUT_MS}"),
+            );
+        }
+        if t.default_consume_timeout_ms > t.max_consume_timeout_ms {
+            return invalid(
+                "topics.default_consume_timeout_ms",
+                t.default_consume_timeout_ms.to_string(),
+                "must not exceed topics.max_consume_timeout_ms",
+            );
+        }
+        let max_vis = topicfusion_engine::groups::MAX_VISIBILITY_TIMEOUT_MS;
+        if t.default_visibility_timeout_ms == 0 || t.default_visibility_timeout_ms > max_vis {
+            return invalid(
+                "topics.default_visibility_timeout_ms",
+                t.default_visibility_timeout_ms.to_string(),
+                &format!("must be between 1 and {max_vis}"),
+            );
+        }
+        if self.auth.token_ttl_seconds == 0 || self.auth.token_ttl_seconds > 31 * 24 * 3600 {
+            return invalid(
+                "auth.token_ttl_seconds",
+                self.auth.token_ttl_seconds.to_string(),
+                "must be between 1 and 2678400",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.server.listen.parse()
+    }
+}

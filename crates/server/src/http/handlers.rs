@@ -1,0 +1,213 @@
+//! The endpoint handlers: health, login, SQL, consume and ack. Each parses its body, checks the
+//! caller, runs the engine call on the engine runtime and shapes the JSON answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use topicfusion_engine::groups::{DEFAULT_CONSUME_LIMIT, MAX_GROUP_NAME_BYTES};
+use topicfusion_engine::{ConsumeRequest, Message, StartPosition};
+
+use super::error::{ApiError, ErrorCode};
+use super::rows::write_result;
+use super::{ApiJson, Caller, SharedState};
+
+pub async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "long_polls": state.db.waiting_consumers(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+pub async fn login(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let principal = state.check_password(&req.username, &req.password, peer.ip()).await?;
+    let Some((_, tag)) = state.db.user_credentials(&principal.name) else {
+        return Err(ApiError::unauthorized("wrong user name or password"));
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (token, exp) = state.tokens.issue(&principal.name, &tag, now);
+    let expires_at = chrono::DateTime::from_timestamp(exp, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+    tracing::info!(user = principal.name, role = %principal.role, "login");
+    Ok(Json(serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_at": expires_at })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    sql: String,
+}
+
+pub async fn sql(
+    State(state): State<SharedState>,
+    Caller(principal): Caller,
+    ApiJson(req): ApiJson<SqlRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let db = Arc::clone(&state.db);
+    let results = state.run(async move { db.execute_as(&principal, &req.sql).await }).await?;
+    let results = results.map_err(ApiError::from_execute)?;
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"results\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_result(&mut body, &r.schema, &r.batches).map_err(ApiError::internal)?;
+    }
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    body.extend_from_slice(format!("],\"took_ms\":{took_ms:.3}}}").as_bytes());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Where a consume without a stored group position starts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Start {
+    Earliest,
+    Latest,
+    Offset(u64),
+    Timestamp(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeBody {
+    topic_id: String,
+    group_id: Option<String>,
+    partition_id: Option<u32>,
+    start: Option<Start>,
+    limit: Option<u64>,
+    timeout_ms: Option<u64>,
+    visibility_timeout_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    topic_id: &'a str,
+    partition_id: u32,
+    offset: u64,
+    timestamp_ms: i64,
+    op: &'a str,
+    source_table: &'a str,
+    key: &'a RawValue,
+    payload: &'a RawValue,
+}
+
+fn check_group(group: &str) -> Result<(), ApiError> {
+    if group.is_empty() || group.len() > MAX_GROUP_NAME_BYTES {
+        return Err(ApiError::bad_request(format!("group_id must have 1 to {MAX_GROUP_NAME_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn check_topic(state: &SharedState, topic: &str) -> Result<(), ApiError> {
+    if state.db.topic_exists(topic) {
+        Ok(())
+    } else {
+        let shown: String = topic.chars().take(200).collect();
+        Err(ApiError::new(ErrorCode::NotFound, format!("topic {shown} does not exist")))
+    }
+}
+
+pub async fn consume(
+    State(state): State<SharedState>,
+    Caller(principal): Caller,
+    ApiJson(body): ApiJson<ConsumeBody>,
+) -> Result<Response, ApiError> {
+    if let Some(g) = &body.group_id {
+        check_group(g)?;
+    }
+    check_topic(&state, &body.topic_id)?;
+    let topics = &state.config.topics;
+    let timeout_ms = body.timeout_ms.unwrap_or(topics.default_consume_timeout_ms).min(topics.max_consume_timeout_ms);
+    let limit = body.limit.unwrap_or(DEFAULT_CONSUME_LIMIT);
+    let request = ConsumeRequest {
+        group: body.group_id,
+        partition: body.partition_id,
+        start: body.start.map(|s| match s {
+            Start::Earliest => StartPosition::Earliest,
+            Start::Latest => StartPosition::Latest,
+            Start::Offset(n) => StartPosition::Offset(n),
+            Start::Timestamp(t) => StartPosition::Timestamp(t),
+        }),
+        limit,
+        timeout_ms,
+        visibility_timeout_ms: body.visibility_timeout_ms,
+    };
+    let db = Arc::clone(&state.db);
+    let topic = body.topic_id;
+    let messages: Vec<Message> = {
+        let topic = topic.clone();
+        state.run(async move { db.consume_as(&principal, &topic, &request).await }).await?
+    }
+    .map_err(ApiError::from_engine)?;
+    let json: Vec<MessageJson> = messages
+        .iter()
+        .map(|m| {
+            Ok(MessageJson {
+                topic_id: &topic,
+                partition_id: m.partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                op: m.op.as_str(),
+                source_table: &m.source_table,
+                key: raw(&m.key)?,
+                payload: raw(&m.payload)?,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    let has_more = messages.len() as u64 == limit && limit > 0;
+    let body = serde_json::to_vec(&serde_json::json!({ "messages": json, "has_more": has_more }))
+        .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A stored message key or payload (JSON text written by the engine) as a JSON value.
+fn raw(text: &str) -> Result<&RawValue, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError::internal(format!("stored message is not JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    topic_id: String,
+    group_id: String,
+    partition_id: Option<u32>,
+    upto_offset: u64,
+}
+
+pub async fn ack(
+    State(state): State<SharedState>,
+    Caller(principal): Caller,
+    ApiJson(body): ApiJson<AckBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_group(&body.group_id)?;
+    check_topic(&state, &body.topic_id)?;
+    let db = Arc::clone(&state.db);
+    let position =
+        state
+            .run(async move {
+                db.ack_as(&principal, &body.topic_id, &body.group_id, body.partition_id, body.upto_offset).await
+            })
+            .await?
+            .map_err(ApiError::from_engine)?;
+    Ok(Json(serde_json::json!({ "acknowledged_offset": position.saturating_sub(1) })))
+}

@@ -1,0 +1,181 @@
+//! The HTTP API (axum): the router, the shared state, the extractors (JSON bodies with our error
+//! shape, the caller's identity) and the bridge that runs engine work on the engine runtime.
+//! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `health`. See docs/http-api.md.
+
+pub mod error;
+mod handlers;
+mod rows;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tokio::runtime::Handle;
+use topicfusion_engine::{Database, Principal};
+
+use crate::auth::{LoginThrottle, Tokens, parse_basic, parse_bearer};
+use crate::config::Config;
+pub use error::{ApiError, ErrorCode};
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: Arc<Database>,
+    pub config: Config,
+    pub tokens: Tokens,
+    pub throttle: LoginThrottle,
+    /// The runtime engine work runs on, so that RocksDB I/O and query execution never occupy
+    /// the threads that accept connections and serve other requests.
+    pub engine: Handle,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// Runs `work` on the engine runtime. Dropping the returned future (the client went away)
+    /// aborts the work at its next await point: a long poll stops waiting. Engine work is
+    /// cancel-safe there: each commit is one synchronous step.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut handle = AbortOnDrop(self.engine.spawn(work));
+        match (&mut handle.0).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_panic() => Err(ApiError::internal(format!("engine task panicked: {e}"))),
+            Err(e) => Err(ApiError::internal(format!("engine task ended: {e}"))),
+        }
+    }
+
+    /// Checks a user's password, after the throttle's delay; records the outcome.
+    pub async fn check_password(&self, user: &str, password: &str, peer: IpAddr) -> Result<Principal, ApiError> {
+        let delay = self.throttle.delay(user, peer);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (db, u, p) = (Arc::clone(&self.db), user.to_owned(), password.to_owned());
+        let loopback = peer.is_loopback();
+        // argon2 is CPU work: run it on the blocking pool.
+        let principal = tokio::task::spawn_blocking(move || db.verify_password(&u, &p, loopback))
+            .await
+            .map_err(ApiError::internal)?;
+        match principal {
+            Some(p) => {
+                self.throttle.succeeded(user);
+                Ok(p)
+            }
+            None => {
+                self.throttle.failed(user, peer);
+                tracing::warn!(user, %peer, "failed login");
+                Err(ApiError::unauthorized("wrong user name or password"))
+            }
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The whole API: [`routes`] with [`with_layers`].
+pub fn app(state: SharedState) -> Router {
+    with_layers(routes(), state)
+}
+
+/// The endpoints.
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/api/health", get(handlers::health))
+        .route("/v1/api/auth/login", post(handlers::login))
+        .route("/v1/api/sql", post(handlers::sql))
+        .route("/v1/api/topics/consume", post(handlers::consume))
+        .route("/v1/api/topics/ack", post(handlers::ack))
+}
+
+/// The layers around every endpoint: JSON 404s, the body limit, panics as 500s, request tracing.
+pub fn with_layers(routes: Router<SharedState>, state: SharedState) -> Router {
+    let max_body = state.config.server.max_body_bytes;
+    routes
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::BadRequest, "method not allowed for this endpoint")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
+}
+
+/// A JSON body whose rejections use the API's error shape (400, or 413 over the size limit).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(ErrorCode::PayloadTooLarge, "request body is over server.max_body_bytes");
+    }
+    ApiError::bad_request(match rejection {
+        JsonRejection::MissingJsonContentType(_) => "expected Content-Type: application/json".to_owned(),
+        other => other.body_text(),
+    })
+}
+
+/// The authenticated caller: `Authorization: Bearer <token>` or `Basic`.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized("missing Authorization header: use Bearer <token> or Basic"));
+        };
+        let value = value.to_str().map_err(|_| ApiError::unauthorized("Authorization header is not text"))?;
+        if let Some(token) = parse_bearer(value) {
+            return match state.tokens.verify(&state.db, token, chrono::Utc::now().timestamp()) {
+                Some(p) => Ok(Caller(p)),
+                None => Err(ApiError::unauthorized("invalid or expired token: log in again")),
+            };
+        }
+        if let Some((user, password)) = parse_basic(value) {
+            return state.check_password(&user, &password, peer_ip(parts)).await.map(Caller);
+        }
+        Err(ApiError::unauthorized("unsupported Authorization header: use Bearer <token> or Basic"))
+    }
+}
+
+/// The client's address (unspecified, so never loopback, when unknown).
+pub fn peer_ip(parts: &Parts) -> IpAddr {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip())
+}

@@ -1,0 +1,129 @@
+//! `topicfusion serve`: opens the data dir, creates `root` on first start, serves the HTTP API,
+//! and shuts down cleanly on SIGINT/SIGTERM: stop accepting, end long polls, let in-flight
+//! requests finish (bounded by `server.shutdown_timeout_ms`), sync the WAL, close RocksDB.
+//!
+//! Two runtimes: the HTTP runtime accepts connections and runs handlers; the engine runtime runs
+//! statements, commits and long polls. A slow synced commit or a heavy query therefore never
+//! holds up another client's request or a health check.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use topicfusion_engine::{Database, DatabaseOptions, Durability};
+
+use crate::auth::{LoginThrottle, TOKEN_SECRET, Tokens};
+use crate::config::Config;
+use crate::http::{AppState, app};
+
+/// Runs the server until SIGINT or SIGTERM. Blocks the calling thread.
+pub fn run(config: Config) -> Result<(), String> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let engine_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores * 2).max(4))
+        .thread_name("tf-engine")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the engine runtime: {e}"))?;
+    let http_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(2))
+        .thread_name("tf-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+
+    let options = DatabaseOptions {
+        durability: if config.storage.sync_writes { Durability::Sync } else { Durability::Process },
+        visibility_timeout_ms: config.topics.default_visibility_timeout_ms,
+        allow_user_role_consume: config.topics.allow_user_role_consume,
+        ..DatabaseOptions::default()
+    };
+    let data_dir = config.storage.data_dir.clone();
+    let db = {
+        // Opening compiles route filters with DataFusion, which wants a runtime around it.
+        let _guard = engine_rt.enter();
+        Database::open(&data_dir, options).map_err(|e| crate::open_error(&data_dir, &e))?
+    };
+    let db = Arc::new(db);
+    let root_password = Some(config.auth.root_password.as_str()).filter(|p| !p.is_empty());
+    let no_password = db.ensure_root(root_password).map_err(|e| format!("cannot create user root: {e}"))?;
+    if no_password {
+        tracing::warn!(
+            "user root has no password: it can log in only from loopback connections; set [auth] root_password or TOPICFUSION_ROOT_PASSWORD"
+        );
+    }
+    let secret = db.secret(TOKEN_SECRET, 32).map_err(|e| format!("cannot read the token secret: {e}"))?;
+    let state = Arc::new(AppState {
+        db: Arc::clone(&db),
+        tokens: Tokens::new(secret, config.auth.token_ttl_seconds),
+        throttle: LoginThrottle::default(),
+        engine: engine_rt.handle().clone(),
+        config: config.clone(),
+    });
+
+    let addr = config.listen_addr().map_err(|e| format!("invalid server.listen: {e}"))?;
+    let shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let served = http_rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        // The one line scripts wait for (the real port when listening on port 0).
+        println!("listening on http://{local}");
+        tracing::info!(%local, data_dir = %data_dir.display(), "serving");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let signal_db = Arc::clone(&state.db);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending long polls, finishing in-flight requests");
+            signal_db.begin_shutdown();
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful_rx = stop_rx.clone();
+        let server = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = graceful_rx.wait_for(|stop| *stop).await;
+            });
+        let mut deadline_rx = stop_rx;
+        tokio::select! {
+            r = server => r.map_err(|e| format!("server error: {e}")),
+            _ = async {
+                let _ = deadline_rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(shutdown_timeout).await;
+            } => {
+                tracing::warn!("in-flight requests did not finish within server.shutdown_timeout_ms; closing them");
+                Ok(())
+            }
+        }
+    });
+    http_rt.shutdown_timeout(Duration::from_secs(1));
+    engine_rt.shutdown_timeout(Duration::from_secs(5));
+    served?;
+    db.sync_wal().map_err(|e| format!("cannot sync the WAL at shutdown: {e}"))?;
+    match Arc::try_unwrap(db) {
+        Ok(db) => drop(db),
+        Err(_) => tracing::warn!("engine still referenced at shutdown; RocksDB closes at exit"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
