@@ -13,7 +13,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, Extension, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::Analyzer;
-use topicfusion_dialect::{AlterUserAction, Statement, TopicStatement, UserStatement, parse_sql};
+use topicfusion_dialect::{AckTarget, AlterUserAction, Statement, TopicStatement, UserStatement, parse_sql};
 use topicfusion_storage::keys::{self, CatalogKind};
 use topicfusion_storage::{Commit, Durability, Message, Store};
 
@@ -309,24 +309,33 @@ impl Database {
         let topic = self.find_topic(topic)?;
         let partition = crate::groups::check_partition(&topic, request.partition.map(u64::from))?;
         let request = ConsumeRequest { partition, ..request.clone() };
-        self.core.groups.consume(&self.core.store, &topic, &request).await
+        self.core.groups.consume(&self.core, &topic, &request).await
     }
 
-    /// ACK through the engine API as `principal`: returns the group's new position (the next
-    /// offset it will read) in the partition.
+    /// ACK through the engine API as `principal`: returns the group's position in the partition
+    /// (its lowest offset not yet acknowledged).
     pub async fn ack_as(
         &self,
         principal: &Principal,
         topic: &str,
         group: &str,
         partition: Option<u32>,
-        upto: u64,
+        target: &AckTarget,
     ) -> Result<u64> {
         self.authorize(principal, Action::Consume)?;
         check_group_name(group)?;
         let topic = self.find_topic(topic)?;
         let partition = crate::groups::check_partition(&topic, partition.map(u64::from))?;
-        self.core.groups.ack(&self.core.store, &topic, group, partition, upto)
+        if let AckTarget::Offsets(list) = target
+            && (list.is_empty() || list.len() > topicfusion_dialect::MAX_ACK_OFFSETS)
+        {
+            return datafusion::common::plan_err!(
+                "an ACK lists 1 to {} offsets, got {}",
+                topicfusion_dialect::MAX_ACK_OFFSETS,
+                list.len()
+            );
+        }
+        self.core.groups.ack(&self.core.store, &topic, group, partition, target)
     }
 
     /// Whether a topic (by `[schema.]name` or alias) exists.

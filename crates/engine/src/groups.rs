@@ -1,19 +1,26 @@
-//! Consumption: stateless reads, consumer groups (durable positions, in-memory claims with a
-//! visibility timeout), ACK, RESET, DROP CONSUMER GROUP, and long polling on the store's
-//! per-partition commit signal. SQL and (later) HTTP call the same functions.
+//! Consumption: stateless reads, consumer groups, per-message and cumulative ACK, dead letters,
+//! RESET, DROP CONSUMER GROUP, and long polling on the store's per-partition commit signal. SQL
+//! and HTTP call the same functions.
 //!
-//! A group's position per partition is the next offset it has not acknowledged; it is stored
-//! under the group keyspace and moves forward only by ACK, or anywhere by RESET. Claims are
-//! kept in memory (lost on restart, which only causes redelivery).
+//! A group's state per partition (share-group semantics, as Kafka's KIP-932):
+//! - `position`: the lowest offset not yet acknowledged (durable);
+//! - `acked`: the acknowledged offsets above the position (durable, compacted into the position as
+//!   it moves);
+//! - claims (in memory): offsets handed to a consumer, invisible to the group's other consumers
+//!   until their deadline, with a delivery count. A restart forgets them: only redelivery follows.
+//!
+//! CONSUME hands out offsets at or above the position that are neither acknowledged nor under a
+//! live claim. Each group's state is cached in memory after its first use and guarded by its own
+//! lock; every change is committed before the cache is updated.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use datafusion::common::{Result, exec_err, plan_err};
 pub use topicfusion_dialect::MAX_GROUP_NAME_BYTES;
-use topicfusion_dialect::StartPosition;
-use topicfusion_storage::{Commit, Message, Store, keys};
+use topicfusion_dialect::{AckTarget, StartPosition};
+use topicfusion_storage::{Commit, Message, NewMessage, Store, keys};
 
 use crate::catalog::{Topic, now_ms, storage_err};
 use crate::core::Core;
@@ -26,9 +33,11 @@ pub const DEFAULT_CONSUME_LIMIT: u64 = 100;
 pub const MAX_TIMEOUT_MS: u64 = 300_000;
 /// The longest claim (`visibility_timeout_ms`).
 pub const MAX_VISIBILITY_TIMEOUT_MS: u64 = 43_200_000;
+/// The most deliveries `max_deliveries` may allow.
+pub const MAX_DELIVERIES: u64 = 1000;
 
 /// A resolved CONSUME.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConsumeRequest {
     pub group: Option<String>,
     /// `None`: every partition.
@@ -39,6 +48,10 @@ pub struct ConsumeRequest {
     pub timeout_ms: u64,
     /// Default: the database's visibility timeout.
     pub visibility_timeout_ms: Option<u64>,
+    /// A message delivered this many times without an ACK goes to `dead_letter_topic`.
+    pub max_deliveries: Option<u64>,
+    /// `[schema.]name` of the dead-letter topic (SQL name rules).
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +60,87 @@ struct Claim {
     deliveries: u32,
 }
 
+/// One partition of a group.
+#[derive(Debug, Clone, Default)]
+struct PartitionGroup {
+    position: u64,
+    acked: BTreeSet<u64>,
+    claims: BTreeMap<u64, Claim>,
+    updated_ms: i64,
+}
+
+impl PartitionGroup {
+    /// Moves the position to at least `floor` (the log start: what is below it is gone) and over
+    /// every acknowledged offset at it; drops what fell below.
+    fn compact(&mut self, floor: u64) {
+        self.position = self.position.max(floor);
+        while self.acked.remove(&self.position) {
+            self.position += 1;
+        }
+        self.acked = self.acked.split_off(&self.position);
+        self.claims = self.claims.split_off(&self.position);
+    }
+
+    /// The durable value: `position:u64 updated_ms:i64` then `(start:u64, end:u64)` ranges of
+    /// acknowledged offsets above the position (end exclusive).
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&self.position.to_be_bytes());
+        v.extend_from_slice(&self.updated_ms.to_be_bytes());
+        let mut run: Option<(u64, u64)> = None;
+        for &o in &self.acked {
+            run = match run {
+                Some((s, e)) if e == o => Some((s, o + 1)),
+                Some((s, e)) => {
+                    v.extend_from_slice(&s.to_be_bytes());
+                    v.extend_from_slice(&e.to_be_bytes());
+                    Some((o, o + 1))
+                }
+                None => Some((o, o + 1)),
+            };
+        }
+        if let Some((s, e)) = run {
+            v.extend_from_slice(&s.to_be_bytes());
+            v.extend_from_slice(&e.to_be_bytes());
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self> {
+        if v.len() < 16 || !(v.len() - 16).is_multiple_of(16) {
+            return exec_err!("corrupt group position ({} bytes)", v.len());
+        }
+        let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        let mut acked = BTreeSet::new();
+        for i in (16..v.len()).step_by(16) {
+            let (s, e) = (u(i), u(i + 8));
+            if e <= s || e - s > 10_000_000 {
+                return exec_err!("corrupt group position: range {s}..{e}");
+            }
+            acked.extend(s..e);
+        }
+        Ok(Self { position: u(0), acked, claims: BTreeMap::new(), updated_ms: u(8) as i64 })
+    }
+}
+
+/// A group on one topic: its partitions (empty: the group does not exist yet).
+#[derive(Debug, Default)]
+struct GroupState {
+    partitions: BTreeMap<u32, PartitionGroup>,
+}
+
+type GroupKey = (u64, String);
+
 /// A row of `system.topic_offsets`.
 #[derive(Debug, Clone)]
 pub struct GroupPosition {
     pub topic_id: u64,
     pub group: String,
     pub partition: u32,
+    /// The lowest offset not yet acknowledged.
     pub position: u64,
+    /// Acknowledged offsets above the position.
+    pub acked_above: u64,
     pub next_offset: u64,
     pub updated_at_ms: i64,
 }
@@ -69,51 +156,47 @@ pub struct ClaimRow {
     pub deliveries: u32,
 }
 
-type ClaimKey = (u64, String, u32);
-
-/// Consumer-group state. One lock serializes every group read-modify-write (claims and
-/// positions), so concurrent consumers of a group get disjoint messages.
+/// Consumer-group state: one lock per (topic, group), so groups never wait on each other.
 #[derive(Debug)]
 pub struct Groups {
-    claims: Mutex<HashMap<ClaimKey, BTreeMap<u64, Claim>>>,
+    groups: Mutex<HashMap<GroupKey, Arc<Mutex<GroupState>>>>,
     pub default_visibility_timeout_ms: u64,
     /// Set when the database shuts down: long polls return what they have at once.
     shutdown: tokio::sync::watch::Sender<bool>,
-}
-
-fn encode_position(position: u64, updated_ms: i64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&position.to_be_bytes());
-    v[8..].copy_from_slice(&updated_ms.to_be_bytes());
-    v
-}
-
-fn decode_position(v: &[u8]) -> Result<(u64, i64)> {
-    if v.len() != 16 {
-        return exec_err!("corrupt group position");
-    }
-    Ok((u64::from_be_bytes(v[..8].try_into().expect("8")), i64::from_be_bytes(v[8..].try_into().expect("8"))))
+    /// Bumped by RESET, DROP CONSUMER GROUP and topic changes: long polls look again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds.
 pub fn parse_timestamp(text: &str) -> Result<i64> {
     match chrono::DateTime::parse_from_rfc3339(text) {
         Ok(t) => Ok(t.timestamp_millis()),
-        Err(e) => plan_err!("invalid timestamp '{text}' ({e}): expected RFC 3339, e.g. 2026-01-01T00:00:00Z"),
+        Err(e) => {
+            let shown: String = text.chars().take(64).collect();
+            plan_err!("invalid timestamp '{shown}' ({e}): expected RFC 3339, e.g. 2026-01-01T00:00:00Z")
+        }
     }
 }
 
-/// The offset a start position means in one partition now.
-fn resolve_start(store: &Store, topic_id: u64, partition: u32, start: &StartPosition) -> Result<u64> {
-    let Some(state) = store.partition_state(topic_id, partition) else {
-        return exec_err!("partition {partition} of topic id {topic_id} does not exist");
+/// The offset a start position means in one partition now. An offset beyond the high
+/// watermark is an error (it would skip messages not written yet).
+fn resolve_start(store: &Store, topic: &Topic, partition: u32, start: &StartPosition) -> Result<u64> {
+    let Some(state) = store.partition_state(topic.meta.id, partition) else {
+        return exec_err!("partition {partition} of topic {} does not exist", topic.meta.qualified_name());
     };
     Ok(match start {
         StartPosition::Earliest => state.log_start,
         StartPosition::Latest => state.next_offset,
+        StartPosition::Offset(n) if *n > state.next_offset => {
+            return plan_err!(
+                "offset {n} is beyond the end of partition {partition} of topic {}: its next offset is {}",
+                topic.meta.qualified_name(),
+                state.next_offset
+            );
+        }
         StartPosition::Offset(n) => *n,
         StartPosition::Timestamp(t) => {
-            store.offset_for_timestamp(topic_id, partition, parse_timestamp(t)?).map_err(storage_err)?
+            store.offset_for_timestamp(topic.meta.id, partition, parse_timestamp(t)?).map_err(storage_err)?
         }
     })
 }
@@ -131,12 +214,19 @@ pub fn check_partition(topic: &Topic, partition: Option<u64>) -> Result<Option<u
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State changes are applied only after their commit succeeded, so a poisoned lock is
+    // still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Groups {
     pub fn new(default_visibility_timeout_ms: u64) -> Self {
         Self {
-            claims: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             default_visibility_timeout_ms,
             shutdown: tokio::sync::watch::channel(false).0,
+            changes: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -145,13 +235,31 @@ impl Groups {
         self.shutdown.send_replace(true);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ClaimKey, BTreeMap<u64, Claim>>> {
-        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    /// Wakes every long poll so it looks again (groups reset or dropped, partitions added).
+    pub fn notify_change(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The state of a group, loaded from the store at first use.
+    fn group(&self, store: &Store, topic_id: u64, group: &str) -> Result<Arc<Mutex<GroupState>>> {
+        let key = (topic_id, group.to_owned());
+        if let Some(g) = lock(&self.groups).get(&key) {
+            return Ok(Arc::clone(g));
+        }
+        let prefix = keys::group_prefix(topic_id, group);
+        let mut state = GroupState::default();
+        for (k, v) in store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)? {
+            let (_, _, p) = keys::decode_group_key(&k).map_err(storage_err)?;
+            state.partitions.insert(p, PartitionGroup::decode(&v)?);
+        }
+        // Another caller may have loaded it meanwhile: keep the first.
+        Ok(Arc::clone(lock(&self.groups).entry(key).or_insert_with(|| Arc::new(Mutex::new(state)))))
     }
 
     /// Reads (CONSUME). Waits up to `timeout_ms` on the partitions' commit signals when nothing
     /// is available; dropping the future ends the wait.
-    pub async fn consume(&self, store: &Store, topic: &Topic, req: &ConsumeRequest) -> Result<Vec<Message>> {
+    pub async fn consume(&self, core: &Core, topic: &Topic, req: &ConsumeRequest) -> Result<Vec<Message>> {
+        let store = &core.store;
         if req.limit > MAX_CONSUME_LIMIT {
             return plan_err!("LIMIT {} is above the maximum of {MAX_CONSUME_LIMIT}", req.limit);
         }
@@ -164,7 +272,8 @@ impl Groups {
                 "visibility_timeout_ms must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}, got {visibility}"
             );
         }
-        let partitions: Vec<u32> = match req.partition {
+        let dead_letter = self.dead_letter(core, topic, req)?;
+        let mut partitions: Vec<u32> = match req.partition {
             Some(p) => vec![p],
             None => (0..topic.meta.partitions).collect(),
         };
@@ -173,12 +282,23 @@ impl Groups {
         // A stateless read resolves its start once, so a long poll FROM LATEST sees what
         // arrives while it waits.
         let stateless_from: Option<Vec<u64>> = match &req.group {
-            None => Some(partitions.iter().map(|&p| resolve_start(store, topic_id, p, &start)).collect::<Result<_>>()?),
+            None => Some(partitions.iter().map(|&p| resolve_start(store, topic, p, &start)).collect::<Result<_>>()?),
             Some(_) => None,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
         let mut shutdown = self.shutdown.subscribe();
+        let mut changes = self.changes.subscribe();
         loop {
+            if changes.has_changed().unwrap_or(false) && req.group.is_some() && req.partition.is_none() {
+                // ALTER TOPIC ... SET PARTITIONS: a group read covers the new partitions too.
+                let count =
+                    core.catalog.read().topics.values().find(|t| t.meta.id == topic_id).map(|t| t.meta.partitions);
+                match count {
+                    Some(n) => partitions = (0..n).collect(),
+                    None => return exec_err!("topic {} was dropped", topic.meta.qualified_name()),
+                }
+            }
+            changes.mark_unchanged();
             // Subscribe before reading, so a commit between the read and the wait is not missed.
             let mut signals = Vec::with_capacity(partitions.len());
             for &p in &partitions {
@@ -188,7 +308,18 @@ impl Groups {
                 }
             }
             let (messages, next_expiry_ms) = match (&req.group, &stateless_from) {
-                (Some(group), _) => self.claim(store, topic, group, &partitions, &start, req.limit, visibility)?,
+                (Some(group), _) => {
+                    let claim = ClaimRequest {
+                        group,
+                        partitions: &partitions,
+                        named_partition: req.partition,
+                        start: &start,
+                        limit: req.limit,
+                        visibility_ms: visibility,
+                        dead_letter: dead_letter.as_ref(),
+                    };
+                    self.claim(store, topic, &claim)?
+                }
                 (None, Some(from)) => (read_from(store, topic_id, &partitions, from, req.limit)?, None),
                 (None, None) => unreachable!("stateless reads resolve their start"),
             };
@@ -208,92 +339,218 @@ impl Groups {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.changed() => {}
+                _ = changes.changed() => {}
+            }
+        }
+    }
+
+    /// Resolves and checks the dead-letter options of a request.
+    fn dead_letter(&self, core: &Core, topic: &Topic, req: &ConsumeRequest) -> Result<Option<DeadLetter>> {
+        match (req.max_deliveries, &req.dead_letter_topic) {
+            (None, None) => Ok(None),
+            (Some(_), None) | (None, Some(_)) => {
+                plan_err!("max_deliveries and dead_letter_topic go together: give both or neither")
+            }
+            (Some(_), Some(_)) if req.group.is_none() => {
+                plan_err!("max_deliveries and dead_letter_topic need a GROUP (a stateless read claims nothing)")
+            }
+            (Some(n), _) if n == 0 || n > MAX_DELIVERIES => {
+                plan_err!("max_deliveries must be between 1 and {MAX_DELIVERIES}, got {n}")
+            }
+            (Some(n), Some(name)) => {
+                let parsed = topicfusion_dialect::sqlparser::parser::Parser::new(
+                    &topicfusion_dialect::sqlparser::dialect::GenericDialect {},
+                )
+                .try_with_sql(name)
+                .and_then(|mut p| p.parse_object_name(false));
+                let Ok(object) = parsed else {
+                    return plan_err!("invalid dead_letter_topic '{name}'");
+                };
+                let dlq = crate::topics::find_topic(&core.catalog.read(), &object)?;
+                if dlq.meta.id == topic.meta.id {
+                    return plan_err!("the dead-letter topic cannot be the topic being consumed");
+                }
+                Ok(Some(DeadLetter { max_deliveries: n as u32, topic: dlq }))
             }
         }
     }
 
     /// One attempt of a group read: creates the group if needed, then claims up to `limit`
-    /// unclaimed messages above the group's positions. Returns the messages and the earliest
-    /// deadline of the live claims it skipped (when one expires, messages become available).
-    #[allow(clippy::too_many_arguments)]
-    fn claim(
+    /// messages above the group's positions that are neither acknowledged nor claimed. Messages
+    /// that reached `max_deliveries` move to the dead-letter topic instead. Returns the messages
+    /// and the earliest deadline of the live claims it skipped.
+    fn claim(&self, store: &Store, topic: &Topic, req: &ClaimRequest<'_>) -> Result<(Vec<Message>, Option<i64>)> {
+        let topic_id = topic.meta.id;
+        let group = self.group(store, topic_id, req.group)?;
+        let mut g = lock(&group);
+        self.ensure_group(store, topic, req.group, &mut g, req.named_partition, req.start, &StartPosition::Latest)?;
+        let now = now_ms();
+        let mut next_expiry: Option<i64> = None;
+        let mut dead: Vec<(u32, Message, u32)> = Vec::new();
+        // Where the next read of each partition continues (fair_fill reads a partition twice).
+        let mut resume: Vec<u64> = vec![0; req.partitions.len()];
+        let messages = fair_fill(req.partitions, req.limit, |i, want| {
+            let p = req.partitions[i];
+            let Some(state) = store.partition_state(topic_id, p) else { return Ok(Vec::new()) };
+            let pg = g
+                .partitions
+                .entry(p)
+                .or_insert_with(|| PartitionGroup { position: state.log_start, ..Default::default() });
+            pg.compact(state.log_start);
+            // Offsets not to hand out: acknowledged, or claimed and the claim still live.
+            let mut blocked: Vec<u64> = pg.acked.iter().copied().collect();
+            for (&o, c) in &pg.claims {
+                if c.deadline_ms > now {
+                    blocked.push(o);
+                    next_expiry = Some(next_expiry.map_or(c.deadline_ms, |e| e.min(c.deadline_ms)));
+                }
+            }
+            blocked.sort_unstable();
+            blocked.dedup();
+            let mut from = pg.position.max(resume[i]);
+            let mut got: Vec<Message> = Vec::new();
+            for offset in blocked.into_iter().chain(std::iter::once(u64::MAX)) {
+                if got.len() >= want {
+                    break;
+                }
+                if offset > from {
+                    let more = store.read_messages(topic_id, p, from, offset, want - got.len()).map_err(storage_err)?;
+                    if let Some(last) = more.last() {
+                        resume[i] = last.offset + 1;
+                    }
+                    for m in more {
+                        let deliveries = pg.claims.get(&m.offset).map_or(0, |c| c.deliveries);
+                        match req.dead_letter {
+                            Some(d) if deliveries >= d.max_deliveries => dead.push((p, m, deliveries)),
+                            _ => got.push(m),
+                        }
+                    }
+                }
+                from = from.max(offset.saturating_add(1)).max(resume[i]);
+            }
+            Ok(got)
+        })?;
+        if !dead.is_empty() {
+            self.dead_letter_commit(
+                store,
+                topic,
+                req.group,
+                &mut g,
+                dead,
+                req.dead_letter.expect("dead only with DLQ"),
+            )?;
+        }
+        // Claims are recorded only now that every read (and the dead-letter commit) succeeded.
+        for m in &messages {
+            let pg = g.partitions.get_mut(&m.partition).expect("read partitions exist");
+            let c = pg.claims.entry(m.offset).or_insert(Claim { deadline_ms: 0, deliveries: 0 });
+            c.deadline_ms = now + req.visibility_ms as i64;
+            c.deliveries = c.deliveries.saturating_add(1);
+        }
+        Ok((messages, next_expiry))
+    }
+
+    /// Appends messages that reached `max_deliveries` to the dead-letter topic and acknowledges
+    /// them, in one commit.
+    fn dead_letter_commit(
         &self,
         store: &Store,
         topic: &Topic,
         group: &str,
-        partitions: &[u32],
-        start: &StartPosition,
-        limit: u64,
-        visibility_ms: u64,
-    ) -> Result<(Vec<Message>, Option<i64>)> {
-        let mut claims = self.lock();
-        let topic_id = topic.meta.id;
-        let positions = self.ensure_group(store, topic, group, start)?;
+        g: &mut GroupState,
+        dead: Vec<(u32, Message, u32)>,
+        dlq: &DeadLetter,
+    ) -> Result<()> {
+        let mut commit = Commit::default();
+        let mut next = g.partitions.clone();
         let now = now_ms();
-        let mut next_expiry: Option<i64> = None;
-        let messages = fair_fill(partitions, limit, |i, want| {
-            let p = partitions[i];
-            let Some(state) = store.partition_state(topic_id, p) else { return Ok(Vec::new()) };
-            let position = positions.get(&p).copied().unwrap_or(state.log_start).max(state.log_start);
-            let map = claims.entry((topic_id, group.to_owned(), p)).or_default();
-            // Claims at or below the position were acknowledged.
-            *map = map.split_off(&position);
-            // Read the runs of offsets between live claims.
-            let mut from = position;
-            let mut got: Vec<Message> = Vec::new();
-            let live: Vec<(u64, i64)> =
-                map.iter().filter(|(_, c)| c.deadline_ms > now).map(|(&o, c)| (o, c.deadline_ms)).collect();
-            for (offset, deadline) in live.into_iter().chain(std::iter::once((u64::MAX, 0))) {
-                if got.len() >= want {
-                    break;
-                }
-                if offset != u64::MAX {
-                    next_expiry = Some(next_expiry.map_or(deadline, |e| e.min(deadline)));
-                }
-                if offset > from {
-                    got.extend(store.read_messages(topic_id, p, from, offset, want - got.len()).map_err(storage_err)?);
-                }
-                from = offset.saturating_add(1);
-            }
-            for m in &got {
-                let c = map.entry(m.offset).or_insert(Claim { deadline_ms: 0, deliveries: 0 });
-                c.deadline_ms = now + visibility_ms as i64;
-                c.deliveries += 1;
-            }
-            Ok(got)
-        })?;
-        Ok((messages, next_expiry))
+        for (p, m, deliveries) in &dead {
+            let payload = serde_json::json!({
+                "topic": topic.meta.qualified_name(),
+                "group": group,
+                "partition": p,
+                "offset": m.offset,
+                "delivery_count": deliveries,
+                "timestamp_ms": m.timestamp_ms,
+                "op": m.op.as_str(),
+                "key": serde_json::from_str::<serde_json::Value>(&m.key).unwrap_or(serde_json::Value::Null),
+                "payload": serde_json::from_str::<serde_json::Value>(&m.payload).unwrap_or(serde_json::Value::Null),
+            });
+            commit.messages.push(NewMessage {
+                topic_id: dlq.topic.meta.id,
+                partition: p % dlq.topic.meta.partitions,
+                op: m.op,
+                source_table: m.source_table.clone(),
+                key: m.key.clone(),
+                payload: payload.to_string(),
+            });
+            let pg = next.get_mut(p).expect("read partitions exist");
+            pg.acked.insert(m.offset);
+            pg.claims.remove(&m.offset);
+        }
+        let log_starts = self.touched_log_starts(store, topic.meta.id, dead.iter().map(|(p, _, _)| *p));
+        for (p, floor) in log_starts {
+            let pg = next.get_mut(&p).expect("read partitions exist");
+            pg.compact(floor);
+            pg.updated_ms = now;
+            commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
+        }
+        store.commit(commit).map_err(storage_err)?;
+        g.partitions = next;
+        Ok(())
     }
 
-    /// The stored positions of a group on a topic; creates the group (positions resolved from
-    /// `start` and committed) if it has none. Partitions added after the group was created start
-    /// at their log start. The caller holds the claims lock.
+    fn touched_log_starts(&self, store: &Store, topic_id: u64, ps: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+        let set: BTreeSet<u32> = ps.collect();
+        set.into_iter().map(|p| (p, store.partition_state(topic_id, p).map_or(0, |s| s.log_start))).collect()
+    }
+
+    /// Creates the group if it has no stored positions: `start` for the named partition (or for
+    /// all when none is named), `default_start` for the others. Partitions added to the topic
+    /// after the group was created start at their log start. The caller holds the group's lock.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_group(
         &self,
         store: &Store,
         topic: &Topic,
         group: &str,
+        g: &mut GroupState,
+        named_partition: Option<u32>,
         start: &StartPosition,
-    ) -> Result<HashMap<u32, u64>> {
-        let stored = read_positions(store, topic.meta.id, group)?;
-        if !stored.is_empty() {
-            return Ok(stored.into_iter().map(|(p, (pos, _))| (p, pos)).collect());
+        default_start: &StartPosition,
+    ) -> Result<()> {
+        if !g.partitions.is_empty() {
+            return Ok(());
         }
         let mut commit = Commit::default();
-        let mut positions = HashMap::new();
+        let mut partitions = BTreeMap::new();
         let now = now_ms();
         for p in 0..topic.meta.partitions {
-            let pos = resolve_start(store, topic.meta.id, p, start)?;
-            commit.batch.put(keys::group_key(topic.meta.id, group, p), encode_position(pos, now));
-            positions.insert(p, pos);
+            let from = if named_partition.is_none_or(|n| n == p) { start } else { default_start };
+            let pg = PartitionGroup {
+                position: resolve_start(store, topic, p, from)?,
+                updated_ms: now,
+                ..Default::default()
+            };
+            commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
+            partitions.insert(p, pg);
         }
         store.commit(commit).map_err(storage_err)?;
-        Ok(positions)
+        g.partitions = partitions;
+        Ok(())
     }
 
-    /// ACK: the group's position in the partition becomes `upto + 1` unless it is already past
-    /// it. Returns the position.
-    pub fn ack(&self, store: &Store, topic: &Topic, group: &str, partition: Option<u32>, upto: u64) -> Result<u64> {
+    /// ACK. `UPTO OFFSET n`: the position becomes `n + 1` unless it is past it already.
+    /// `OFFSETS (...)`: exactly those messages are done; the position moves over every
+    /// acknowledged offset at it. Idempotent. Returns the group's position in the partition.
+    pub fn ack(
+        &self,
+        store: &Store,
+        topic: &Topic,
+        group: &str,
+        partition: Option<u32>,
+        target: &AckTarget,
+    ) -> Result<u64> {
         let partition = match partition {
             Some(p) => p,
             None if topic.meta.partitions == 1 => 0,
@@ -305,13 +562,16 @@ impl Groups {
                 );
             }
         };
-        let mut claims = self.lock();
         let Some(state) = store.partition_state(topic.meta.id, partition) else {
             return exec_err!("partition {partition} does not exist");
         };
-        if upto >= state.next_offset {
+        let highest = match target {
+            AckTarget::Upto(n) => *n,
+            AckTarget::Offsets(list) => list.iter().copied().max().unwrap_or(0),
+        };
+        if highest >= state.next_offset {
             return plan_err!(
-                "cannot ACK offset {upto}: partition {partition} of topic {} has {}",
+                "cannot ACK offset {highest}: partition {partition} of topic {} has {}",
                 topic.meta.qualified_name(),
                 if state.next_offset == 0 {
                     "no messages yet".to_owned()
@@ -320,22 +580,40 @@ impl Groups {
                 }
             );
         }
-        // A group an ACK creates starts at EARLIEST elsewhere: nothing is skipped unacknowledged.
-        let positions = self.ensure_group(store, topic, group, &StartPosition::Earliest)?;
-        let current = positions.get(&partition).copied().unwrap_or(0);
-        let position = current.max(upto + 1);
-        if position != current || !positions.contains_key(&partition) {
+        let handle = self.group(store, topic.meta.id, group)?;
+        let mut g = lock(&handle);
+        // A group an ACK creates starts at EARLIEST: nothing is skipped unacknowledged.
+        self.ensure_group(store, topic, group, &mut g, None, &StartPosition::Earliest, &StartPosition::Earliest)?;
+        let mut pg = g
+            .partitions
+            .get(&partition)
+            .cloned()
+            .unwrap_or(PartitionGroup { position: state.log_start, ..Default::default() });
+        let before = (pg.position, pg.acked.clone());
+        match target {
+            AckTarget::Upto(n) => pg.position = pg.position.max(n + 1),
+            AckTarget::Offsets(list) => pg.acked.extend(list.iter().copied().filter(|&o| o >= pg.position)),
+        }
+        pg.compact(state.log_start);
+        let exists = g.partitions.contains_key(&partition);
+        if !exists || before != (pg.position, pg.acked.clone()) {
+            pg.updated_ms = now_ms();
             let mut commit = Commit::default();
-            commit.batch.put(keys::group_key(topic.meta.id, group, partition), encode_position(position, now_ms()));
+            commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
             store.commit(commit).map_err(storage_err)?;
         }
-        if let Some(map) = claims.get_mut(&(topic.meta.id, group.to_owned(), partition)) {
-            *map = map.split_off(&position);
+        if let AckTarget::Offsets(list) = target {
+            for o in list {
+                pg.claims.remove(o);
+            }
         }
+        let position = pg.position;
+        g.partitions.insert(partition, pg);
         Ok(position)
     }
 
-    /// RESET CONSUMER GROUP: sets the positions of one or all partitions; drops their claims.
+    /// RESET CONSUMER GROUP: sets the positions of one or all partitions; forgets their
+    /// acknowledged offsets and claims.
     pub fn reset(
         &self,
         store: &Store,
@@ -344,96 +622,122 @@ impl Groups {
         partition: Option<u32>,
         to: &StartPosition,
     ) -> Result<()> {
-        let mut claims = self.lock();
+        let handle = self.group(store, topic.meta.id, group)?;
+        let mut g = lock(&handle);
         let partitions: Vec<u32> = match partition {
             Some(p) => vec![p],
             None => (0..topic.meta.partitions).collect(),
         };
-        self.ensure_group(store, topic, group, to)?;
+        let mut next = g.partitions.clone();
         let mut commit = Commit::default();
         let now = now_ms();
-        for &p in &partitions {
-            let pos = resolve_start(store, topic.meta.id, p, to)?;
-            commit.batch.put(keys::group_key(topic.meta.id, group, p), encode_position(pos, now));
-            claims.remove(&(topic.meta.id, group.to_owned(), p));
+        let created = next.is_empty();
+        for p in 0..topic.meta.partitions {
+            let target = partitions.contains(&p);
+            if !target && !created {
+                continue;
+            }
+            // A RESET that creates the group starts its other partitions at LATEST.
+            let from = if target { to } else { &StartPosition::Latest };
+            let pg = PartitionGroup {
+                position: resolve_start(store, topic, p, from)?,
+                updated_ms: now,
+                ..Default::default()
+            };
+            commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
+            next.insert(p, pg);
         }
         store.commit(commit).map_err(storage_err)?;
+        g.partitions = next;
+        drop(g);
+        self.notify_change();
         Ok(())
     }
 
     /// DROP CONSUMER GROUP.
     pub fn drop_group(&self, store: &Store, topic: &Topic, group: &str) -> Result<()> {
-        let mut claims = self.lock();
-        if read_positions(store, topic.meta.id, group)?.is_empty() {
+        let handle = self.group(store, topic.meta.id, group)?;
+        let mut g = lock(&handle);
+        if g.partitions.is_empty() {
             return plan_err!("consumer group '{group}' does not exist on topic {}", topic.meta.qualified_name());
         }
         let prefix = keys::group_prefix(topic.meta.id, group);
         let mut commit = Commit::default();
         commit.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
         store.commit(commit).map_err(storage_err)?;
-        claims.retain(|(t, g, _), _| !(*t == topic.meta.id && g == group));
+        g.partitions.clear();
+        drop(g);
+        self.notify_change();
         Ok(())
     }
 
-    /// Stages the removal of every group of these topics (CLEAR TOPIC, DROP TOPIC) and forgets
-    /// their claims; returns the lock guard, so the caller commits before any group call runs.
+    /// Stages the removal of every group of these topics (DROP TOPIC, DROP SCHEMA) and forgets
+    /// their cached state; returns the lock guard, so the caller commits before any group call
+    /// runs.
     #[must_use = "hold the guard until the commit"]
     pub fn forget_topics(&self, commit: &mut Commit, topic_ids: &[u64]) -> impl Drop + '_ {
-        let mut claims = self.lock();
+        let mut groups = lock(&self.groups);
         for &topic_id in topic_ids {
             let prefix = keys::topic_groups_prefix(topic_id);
             commit.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
         }
-        claims.retain(|(t, _, _), _| !topic_ids.contains(t));
-        claims
+        groups.retain(|(t, _), _| !topic_ids.contains(t));
+        self.notify_change();
+        groups
     }
 
-    /// Every stored group position (for `system.topic_offsets`).
+    /// Every stored group position (for `system.topic_offsets`); positions below the log start
+    /// (after CLEAR TOPIC or retention) show as the log start.
     pub fn positions(&self, core: &Core) -> Result<Vec<GroupPosition>> {
         let prefix = keys::groups_prefix();
         let rows = core.store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)?;
         rows.into_iter()
             .map(|(k, v)| {
                 let (topic_id, group, partition) = keys::decode_group_key(&k).map_err(storage_err)?;
-                let (position, updated_at_ms) = decode_position(&v)?;
-                let next_offset = core.store.partition_state(topic_id, partition).map_or(0, |s| s.next_offset);
-                Ok(GroupPosition { topic_id, group, partition, position, next_offset, updated_at_ms })
+                let mut pg = PartitionGroup::decode(&v)?;
+                let state = core.store.partition_state(topic_id, partition).unwrap_or_default();
+                pg.compact(state.log_start);
+                Ok(GroupPosition {
+                    topic_id,
+                    group,
+                    partition,
+                    position: pg.position,
+                    acked_above: pg.acked.len() as u64,
+                    next_offset: state.next_offset,
+                    updated_at_ms: pg.updated_ms,
+                })
             })
             .collect()
     }
 
     /// Every live or expired-but-unacknowledged claim (for `system.topic_claims`).
     pub fn claims(&self) -> Vec<ClaimRow> {
-        let claims = self.lock();
-        let mut rows: Vec<ClaimRow> = claims
-            .iter()
-            .flat_map(|((topic_id, group, partition), map)| {
-                map.iter().map(move |(&offset, c)| ClaimRow {
-                    topic_id: *topic_id,
-                    group: group.clone(),
-                    partition: *partition,
-                    offset,
-                    deadline_ms: c.deadline_ms,
-                    deliveries: c.deliveries,
-                })
-            })
-            .collect();
+        let handles: Vec<(GroupKey, Arc<Mutex<GroupState>>)> =
+            lock(&self.groups).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut rows = Vec::new();
+        for ((topic_id, group), handle) in handles {
+            let g = lock(&handle);
+            for (&partition, pg) in &g.partitions {
+                for (&offset, c) in &pg.claims {
+                    if offset < pg.position || pg.acked.contains(&offset) {
+                        continue;
+                    }
+                    rows.push(ClaimRow {
+                        topic_id,
+                        group: group.clone(),
+                        partition,
+                        offset,
+                        deadline_ms: c.deadline_ms,
+                        deliveries: c.deliveries,
+                    });
+                }
+            }
+        }
         rows.sort_by(|a, b| {
             (a.topic_id, &a.group, a.partition, a.offset).cmp(&(b.topic_id, &b.group, b.partition, b.offset))
         });
         rows
     }
-}
-
-fn read_positions(store: &Store, topic_id: u64, group: &str) -> Result<HashMap<u32, (u64, i64)>> {
-    let prefix = keys::group_prefix(topic_id, group);
-    let rows = store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)?;
-    rows.into_iter()
-        .map(|(k, v)| {
-            let (_, _, p) = keys::decode_group_key(&k).map_err(storage_err)?;
-            Ok((p, decode_position(&v)?))
-        })
-        .collect()
 }
 
 fn read_from(store: &Store, topic_id: u64, partitions: &[u32], from: &[u64], limit: u64) -> Result<Vec<Message>> {
@@ -472,4 +776,22 @@ fn fair_fill(
         }
     }
     Ok(per_partition.into_iter().flatten().collect())
+}
+
+/// What a group read needs besides the topic.
+struct ClaimRequest<'a> {
+    group: &'a str,
+    partitions: &'a [u32],
+    named_partition: Option<u32>,
+    start: &'a StartPosition,
+    limit: u64,
+    visibility_ms: u64,
+    dead_letter: Option<&'a DeadLetter>,
+}
+
+/// A resolved dead-letter setting.
+#[derive(Debug)]
+struct DeadLetter {
+    max_deliveries: u32,
+    topic: Arc<Topic>,
 }

@@ -122,9 +122,11 @@ pub async fn clear_topic(core: &Core, stmt: &ClearTopic) -> Result<String> {
     let topic = find_topic(&st, &stmt.name)?;
     let partition_ops =
         (0..topic.meta.partitions).map(|p| PartitionOp::Clear { topic_id: topic.meta.id, partition: p }).collect();
-    let mut commit = Commit { partition_ops, ..Default::default() };
-    let _claims = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
+    // Groups stay: their positions below the new log start count as the log start, so a group
+    // goes on with the messages written after the CLEAR.
+    let commit = Commit { partition_ops, ..Default::default() };
     core.store.commit(commit).map_err(storage_err)?;
+    core.groups.notify_change();
     Ok(format!("cleared topic {}", topic.meta.qualified_name()))
 }
 
@@ -184,6 +186,8 @@ pub async fn alter_topic(core: &Core, stmt: &AlterTopic) -> Result<String> {
     put_topic(&mut commit, &mut next, Topic { meta, routes });
     core.store.commit(commit).map_err(storage_err)?;
     *st = next;
+    // Long polls look again (new partitions).
+    core.groups.notify_change();
     Ok(status)
 }
 

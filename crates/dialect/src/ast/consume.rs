@@ -9,7 +9,9 @@ use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 
 use super::Quoted;
-use crate::parser::{expect_word, parse_group_name, parse_name, parse_options, parse_string, parse_uint, parse_word};
+use crate::parser::{
+    expect_word, parse_group_name, parse_name, parse_options, parse_positive, parse_string, parse_uint, parse_word,
+};
 
 /// Where a read (or a new group) starts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
@@ -59,6 +61,10 @@ pub enum ConsumeOption {
     TimeoutMs(u64),
     /// How long a group's claim on the returned messages lasts.
     VisibilityTimeoutMs(u64),
+    /// A message delivered this many times without an ACK goes to the dead-letter topic.
+    MaxDeliveries(u64),
+    /// Where messages that reached `max_deliveries` go.
+    DeadLetterTopic(String),
 }
 
 impl fmt::Display for ConsumeOption {
@@ -66,6 +72,8 @@ impl fmt::Display for ConsumeOption {
         match self {
             ConsumeOption::TimeoutMs(n) => write!(f, "timeout_ms = {n}"),
             ConsumeOption::VisibilityTimeoutMs(n) => write!(f, "visibility_timeout_ms = {n}"),
+            ConsumeOption::MaxDeliveries(n) => write!(f, "max_deliveries = {n}"),
+            ConsumeOption::DeadLetterTopic(t) => write!(f, "dead_letter_topic = {}", Quoted(t)),
         }
     }
 }
@@ -73,7 +81,8 @@ impl fmt::Display for ConsumeOption {
 /// ```text
 /// CONSUME FROM <topic> [GROUP '<g>'] [PARTITION <n>]
 ///     [FROM EARLIEST | FROM LATEST | FROM OFFSET <n> | FROM <n> | FROM TIMESTAMP '<rfc3339>']
-///     [LIMIT <n>] [WITH (timeout_ms = <n>, visibility_timeout_ms = <n>)]
+///     [LIMIT <n>] [WITH (timeout_ms = <n>, visibility_timeout_ms = <n>,
+///                        max_deliveries = <n>, dead_letter_topic = '<topic>')]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub struct Consume {
@@ -96,12 +105,22 @@ impl Consume {
         let start = if p.parse_keyword(Keyword::FROM) { Some(StartPosition::parse(p, true)?) } else { None };
         let limit = if p.parse_keyword(Keyword::LIMIT) { Some(parse_uint(p, "a row limit")?) } else { None };
         let options = if p.parse_keyword(Keyword::WITH) {
-            parse_options(p, &["timeout_ms", "visibility_timeout_ms"], |p, name| {
-                let n = parse_uint(p, &format!("a number of milliseconds for {name}"))?;
-                Ok(if name == "timeout_ms" {
-                    ConsumeOption::TimeoutMs(n)
-                } else {
-                    ConsumeOption::VisibilityTimeoutMs(n)
+            let known = ["timeout_ms", "visibility_timeout_ms", "max_deliveries", "dead_letter_topic"];
+            parse_options(p, &known, |p, name| {
+                Ok(match name {
+                    "dead_letter_topic" => {
+                        ConsumeOption::DeadLetterTopic(parse_string(p, "a topic name in single quotes")?)
+                    }
+                    "max_deliveries" => {
+                        ConsumeOption::MaxDeliveries(parse_positive(p, "a positive number of deliveries")?)
+                    }
+                    "timeout_ms" => {
+                        ConsumeOption::TimeoutMs(parse_uint(p, &format!("a number of milliseconds for {name}"))?)
+                    }
+                    _ => ConsumeOption::VisibilityTimeoutMs(parse_uint(
+                        p,
+                        &format!("a number of milliseconds for {name}"),
+                    )?),
                 })
             })?
         } else {
@@ -120,6 +139,20 @@ impl Consume {
     pub fn visibility_timeout_ms(&self) -> Option<u64> {
         self.options.iter().find_map(|o| match o {
             ConsumeOption::VisibilityTimeoutMs(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    pub fn max_deliveries(&self) -> Option<u64> {
+        self.options.iter().find_map(|o| match o {
+            ConsumeOption::MaxDeliveries(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    pub fn dead_letter_topic(&self) -> Option<&str> {
+        self.options.iter().find_map(|o| match o {
+            ConsumeOption::DeadLetterTopic(t) => Some(t.as_str()),
             _ => None,
         })
     }
@@ -166,6 +199,9 @@ mod tests {
         verified_stmt("CONSUME FROM t GROUP 'g' FROM LATEST LIMIT 1");
         verified_stmt("CONSUME FROM t FROM TIMESTAMP '2026-01-01T00:00:00Z'");
         verified_stmt("CONSUME FROM t GROUP 'it''s'");
+        let s = verified_stmt("CONSUME FROM t GROUP 'g' WITH (max_deliveries = 3, dead_letter_topic = 'app.dlq')");
+        let TopicStatement::Consume(c) = s else { panic!() };
+        assert_eq!((c.max_deliveries(), c.dead_letter_topic()), (Some(3), Some("app.dlq")));
         parses_to("consume from t from 7", "CONSUME FROM t FROM OFFSET 7");
     }
 
@@ -178,5 +214,7 @@ mod tests {
         assert!(parse_error("CONSUME FROM t WITH (wait = 1)").contains("found: wait"));
         assert!(parse_error("CONSUME FROM t LIMIT 5 GROUP 'g'").contains("Expected: end of statement, found: GROUP"));
         assert!(parse_error("CONSUME t").contains("Expected: FROM, found: t"));
+        assert!(parse_error("CONSUME FROM t WITH (max_deliveries = 0)").contains("a positive number of deliveries"));
+        assert!(parse_error("CONSUME FROM t WITH (dead_letter_topic = dlq)").contains("a topic name in single quotes"));
     }
 }

@@ -12,7 +12,7 @@ use datafusion_common::Result;
 use datafusion_sql::sqlparser::parser::Parser;
 
 pub use consume::{Consume, ConsumeOption, StartPosition};
-pub use group::{Ack, DropConsumerGroup, ResetConsumerGroup};
+pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};
 pub use topic::{
     AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, SourceOp, TopicOption,
 };

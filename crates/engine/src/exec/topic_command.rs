@@ -13,7 +13,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
-use topicfusion_dialect::{Consume, TopicStatement};
+use topicfusion_dialect::{AckTarget, Consume, TopicStatement};
 use topicfusion_storage::Message;
 
 use crate::core::Core;
@@ -99,8 +99,25 @@ async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
         TopicStatement::Ack(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
             let partition = check_partition(&topic, s.partition)?;
-            let position = core.groups.ack(&core.store, &topic, &s.group, partition, s.upto)?;
-            Ok(format!("group '{}' acknowledged up to offset {}", s.group, position - 1))
+            let position = core.groups.ack(&core.store, &topic, &s.group, partition, &s.target)?;
+            Ok(match (&s.target, position) {
+                (AckTarget::Offsets(list), 0) => {
+                    format!(
+                        "group '{}' acknowledged {} offset(s); nothing acknowledged in order yet",
+                        s.group,
+                        list.len()
+                    )
+                }
+                (AckTarget::Offsets(list), p) => format!(
+                    "group '{}' acknowledged {} offset(s); everything up to offset {} is acknowledged",
+                    s.group,
+                    list.len(),
+                    p - 1
+                ),
+                (AckTarget::Upto(_), p) => {
+                    format!("group '{}' acknowledged up to offset {}", s.group, p.saturating_sub(1))
+                }
+            })
         }
         TopicStatement::ResetConsumerGroup(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
@@ -128,8 +145,10 @@ async fn consume(core: &Core, c: &Consume) -> Result<Vec<Message>> {
         limit: c.limit.unwrap_or(DEFAULT_CONSUME_LIMIT),
         timeout_ms: c.timeout_ms().unwrap_or(0),
         visibility_timeout_ms: c.visibility_timeout_ms(),
+        max_deliveries: c.max_deliveries(),
+        dead_letter_topic: c.dead_letter_topic().map(str::to_owned),
     };
-    core.groups.consume(&core.store, &topic, &req).await
+    core.groups.consume(core, &topic, &req).await
 }
 
 /// The CONSUME result rows.

@@ -85,6 +85,8 @@ fn schema_of(name: &str) -> SchemaRef {
             f("group_id", Utf8, false),
             f("partition_id", UInt32, false),
             f("last_acked_offset", UInt64, true),
+            f("position", UInt64, false),
+            f("acked_above", UInt64, false),
             f("next_offset", UInt64, false),
             f("lag", UInt64, false),
             f("updated_at", ts(), false),
@@ -155,9 +157,11 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.group.as_str()))),
                     Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.partition))),
                     Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.position.checked_sub(1)))),
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.position))),
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.acked_above))),
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.next_offset))),
                     Arc::new(UInt64Array::from_iter_values(
-                        rows.iter().map(|r| r.next_offset.saturating_sub(r.position)),
+                        rows.iter().map(|r| r.next_offset.saturating_sub(r.position).saturating_sub(r.acked_above)),
                     )),
                     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.updated_at_ms))),
                 ]

@@ -218,6 +218,7 @@ async fn main() {
                     limit: 100,
                     timeout_ms: 2000,
                     visibility_timeout_ms: None,
+                    ..Default::default()
                 };
                 while (seen.len() as u64) < lat_n {
                     let msgs = db.consume("l", &req).await.expect("consume");

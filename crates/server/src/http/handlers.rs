@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use topicfusion_engine::groups::{DEFAULT_CONSUME_LIMIT, MAX_GROUP_NAME_BYTES};
-use topicfusion_engine::{ConsumeRequest, Message, StartPosition};
+use topicfusion_engine::{AckTarget, ConsumeRequest, Message, StartPosition};
 
 use super::error::{ApiError, ErrorCode};
 use super::rows::write_result;
@@ -97,6 +97,8 @@ pub struct ConsumeBody {
     limit: Option<u64>,
     timeout_ms: Option<u64>,
     visibility_timeout_ms: Option<u64>,
+    max_deliveries: Option<u64>,
+    dead_letter_topic: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +153,8 @@ pub async fn consume(
         limit,
         timeout_ms,
         visibility_timeout_ms: body.visibility_timeout_ms,
+        max_deliveries: body.max_deliveries,
+        dead_letter_topic: body.dead_letter_topic,
     };
     let db = Arc::clone(&state.db);
     let topic = body.topic_id;
@@ -191,7 +195,10 @@ pub struct AckBody {
     topic_id: String,
     group_id: String,
     partition_id: Option<u32>,
-    upto_offset: u64,
+    /// Cumulative: everything up to this offset.
+    upto_offset: Option<u64>,
+    /// Exactly these offsets.
+    offsets: Option<Vec<u64>>,
 }
 
 pub async fn ack(
@@ -200,14 +207,17 @@ pub async fn ack(
     ApiJson(body): ApiJson<AckBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&body.group_id)?;
+    let target = match (body.upto_offset, body.offsets) {
+        (Some(n), None) => AckTarget::Upto(n),
+        (None, Some(list)) => AckTarget::Offsets(list),
+        _ => return Err(ApiError::bad_request("give either upto_offset or offsets")),
+    };
     check_topic(&state, &body.topic_id)?;
     let db = Arc::clone(&state.db);
-    let position =
-        state
-            .run(async move {
-                db.ack_as(&principal, &body.topic_id, &body.group_id, body.partition_id, body.upto_offset).await
-            })
-            .await?
-            .map_err(ApiError::from_engine)?;
-    Ok(Json(serde_json::json!({ "acknowledged_offset": position.saturating_sub(1) })))
+    let position = state
+        .run(async move { db.ack_as(&principal, &body.topic_id, &body.group_id, body.partition_id, &target).await })
+        .await?
+        .map_err(ApiError::from_engine)?;
+    // Everything below the position is acknowledged; null while offset 0 is not.
+    Ok(Json(serde_json::json!({ "acknowledged_offset": position.checked_sub(1), "position": position })))
 }

@@ -17,6 +17,7 @@ fn group_request(group: &str, limit: u64, timeout_ms: u64, visibility_ms: u64) -
         limit,
         timeout_ms,
         visibility_timeout_ms: Some(visibility_ms),
+        ..Default::default()
     }
 }
 
@@ -99,6 +100,7 @@ async fn long_poll_returns_the_message_committed_by_another_task() {
                 limit: 10,
                 timeout_ms: 60_000,
                 visibility_timeout_ms: None,
+                ..Default::default()
             };
             db.consume("ev", &req).await.unwrap()
         })
@@ -121,6 +123,7 @@ async fn long_poll_returns_empty_at_its_timeout_and_a_dropped_poll_ends() {
         limit: 10,
         timeout_ms: 50,
         visibility_timeout_ms: None,
+        ..Default::default()
     };
     assert!(db.consume("ev", &req).await.unwrap().is_empty());
     // Dropping a waiting CONSUME (a cancelled query) ends it; the group is unharmed.

@@ -556,7 +556,7 @@ async fn offsets_and_group_positions_survive_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"acknowledged_offset": 1}));
+    assert_eq!(body, json!({"acknowledged_offset": 1, "position": 2}));
     assert!(server.terminate().success());
 
     let server = Server::start(&data, "");
