@@ -45,7 +45,7 @@ pub fn apply(
                         Some(k) => k,
                         None => encode_rowid(table.next_rowid.fetch_add(1, Ordering::SeqCst)),
                     };
-                    changes.push(RowChange { op, key, before: None, after: Some(row) });
+                    changes.push(RowChange { op, key, old_key: None, before: None, after: Some(row) });
                 }
             }
             ChangeOp::Delete => {
@@ -54,7 +54,7 @@ pub fn apply(
                     let key = keys.value(i).to_vec();
                     removed.push(key.clone());
                     old_keys.push(key.clone());
-                    changes.push(RowChange { op, key, before: Some(row), after: None });
+                    changes.push(RowChange { op, key, old_key: None, before: Some(row), after: None });
                 }
             }
             ChangeOp::Update => {
@@ -65,11 +65,12 @@ pub fn apply(
                     check_not_null(table, &after)?;
                     let old_key = keys.value(i).to_vec();
                     let key = primary_key(table, &after)?.unwrap_or_else(|| old_key.clone());
-                    if key != old_key {
+                    let moved = (key != old_key).then(|| old_key.clone());
+                    if moved.is_some() {
                         removed.push(old_key.clone());
                     }
                     old_keys.push(old_key);
-                    changes.push(RowChange { op, key, before: Some(before), after: Some(after) });
+                    changes.push(RowChange { op, key, old_key: moved, before: Some(before), after: Some(after) });
                 }
             }
         }

@@ -51,19 +51,27 @@ pub enum SequenceKind {
     RowId = 3,
 }
 
-/// The first key after every key that starts with `prefix` (for range scans and deletes).
-///
-/// # Panics
-/// If `prefix` is empty or all `0xFF` (no such key exists in our layout).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The first key after every key that starts with `prefix`, or `None` when there is none (an
+/// empty or all-`0xFF` prefix: the range is unbounded above). Key bounds built from user values
+/// (a primary key at its type's maximum encodes as all `0xFF`) must use this.
+pub fn try_prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {
             end.push(last + 1);
-            return end;
+            return Some(end);
         }
     }
-    panic!("prefix_end of an empty or all-0xFF prefix")
+    None
+}
+
+/// The first key after every key that starts with `prefix` (for range scans and deletes of our
+/// keyspaces, whose first byte is a keyspace prefix below `0xFF`).
+///
+/// # Panics
+/// If `prefix` is empty or all `0xFF`; use [`try_prefix_end`] for bounds made of user values.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    try_prefix_end(prefix).expect("prefix_end of a keyspace prefix (never empty or all 0xFF)")
 }
 
 pub fn catalog_prefix(kind: CatalogKind) -> Vec<u8> {
@@ -228,6 +236,14 @@ impl fmt::Debug for Hex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_end_of_all_ff_is_unbounded() {
+        assert_eq!(try_prefix_end(&[0x01, 0xFF]), Some(vec![0x02]));
+        assert_eq!(try_prefix_end(&[0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(try_prefix_end(&[]), None);
+        assert_eq!(prefix_end(&[0x02, 0x00, 0xFF]), vec![0x02, 0x01]);
+    }
 
     #[test]
     fn message_key_round_trips() {

@@ -10,7 +10,7 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
-use datafusion::common::{DFSchema, Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::execution::context::SessionContext;
 use datafusion::physical_expr::PhysicalExpr;
 use serde_json::{Map, Value as Json};
@@ -28,6 +28,8 @@ pub struct RowChange {
     pub op: ChangeOp,
     /// The memcomparable primary key (or hidden row id) after the change (before for DELETE).
     pub key: Vec<u8>,
+    /// For an UPDATE that changed the primary key: the key before it.
+    pub old_key: Option<Vec<u8>>,
     pub before: Option<Vec<Value>>,
     pub after: Option<Vec<Value>>,
 }
@@ -36,6 +38,17 @@ impl RowChange {
     /// The row a route's filter and partitioning see: after the change, before it for DELETE.
     fn image(&self) -> &[Value] {
         self.after.as_deref().or(self.before.as_deref()).unwrap_or(&[])
+    }
+
+    /// A primary-key-changing UPDATE as the DELETE of the old key and the INSERT of the new one
+    /// (as Debezium emits it): consumers of the old key learn it is gone, in its own partition.
+    fn split_move(&self) -> Option<(RowChange, RowChange)> {
+        let old_key = self.old_key.clone()?;
+        let delete =
+            RowChange { op: ChangeOp::Delete, key: old_key, old_key: None, before: self.before.clone(), after: None };
+        let insert =
+            RowChange { op: ChangeOp::Insert, key: self.key.clone(), old_key: None, before: None, after: self.after.clone() };
+        Some((delete, insert))
     }
 }
 
@@ -103,6 +116,8 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
     // changed rows (for filters and PARTITION BY) and the key JSON of each change.
     let images: OnceCell<RecordBatch> = OnceCell::new();
     let keys: OnceCell<Vec<String>> = OnceCell::new();
+    // The batch of before images, for PARTITION BY of the DELETE half of a key change.
+    let before_images: OnceCell<std::result::Result<RecordBatch, String>> = OnceCell::new();
     for topic in topics {
         for route in topic.routes.iter().filter(|r| r.meta.table_id == table.meta.id) {
             // All changes of a statement share one operation.
@@ -126,13 +141,40 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                 (Some(f), Some(b)) => Some(evaluate_mask(f.as_ref(), b)?),
                 _ => None,
             };
-            let partitions = partitions(route, batch, changes, topic.meta.partitions)?;
+            let partitions = partitions_of(route, batch, changes, topic.meta.partitions)?;
             let keys =
                 keys.get_or_init(|| changes.iter().map(|c| Json::Object(key_object(table, c)).to_string()).collect());
             for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
                 {
+                    continue;
+                }
+                if let Some((delete, insert)) = change.split_move() {
+                    // The DELETE goes where the old key's messages went.
+                    let old_partition = if route.partition_by.is_some() {
+                        let before = before_images.get_or_init(|| {
+                            let rows: Vec<Vec<Value>> =
+                                changes.iter().map(|c| c.before.clone().unwrap_or_else(|| c.image().to_vec())).collect();
+                            let all: Vec<usize> = (0..table.meta.columns.len()).collect();
+                            rows_to_batch(&table.schema, &table.meta.columns, &all, &rows).map_err(|e| e.to_string())
+                        });
+                        let before = before.as_ref().map_err(|e| DataFusionError::Execution(e.clone()))?;
+                        partitions_of(route, Some(before), changes, topic.meta.partitions)?[i]
+                    } else {
+                        partitions_of(route, None, std::slice::from_ref(&delete), topic.meta.partitions)?[0]
+                    };
+                    for (change, partition) in [(&delete, old_partition), (&insert, partitions[i])] {
+                        let Some(payload) = payload(table, route.payload, change) else { continue };
+                        out.push(NewMessage {
+                            topic_id: topic.meta.id,
+                            partition,
+                            op: change.op,
+                            source_table: source_table.clone(),
+                            key: Json::Object(key_object(table, change)).to_string(),
+                            payload: payload.to_string(),
+                        });
+                    }
                     continue;
                 }
                 let Some(payload) = payload(table, route.payload, change) else { continue };
@@ -158,7 +200,7 @@ fn evaluate_mask(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<Boole
     }
 }
 
-fn partitions(
+fn partitions_of(
     route: &CompiledRoute,
     batch: Option<&RecordBatch>,
     changes: &[RowChange],

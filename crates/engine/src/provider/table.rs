@@ -146,11 +146,16 @@ impl KeyAccess {
                 } else if slot == 0 {
                     for (op, v) in bounds(c, name) {
                         let Some(k) = key_of(col, &v) else { continue };
+                        // Past a key at its type's maximum there is no key: `> MAX` matches
+                        // nothing and `<= MAX` everything.
                         match op {
-                            Operator::Gt => lower = Some(keys::prefix_end(&k)),
+                            Operator::Gt => match keys::try_prefix_end(&k) {
+                                Some(end) => lower = Some(end),
+                                None => return KeyAccess::Points(Vec::new()),
+                            },
                             Operator::GtEq => lower = Some(k),
                             Operator::Lt => upper = Some(k),
-                            Operator::LtEq => upper = Some(keys::prefix_end(&k)),
+                            Operator::LtEq => upper = keys::try_prefix_end(&k).or(upper),
                             _ => {}
                         }
                     }
@@ -173,7 +178,7 @@ impl KeyAccess {
         if let Some(first) = &eq[0]
             && first.len() == 1
         {
-            return KeyAccess::Range { start: Some(first[0].clone()), end: Some(keys::prefix_end(&first[0])) };
+            return KeyAccess::Range { start: Some(first[0].clone()), end: keys::try_prefix_end(&first[0]) };
         }
         KeyAccess::Range { start: lower, end: upper }
     }
