@@ -5,7 +5,7 @@ pub mod ast;
 pub mod parser;
 
 pub use ast::*;
-pub use parser::{MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, parse_sql};
+pub use parser::{MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, parse_sql};
 
 /// The sqlparser version DataFusion uses, re-exported so every crate agrees on it.
 pub use datafusion_sql::sqlparser;

@@ -9,7 +9,7 @@ use std::fmt;
 
 use datafusion_common::Result;
 use datafusion_sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
-use datafusion_sql::sqlparser::ast::{Expr, ObjectName, visit_expressions};
+use datafusion_sql::sqlparser::ast::{Expr, ObjectName, Query, Visit, Visitor, visit_expressions};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
@@ -53,59 +53,196 @@ pub struct ParsedStatement {
 
 /// Parses `;`-separated SQL text into statements, in order.
 pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
-    let dialect = GenericDialect {};
-    let mut df = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
-    let mut out = Vec::new();
-    let mut expecting_delimiter = false;
-    loop {
-        while df.parser.consume_token(&Token::SemiColon) {
-            expecting_delimiter = false;
-        }
-        let start = df.parser.peek_token();
-        if start.token == Token::EOF {
-            break;
-        }
-        if expecting_delimiter {
-            return Err(df.parser.expected::<()>("end of statement", start).unwrap_err().into());
-        }
-        let statement = parse_statement(&mut df)?;
-        let end = df.parser.peek_token();
-        out.push(ParsedStatement { statement, sql: slice(sql, start.span.start, end.span.start).trim().to_owned() });
-        expecting_delimiter = true;
-    }
-    Ok(out)
+    Statements::new(sql)?.collect()
 }
 
-/// Text between two token locations (1-based lines and columns, columns counted in chars).
-fn slice(
-    sql: &str,
-    from: datafusion_sql::sqlparser::tokenizer::Location,
-    to: datafusion_sql::sqlparser::tokenizer::Location,
-) -> &str {
-    let offset = |loc: datafusion_sql::sqlparser::tokenizer::Location| -> usize {
-        if loc.line == 0 {
-            return sql.len();
+static DIALECT: GenericDialect = GenericDialect {};
+
+/// The statements of SQL text, parsed one at a time (so a caller can run each before the next
+/// is parsed, and numbers a parse error by its statement). Time and memory are linear in the
+/// text: the tokens of the whole text, one statement's AST at a time.
+pub struct Statements<'a> {
+    df: DFParser<'a>,
+    text: TextCursor<'a>,
+    expecting_delimiter: bool,
+    done: bool,
+}
+
+impl<'a> Statements<'a> {
+    /// Tokenizes `sql`; an error here (an unterminated string, say) concerns the whole text.
+    pub fn new(sql: &'a str) -> Result<Self> {
+        let df = DFParserBuilder::new(sql).with_dialect(&DIALECT).build()?;
+        Ok(Self { df, text: TextCursor::new(sql), expecting_delimiter: false, done: false })
+    }
+
+    fn next_statement(&mut self) -> Result<Option<ParsedStatement>> {
+        while self.df.parser.consume_token(&Token::SemiColon) {
+            self.expecting_delimiter = false;
         }
-        let mut line = 1;
-        let mut col = 1;
-        for (i, c) in sql.char_indices() {
-            if line == loc.line && col == loc.column {
-                return i;
+        let start = self.df.parser.peek_token();
+        if start.token == Token::EOF {
+            return Ok(None);
+        }
+        if self.expecting_delimiter {
+            return Err(self.df.parser.expected::<()>("end of statement", start).unwrap_err().into());
+        }
+        let statement = parse_statement(&mut self.df)?;
+        let end = self.df.parser.peek_token();
+        let sql = self.text.slice(start.span.start, end.span.start).trim().to_owned();
+        self.expecting_delimiter = true;
+        Ok(Some(ParsedStatement { statement, sql }))
+    }
+}
+
+impl Iterator for Statements<'_> {
+    type Item = Result<ParsedStatement>;
+
+    /// The next statement; after an error, `None` (the rest of the text cannot be split
+    /// reliably).
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_statement().transpose();
+        if !matches!(next, Some(Ok(_))) {
+            self.done = true;
+        }
+        next
+    }
+}
+
+/// Maps token locations (1-based lines and columns, columns counted in chars) to byte offsets,
+/// walking forward from the previous location: statements come in order, so splitting the
+/// whole text is linear.
+struct TextCursor<'a> {
+    sql: &'a str,
+    byte: usize,
+    line: u64,
+    column: u64,
+}
+
+impl<'a> TextCursor<'a> {
+    fn new(sql: &'a str) -> Self {
+        Self { sql, byte: 0, line: 1, column: 1 }
+    }
+
+    fn offset(&mut self, loc: datafusion_sql::sqlparser::tokenizer::Location) -> usize {
+        if loc.line == 0 {
+            return self.sql.len();
+        }
+        if (loc.line, loc.column) < (self.line, self.column) {
+            *self = Self::new(self.sql);
+        }
+        for c in self.sql[self.byte..].chars() {
+            if (self.line, self.column) >= (loc.line, loc.column) {
+                break;
             }
             if c == '\n' {
-                line += 1;
-                col = 1;
+                self.line += 1;
+                self.column = 1;
             } else {
-                col += 1;
+                self.column += 1;
             }
+            self.byte += c.len_utf8();
         }
-        sql.len()
+        self.byte
+    }
+
+    fn slice(
+        &mut self,
+        from: datafusion_sql::sqlparser::tokenizer::Location,
+        to: datafusion_sql::sqlparser::tokenizer::Location,
+    ) -> &'a str {
+        let a = self.offset(from);
+        let b = self.offset(to);
+        if a <= b { &self.sql[a..b] } else { &self.sql[a..] }
+    }
+}
+
+/// The deepest nesting of expressions and subqueries a statement may have. Planning recurses
+/// over the tree (and not every recursion of DataFusion's is stack-protected), so a long
+/// `a + b + ...` or `x = 1 OR x = 2 OR ...` chain would overflow the stack; such a statement
+/// gets a clear error instead. The limit is set so that planning fits a 2 MiB thread stack in
+/// an unoptimized build (an UPDATE with a 150-term chain overflowed one); write long OR chains
+/// of equalities as `IN (...)`, which is not nested.
+pub const MAX_EXPR_DEPTH: usize = 128;
+
+/// Counts nesting depth while visiting, and stops descending past [`MAX_EXPR_DEPTH`] (so the
+/// check itself never recurses deeper than the limit).
+#[derive(Default)]
+struct DepthLimit {
+    depth: usize,
+}
+
+impl DepthLimit {
+    fn enter(&mut self) -> ControlFlow<()> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+}
+
+impl Visitor for DepthLimit {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+}
+
+fn too_deep() -> datafusion_common::DataFusionError {
+    ParserError::ParserError(format!(
+        "expression nesting too deep: more than {MAX_EXPR_DEPTH} levels of operators, function calls or subqueries"
+    ))
+    .into()
+}
+
+/// Refuses a statement nested deeper than [`MAX_EXPR_DEPTH`].
+fn check_depth(statement: &Statement) -> Result<()> {
+    let mut limit = DepthLimit::default();
+    let flow = match statement {
+        Statement::DataFusion(s) => df_statement_depth(s, &mut limit),
+        Statement::Topic(t) | Statement::ExplainTopic { statement: t, .. } => {
+            t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
+        }
+        Statement::User(_) => ControlFlow::Continue(()),
     };
-    let (a, b) = (offset(from), offset(to));
-    if a <= b { &sql[a..b] } else { &sql[a..] }
+    if flow.is_break() { Err(too_deep()) } else { Ok(()) }
+}
+
+fn df_statement_depth(s: &DFStatement, limit: &mut DepthLimit) -> ControlFlow<()> {
+    use datafusion_sql::parser::CopyToSource;
+    match s {
+        DFStatement::Statement(s) => s.visit(limit),
+        DFStatement::Explain(e) => df_statement_depth(&e.statement, limit),
+        DFStatement::CopyTo(c) => match &c.source {
+            CopyToSource::Query(q) => q.visit(limit),
+            CopyToSource::Relation(_) => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    }
 }
 
 fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
+    let statement = parse_statement_unchecked(df)?;
+    check_depth(&statement)?;
+    Ok(statement)
+}
+
+fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
     let p = &mut df.parser;
     if is_word(&p.peek_token().token, "EXPLAIN") && claims(p, 1) {
         p.next_token();

@@ -22,6 +22,6 @@ pub mod writer;
 
 pub use database::{Database, DatabaseOptions, ErrorKind, ExecuteError, StatementResult};
 pub use groups::ConsumeRequest;
-pub use topicfusion_dialect::{AckTarget, ParsedStatement, StartPosition, parse_sql};
+pub use topicfusion_dialect::{AckTarget, MAX_EXPR_DEPTH, ParsedStatement, StartPosition, Statements, parse_sql};
 pub use topicfusion_storage::{Durability, Message};
 pub use users::{Action, PermissionDenied, Principal, Role, UserMeta};

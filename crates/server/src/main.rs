@@ -198,23 +198,40 @@ fn echo(sql: &str) -> String {
     }
 }
 
+/// The longest error message printed (inputs can be megabytes, and errors quote them).
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// An error message on one line, at most [`MAX_MESSAGE_CHARS`] long.
 fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    let flat = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > MAX_MESSAGE_CHARS {
+        flat.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "..."
+    } else {
+        flat
+    }
 }
 
 /// Runs SQL text statement by statement, printing each result as soon as it completes; returns
 /// false (after printing the error) at the first failure. `counter` numbers statements across
 /// calls (the interactive prompt).
 async fn run(backend: &Backend, sql: &str, format: Format, counter: &mut usize) -> bool {
-    let statements = match topicfusion_engine::parse_sql(sql) {
+    let statements = match topicfusion_engine::Statements::new(sql) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {}", one_line(&e.to_string()));
             return false;
         }
     };
+    // One statement at a time: parsed, run, printed, before the next is parsed.
     for statement in statements {
         *counter += 1;
+        let statement = match statement {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error in statement {counter}: {}", one_line(&e.to_string()));
+                return false;
+            }
+        };
         let outcome = match backend {
             Backend::Embedded(db) => match db.execute(&statement.sql).await {
                 Ok(results) => results.iter().try_for_each(|r| print_batches(&r.schema, &r.batches, format)),

@@ -22,6 +22,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let engine_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads((cores * 2).max(4))
         .thread_name("tf-engine")
+        // Query planning recurses over expression trees: give it room.
+        .thread_stack_size(16 * 1024 * 1024)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the engine runtime: {e}"))?;

@@ -67,6 +67,18 @@ impl TopicStatement {
     }
 }
 
+impl TopicStatement {
+    /// The SQL expressions the statement carries (a route's filter and PARTITION BY).
+    pub fn expressions(&self) -> Vec<&datafusion_sql::sqlparser::ast::Expr> {
+        match self {
+            TopicStatement::AlterTopic(AlterTopic { action: AlterTopicAction::AddSource(a), .. }) => {
+                a.filter.iter().chain(a.partition_by.iter()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl fmt::Display for TopicStatement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

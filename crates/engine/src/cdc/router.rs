@@ -46,8 +46,13 @@ impl RowChange {
         let old_key = self.old_key.clone()?;
         let delete =
             RowChange { op: ChangeOp::Delete, key: old_key, old_key: None, before: self.before.clone(), after: None };
-        let insert =
-            RowChange { op: ChangeOp::Insert, key: self.key.clone(), old_key: None, before: None, after: self.after.clone() };
+        let insert = RowChange {
+            op: ChangeOp::Insert,
+            key: self.key.clone(),
+            old_key: None,
+            before: None,
+            after: self.after.clone(),
+        };
         Some((delete, insert))
     }
 }
@@ -154,8 +159,10 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                     // The DELETE goes where the old key's messages went.
                     let old_partition = if route.partition_by.is_some() {
                         let before = before_images.get_or_init(|| {
-                            let rows: Vec<Vec<Value>> =
-                                changes.iter().map(|c| c.before.clone().unwrap_or_else(|| c.image().to_vec())).collect();
+                            let rows: Vec<Vec<Value>> = changes
+                                .iter()
+                                .map(|c| c.before.clone().unwrap_or_else(|| c.image().to_vec()))
+                                .collect();
                             let all: Vec<usize> = (0..table.meta.columns.len()).collect();
                             rows_to_batch(&table.schema, &table.meta.columns, &all, &rows).map_err(|e| e.to_string())
                         });

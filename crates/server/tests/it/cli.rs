@@ -73,3 +73,51 @@ fn a_bad_data_dir_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open data dir"));
 }
+
+#[test]
+fn results_print_as_statements_complete_and_errors_are_one_bounded_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The failure comes after committed statements: their results are printed.
+    let out = sql(
+        dir.path(),
+        &["--format", "csv"],
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1); INSERT INTO t VALUES (1); SELECT 2",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "status\ncreated table public.t\ncount\n1\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error in statement 3 (`INSERT INTO t VALUES (1)`)"), "{stderr}");
+    // A parse error names its statement; the ones before it ran.
+    let out = sql(dir.path(), &["--format", "csv"], "SELECT 7 AS a; SELEC 1; SELECT 8");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n7\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error in statement 2: "), "{stderr}");
+    // A huge input: one line, bounded, the statement echoed in at most ~200 characters.
+    let huge = dir.path().join("huge.sql");
+    std::fs::write(&huge, format!("CONSUME FROM t GROUP '{}'", "g".repeat(1_000_000))).unwrap();
+    let out = topicfusion().args(["sql", "--data-dir"]).arg(dir.path()).arg("-f").arg(&huge).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{}", &stderr[..200]);
+    assert!(stderr.len() < 1500, "{} bytes", stderr.len());
+}
+
+#[test]
+fn a_file_of_many_statements_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.sql");
+    let mut text = String::from("CREATE TABLE t (id INT PRIMARY KEY, s TEXT);\n");
+    for i in 0..3_000 {
+        text.push_str(&format!("INSERT INTO t VALUES ({i}, 'row\n{i}; with a semicolon');\n"));
+    }
+    text.push_str("SELECT count(*) AS n FROM t;\n");
+    std::fs::write(&file, text).unwrap();
+    let out = topicfusion()
+        .args(["sql", "--format", "csv", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("n\n3000\n"));
+}

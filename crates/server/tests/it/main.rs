@@ -6,6 +6,7 @@ mod concurrency;
 mod consume;
 mod crash;
 mod http;
+mod robustness;
 
 use topicfusion_engine::{Database, DatabaseOptions};
 

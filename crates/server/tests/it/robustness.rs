@@ -1,0 +1,47 @@
+//! Hostile input through the engine API: deep expression chains get a clear error instead of a
+//! stack overflow, long chains within the limit run, and nothing panics.
+
+use crate::{open_temp, query};
+
+fn chain(term: &str, op: &str, n: usize) -> String {
+    vec![term; n].join(op)
+}
+
+#[tokio::test]
+async fn deep_expressions_get_a_clear_error_at_every_interface() {
+    let (_dir, db) = open_temp();
+    db.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); CREATE TOPIC ev; INSERT INTO t VALUES (1, 1)")
+        .await
+        .unwrap();
+    // Within the limit: runs (also an UPDATE, whose planning recurses the most).
+    let ok = format!("SELECT {} AS n", chain("1", " + ", 100));
+    assert_eq!(query(&db, &ok).await, vec![vec!["100".to_owned()]]);
+    let ors = format!(
+        "SELECT count(*) FROM t WHERE {}",
+        (0..100).map(|i| format!("v = {i}")).collect::<Vec<_>>().join(" OR ")
+    );
+    assert_eq!(query(&db, &ors).await, vec![vec!["1".to_owned()]]);
+    db.execute(&format!("UPDATE t SET v = {} WHERE id = 1", chain("v", " * ", 100))).await.unwrap();
+    // The limit itself: the query is one level, each of the n - 1 additions one, the last term one.
+    let max = topicfusion_engine::MAX_EXPR_DEPTH;
+    let n = max - 1;
+    assert_eq!(query(&db, &format!("SELECT {} AS n", chain("1", " + ", n))).await, vec![vec![n.to_string()]]);
+    let err = db.execute(&format!("SELECT {}", chain("1", " + ", n + 1))).await.unwrap_err().to_string();
+    assert!(err.contains("expression nesting too deep: more than 128 levels"), "{err}");
+    // Beyond it: one clear error, whatever the statement.
+    let deep_or = (0..8500).map(|i| format!("v = {i}")).collect::<Vec<_>>().join(" OR ");
+    for sql in [
+        format!("SELECT {}", chain("1", " + ", 7700)),
+        format!("ALTER TOPIC ev ADD SOURCE t ON DELETE WHERE {deep_or}"),
+        format!("ALTER TOPIC ev ADD SOURCE t ON INSERT PARTITION BY ({})", chain("v", " + ", 5000)),
+        format!("DELETE FROM t WHERE {deep_or}"),
+        format!("UPDATE t SET v = {} WHERE id = 1", chain("v", " * ", 3000)),
+        format!("SELECT * FROM t WHERE id IN (SELECT {})", chain("1", " - ", 3000)),
+        format!("EXPLAIN SELECT {}", chain("1", " + ", 3000)),
+    ] {
+        let err = db.execute(&sql).await.unwrap_err().to_string();
+        assert!(err.contains("expression nesting too deep"), "{}: {err}", &sql[..60]);
+    }
+    // Nothing changed, and the database still works.
+    assert_eq!(query(&db, "SELECT count(*) FROM t").await, vec![vec!["1".to_owned()]]);
+}
