@@ -5,7 +5,9 @@ pub mod ast;
 pub mod parser;
 
 pub use ast::*;
-pub use parser::{MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, parse_sql};
+pub use parser::{
+    MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, parse_expr_checked, parse_sql,
+};
 
 /// The sqlparser version DataFusion uses, re-exported so every crate agrees on it.
 pub use datafusion_sql::sqlparser;

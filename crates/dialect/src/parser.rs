@@ -210,6 +210,17 @@ fn too_deep() -> datafusion_common::DataFusionError {
     .into()
 }
 
+/// Parses one SQL expression (a stored route filter, say) and refuses it when it is nested
+/// deeper than [`MAX_EXPR_DEPTH`].
+pub fn parse_expr_checked(text: &str) -> Result<Expr> {
+    let mut parser = Parser::new(&DIALECT).try_with_sql(text)?;
+    let expr = parser.parse_expr()?;
+    if expr.visit(&mut DepthLimit::default()).is_break() {
+        return Err(too_deep());
+    }
+    Ok(expr)
+}
+
 /// Refuses a statement nested deeper than [`MAX_EXPR_DEPTH`].
 fn check_depth(statement: &Statement) -> Result<()> {
     let mut limit = DepthLimit::default();
@@ -319,6 +330,21 @@ pub(crate) fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
 /// Consumes the word `word` or fails naming what was found.
 pub(crate) fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
     if parse_word(p, word) { Ok(()) } else { p.expected(word, p.peek_token()) }
+}
+
+/// `IF NOT EXISTS` (when `not` is set) or `IF EXISTS`; an unquoted `IF` must start it (a
+/// topic or user named `if` would be a typo, e.g. `CREATE TOPIC IF events`).
+pub(crate) fn parse_if_exists(p: &mut Parser<'_>, not: bool) -> Result<bool, ParserError> {
+    if !is_word(&p.peek_token().token, "IF") {
+        return Ok(false);
+    }
+    p.next_token();
+    if not {
+        p.expect_keywords(&[Keyword::NOT, Keyword::EXISTS])?;
+    } else {
+        p.expect_keyword_is(Keyword::EXISTS)?;
+    }
+    Ok(true)
 }
 
 /// Consumes `a b ...` or nothing.

@@ -126,10 +126,15 @@ impl CatalogState {
         self.topics.get(&(schema.to_owned(), name.to_owned()))
     }
 
-    /// The topic with this name, or whose alias is this name (aliases live in the default schema's
-    /// namespace: they are unique across topic names and aliases).
-    pub fn topic_by_name_or_alias(&self, schema: &str, name: &str) -> Option<&Arc<Topic>> {
-        self.topic(schema, name).or_else(|| self.topics.values().find(|t| t.meta.alias.as_deref() == Some(name)))
+    /// The topic with this name, or whose alias is this name. Aliases are unique across topic
+    /// names and aliases; an unqualified name finds an alias in any schema, a qualified one only
+    /// in its own schema (`sales.ev` never finds `public.events` whose alias is `ev`).
+    pub fn topic_by_name_or_alias(&self, schema: &str, name: &str, qualified: bool) -> Option<&Arc<Topic>> {
+        self.topic(schema, name).or_else(|| {
+            self.topics
+                .values()
+                .find(|t| t.meta.alias.as_deref() == Some(name) && (!qualified || t.meta.schema == schema))
+        })
     }
 
     /// Topics with at least one route from this table.
@@ -156,13 +161,32 @@ impl Catalog {
             let s: SchemaMeta = from_json(&v)?;
             state.schemas.insert(s.name.clone(), s);
         }
-        for (_, v) in scan_kind(store, CatalogKind::Table)? {
+        // Entries written before keys were `schema 00 name` (`schema.name`) move to their
+        // canonical key in one commit at open.
+        let mut rekey = Commit::default();
+        for (k, v) in scan_kind(store, CatalogKind::Table)? {
             let meta: TableMeta = from_json(&v)?;
+            let canonical = keys::qualified_catalog_key(CatalogKind::Table, &meta.schema, &meta.name);
+            if k != canonical {
+                rekey.batch.delete(&k);
+                rekey.batch.put(&canonical, &v);
+            }
             let next_rowid = read_sequence(store, SequenceKind::RowId, meta.id)?;
             state.tables.insert((meta.schema.clone(), meta.name.clone()), Arc::new(new_table(meta, next_rowid)));
         }
-        let topic_metas: Vec<TopicMeta> =
-            scan_kind(store, CatalogKind::Topic)?.iter().map(|(_, v)| from_json(v)).collect::<Result<_>>()?;
+        let mut topic_metas: Vec<TopicMeta> = Vec::new();
+        for (k, v) in scan_kind(store, CatalogKind::Topic)? {
+            let meta: TopicMeta = from_json(&v)?;
+            let canonical = keys::qualified_catalog_key(CatalogKind::Topic, &meta.schema, &meta.name);
+            if k != canonical {
+                rekey.batch.delete(&k);
+                rekey.batch.put(&canonical, &v);
+            }
+            topic_metas.push(meta);
+        }
+        if !rekey.batch.is_empty() {
+            store.commit(rekey).map_err(storage_err)?;
+        }
         for meta in topic_metas {
             let routes = compile(&meta, &state)?;
             state.topics.insert((meta.schema.clone(), meta.name.clone()), Arc::new(Topic { meta, routes }));
@@ -237,7 +261,7 @@ pub fn put_new_table(c: &mut Commit, st: &mut CatalogState, mut meta: TableMeta)
     meta.id = st.next_table_id;
     st.next_table_id += 1;
     c.batch.put(keys::sequence_key(SequenceKind::TableId, 0), st.next_table_id.to_be_bytes());
-    c.batch.put(keys::catalog_key(CatalogKind::Table, &meta.qualified_name()), to_json(&meta));
+    c.batch.put(keys::qualified_catalog_key(CatalogKind::Table, &meta.schema, &meta.name), to_json(&meta));
     let table = Arc::new(new_table(meta, 0));
     st.tables.insert((table.meta.schema.clone(), table.meta.name.clone()), Arc::clone(&table));
     Ok(table)
@@ -248,7 +272,7 @@ pub fn delete_table(c: &mut Commit, st: &mut CatalogState, table: &Table) {
     let prefix = keys::table_prefix(table.meta.id);
     c.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
     c.batch.delete(keys::sequence_key(SequenceKind::RowId, table.meta.id));
-    c.batch.delete(keys::catalog_key(CatalogKind::Table, &table.meta.qualified_name()));
+    c.batch.delete(keys::qualified_catalog_key(CatalogKind::Table, &table.meta.schema, &table.meta.name));
     st.tables.remove(&(table.meta.schema.clone(), table.meta.name.clone()));
 }
 
@@ -262,14 +286,17 @@ pub fn next_topic_id(c: &mut Commit, st: &mut CatalogState) -> u64 {
 
 /// Stages a topic's entry (new or changed).
 pub fn put_topic(c: &mut Commit, st: &mut CatalogState, topic: Topic) -> Arc<Topic> {
-    c.batch.put(keys::catalog_key(CatalogKind::Topic, &topic.meta.qualified_name()), to_json(&topic.meta));
+    c.batch.put(
+        keys::qualified_catalog_key(CatalogKind::Topic, &topic.meta.schema, &topic.meta.name),
+        to_json(&topic.meta),
+    );
     let topic = Arc::new(topic);
     st.topics.insert((topic.meta.schema.clone(), topic.meta.name.clone()), Arc::clone(&topic));
     topic
 }
 
 pub fn delete_topic(c: &mut Commit, st: &mut CatalogState, meta: &TopicMeta) {
-    c.batch.delete(keys::catalog_key(CatalogKind::Topic, &meta.qualified_name()));
+    c.batch.delete(keys::qualified_catalog_key(CatalogKind::Topic, &meta.schema, &meta.name));
     st.topics.remove(&(meta.schema.clone(), meta.name.clone()));
 }
 
@@ -277,6 +304,29 @@ pub fn delete_topic(c: &mut Commit, st: &mut CatalogState, meta: &TopicMeta) {
 pub fn put_rowid_sequence(c: &mut Commit, table: &Table) {
     let next = table.next_rowid.load(Ordering::SeqCst);
     c.batch.put(keys::sequence_key(SequenceKind::RowId, table.meta.id), next.to_be_bytes());
+}
+
+/// The longest schema, table, topic or alias name, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Checks the name of a new schema, table, topic or alias: 1 to 255 bytes, no NUL, and not in a
+/// schema the system owns (`system`, `information_schema`: such tables could never be reached).
+pub fn check_new_name(what: &str, schema: Option<&str>, name: &str) -> Result<()> {
+    let what = if what == "alias" { "an alias".to_owned() } else { format!("a {what} name") };
+    if name.is_empty() {
+        return plan_err!("{what} cannot be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return plan_err!("{what} can have at most {MAX_NAME_BYTES} bytes, got {}", name.len());
+    }
+    if name.contains('\0') {
+        return plan_err!("{what} cannot contain the NUL character");
+    }
+    let reserved = |s: &str| s == SYSTEM_SCHEMA || s.eq_ignore_ascii_case("information_schema");
+    if schema.is_some_and(reserved) || (what == "a schema name" && reserved(name)) {
+        return plan_err!("schema {} is reserved for the system", schema.unwrap_or(name));
+    }
+    Ok(())
 }
 
 /// Checks that a schema exists.

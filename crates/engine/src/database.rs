@@ -18,7 +18,7 @@ use topicfusion_storage::keys::{self, CatalogKind};
 use topicfusion_storage::{Commit, Durability, Message, Store};
 
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, storage_err};
-use crate::cdc::router::compile_route;
+use crate::cdc::router::{CompiledRoute, compile_route};
 use crate::core::Core;
 use crate::ddl;
 use crate::groups::{ConsumeRequest, Groups};
@@ -128,9 +128,14 @@ impl Database {
         let catalog = Catalog::load(&store, |meta, st| {
             meta.routes
                 .iter()
-                .map(|r| match st.table_by_id(r.table_id) {
-                    Some(t) => compile_route(&expr_ctx, r.clone(), t),
-                    None => datafusion::common::exec_err!("route of topic {} names a missing table", meta.name),
+                .map(|r| {
+                    // A route that no longer compiles is marked broken, not a reason to refuse
+                    // the whole data dir.
+                    let compiled = match st.table_by_id(r.table_id) {
+                        Some(t) => compile_route(&expr_ctx, r.clone(), t),
+                        None => datafusion::common::exec_err!("route of topic {} names a missing table", meta.name),
+                    };
+                    Ok(compiled.unwrap_or_else(|e| CompiledRoute::broken(r.clone(), &e)))
                 })
                 .collect()
         })?;

@@ -6,8 +6,8 @@ use datafusion::logical_expr::{CreateCatalogSchema, CreateMemoryTable, DropCatal
 use topicfusion_storage::Commit;
 
 use crate::catalog::{
-    CatalogState, DEFAULT_SCHEMA, SYSTEM_SCHEMA, TableMeta, delete_schema, delete_table, now_ms, put_new_table,
-    put_schema, require_schema, storage_err,
+    CatalogState, DEFAULT_SCHEMA, SYSTEM_SCHEMA, TableMeta, check_new_name, delete_schema, delete_table, now_ms,
+    put_new_table, put_schema, require_schema, storage_err,
 };
 use crate::core::{Core, reference_parts};
 use crate::types::{ColumnMeta, ColumnType};
@@ -21,6 +21,7 @@ pub async fn create_schema(core: &Core, c: &CreateCatalogSchema) -> Result<Strin
     if name == SYSTEM_SCHEMA {
         return plan_err!("schema {name} is reserved");
     }
+    check_new_name("schema", None, &name)?;
     let _ddl = core.ddl_lock.write().await;
     let mut st = core.catalog.write();
     if st.schemas.contains_key(&name) {
@@ -95,6 +96,7 @@ fn check_not_a_source(st: &CatalogState, table: &TableMeta) -> Result<()> {
 
 pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> {
     let (schema, name) = reference_parts(c.name.clone())?;
+    check_new_name("table", Some(&schema), &name)?;
     if !matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
         return not_impl_err!("CREATE TABLE ... AS SELECT is not supported: create the table, then INSERT ... SELECT");
     }

@@ -9,10 +9,10 @@ use topicfusion_dialect::{AddSource, AlterTopic, AlterTopicAction, ClearTopic, C
 use topicfusion_storage::{Commit, PartitionOp};
 
 use crate::catalog::{
-    CatalogState, RouteMeta, Topic, TopicMeta, delete_topic, next_topic_id, now_ms, put_topic, require_schema,
-    storage_err,
+    CatalogState, RouteMeta, Topic, TopicMeta, check_new_name, delete_topic, next_topic_id, now_ms, put_topic,
+    require_schema, storage_err,
 };
-use crate::cdc::router::{change_op, compile_route};
+use crate::cdc::router::{change_op, compile_route, validate_route};
 use crate::core::{Core, resolve_name};
 
 /// The default retention: 7 days.
@@ -32,7 +32,7 @@ fn check_partitions(n: u64) -> Result<u32> {
 /// The topic a name refers to (by name, or by alias).
 pub fn find_topic(st: &CatalogState, name: &topicfusion_dialect::sqlparser::ast::ObjectName) -> Result<Arc<Topic>> {
     let (schema, topic) = resolve_name(name)?;
-    match st.topic_by_name_or_alias(&schema, &topic) {
+    match st.topic_by_name_or_alias(&schema, &topic, name.0.len() > 1) {
         Some(t) => Ok(Arc::clone(t)),
         None => plan_err!("topic {schema}.{topic} does not exist"),
     }
@@ -49,6 +49,7 @@ fn check_name_free(st: &CatalogState, name: &str) -> Result<()> {
 pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
     let _ddl = core.ddl_lock.write().await;
     let (schema, name) = resolve_name(&stmt.name)?;
+    check_new_name("topic", Some(&schema), &name)?;
     let mut st = core.catalog.write();
     require_schema(&st, &schema)?;
     if st.topic(&schema, &name).is_some() {
@@ -76,6 +77,7 @@ pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
             TopicOption::RetentionSeconds(v) => meta.retention_seconds = *v,
             TopicOption::RetentionMaxBytes(v) => meta.retention_max_bytes = *v,
             TopicOption::Alias(a) => {
+                check_new_name("alias", None, a)?;
                 check_name_free(&st, a)?;
                 if a == &name {
                     return plan_err!("alias {a} is the topic's own name");
@@ -215,7 +217,9 @@ fn add_source(
         filter: add.filter.as_ref().map(ToString::to_string),
         partition_by: add.partition_by.as_ref().map(ToString::to_string),
     };
-    routes.push(compile_route(&core.expr_ctx, route.clone(), table)?);
+    let compiled = compile_route(&core.expr_ctx, route.clone(), table)?;
+    validate_route(&compiled, table)?;
+    routes.push(compiled);
     meta.routes.push(route);
     Ok(format!("added source {qualified} ON {} to topic {}", add.op.as_str(), meta.qualified_name()))
 }

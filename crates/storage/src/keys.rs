@@ -5,7 +5,7 @@
 //!
 //! | prefix | keyspace  | key                                                          | value                                  |
 //! |--------|-----------|--------------------------------------------------------------|----------------------------------------|
-//! | `0x01` | catalog   | `01 kind:u8 name:utf8` (kind 1 schema, 2 table, 3 topic, 4 user, 5 setting)| JSON metadata                          |
+//! | `0x01` | catalog   | `01 kind:u8 name` (kind 1 schema, 2 table, 3 topic, 4 user, 5 setting; tables and topics: `schema 00 name`) | JSON metadata |
 //! | `0x02` | row       | `02 table_id:u64 pk:memcomparable`                           | row codec ([`crate::codec`])           |
 //! | `0x03` | message   | `03 topic_id:u64 partition:u32 offset:u64`                   | message codec ([`crate::message`])     |
 //! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
@@ -78,8 +78,19 @@ pub fn catalog_prefix(kind: CatalogKind) -> Vec<u8> {
     vec![CATALOG_PREFIX, kind as u8]
 }
 
+/// The key of a catalog entry named by one name (schema, user, setting).
 pub fn catalog_key(kind: CatalogKind, name: &str) -> Vec<u8> {
     let mut k = catalog_prefix(kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The key of a catalog entry named by schema and name (table, topic): `schema 00 name`. Names
+/// never contain `00` (the engine refuses them), so `"a.b".c` and `a."b.c"` get different keys.
+pub fn qualified_catalog_key(kind: CatalogKind, schema: &str, name: &str) -> Vec<u8> {
+    let mut k = catalog_prefix(kind);
+    k.extend_from_slice(schema.as_bytes());
+    k.push(0);
     k.extend_from_slice(name.as_bytes());
     k
 }
@@ -236,6 +247,14 @@ impl fmt::Debug for Hex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qualified_catalog_keys_are_unambiguous() {
+        let a = qualified_catalog_key(CatalogKind::Table, "a.b", "c");
+        let b = qualified_catalog_key(CatalogKind::Table, "a", "b.c");
+        assert_ne!(a, b);
+        assert_eq!(b, [&[CATALOG_PREFIX, 2][..], b"a\0b.c"].concat());
+    }
 
     #[test]
     fn prefix_end_of_all_ff_is_unbounded() {

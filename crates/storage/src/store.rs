@@ -283,34 +283,51 @@ impl Store {
         let (tx, rx) = mpsc::channel(2);
         let db = Arc::clone(&self.db);
         tokio::task::spawn_blocking(move || {
-            let snapshot = db.snapshot();
-            let mut read_opts = ReadOptions::default();
-            read_opts.set_iterate_upper_bound(end);
-            let mut it = snapshot.raw_iterator_opt(read_opts);
-            it.seek(&start);
-            loop {
-                let mut rows = Vec::with_capacity(chunk);
-                while it.valid() && rows.len() < chunk {
-                    let (k, v) = it.item().expect("valid iterator has an item");
-                    rows.push((k.to_vec(), v.to_vec()));
-                    it.next();
-                }
-                if let Err(e) = it.status() {
-                    let _ = tx.blocking_send(Err(e.into()));
-                    return;
-                }
-                let done = rows.len() < chunk;
-                if !rows.is_empty() && tx.blocking_send(Ok(rows)).is_err() {
-                    return;
-                }
-                if done {
-                    return;
-                }
+            // A panic in the scan must reach the reader as an error, never as a short result.
+            let panic_tx = tx.clone();
+            let scan = std::panic::AssertUnwindSafe(move || scan_into(&db, start, end, chunk, &tx));
+            if let Err(panic) = std::panic::catch_unwind(scan) {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".to_owned());
+                let _ = panic_tx.blocking_send(Err(StorageError::ScanTask(what)));
             }
         });
         rx
     }
+}
 
+/// The body of [`Store::scan_chunks`].
+fn scan_into(db: &DB, start: Vec<u8>, end: Vec<u8>, chunk: usize, tx: &mpsc::Sender<Result<Vec<KeyValue>>>) {
+    let snapshot = db.snapshot();
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_iterate_upper_bound(end);
+    let mut it = snapshot.raw_iterator_opt(read_opts);
+    it.seek(&start);
+    loop {
+        let mut rows = Vec::with_capacity(chunk);
+        while it.valid() && rows.len() < chunk {
+            let (k, v) = it.item().expect("valid iterator has an item");
+            rows.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        if let Err(e) = it.status() {
+            let _ = tx.blocking_send(Err(e.into()));
+            return;
+        }
+        let done = rows.len() < chunk;
+        if !rows.is_empty() && tx.blocking_send(Ok(rows)).is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+impl Store {
     /// Up to `limit` messages of one partition with offsets in `[from, until)` (offsets below the
     /// log start are skipped), never beyond the committed high watermark.
     pub fn read_messages(

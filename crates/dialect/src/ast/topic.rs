@@ -74,7 +74,7 @@ impl CreateTopic {
     pub(crate) fn parse(p: &mut Parser<'_>) -> Result<Self> {
         expect_word(p, "CREATE")?;
         expect_word(p, "TOPIC")?;
-        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let if_not_exists = crate::parser::parse_if_exists(p, true)?;
         let name = parse_name(p, "a topic name")?;
         let partitions = if parse_word(p, "PARTITIONS") {
             Some(parse_positive(p, "a positive number of partitions")?)
@@ -116,7 +116,7 @@ impl DropTopic {
     pub(crate) fn parse(p: &mut Parser<'_>) -> Result<Self> {
         expect_word(p, "DROP")?;
         expect_word(p, "TOPIC")?;
-        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let if_exists = crate::parser::parse_if_exists(p, false)?;
         let name = parse_name(p, "a topic name")?;
         Ok(Self { if_exists, name })
     }
@@ -333,6 +333,10 @@ mod tests {
     fn create_topic_round_trips() {
         verified_stmt("CREATE TOPIC app.events");
         verified_stmt("CREATE TOPIC IF NOT EXISTS events PARTITIONS 4");
+        // `IF` starts IF [NOT] EXISTS; a topic named if must be quoted.
+        assert!(parse_error("CREATE TOPIC IF").contains("Expected: NOT, found: EOF"));
+        assert!(parse_error("DROP TOPIC IF events").contains("Expected: EXISTS, found: events"));
+        verified_stmt("CREATE TOPIC \"if\"");
         let s = verified_stmt(
             "CREATE TOPIC app.events PARTITIONS 2 WITH (retention_seconds = 3600, retention_max_bytes = NULL, alias = 'ev')",
         );

@@ -104,7 +104,7 @@ impl CreateUser {
     fn parse(p: &mut Parser<'_>) -> Result<Self> {
         expect_word(p, "CREATE")?;
         expect_word(p, "USER")?;
-        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let if_not_exists = crate::parser::parse_if_exists(p, true)?;
         let name = parse_user_name(p)?;
         p.expect_keyword_is(Keyword::WITH)?;
         expect_word(p, "PASSWORD")?;
@@ -185,7 +185,7 @@ impl DropUser {
     fn parse(p: &mut Parser<'_>) -> Result<Self> {
         expect_word(p, "DROP")?;
         expect_word(p, "USER")?;
-        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let if_exists = crate::parser::parse_if_exists(p, false)?;
         let name = parse_user_name(p)?;
         Ok(Self { if_exists, name })
     }

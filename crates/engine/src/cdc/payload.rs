@@ -33,7 +33,8 @@ pub fn json_value(v: &Value, ty: ColumnType) -> Json {
         Value::Utf8(s) => Json::String(s.clone()),
         Value::Binary(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
         Value::Date32(days) => Json::String(
-            NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+            days.checked_add(719_163)
+                .and_then(NaiveDate::from_num_days_from_ce_opt)
                 .map_or_else(|| days.to_string(), |d| d.format("%Y-%m-%d").to_string()),
         ),
         Value::TimestampMicros(us) => Json::String(

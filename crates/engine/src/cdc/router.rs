@@ -65,6 +65,19 @@ pub struct CompiledRoute {
     pub payload: PayloadMode,
     filter: Option<Arc<dyn PhysicalExpr>>,
     partition_by: Option<Arc<dyn PhysicalExpr>>,
+    /// Why the stored route no longer compiles (found at open). Writes to its table fail until
+    /// the route is dropped: a change is never committed without its messages.
+    pub broken: Option<String>,
+}
+
+impl CompiledRoute {
+    /// A stored route that does not compile any more.
+    pub fn broken(meta: RouteMeta, error: &datafusion::error::DataFusionError) -> Self {
+        let op = parse_op(&meta.op).unwrap_or(ChangeOp::Insert);
+        let payload = parse_payload(&meta.payload).unwrap_or(PayloadMode::Key);
+        let reason = error.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        Self { meta, op, payload, filter: None, partition_by: None, broken: Some(reason) }
+    }
 }
 
 pub fn change_op(op: SourceOp) -> ChangeOp {
@@ -98,6 +111,8 @@ fn parse_op(s: &str) -> Result<ChangeOp> {
 pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Result<CompiledRoute> {
     let df_schema = DFSchema::try_from(table.schema.as_ref().clone())?;
     let compile = |text: &str| -> Result<Arc<dyn PhysicalExpr>> {
+        // A stored expression too deep to plan safely (or quickly) is refused before planning.
+        topicfusion_dialect::parse_expr_checked(text)?;
         let expr = ctx.parse_sql_expr(text, &df_schema)?;
         ctx.create_physical_expr(expr, &df_schema)
     };
@@ -109,7 +124,35 @@ pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Re
         }
     }
     let partition_by = meta.partition_by.as_deref().map(compile).transpose()?;
-    Ok(CompiledRoute { op: parse_op(&meta.op)?, payload: parse_payload(&meta.payload)?, filter, partition_by, meta })
+    Ok(CompiledRoute {
+        op: parse_op(&meta.op)?,
+        payload: parse_payload(&meta.payload)?,
+        filter,
+        partition_by,
+        meta,
+        broken: None,
+    })
+}
+
+/// Evaluates a new route's expressions on one row of NULLs, so that an expression that can
+/// never evaluate (`v > 'abc'` on a BIGINT, `1/0 = 1`) is refused when the route is added
+/// instead of failing every later write to the table.
+pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
+    use datafusion::arrow::array::new_null_array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let fields: Vec<Field> = table.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let columns = schema.fields().iter().map(|f| new_null_array(f.data_type(), 1)).collect();
+    let batch = RecordBatch::try_new(schema, columns)?;
+    for (what, expr) in [("WHERE", &route.filter), ("PARTITION BY", &route.partition_by)] {
+        if let Some(e) = expr
+            && let Err(err) = e.evaluate(&batch)
+        {
+            let reason = err.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            return plan_err!("the {what} of this topic source cannot be evaluated: {reason}");
+        }
+    }
+    Ok(())
 }
 
 /// The messages for a statement's changes to `table`, over the routes of `topics`, in change
@@ -125,6 +168,18 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
     let before_images: OnceCell<std::result::Result<RecordBatch, String>> = OnceCell::new();
     for topic in topics {
         for route in topic.routes.iter().filter(|r| r.meta.table_id == table.meta.id) {
+            if let Some(reason) = &route.broken {
+                return exec_err!(
+                    "the route of topic {} from {} ON {} is broken ({reason}): no write to {} can be captured until it is dropped with ALTER TOPIC {} DROP SOURCE {} ON {}",
+                    topic.meta.qualified_name(),
+                    source_table,
+                    route.meta.op.to_uppercase(),
+                    source_table,
+                    topic.meta.qualified_name(),
+                    source_table,
+                    route.meta.op.to_uppercase()
+                );
+            }
             // All changes of a statement share one operation.
             if changes.first().is_none_or(|c| c.op != route.op) {
                 continue;

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use datafusion::catalog::default_table_source::{provider_as_source, source_as_provider};
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchemaRef, Result, config::ConfigOptions, not_impl_err, plan_err};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, Result, config::ConfigOptions, not_impl_err, plan_err};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     DmlStatement, Expr, Extension, LogicalPlan, Projection, TableScan, TableScanBuilder, UserDefinedLogicalNodeCore,
-    WriteOp,
+    Values, WriteOp,
 };
 use datafusion::optimizer::AnalyzerRule;
 use topicfusion_storage::ChangeOp;
@@ -91,6 +91,22 @@ impl AnalyzerRule for TableWriteRule {
     }
 }
 
+/// DataFusion types the VALUES of an INSERT with the table's nullability, so a NULL in a
+/// NOT NULL column fails inside Arrow naming `column1`. VALUES become nullable here and the
+/// writer's NOT NULL check reports the table's column instead.
+fn nullable_values(input: LogicalPlan) -> Result<LogicalPlan> {
+    input
+        .transform_up(|plan| match plan {
+            LogicalPlan::Values(v) if v.schema.fields().iter().any(|f| !f.is_nullable()) => {
+                let fields: Vec<_> = v.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+                let schema = DFSchema::from_unqualified_fields(fields.into(), v.schema.metadata().clone())?;
+                Ok(Transformed::yes(LogicalPlan::Values(Values { schema: Arc::new(schema), values: v.values })))
+            }
+            other => Ok(Transformed::yes(other.recompute_schema()?)),
+        })
+        .map(|t| t.data)
+}
+
 fn user_table(dml: &DmlStatement) -> Option<Arc<UserTable>> {
     let provider = source_as_provider(&dml.target).ok()?;
     provider.downcast_ref::<UserTable>()?;
@@ -102,7 +118,7 @@ fn rewrite(dml: DmlStatement, keyed: Arc<UserTable>) -> Result<LogicalPlan> {
     let meta = &keyed.table.meta;
     let n = meta.columns.len();
     let (op, input) = match &dml.op {
-        WriteOp::Insert(InsertOp::Append) => (ChangeOp::Insert, dml.input.as_ref().clone()),
+        WriteOp::Insert(InsertOp::Append) => (ChangeOp::Insert, nullable_values(dml.input.as_ref().clone())?),
         WriteOp::Delete => {
             let source = with_keyed_scan(dml.input.as_ref().clone(), meta.id, &keyed)?;
             let exprs = leading_columns(&source, n + 1, |_| None);

@@ -69,6 +69,7 @@ fn schema_of(name: &str) -> SchemaRef {
             f("retention_seconds", UInt64, true),
             f("retention_max_bytes", UInt64, true),
             f("routes", Utf8, false),
+            f("broken_routes", Utf8, true),
             f("created_at", ts(), false),
             f("updated_at", ts(), false),
         ],
@@ -127,6 +128,16 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter_values(
                         t.iter().map(|m| serde_json::to_string(&m.routes).expect("routes serialize")),
                     )),
+                    Arc::new(StringArray::from_iter(st.topics.values().map(|t| {
+                        let broken: Vec<String> = t
+                            .routes
+                            .iter()
+                            .filter_map(|r| {
+                                r.broken.as_ref().map(|why| format!("{} ON {}: {why}", r.meta.table, r.meta.op))
+                            })
+                            .collect();
+                        (!broken.is_empty()).then(|| broken.join("; "))
+                    }))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(t.iter().map(|m| m.created_at_ms))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(t.iter().map(|m| m.updated_at_ms))),
                 ]

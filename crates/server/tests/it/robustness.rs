@@ -45,3 +45,45 @@ async fn deep_expressions_get_a_clear_error_at_every_interface() {
     // Nothing changed, and the database still works.
     assert_eq!(query(&db, "SELECT count(*) FROM t").await, vec![vec!["1".to_owned()]]);
 }
+
+#[tokio::test]
+async fn a_route_that_no_longer_compiles_is_marked_broken_instead_of_failing_the_open() {
+    use topicfusion_engine::{Database, DatabaseOptions};
+    use topicfusion_storage::keys::{CatalogKind, catalog_key, qualified_catalog_key};
+    use topicfusion_storage::{Commit, Durability, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+        db.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT); CREATE TOPIC ev; ALTER TOPIC ev ADD SOURCE t ON INSERT WHERE v > 0")
+            .await
+            .unwrap();
+    }
+    // The stored filter now names a function that does not exist (as after an upgrade that
+    // removed it), and the entry sits under the old `schema.name` key.
+    {
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let key = qualified_catalog_key(CatalogKind::Topic, "public", "ev");
+        let mut meta: serde_json::Value = serde_json::from_slice(&store.get(&key).unwrap().unwrap()).unwrap();
+        meta["routes"][0]["filter"] = serde_json::json!("no_such_function(v) > 0");
+        let mut c = Commit::default();
+        c.batch.delete(&key);
+        c.batch.put(catalog_key(CatalogKind::Topic, "public.ev"), serde_json::to_vec(&meta).unwrap());
+        store.commit(c).unwrap();
+    }
+    let db = Database::open(dir.path(), DatabaseOptions::default()).expect("a broken route does not fail the open");
+    let broken = query(&db, "SELECT broken_routes FROM system.topics WHERE name = 'public.ev'").await;
+    assert!(broken[0][0].starts_with("public.t ON insert: "), "{broken:?}");
+    // Writes that the route should capture fail (a change never commits without its messages).
+    let err = db.execute("INSERT INTO t VALUES (1, 1)").await.unwrap_err().to_string();
+    assert!(err.contains("is broken") && err.contains("ALTER TOPIC public.ev DROP SOURCE public.t ON INSERT"), "{err}");
+    assert_eq!(query(&db, "SELECT count(*) FROM t").await, vec![vec!["0".to_owned()]]);
+    db.execute("ALTER TOPIC ev DROP SOURCE t ON INSERT").await.unwrap();
+    db.execute("INSERT INTO t VALUES (1, 1)").await.unwrap();
+    assert_eq!(query(&db, "SELECT broken_routes FROM system.topics").await, vec![vec!["NULL".to_owned()]]);
+    drop(db);
+    // The entry moved to its canonical key at the open.
+    let store = Store::open(dir.path(), Durability::Process).unwrap();
+    assert!(store.get(&qualified_catalog_key(CatalogKind::Topic, "public", "ev")).unwrap().is_some());
+    assert!(store.get(&catalog_key(CatalogKind::Topic, "public.ev")).unwrap().is_none());
+}
