@@ -21,6 +21,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 use topicfusion_storage::ChangeOp;
 
+use crate::plan::checked_arithmetic::checked;
 use crate::provider::table::{KEY_COLUMN, UserTable};
 
 pub const TABLE_WRITE_NODE: &str = "TableWrite";
@@ -91,6 +92,67 @@ impl AnalyzerRule for TableWriteRule {
     }
 }
 
+/// The input of an INSERT with checked integer arithmetic everywhere. Its root produces the
+/// table's columns in order, so the root's expressions (and the VALUES columns they pass
+/// through) are named by the column they fill.
+fn checked_insert_input(input: LogicalPlan, columns: &[crate::types::ColumnMeta]) -> Result<LogicalPlan> {
+    // VALUES column index -> table column, through a root projection of plain column references.
+    let mut values_targets: Vec<Option<String>> = Vec::new();
+    if let LogicalPlan::Projection(p) = &input
+        && let LogicalPlan::Values(v) = p.input.as_ref()
+    {
+        values_targets = vec![None; v.schema.fields().len()];
+        for (i, e) in p.expr.iter().enumerate() {
+            let refs = e.column_refs();
+            if let (Some(c), 1) = (refs.iter().next(), refs.len())
+                && let Ok(j) = v.schema.index_of_column(c)
+                && let Some(meta) = columns.get(i)
+            {
+                values_targets[j] = Some(meta.name.clone());
+            }
+        }
+    } else if let LogicalPlan::Values(v) = &input {
+        values_targets = columns.iter().take(v.schema.fields().len()).map(|c| Some(c.name.clone())).collect();
+    }
+    let root = input.schema().clone();
+    input
+        .transform_up(|plan| {
+            let is_root = plan.schema() == &root;
+            let schema = match plan.inputs().first() {
+                Some(i) => i.schema().as_ref().clone(),
+                None => DFSchema::empty(),
+            };
+            match plan {
+                LogicalPlan::Values(v) => {
+                    let values = v
+                        .values
+                        .into_iter()
+                        .map(|row| {
+                            row.into_iter()
+                                .enumerate()
+                                .map(|(j, e)| checked(e, &schema, values_targets.get(j).and_then(|t| t.as_deref())))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Transformed::yes(LogicalPlan::Values(Values { schema: v.schema, values })))
+                }
+                LogicalPlan::Projection(p) if is_root => {
+                    let exprs = p
+                        .expr
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| checked(e.clone(), &schema, columns.get(i).map(|c| c.name.as_str())))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Transformed::yes(LogicalPlan::Projection(Projection::try_new_with_schema(
+                        exprs, p.input, p.schema,
+                    )?)))
+                }
+                other => other.map_expressions(|e| Ok(Transformed::yes(checked(e, &schema, None)?))),
+            }
+        })
+        .map(|t| t.data)
+}
+
 /// DataFusion types the VALUES of an INSERT with the table's nullability, so a NULL in a
 /// NOT NULL column fails inside Arrow naming `column1`. VALUES become nullable here and the
 /// writer's NOT NULL check reports the table's column instead.
@@ -118,7 +180,10 @@ fn rewrite(dml: DmlStatement, keyed: Arc<UserTable>) -> Result<LogicalPlan> {
     let meta = &keyed.table.meta;
     let n = meta.columns.len();
     let (op, input) = match &dml.op {
-        WriteOp::Insert(InsertOp::Append) => (ChangeOp::Insert, nullable_values(dml.input.as_ref().clone())?),
+        WriteOp::Insert(InsertOp::Append) => {
+            let input = nullable_values(dml.input.as_ref().clone())?;
+            (ChangeOp::Insert, checked_insert_input(input, &meta.columns)?)
+        }
         WriteOp::Delete => {
             let source = with_keyed_scan(dml.input.as_ref().clone(), meta.id, &keyed)?;
             let exprs = leading_columns(&source, n + 1, |_| None);
@@ -129,7 +194,16 @@ fn rewrite(dml: DmlStatement, keyed: Arc<UserTable>) -> Result<LogicalPlan> {
                 return plan_err!("unexpected UPDATE plan shape");
             };
             let source = with_keyed_scan(p.input.as_ref().clone(), meta.id, &keyed)?;
-            let mut exprs = p.expr.clone();
+            // SET expressions (the first n) with checked integer arithmetic, named by column.
+            let mut exprs = p
+                .expr
+                .iter()
+                .enumerate()
+                .map(|(i, e)| match meta.columns.get(i) {
+                    Some(c) => checked(e.clone(), p.input.schema(), Some(&c.name)),
+                    None => Ok(e.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
             exprs.extend(leading_columns(&source, n + 1, |i| Some(format!("__old_{i}"))));
             (ChangeOp::Update, LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(source))?))
         }
