@@ -91,3 +91,18 @@ async fn acknowledged_writes_and_their_messages_survive_kill_9() {
         next_id = rows.last().map_or(0, |l| l + 1);
     }
 }
+
+/// The crash-test harness (`scripts/crash-test.sh N`): 3 cycles of writers and per-message
+/// acknowledging consumers killed with SIGKILL, each checked; and a lost row is caught.
+#[test]
+fn crash_harness_three_cycles_and_it_catches_a_lost_write() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_crash")).arg("run").args(args).output().unwrap();
+    let out = run(&["--cycles", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("3 cycles, 0 violations"), "{stdout}");
+    let out = run(&["--cycles", "1", "--tamper"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("violation: cycle 1: table differs from the committed statements"), "{stderr}");
+}
