@@ -3,6 +3,8 @@
 
 pub mod ast;
 pub mod parser;
+#[cfg(test)]
+mod proptests;
 
 pub use ast::*;
 pub use parser::{

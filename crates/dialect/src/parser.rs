@@ -415,6 +415,16 @@ pub(crate) fn parse_row_expr(p: &mut Parser<'_>, clause: &str) -> Result<Expr, P
     if has_subquery.is_break() {
         return Err(ParserError::ParserError(format!("{clause} of a topic source cannot contain a subquery: {expr}")));
     }
+    // The expression is stored as the text sqlparser prints, which 0.62 gets wrong for a quoted
+    // identifier containing its quote and for consecutive quotes inside a string literal: refuse
+    // what would not read back as itself.
+    let printed = expr.to_string();
+    let reparsed = Parser::new(&DIALECT).try_with_sql(&printed).and_then(|mut p| p.parse_expr());
+    if reparsed.as_ref() != Ok(&expr) {
+        return Err(ParserError::ParserError(format!(
+            "{clause} of a topic source cannot be stored as written (sqlparser prints it as {printed}): write quote characters inside names or strings another way, e.g. with chr(39)"
+        )));
+    }
     Ok(expr)
 }
 

@@ -8,7 +8,7 @@ use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 
-use super::Quoted;
+use super::{Name, Quoted};
 use crate::parser::{
     expect_word, parse_group_name, parse_name, parse_options, parse_positive, parse_string, parse_uint, parse_word,
 };
@@ -160,7 +160,7 @@ impl Consume {
 
 impl fmt::Display for Consume {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CONSUME FROM {}", self.topic)?;
+        write!(f, "CONSUME FROM {}", Name(&self.topic))?;
         if let Some(g) = &self.group {
             write!(f, " GROUP {}", Quoted(g))?;
         }

@@ -8,7 +8,7 @@ use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 
-use super::{Quoted, StartPosition};
+use super::{Name, Quoted, StartPosition};
 use crate::parser::{expect_word, parse_group_name, parse_name, parse_uint, parse_word};
 
 /// What an ACK acknowledges.
@@ -69,7 +69,7 @@ impl Ack {
 
 impl fmt::Display for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ACK {} GROUP {}", self.topic, Quoted(&self.group))?;
+        write!(f, "ACK {} GROUP {}", Name(&self.topic), Quoted(&self.group))?;
         if let Some(n) = self.partition {
             write!(f, " PARTITION {n}")?;
         }
@@ -113,7 +113,7 @@ impl ResetConsumerGroup {
 
 impl fmt::Display for ResetConsumerGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RESET CONSUMER GROUP {} ON {}", Quoted(&self.group), self.topic)?;
+        write!(f, "RESET CONSUMER GROUP {} ON {}", Quoted(&self.group), Name(&self.topic))?;
         if let Some(n) = self.partition {
             write!(f, " PARTITION {n}")?;
         }
@@ -144,7 +144,7 @@ impl DropConsumerGroup {
 
 impl fmt::Display for DropConsumerGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DROP CONSUMER GROUP {} ON {}", Quoted(&self.group), self.topic)
+        write!(f, "DROP CONSUMER GROUP {} ON {}", Quoted(&self.group), Name(&self.topic))
     }
 }
 

@@ -95,6 +95,31 @@ impl fmt::Display for TopicStatement {
     }
 }
 
+/// Prints a table or topic name so that it parses back to the same name: quoted parts with
+/// their quote characters doubled (sqlparser 0.62 prints `"a""b"` as `"a"b"`).
+pub(crate) struct Name<'a>(pub &'a datafusion_sql::sqlparser::ast::ObjectName);
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, part) in self.0.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            match part.as_ident() {
+                Some(ident) => match ident.quote_style {
+                    Some(q) => {
+                        let doubled = format!("{q}{q}");
+                        write!(f, "{q}{}{q}", ident.value.replace(q, &doubled))?
+                    }
+                    None => f.write_str(&ident.value)?,
+                },
+                None => write!(f, "{part}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Prints a string as a single-quoted SQL literal.
 pub(crate) struct Quoted<'a>(pub &'a str);
 

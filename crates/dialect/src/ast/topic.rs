@@ -8,7 +8,7 @@ use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 
-use super::Quoted;
+use super::{Name, Quoted};
 use crate::parser::{
     expect_word, parse_name, parse_options, parse_positive, parse_row_expr, parse_string, parse_word, parse_words,
 };
@@ -92,7 +92,7 @@ impl CreateTopic {
 
 impl fmt::Display for CreateTopic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CREATE TOPIC {}{}", if self.if_not_exists { "IF NOT EXISTS " } else { "" }, self.name)?;
+        write!(f, "CREATE TOPIC {}{}", if self.if_not_exists { "IF NOT EXISTS " } else { "" }, Name(&self.name))?;
         if let Some(n) = self.partitions {
             write!(f, " PARTITIONS {n}")?;
         }
@@ -124,7 +124,7 @@ impl DropTopic {
 
 impl fmt::Display for DropTopic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DROP TOPIC {}{}", if self.if_exists { "IF EXISTS " } else { "" }, self.name)
+        write!(f, "DROP TOPIC {}{}", if self.if_exists { "IF EXISTS " } else { "" }, Name(&self.name))
     }
 }
 
@@ -147,7 +147,7 @@ impl ClearTopic {
 
 impl fmt::Display for ClearTopic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CLEAR TOPIC {}", self.name)
+        write!(f, "CLEAR TOPIC {}", Name(&self.name))
     }
 }
 
@@ -297,10 +297,10 @@ impl AlterTopic {
 
 impl fmt::Display for AlterTopic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ALTER TOPIC {} ", self.name)?;
+        write!(f, "ALTER TOPIC {} ", Name(&self.name))?;
         match &self.action {
             AlterTopicAction::AddSource(s) => {
-                write!(f, "ADD SOURCE {} ON {}", s.table, s.op.as_str())?;
+                write!(f, "ADD SOURCE {} ON {}", Name(&s.table), s.op.as_str())?;
                 if let Some(e) = &s.filter {
                     write!(f, " WHERE {e}")?;
                 }
@@ -312,7 +312,7 @@ impl fmt::Display for AlterTopic {
                 }
                 Ok(())
             }
-            AlterTopicAction::DropSource { table, op } => write!(f, "DROP SOURCE {table} ON {}", op.as_str()),
+            AlterTopicAction::DropSource { table, op } => write!(f, "DROP SOURCE {} ON {}", Name(table), op.as_str()),
             AlterTopicAction::SetRetention(opts) => {
                 f.write_str("SET RETENTION")?;
                 write_options(f, opts)

@@ -87,3 +87,151 @@ async fn a_route_that_no_longer_compiles_is_marked_broken_instead_of_failing_the
     assert!(store.get(&qualified_catalog_key(CatalogKind::Topic, "public", "ev")).unwrap().is_some());
     assert!(store.get(&catalog_key(CatalogKind::Topic, "public.ev")).unwrap().is_none());
 }
+
+/// Statements made of random words (topic and standard SQL), and mutations of valid ones, run
+/// through `Database::execute`: errors are fine, panics are not (a panic fails the property).
+mod random_statements {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+    use topicfusion_engine::Database;
+
+    const CASES: u32 = 400;
+
+    const WORDS: &[&str] = &[
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "CLEAR",
+        "TOPIC",
+        "TABLE",
+        "SCHEMA",
+        "USER",
+        "CONSUME",
+        "ACK",
+        "RESET",
+        "CONSUMER",
+        "GROUP",
+        "FROM",
+        "PARTITION",
+        "PARTITIONS",
+        "OFFSET",
+        "OFFSETS",
+        "UPTO",
+        "EARLIEST",
+        "LATEST",
+        "LIMIT",
+        "WITH",
+        "WHERE",
+        "ADD",
+        "SOURCE",
+        "ON",
+        "INSERT",
+        "INTO",
+        "VALUES",
+        "UPDATE",
+        "SET",
+        "DELETE",
+        "SELECT",
+        "*",
+        "t",
+        "ev",
+        "id",
+        "v",
+        "(",
+        ")",
+        ",",
+        "=",
+        "<=",
+        "+",
+        "-",
+        "'g'",
+        "0",
+        "1",
+        "2147483647",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "NULL",
+        "PRIMARY",
+        "KEY",
+        "INT",
+        "BIGINT",
+        "TEXT",
+        "AND",
+        "OR",
+        "IN",
+        "BETWEEN",
+        "EXPLAIN",
+        "timeout_ms",
+        "visibility_timeout_ms",
+        "max_deliveries",
+        "dead_letter_topic",
+        "'ev'",
+        "payload",
+        "'full'",
+        "PASSWORD",
+        "ROLE",
+        "'x'",
+        "dba",
+        "system.topics",
+        "system.users",
+    ];
+
+    const VALID: &[&str] = &[
+        "INSERT INTO t VALUES (1, 2)",
+        "UPDATE t SET v = v + 1 WHERE id <= 2147483647",
+        "DELETE FROM t WHERE id IN (1, 2)",
+        "SELECT * FROM t WHERE id BETWEEN 0 AND 9223372036854775807",
+        "CONSUME FROM ev GROUP 'g' FROM EARLIEST LIMIT 5 WITH (timeout_ms = 1)",
+        "ACK ev GROUP 'g' OFFSETS (0, 1)",
+        "ALTER TOPIC ev ADD SOURCE t ON UPDATE WHERE v > 1 WITH (payload = 'diff')",
+        "RESET CONSUMER GROUP 'g' ON ev TO OFFSET 0",
+        "CREATE USER u WITH PASSWORD 'p' ROLE service",
+    ];
+
+    fn env() -> &'static (tokio::runtime::Runtime, Database, tempfile::TempDir) {
+        static ENV: OnceLock<(tokio::runtime::Runtime, Database, tempfile::TempDir)> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::open(dir.path(), Default::default()).unwrap();
+            rt.block_on(db.execute(
+                "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); CREATE TOPIC ev PARTITIONS 2;
+                 ALTER TOPIC ev ADD SOURCE t ON INSERT; INSERT INTO t VALUES (5, 5)",
+            ))
+            .unwrap();
+            (rt, db, dir)
+        })
+    }
+
+    fn run(sql: &str) {
+        let (rt, db, _) = env();
+        let _ = rt.block_on(db.execute(sql));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_words_never_panic(words in proptest::collection::vec(proptest::sample::select(WORDS), 1..16)) {
+            run(&words.join(" "));
+        }
+
+        #[test]
+        fn mutated_statements_never_panic(
+            base in proptest::sample::select(VALID),
+            at in any::<prop::sample::Index>(),
+            kind in 0..3u8,
+            word in proptest::sample::select(WORDS),
+        ) {
+            let mut tokens: Vec<&str> = base.split(' ').collect();
+            let i = at.index(tokens.len());
+            match kind {
+                0 => { tokens.remove(i); }
+                1 => tokens.insert(i, word),
+                _ => tokens[i] = word,
+            }
+            run(&tokens.join(" "));
+        }
+    }
+}
