@@ -9,7 +9,7 @@
 //! | `0x02` | row       | `02 table_id:u64 pk:memcomparable`                           | row codec ([`crate::codec`])           |
 //! | `0x03` | message   | `03 topic_id:u64 partition:u32 offset:u64`                   | message codec ([`crate::message`])     |
 //! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
-//! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64`          |
+//! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64 (start:u64 end:u64)*` (acknowledged ranges above the position) |
 //! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
 
 use std::fmt;

@@ -751,3 +751,33 @@ fn the_role_rule_of_the_engine() {
     let e = authorize(&p(Role::User), Ddl, false).unwrap_err().to_string();
     assert_eq!(e, "permission denied: user u (role user) may not run DDL; this needs role dba or system");
 }
+
+#[tokio::test]
+async fn per_message_ack_over_http() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'a'), (2, 'b'), (3, 'c')").await;
+    let root = Some(("root", ROOT_PASSWORD));
+    let (_, body) = server
+        .post("/v1/api/topics/consume", root, json!({"topic_id": "app.ev", "group_id": "g", "start": "Earliest"}))
+        .await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 3);
+    let (status, body) = server
+        .post("/v1/api/topics/ack", root, json!({"topic_id": "app.ev", "group_id": "g", "offsets": [2, 1]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged_offset": null, "position": 0}));
+    let (_, body) =
+        server.post("/v1/api/topics/ack", root, json!({"topic_id": "app.ev", "group_id": "g", "offsets": [0]})).await;
+    assert_eq!(body, json!({"acknowledged_offset": 2, "position": 3}));
+    for bad in [
+        json!({"topic_id": "app.ev", "group_id": "g"}),
+        json!({"topic_id": "app.ev", "group_id": "g", "offsets": [0], "upto_offset": 0}),
+        json!({"topic_id": "app.ev", "group_id": "g", "offsets": []}),
+        json!({"topic_id": "app.ev", "group_id": "g", "offsets": [3]}),
+    ] {
+        let (status, body) = server.post("/v1/api/topics/ack", root, bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
