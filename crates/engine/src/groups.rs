@@ -288,8 +288,9 @@ impl Groups {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
         let mut shutdown = self.shutdown.subscribe();
         let mut changes = self.changes.subscribe();
+        let mut topic_changed = false;
         loop {
-            if changes.has_changed().unwrap_or(false) && req.group.is_some() && req.partition.is_none() {
+            if std::mem::take(&mut topic_changed) && req.group.is_some() && req.partition.is_none() {
                 // ALTER TOPIC ... SET PARTITIONS: a group read covers the new partitions too.
                 let count =
                     core.catalog.read().topics.values().find(|t| t.meta.id == topic_id).map(|t| t.meta.partitions);
@@ -298,7 +299,6 @@ impl Groups {
                     None => return exec_err!("topic {} was dropped", topic.meta.qualified_name()),
                 }
             }
-            changes.mark_unchanged();
             // Subscribe before reading, so a commit between the read and the wait is not missed.
             let mut signals = Vec::with_capacity(partitions.len());
             for &p in &partitions {
@@ -339,7 +339,7 @@ impl Groups {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.changed() => {}
-                _ = changes.changed() => {}
+                _ = changes.changed() => topic_changed = true,
             }
         }
     }

@@ -141,3 +141,47 @@ async fn consume_defaults_to_100_messages() {
     assert_eq!(query(&db, "CONSUME FROM ev FROM EARLIEST").await.len(), 100);
     assert_eq!(query(&db, "CONSUME FROM ev FROM OFFSET 120").await.len(), 30);
 }
+
+/// A waiting group CONSUME looks again when the group is reset or the topic gets partitions:
+/// without the wake-up both polls below would return empty at their (long) timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_wake_on_reset_and_on_new_partitions() {
+    let (_dir, db) = topic_with_rows(3, 1).await;
+    // The group is at the end: nothing to read.
+    let latest = ConsumeRequest { start: Some(StartPosition::Latest), ..group_request("r", 10, 0, 60_000) };
+    assert!(db.consume("ev", &latest).await.unwrap().is_empty());
+    let waiting = {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move { db.consume("ev", &group_request("r", 10, 30_000, 60_000)).await.unwrap() })
+    };
+    while db.waiting_consumers() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.execute("RESET CONSUMER GROUP 'r' ON ev TO EARLIEST").await.unwrap();
+    let got = waiting.await.unwrap();
+    assert_eq!(got.iter().map(|m| m.offset).collect::<Vec<_>>(), [0, 1, 2]);
+
+    // New partitions: a poll of the whole topic reads them too.
+    let drained = group_request("p", 100, 0, 60_000);
+    assert_eq!(db.consume("ev", &drained).await.unwrap().len(), 3);
+    let waiting = {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move { db.consume("ev", &group_request("p", 100, 30_000, 60_000)).await.unwrap() })
+    };
+    while db.waiting_consumers() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.execute("ALTER TOPIC ev SET PARTITIONS 4").await.unwrap();
+    // Rows until one lands in a new partition (keys hash over 4 partitions now).
+    let mut id = 100;
+    loop {
+        db.execute(&format!("INSERT INTO t VALUES ({id})")).await.unwrap();
+        let rows = query(&db, "SELECT sum(next_offset) FROM system.topic_partitions WHERE partition_id > 0").await;
+        if rows[0][0] != "0" {
+            break;
+        }
+        id += 1;
+    }
+    let got = waiting.await.unwrap();
+    assert!(!got.is_empty(), "the poll returned nothing");
+}
