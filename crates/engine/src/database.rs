@@ -109,6 +109,16 @@ impl ExecuteError {
     }
 }
 
+/// Text on one line (runs of whitespace, newlines included, become one space), cut after
+/// `max_chars` characters with `...`: for error messages, which can quote megabytes of input.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &flat[..cut]),
+        None => flat,
+    }
+}
+
 fn denied(e: PermissionDenied) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }

@@ -20,7 +20,7 @@ pub mod types;
 pub mod users;
 pub mod writer;
 
-pub use database::{Database, DatabaseOptions, ErrorKind, ExecuteError, StatementResult};
+pub use database::{Database, DatabaseOptions, ErrorKind, ExecuteError, StatementResult, one_line};
 pub use groups::ConsumeRequest;
 pub use topicfusion_dialect::{AckTarget, MAX_EXPR_DEPTH, ParsedStatement, StartPosition, Statements, parse_sql};
 pub use topicfusion_storage::{Durability, Message};

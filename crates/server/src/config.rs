@@ -120,7 +120,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             // toml's message names the key and shows the line; keep it on one line.
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            message: topicfusion_engine::one_line(&e.to_string(), 1000),
         })?;
         config.validate()?;
         Ok(config)

@@ -20,6 +20,6 @@ pub fn open_error(dir: &Path, e: &dyn std::fmt::Display) -> String {
             dir.display()
         )
     } else {
-        format!("cannot open data dir {}: {}", dir.display(), text.split_whitespace().collect::<Vec<_>>().join(" "))
+        format!("cannot open data dir {}: {}", dir.display(), topicfusion_engine::one_line(&text, 1000))
     }
 }

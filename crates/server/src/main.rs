@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use topicfusion::client::{Client, RemoteResult};
 use topicfusion::config::Config;
-use topicfusion_engine::{Database, DatabaseOptions, Durability};
+use topicfusion_engine::{Database, DatabaseOptions, Durability, one_line};
 
 #[derive(Parser)]
 #[command(name = "topicfusion", version, about = "Durable topics and change-data capture for Apache DataFusion")]
@@ -188,27 +188,17 @@ async fn sql_command(
 /// The longest statement text an error line echoes.
 const MAX_ECHO_CHARS: usize = 200;
 
-/// One line of statement text for an error message.
-fn echo(sql: &str) -> String {
-    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > MAX_ECHO_CHARS {
-        flat.chars().take(MAX_ECHO_CHARS).collect::<String>() + "..."
-    } else {
-        flat
-    }
-}
-
 /// The longest error message printed (inputs can be megabytes, and errors quote them).
 const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// An error message on one line, at most [`MAX_MESSAGE_CHARS`] long.
-fn one_line(message: &str) -> String {
-    let flat = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > MAX_MESSAGE_CHARS {
-        flat.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "..."
-    } else {
-        flat
-    }
+/// One line of statement text for an error message.
+fn echo(sql: &str) -> String {
+    one_line(sql, MAX_ECHO_CHARS)
+}
+
+/// An error message on one line, bounded.
+fn message(text: &str) -> String {
+    one_line(text, MAX_MESSAGE_CHARS)
 }
 
 /// Runs SQL text statement by statement, printing each result as soon as it completes; returns
@@ -218,7 +208,7 @@ async fn run(backend: &Backend, sql: &str, format: Format, counter: &mut usize) 
     let statements = match topicfusion_engine::Statements::new(sql) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
+            eprintln!("error: {}", message(&e.to_string()));
             return false;
         }
     };
@@ -228,18 +218,18 @@ async fn run(backend: &Backend, sql: &str, format: Format, counter: &mut usize) 
         let statement = match statement {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error in statement {counter}: {}", one_line(&e.to_string()));
+                eprintln!("error in statement {counter}: {}", message(&e.to_string()));
                 return false;
             }
         };
         let outcome = match backend {
             Backend::Embedded(db) => match db.execute(&statement.sql).await {
                 Ok(results) => results.iter().try_for_each(|r| print_batches(&r.schema, &r.batches, format)),
-                Err(e) => Err(one_line(&e.source.to_string())),
+                Err(e) => Err(message(&e.source.to_string())),
             },
             Backend::Remote(client) => match client.sql(&statement.sql).await {
                 Ok(results) => results.iter().try_for_each(|r| print_remote(r, format)),
-                Err(e) => Err(one_line(&e)),
+                Err(e) => Err(message(&e)),
             },
         };
         if let Err(message) = outcome {

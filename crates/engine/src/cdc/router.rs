@@ -75,7 +75,7 @@ impl CompiledRoute {
     pub fn broken(meta: RouteMeta, error: &datafusion::error::DataFusionError) -> Self {
         let op = parse_op(&meta.op).unwrap_or(ChangeOp::Insert);
         let payload = parse_payload(&meta.payload).unwrap_or(PayloadMode::Key);
-        let reason = error.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let reason = crate::database::one_line(&error.to_string(), 500);
         Self { meta, op, payload, filter: None, partition_by: None, broken: Some(reason) }
     }
 }
@@ -148,7 +148,7 @@ pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
         if let Some(e) = expr
             && let Err(err) = e.evaluate(&batch)
         {
-            let reason = err.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let reason = crate::database::one_line(&err.to_string(), 500);
             return plan_err!("the {what} of this topic source cannot be evaluated: {reason}");
         }
     }

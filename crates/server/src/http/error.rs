@@ -6,7 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use topicfusion_engine::{ErrorKind, ExecuteError};
+use topicfusion_engine::{ErrorKind, ExecuteError, one_line};
 
 /// The longest message an error carries; longer ones are cut (inputs can be megabytes).
 pub const MAX_MESSAGE_CHARS: usize = 2000;
@@ -67,11 +67,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        let mut message: String = message.into();
-        if message.chars().count() > MAX_MESSAGE_CHARS {
-            message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "...";
-        }
-        Self { code, message, statement: None }
+        Self { code, message: one_line(&message.into(), MAX_MESSAGE_CHARS), statement: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -90,7 +86,7 @@ impl ApiError {
 
     /// A statement error of the engine, classified by its kind.
     pub fn from_execute(e: ExecuteError) -> Self {
-        let message = e.source.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = e.source.to_string();
         let mut err = match e.kind {
             ErrorKind::Syntax => Self::new(ErrorCode::SyntaxError, message),
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
@@ -105,7 +101,7 @@ impl ApiError {
 
     /// An engine error outside a SQL statement (consume, ack).
     pub fn from_engine(e: datafusion::error::DataFusionError) -> Self {
-        let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = e.to_string();
         match ErrorKind::of(&e) {
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
             ErrorKind::Internal => Self::internal(message),
