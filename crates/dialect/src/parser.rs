@@ -9,7 +9,9 @@ use std::fmt;
 
 use datafusion_common::Result;
 use datafusion_sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
-use datafusion_sql::sqlparser::ast::{Expr, ObjectName, Query, Visit, Visitor, visit_expressions};
+use datafusion_sql::sqlparser::ast::{
+    Expr, ObjectName, Query, Value, Visit, VisitMut, Visitor, VisitorMut, visit_expressions,
+};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
@@ -166,6 +168,7 @@ impl<'a> TextCursor<'a> {
 /// an unoptimized build (an UPDATE with a 150-term chain overflowed one); write long OR chains
 /// of equalities as `IN (...)`, which is not nested.
 pub const MAX_EXPR_DEPTH: usize = 128;
+const _: () = assert!(MAX_EXPR_DEPTH == 128, "TOO_DEEP names the limit");
 
 /// Counts nesting depth while visiting, and stops descending past [`MAX_EXPR_DEPTH`] (so the
 /// check itself never recurses deeper than the limit).
@@ -203,11 +206,10 @@ impl Visitor for DepthLimit {
     }
 }
 
+const TOO_DEEP: &str = "expression nesting too deep: more than 128 levels of operators, function calls or subqueries";
+
 fn too_deep() -> datafusion_common::DataFusionError {
-    ParserError::ParserError(format!(
-        "expression nesting too deep: more than {MAX_EXPR_DEPTH} levels of operators, function calls or subqueries"
-    ))
-    .into()
+    ParserError::ParserError(TOO_DEEP.to_owned()).into()
 }
 
 /// Parses one SQL expression (a stored route filter, say) and refuses it when it is nested
@@ -248,9 +250,80 @@ fn df_statement_depth(s: &DFStatement, limit: &mut DepthLimit) -> ControlFlow<()
 }
 
 fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
-    let statement = parse_statement_unchecked(df)?;
-    check_depth(&statement)?;
+    let mut statement = parse_statement_unchecked(df)?;
+    if let Err(e) = check_depth(&statement) {
+        if let Statement::DataFusion(s) = &mut statement {
+            dismantle_df_statement(s);
+        }
+        return Err(e);
+    }
     Ok(statement)
+}
+
+/// Cuts the parts of a statement nested deeper than the limit out of it and drops them without
+/// recursion: dropping a tree of 100,000 levels (`1 + 1 + ...`) recursively overflows a stack.
+fn dismantle_df_statement(s: &mut DFStatement) {
+    let mut cut = Dismantle::default();
+    match s {
+        DFStatement::Statement(s) => {
+            let _ = s.visit(&mut cut);
+        }
+        DFStatement::Explain(e) => dismantle_df_statement(&mut e.statement),
+        _ => {}
+    }
+    cut.deep.into_iter().for_each(drop_iteratively);
+}
+
+#[derive(Default)]
+struct Dismantle {
+    depth: usize,
+    deep: Vec<Expr>,
+}
+
+impl VisitorMut for Dismantle {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        self.depth += 1;
+        if self.depth >= MAX_EXPR_DEPTH {
+            // The visitor then sees a leaf here: it never goes deeper.
+            self.deep.push(std::mem::replace(expr, Expr::value(Value::Null)));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, _: &mut Expr) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+}
+
+/// Drops an expression tree with an explicit stack for the shapes the parser builds in a loop
+/// (binary operators, postfix `IS ...`, `::` casts); other nodes nest at most as deep as the
+/// parser's own recursion limit.
+pub(crate) fn drop_iteratively(expr: Expr) {
+    let mut stack = vec![expr];
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::BinaryOp { left, right, .. } => {
+                stack.push(*left);
+                stack.push(*right);
+            }
+            Expr::UnaryOp { expr, .. }
+            | Expr::Nested(expr)
+            | Expr::IsNull(expr)
+            | Expr::IsNotNull(expr)
+            | Expr::IsTrue(expr)
+            | Expr::IsFalse(expr)
+            | Expr::IsNotTrue(expr)
+            | Expr::IsNotFalse(expr)
+            | Expr::IsUnknown(expr)
+            | Expr::IsNotUnknown(expr)
+            | Expr::Cast { expr, .. }
+            | Expr::Collate { expr, .. } => stack.push(*expr),
+            other => drop(other),
+        }
+    }
 }
 
 fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
@@ -408,6 +481,11 @@ pub(crate) fn parse_name(p: &mut Parser<'_>, what: &str) -> Result<ObjectName, P
 /// A row-filter expression: no subqueries (a route is evaluated on the changed rows alone).
 pub(crate) fn parse_row_expr(p: &mut Parser<'_>, clause: &str) -> Result<Expr, ParserError> {
     let expr = p.parse_expr()?;
+    // First the depth: the checks below (and printing) recurse over the whole tree.
+    if expr.visit(&mut DepthLimit::default()).is_break() {
+        drop_iteratively(expr);
+        return Err(ParserError::ParserError(TOO_DEEP.to_owned()));
+    }
     let has_subquery = visit_expressions(&expr, |e| match e {
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),

@@ -22,8 +22,10 @@ pub fn run(config: Config) -> Result<(), String> {
     let engine_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads((cores * 2).max(4))
         .thread_name("tf-engine")
-        // Query planning recurses over expression trees: give it room.
-        .thread_stack_size(16 * 1024 * 1024)
+        // Parsing and planning recurse over expression trees: give them room (virtual memory:
+        // only the pages used are committed). Statements nested over 128 levels are refused and
+        // taken apart without recursion; the rest of sqlparser's error paths drop what they built.
+        .thread_stack_size(256 * 1024 * 1024)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the engine runtime: {e}"))?;

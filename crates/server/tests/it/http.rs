@@ -781,3 +781,22 @@ async fn per_message_ack_over_http() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_huge_expression_is_a_clear_error_and_the_server_stays_up() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    let root = Some(("root", ROOT_PASSWORD));
+    for sql in [
+        format!("SELECT {}", vec!["1"; 300_000].join("+")),
+        // A syntax error at the end: sqlparser drops the deep tree it built on its own.
+        format!("SELECT {} )", vec!["1"; 300_000].join("+")),
+    ] {
+        let (status, body) = server.post("/v1/api/sql", root, json!({ "sql": sql })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "syntax_error");
+    }
+    assert_eq!(server.long_polls().await, 0);
+    let body = server.sql("SELECT 1 + 1 AS two").await;
+    assert_eq!(body["results"][0]["rows"], json!([[2]]));
+}

@@ -42,6 +42,16 @@ async fn deep_expressions_get_a_clear_error_at_every_interface() {
         let err = db.execute(&sql).await.unwrap_err().to_string();
         assert!(err.contains("expression nesting too deep"), "{}: {err}", &sql[..60]);
     }
+    // Far deeper than any stack: refused, and taken apart without recursion (this test thread
+    // has a 2 MiB stack).
+    for sql in [
+        format!("SELECT {}", chain("1", " + ", 200_000)),
+        format!("ALTER TOPIC ev ADD SOURCE t ON DELETE WHERE {}", chain("v", " - ", 200_000)),
+        format!("SELECT v {} FROM t", " IS NULL".repeat(100_000)),
+    ] {
+        let err = db.execute(&sql).await.unwrap_err().to_string();
+        assert!(err.contains("expression nesting too deep"), "{}: {err}", &sql[..60]);
+    }
     // Nothing changed, and the database still works.
     assert_eq!(query(&db, "SELECT count(*) FROM t").await, vec![vec!["1".to_owned()]]);
 }
