@@ -331,9 +331,37 @@ mod http {
             body
         }
 
+        async fn post_as<T: serde::de::DeserializeOwned>(&self, path: &str, body: &Value) -> T {
+            let resp = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await
+                .expect("request");
+            assert!(resp.status().is_success(), "{path}: {}", resp.status());
+            let bytes = resp.bytes().await.expect("body");
+            serde_json::from_slice(&bytes).expect("json")
+        }
+
         async fn sql(&self, sql: &str) -> Value {
             self.post("/v1/api/sql", &json!({ "sql": sql })).await
         }
+    }
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Received {
+        partition_id: u32,
+        offset: u64,
+        key: Box<serde_json::value::RawValue>,
+        payload: Box<serde_json::value::RawValue>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        messages: Vec<Received>,
     }
 
     pub async fn run(drain: u64, lat_n: u64, out: &mut Vec<String>) {
@@ -346,16 +374,16 @@ mod http {
         let start = Instant::now();
         let mut read = 0u64;
         loop {
-            let body = server
-                .post(
+            // A client decodes the messages into its own type, keys and payloads as raw JSON.
+            let body: Batch = server
+                .post_as(
                     "/v1/api/topics/consume",
                     &json!({"topic_id": "d", "group_id": "g", "start": "Earliest", "limit": 1000}),
                 )
                 .await;
-            let messages = body["messages"].as_array().expect("messages");
-            let Some(last) = messages.last() else { break };
-            read += messages.len() as u64;
-            let upto = last["offset"].as_u64().expect("offset");
+            let Some(last) = body.messages.last() else { break };
+            read += body.messages.len() as u64;
+            let upto = last.offset;
             server
                 .post(
                     "/v1/api/topics/ack",

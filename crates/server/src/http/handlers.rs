@@ -179,9 +179,15 @@ pub async fn consume(
         })
         .collect::<Result<_, ApiError>>()?;
     let has_more = messages.len() as u64 == limit && limit > 0;
-    let body = serde_json::to_vec(&serde_json::json!({ "messages": json, "has_more": has_more }))
-        .map_err(ApiError::internal)?;
+    // Serialized straight from the stored JSON text (no intermediate JSON tree).
+    let body = serde_json::to_vec(&ConsumeResponse { messages: json, has_more }).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Serialize)]
+struct ConsumeResponse<'a> {
+    messages: Vec<MessageJson<'a>>,
+    has_more: bool,
 }
 
 /// A stored message key or payload (JSON text written by the engine) as a JSON value.
