@@ -1,6 +1,7 @@
 //! The table write path: turns the rows a DML statement produced into row changes (with the
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
-//! messages, and commits rows and messages in one write batch.
+//! messages, and writes rows and messages in one write batch (made durable and visible by
+//! `Store::finish`, which the caller runs after releasing its locks).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,15 +10,17 @@ use std::sync::atomic::Ordering;
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch};
 use datafusion::common::{Result, exec_err};
 use topicfusion_storage::codec::{encode_key_value, encode_row};
-use topicfusion_storage::{ChangeOp, Commit, Store, Value, keys};
+use topicfusion_storage::{ChangeOp, Commit, Pending, Store, Value, keys};
 
 use crate::catalog::{Catalog, Table, put_rowid_sequence, storage_err};
 use crate::cdc::payload::json_value;
 use crate::cdc::router::{RowChange, encode_rowid, route};
 use crate::types::batch_rows;
 
-/// Applies one statement's output to `table`. The caller holds the table's write lock from
-/// before it read the rows until this returns.
+/// Applies one statement's output to `table` and writes it. The caller holds the table's write
+/// lock from before it read the rows until this returns, then passes the pending commit to
+/// `Store::finish` without the lock (concurrent writers of the table then share fsyncs; a
+/// later writer's commit is after this one in the WAL, so it is never durable without it).
 ///
 /// Input layouts (n = number of table columns):
 /// - Insert: the n new columns;
@@ -29,7 +32,7 @@ pub fn apply(
     table: &Arc<Table>,
     op: ChangeOp,
     batches: &[RecordBatch],
-) -> Result<u64> {
+) -> Result<(u64, Pending)> {
     let n = table.meta.columns.len();
     let mut changes = Vec::new();
     // Keys the statement removes (DELETE, and UPDATE moving a row to a new key).
@@ -96,8 +99,8 @@ pub fn apply(
     if !topics.is_empty() {
         commit.messages = route(table, &topics, &changes)?;
     }
-    store.commit(commit).map_err(storage_err)?;
-    Ok(changes.len() as u64)
+    let pending = store.write(commit).map_err(storage_err)?;
+    Ok((changes.len() as u64, pending))
 }
 
 fn key_column(batch: &RecordBatch, index: usize) -> Result<&BinaryArray> {

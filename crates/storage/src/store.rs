@@ -1,11 +1,14 @@
 //! The RocksDB store and its single commit path.
 //!
-//! [`Store::commit`] is the only place that writes to RocksDB. Under one lock it assigns each
-//! new message the next offset of its partition, stamps the commit time, persists the partitions'
-//! high watermarks in the same write batch as the caller's row changes, writes the batch, and then
-//! wakes the readers waiting on the touched partitions. Offsets are therefore gap-free, assigned
-//! in commit order, never reused (the watermark is stored, not derived from the messages), and a
-//! reader can never see offset n+1 before offset n.
+//! [`Store::commit`] (= [`Store::write`] + [`Store::finish`]) is the only place that writes to
+//! RocksDB. `write`, under one lock, assigns each new message the next offset of its partition,
+//! stamps the commit time, persists the partitions' high watermarks in the same write batch as
+//! the caller's row changes, and writes the batch (not fsynced). `finish` makes it durable —
+//! with [`Durability::Sync`] through group commit: one fsync covers every commit written before
+//! it started, so concurrent writers share fsyncs — and only then moves the partitions' visible
+//! watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
+//! never reused (the watermark is stored, not derived from the messages); a reader never sees
+//! offset n+1 before offset n, nor a message before it is durable.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -95,9 +98,32 @@ pub struct Committed {
 }
 
 struct LogState {
+    /// What the commit path assigns from: `next_offset` counts every written message.
     partitions: HashMap<(u64, u32), PartitionState>,
+    /// What readers see: per partition, the offset below which every message is durable
+    /// (behind `partitions` while a synced commit waits for its fsync).
+    visible: HashMap<(u64, u32), u64>,
     last_timestamp_ms: i64,
     signals: HashMap<(u64, u32), watch::Sender<u64>>,
+    /// The sequence number of the last written commit.
+    written_seq: u64,
+}
+
+/// Group commit: which commits are durable, and whether a sync is running.
+#[derive(Default)]
+struct SyncState {
+    synced_seq: u64,
+    syncing: bool,
+}
+
+/// A commit written to RocksDB but, with [`Durability::Sync`], not yet fsynced: pass it to
+/// [`Store::finish`]. Holding it holds no lock.
+#[must_use = "a written commit becomes durable and visible only through Store::finish"]
+pub struct Pending {
+    seq: u64,
+    /// The new high watermark of each partition the commit appended to.
+    appended: Vec<((u64, u32), u64)>,
+    committed: Committed,
 }
 
 /// The RocksDB store. `Send + Sync`; share it with an `Arc`.
@@ -105,6 +131,8 @@ pub struct Store {
     db: Arc<DB>,
     durability: Durability,
     log: Mutex<LogState>,
+    sync: Mutex<SyncState>,
+    synced: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,8 +167,15 @@ impl Store {
             }
             partitions.insert(id, state);
         }
-        let log = LogState { partitions, last_timestamp_ms, signals: HashMap::new() };
-        Ok(Self { db, durability, log: Mutex::new(log) })
+        let visible = partitions.iter().map(|(&id, s)| (id, s.next_offset)).collect();
+        let log = LogState { partitions, visible, last_timestamp_ms, signals: HashMap::new(), written_seq: 0 };
+        Ok(Self {
+            db,
+            durability,
+            log: Mutex::new(log),
+            sync: Mutex::new(SyncState::default()),
+            synced: std::sync::Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -149,8 +184,17 @@ impl Store {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The one commit path: see the module doc.
+    /// The one commit path: [`Store::write`] then [`Store::finish`].
     pub fn commit(&self, commit: Commit) -> Result<Committed> {
+        let pending = self.write(commit)?;
+        self.finish(pending)
+    }
+
+    /// Writes a commit (see the module doc) without waiting for its fsync: offsets are
+    /// assigned and the batch is in RocksDB, but readers do not see its messages until
+    /// [`Store::finish`]. A caller holding locks for the write can release them before the
+    /// (slow) finish, so that concurrent commits share one fsync.
+    pub fn write(&self, commit: Commit) -> Result<Pending> {
         let Commit { mut batch, messages, partition_ops } = commit;
         let mut log = self.lock();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
@@ -202,39 +246,95 @@ impl Store {
                 batch.put(keys::partition_state_key(topic_id, partition), state.encode());
             }
         }
-        let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(self.durability == Durability::Sync);
-        self.db.write_opt(batch, &write_opts)?;
+        // Never synced here: durability comes from `finish`, one fsync for every commit
+        // written before it started.
+        self.db.write_opt(batch, &WriteOptions::default())?;
 
         log.last_timestamp_ms = timestamp_ms;
+        log.written_seq += 1;
+        let seq = log.written_seq;
+        let mut appended = Vec::new();
         for (id, state) in touched {
             match state {
                 Some(state) => {
-                    log.partitions.insert(id, state);
-                    if let Some(signal) = log.signals.get(&id) {
-                        signal.send_replace(state.next_offset);
+                    let visible = log.visible.entry(id).or_insert(state.next_offset.min(state.log_start));
+                    *visible = (*visible).max(state.log_start);
+                    if state.next_offset > *visible {
+                        appended.push((id, state.next_offset));
                     }
+                    log.partitions.insert(id, state);
                 }
                 None => {
                     log.partitions.remove(&id);
+                    log.visible.remove(&id);
                     // Dropping the sender wakes every waiter; they find the partition gone.
                     log.signals.remove(&id);
                 }
             }
         }
-        Ok(Committed { timestamp_ms, offsets })
+        let pending = Pending { seq, appended, committed: Committed { timestamp_ms, offsets } };
+        if self.durability == Durability::Process {
+            publish(&mut log, &pending.appended);
+        }
+        Ok(pending)
     }
 
-    /// The state of one partition, or `None` if it does not exist.
+    /// Makes a written commit durable (with [`Durability::Sync`]: waits until an fsync covers
+    /// it, doing the fsync itself when none is running, for every commit written so far) and
+    /// then visible to readers; wakes the partitions' waiters. Blocks: call it off async
+    /// workers.
+    pub fn finish(&self, pending: Pending) -> Result<Committed> {
+        if self.durability == Durability::Sync {
+            self.sync_through(pending.seq)?;
+            publish(&mut self.lock(), &pending.appended);
+        }
+        Ok(pending.committed)
+    }
+
+    /// Waits until commit `seq` is fsynced (PostgreSQL's `XLogFlush` pattern: one leader syncs
+    /// everything written so far while the others wait, then the next leader, if needed).
+    fn sync_through(&self, seq: u64) -> Result<()> {
+        let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if sync.synced_seq >= seq {
+                return Ok(());
+            }
+            if sync.syncing {
+                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            sync.syncing = true;
+            drop(sync);
+            // Every commit written before this read is covered by the fsync below.
+            let target = self.lock().written_seq;
+            let result = self.db.flush_wal(true);
+            sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            sync.syncing = false;
+            if result.is_ok() {
+                sync.synced_seq = sync.synced_seq.max(target);
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// The state of one partition as readers see it (its `next_offset` is the durable, visible
+    /// high watermark), or `None` if it does not exist.
     pub fn partition_state(&self, topic_id: u64, partition: u32) -> Option<PartitionState> {
-        self.lock().partitions.get(&(topic_id, partition)).copied()
+        let log = self.lock();
+        let mut state = log.partitions.get(&(topic_id, partition)).copied()?;
+        if let Some(&visible) = log.visible.get(&(topic_id, partition)) {
+            state.next_offset = visible;
+        }
+        Some(state)
     }
 
     /// A receiver that changes after every commit that appends to the partition (its value is
     /// the new high watermark), and closes when the partition is dropped.
     pub fn subscribe(&self, topic_id: u64, partition: u32) -> Option<watch::Receiver<u64>> {
         let mut log = self.lock();
-        let next = log.partitions.get(&(topic_id, partition))?.next_offset;
+        log.partitions.get(&(topic_id, partition))?;
+        let next = log.visible.get(&(topic_id, partition)).copied().unwrap_or(0);
         let sender = log.signals.entry((topic_id, partition)).or_insert_with(|| watch::channel(next).0);
         Some(sender.subscribe())
     }
@@ -376,6 +476,19 @@ impl Store {
     }
 }
 
+/// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
+fn publish(log: &mut LogState, appended: &[((u64, u32), u64)]) {
+    for &(id, next) in appended {
+        let Some(visible) = log.visible.get_mut(&id) else { continue };
+        if next > *visible {
+            *visible = next;
+            if let Some(signal) = log.signals.get(&id) {
+                signal.send_replace(next);
+            }
+        }
+    }
+}
+
 fn current<'a>(
     log: &LogState,
     touched: &'a mut HashMap<(u64, u32), Option<PartitionState>>,
@@ -484,6 +597,53 @@ mod tests {
         let stored = store.read_messages(1, 0, 0, u64::MAX, usize::MAX).unwrap();
         assert_eq!(stored.iter().map(|m| m.offset).collect::<Vec<_>>(), all);
         assert!(stored.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    }
+
+    #[test]
+    fn a_synced_commit_is_invisible_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Sync).unwrap();
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        let pending = store.write(Commit { messages: vec![msg(1, 0, "a")], ..Default::default() }).unwrap();
+        // Written, offset assigned, not yet durable: readers do not see it.
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 0);
+        assert!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().is_empty());
+        // A second commit gets the next offset meanwhile.
+        let second = store.write(Commit { messages: vec![msg(1, 0, "b")], ..Default::default() }).unwrap();
+        assert_eq!(store.finish(second).unwrap().offsets, vec![1]);
+        // Its fsync covered the first one too: both are visible, in offset order.
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 2);
+        assert_eq!(store.finish(pending).unwrap().offsets, vec![0]);
+        let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
+        assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn concurrent_synced_commits_share_fsyncs_and_stay_gap_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Sync).unwrap());
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    (0..25)
+                        .flat_map(|_| {
+                            store
+                                .commit(Commit { messages: vec![msg(1, 0, "x")], ..Default::default() })
+                                .unwrap()
+                                .offsets
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..200).collect::<Vec<_>>());
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 200);
     }
 
     #[tokio::test]

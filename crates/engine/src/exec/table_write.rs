@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, exec_err, internal_err};
+use datafusion::common::{DataFusionError, Result, exec_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -17,7 +17,7 @@ use datafusion::physical_plan::{
 };
 use topicfusion_storage::ChangeOp;
 
-use crate::catalog::Table;
+use crate::catalog::{Table, storage_err};
 use crate::core::Core;
 use crate::writer;
 
@@ -106,15 +106,24 @@ impl ExecutionPlan for TableWriteExec {
         );
         let out_schema = Arc::clone(&schema);
         let fut = async move {
-            // Topic DDL waits for running writes, so a write sees one consistent set of routes.
-            let _ddl = core.ddl_lock.read().await;
-            let _table = table.write_lock.lock().await;
-            let current = core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
-            if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
-                return exec_err!("table {} was dropped", table.meta.qualified_name());
-            }
-            let batches = collect(input, context).await?;
-            let count = writer::apply(&core.store, &core.catalog, &table, op, &batches)?;
+            let (count, pending) = {
+                // Topic DDL waits for running writes, so a write sees one consistent set of routes.
+                let _ddl = core.ddl_lock.read().await;
+                let _table = table.write_lock.lock().await;
+                let current = core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
+                if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
+                    return exec_err!("table {} was dropped", table.meta.qualified_name());
+                }
+                let batches = collect(input, context).await?;
+                writer::apply(&core.store, &core.catalog, &table, op, &batches)?
+            };
+            // Durable (one fsync shared with concurrent commits in --sync mode) and visible to
+            // consumers, without holding the locks and off the async workers.
+            let store = Arc::clone(&core.store);
+            tokio::task::spawn_blocking(move || store.finish(pending))
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+                .map_err(storage_err)?;
             Ok(RecordBatch::try_new(out_schema, vec![Arc::new(UInt64Array::from(vec![count]))])?)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(fut))))

@@ -139,6 +139,42 @@ async fn main() {
         drop(db);
     }
 
+    // 3b. Concurrent synced single-row INSERTs of distinct keys into one routed table: 16 and 64
+    //     tasks (group commit lets them share fsyncs).
+    for clients in [16u64, 64] {
+        let name = format!("insert_single_sync_c{clients}_one_route");
+        if !wants(&[&name]) {
+            continue;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(
+            Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
+                .expect("open"),
+        );
+        exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+        exec(&db, "CREATE TOPIC ev").await;
+        exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let db = Arc::clone(&db);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while start.elapsed() < Duration::from_secs(3) {
+                        exec(&db, &format!("INSERT INTO t VALUES ({}, 'new', 42.5)", c * 1_000_000_000 + n)).await;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("writer");
+        }
+        out.push(metric(&name, total as f64 / start.elapsed().as_secs_f64(), "stmts/s"));
+    }
+
     // 4. CONSUME cost does not depend on the topic's size: LIMIT 1000 near the end of a topic of
     //    1k messages and of `big` messages.
     for size in [1000u64, big] {
