@@ -353,18 +353,7 @@ mod http {
         }
 
         async fn post(&self, path: &str, body: &Value) -> Value {
-            let resp = self
-                .client
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(&self.token)
-                .json(body)
-                .send()
-                .await
-                .expect("request");
-            let status = resp.status();
-            let body: Value = resp.json().await.expect("json");
-            assert!(status.is_success(), "{path}: {body}");
-            body
+            self.post_as(path, body).await
         }
 
         async fn post_as<T: serde::de::DeserializeOwned>(&self, path: &str, body: &Value) -> T {
