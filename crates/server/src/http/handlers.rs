@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use topicfusion_engine::groups::{DEFAULT_CONSUME_LIMIT, MAX_GROUP_NAME_BYTES};
+use topicfusion_engine::groups::DEFAULT_CONSUME_LIMIT;
 use topicfusion_engine::{AckTarget, ConsumeRequest, Message, StartPosition};
 
 use super::error::{ApiError, ErrorCode};
@@ -113,13 +113,6 @@ struct MessageJson<'a> {
     payload: &'a RawValue,
 }
 
-fn check_group(group: &str) -> Result<(), ApiError> {
-    if group.is_empty() || group.len() > MAX_GROUP_NAME_BYTES {
-        return Err(ApiError::bad_request(format!("group_id must have 1 to {MAX_GROUP_NAME_BYTES} bytes")));
-    }
-    Ok(())
-}
-
 fn check_topic(state: &SharedState, topic: &str) -> Result<(), ApiError> {
     if state.db.topic_exists(topic) {
         Ok(())
@@ -134,9 +127,6 @@ pub async fn consume(
     Caller(principal): Caller,
     ApiJson(body): ApiJson<ConsumeBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(g) = &body.group_id {
-        check_group(g)?;
-    }
     check_topic(&state, &body.topic_id)?;
     let topics = &state.config.topics;
     let timeout_ms = body.timeout_ms.unwrap_or(topics.default_consume_timeout_ms).min(topics.max_consume_timeout_ms);
@@ -212,7 +202,6 @@ pub async fn ack(
     Caller(principal): Caller,
     ApiJson(body): ApiJson<AckBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_group(&body.group_id)?;
     let target = match (body.upto_offset, body.offsets) {
         (Some(n), None) => AckTarget::Upto(n),
         (None, Some(list)) => AckTarget::Offsets(list),
