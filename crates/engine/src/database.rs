@@ -381,7 +381,7 @@ impl Database {
 
     /// Checks a user's password (argon2: slow on purpose, call it from a blocking thread).
     pub fn verify_password(&self, user: &str, password: &str, loopback: bool) -> Option<Principal> {
-        self.core.users.verify(user, password, loopback).map(|(p, _)| p)
+        self.core.users.verify(user, password, loopback)
     }
 
     /// A user's current role and credential tag (which changes with the password), or `None`

@@ -193,7 +193,7 @@ impl Users {
     /// Checks a user's password. An empty stored password matches only an empty password from a
     /// loopback connection. Returns the principal, or `None` for a wrong name or password.
     /// Slow on purpose (argon2): call it off the async workers.
-    pub fn verify(&self, name: &str, password: &str, loopback: bool) -> Option<(Principal, UserMeta)> {
+    pub fn verify(&self, name: &str, password: &str, loopback: bool) -> Option<Principal> {
         let user = self.get(name)?;
         let ok = if user.password_hash.is_empty() {
             loopback && password.is_empty()
@@ -201,7 +201,7 @@ impl Users {
             PasswordHash::new(&user.password_hash)
                 .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
         };
-        ok.then(|| (Principal { name: user.name.clone(), role: user.role() }, user))
+        ok.then(|| Principal { name: user.name.clone(), role: user.role() })
     }
 
     /// Runs a user statement as `principal` (who has been checked for [`Action::ManageUsers`],
