@@ -18,7 +18,7 @@ use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 use std::ops::ControlFlow;
 
-use crate::ast::{TopicStatement, UserStatement};
+use crate::ast::{CopyFrom, TopicStatement, UserStatement};
 
 /// One statement of SQL text.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,8 @@ pub enum Statement {
     User(UserStatement),
     /// `EXPLAIN [VERBOSE] <topic statement>`
     ExplainTopic { verbose: bool, statement: TopicStatement },
+    /// `COPY <table> FROM '<file>' ...`
+    CopyFrom(CopyFrom),
 }
 
 impl fmt::Display for Statement {
@@ -39,6 +41,7 @@ impl fmt::Display for Statement {
             Statement::DataFusion(s) => write!(f, "{s}"),
             Statement::Topic(s) => write!(f, "{s}"),
             Statement::User(s) => write!(f, "{s}"),
+            Statement::CopyFrom(s) => write!(f, "{s}"),
             Statement::ExplainTopic { verbose, statement } => {
                 write!(f, "EXPLAIN {}{statement}", if *verbose { "VERBOSE " } else { "" })
             }
@@ -231,7 +234,7 @@ fn check_depth(statement: &Statement) -> Result<()> {
         Statement::Topic(t) | Statement::ExplainTopic { statement: t, .. } => {
             t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
         }
-        Statement::User(_) => ControlFlow::Continue(()),
+        Statement::User(_) | Statement::CopyFrom(_) => ControlFlow::Continue(()),
     };
     if flow.is_break() { Err(too_deep()) } else { Ok(()) }
 }
@@ -339,6 +342,9 @@ fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
     }
     if claims_user(p) {
         return Ok(Statement::User(UserStatement::parse(p)?));
+    }
+    if CopyFrom::claims(p) {
+        return Ok(Statement::CopyFrom(CopyFrom::parse(p)?));
     }
     let mut statement = df.parse_statement()?;
     normalize_types(&mut statement);

@@ -60,6 +60,8 @@ pub struct Table {
     pub write_lock: tokio::sync::Mutex<()>,
     /// The next hidden row id (tables without a primary key); persisted with every insert.
     pub next_rowid: AtomicU64,
+    /// Each column's DEFAULT as a DataFusion expression (what INSERT fills omitted columns with).
+    pub defaults: Vec<Option<datafusion::logical_expr::Expr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,10 +217,24 @@ impl Catalog {
 pub fn new_table(meta: TableMeta, next_rowid: u64) -> Table {
     Table {
         schema: arrow_schema(&meta.columns),
+        defaults: meta.columns.iter().map(|c| c.default.as_deref().and_then(|sql| compile_default(sql).ok())).collect(),
         meta,
         write_lock: tokio::sync::Mutex::new(()),
         next_rowid: AtomicU64::new(next_rowid),
     }
+}
+
+/// A column DEFAULT (SQL text) as a DataFusion expression. It may call functions (`now()`) but
+/// not name columns.
+pub fn compile_default(sql: &str) -> Result<datafusion::logical_expr::Expr> {
+    use std::sync::LazyLock;
+    static CTX: LazyLock<datafusion::execution::context::SessionContext> = LazyLock::new(|| {
+        let mut config = datafusion::execution::context::SessionConfig::new();
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        datafusion::execution::context::SessionContext::new_with_config(config)
+    });
+    topicfusion_dialect::parse_expr_checked(sql)?;
+    CTX.parse_sql_expr(sql, &datafusion::common::DFSchema::empty())
 }
 
 fn scan_kind(store: &Store, kind: CatalogKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

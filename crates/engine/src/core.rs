@@ -1,5 +1,6 @@
 //! `Core`: the state every plan, operator and provider shares: the store, the catalog, the
-//! consumer groups, the users, the DDL lock, and a session for compiling route expressions.
+//! consumer groups, the users, the DDL lock, and a session for compiling route expressions; and
+//! [`blocking`], how async code runs storage work.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,11 +21,21 @@ pub struct Core {
     pub catalog: Catalog,
     pub groups: Groups,
     pub users: Users,
-    /// Taken for writing by DDL that changes routes or drops tables, for reading by every table
-    /// write: a statement sees the same routes from its first read to its commit.
+    /// Taken for writing by topic DDL (which changes routes), for reading by every table write:
+    /// a statement sees the same routes from its first read to its commit. Table and schema DDL
+    /// does not take it (it serializes on the catalog's write lock and, for DROP TABLE, waits
+    /// only for the dropped table's writers).
     pub ddl_lock: tokio::sync::RwLock<()>,
     /// Compiles route filters and PARTITION BY expressions.
     pub expr_ctx: SessionContext,
+    pub limits: Limits,
+}
+
+/// Limits on what one statement may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See `DatabaseOptions::max_statement_bytes`.
+    pub max_statement_bytes: usize,
 }
 
 impl fmt::Debug for Core {
@@ -47,5 +58,16 @@ pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
             Ok((schema.to_string(), table.to_string()))
         }
         TableReference::Full { catalog, .. } => plan_err!("catalog {catalog} does not exist"),
+    }
+}
+
+/// Runs blocking storage work (RocksDB reads and writes, fsyncs) without stalling the async
+/// worker it is called on: on a multi-threaded runtime tokio hands the worker's other tasks to
+/// another thread while it runs (`block_in_place`); on a current-thread runtime (some embedders'
+/// tests) it runs inline. Long or unbounded work (scans, group commits) uses `spawn_blocking`.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

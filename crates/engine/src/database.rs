@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, not_impl_err};
@@ -22,12 +22,17 @@ use crate::cdc::router::{CompiledRoute, compile_route};
 use crate::core::Core;
 use crate::ddl;
 use crate::groups::{ConsumeRequest, Groups};
+use crate::literal_insert::{self, LiteralInsert};
 use crate::plan::table_write::TableWriteRule;
 use crate::plan::topic_command::TopicCommandNode;
+use crate::plan::update_from;
 use crate::planner::TopicQueryPlanner;
 use crate::provider::catalog::DurableCatalog;
 use crate::topics::find_topic;
 use crate::users::{Action, PermissionDenied, Principal, Users, authorize};
+use crate::writer;
+use datafusion::sql::parser::Statement as DFStatement;
+use topicfusion_dialect::sqlparser::ast::Statement as SqlStatement;
 
 /// How a database is opened.
 #[derive(Debug, Clone)]
@@ -39,7 +44,13 @@ pub struct DatabaseOptions {
     pub target_partitions: Option<usize>,
     /// Whether role `user` may CONSUME and ACK (by default only service, dba and system may).
     pub allow_user_role_consume: bool,
+    /// The most row data (Arrow bytes) one UPDATE, DELETE or INSERT ... SELECT may change;
+    /// larger statements fail with an error saying so instead of exhausting memory.
+    pub max_statement_bytes: usize,
 }
+
+/// The default of [`DatabaseOptions::max_statement_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 256 << 20;
 
 impl Default for DatabaseOptions {
     fn default() -> Self {
@@ -48,6 +59,7 @@ impl Default for DatabaseOptions {
             visibility_timeout_ms: 60_000,
             target_partitions: None,
             allow_user_role_consume: false,
+            max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
         }
     }
 }
@@ -127,6 +139,8 @@ pub struct Database {
     core: Arc<Core>,
     ctx: SessionContext,
     allow_user_role_consume: bool,
+    /// INSERTs that took the literal fast path (for tests and monitoring).
+    literal_inserts: std::sync::atomic::AtomicU64,
 }
 
 impl Database {
@@ -159,6 +173,7 @@ impl Database {
             groups: Groups::new(options.visibility_timeout_ms),
             ddl_lock: tokio::sync::RwLock::new(()),
             expr_ctx,
+            limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -180,7 +195,12 @@ impl Database {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog("datafusion", Arc::new(DurableCatalog::new(Arc::clone(&core))));
-        Ok(Self { core, ctx, allow_user_role_consume: options.allow_user_role_consume })
+        Ok(Self {
+            core,
+            ctx,
+            allow_user_role_consume: options.allow_user_role_consume,
+            literal_inserts: Default::default(),
+        })
     }
 
     /// Executes every statement of `sql` in order as `root` (the embedded interface) and
@@ -263,6 +283,7 @@ impl Database {
             Statement::User(UserStatement::Alter(a))
                 if a.name == principal.name && matches!(a.action, AlterUserAction::SetPassword(_)) => {}
             Statement::User(_) => self.authorize(principal, Action::ManageUsers)?,
+            Statement::CopyFrom(_) => self.authorize(principal, Action::FileSystem)?,
             Statement::DataFusion(_) => {}
         }
         let plan = match statement {
@@ -274,6 +295,9 @@ impl Database {
                     .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
                 return Ok(status_result(status));
             }
+            Statement::CopyFrom(c) => {
+                return Ok(status_result(crate::copy::copy_from(&self.ctx, &self.core, &c).await?));
+            }
             Statement::Topic(TopicStatement::ShowTopics) => {
                 let sql = "SELECT name, alias, partitions, retention_seconds, retention_max_bytes FROM system.topics ORDER BY name";
                 self.ctx.state().create_logical_plan(sql).await?
@@ -282,13 +306,47 @@ impl Database {
             Statement::ExplainTopic { verbose, statement } => {
                 LogicalPlanBuilder::from(extension(statement)?).explain(verbose, false)?.build()?
             }
-            Statement::DataFusion(s) => {
-                let plan = self.ctx.state().statement_to_plan(*s).await?;
+            Statement::DataFusion(mut s) => {
+                let mut defaults = Vec::new();
+                let mut planned = None;
+                if let DFStatement::Statement(st) = s.as_mut() {
+                    match st.as_mut() {
+                        SqlStatement::Insert(insert) => {
+                            literal_insert::expand_defaults(&self.core.catalog.read(), insert)?;
+                            let fast = literal_insert::literal_insert(&self.core.catalog.read(), insert);
+                            if let Some(fast) = fast {
+                                return self.insert_rows(fast).await;
+                            }
+                        }
+                        SqlStatement::CreateTable(ct) => defaults = column_defaults(ct),
+                        SqlStatement::Update(u) if update_from::has_from(u) => {
+                            if let Some(table) = self.update_target(u) {
+                                planned = Some(update_from::plan(&self.ctx, u.clone(), &table).await?);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let plan = match planned {
+                    Some(plan) => plan,
+                    None => self.ctx.state().statement_to_plan(*s).await?,
+                };
                 self.authorize_plan(principal, &plan)?;
                 if let LogicalPlan::Ddl(ddl) = &plan {
                     let core = &self.core;
                     let status = match ddl {
-                        DdlStatement::CreateMemoryTable(c) => ddl::create_table(core, c).await?,
+                        DdlStatement::CreateMemoryTable(c) => {
+                            let rows = match c.input.as_ref() {
+                                LogicalPlan::EmptyRelation(_) => None,
+                                input => {
+                                    let input = ddl::ctas_input(input.clone())?;
+                                    let schema = Arc::clone(input.schema());
+                                    let stream = self.ctx.execute_logical_plan(input).await?.execute_stream().await?;
+                                    Some(ddl::InitialRows { schema, stream })
+                                }
+                            };
+                            ddl::create_table(core, c, &defaults, rows).await?
+                        }
                         DdlStatement::DropTable(d) => ddl::drop_table(core, d).await?,
                         DdlStatement::CreateCatalogSchema(c) => ddl::create_schema(core, c).await?,
                         DdlStatement::DropCatalogSchema(d) => ddl::drop_schema(core, d).await?,
@@ -303,6 +361,26 @@ impl Database {
         let schema = Arc::clone(df.schema().inner());
         let batches = df.collect().await?;
         Ok((schema, batches))
+    }
+
+    /// The durable table an UPDATE writes, if it is one.
+    fn update_target(&self, u: &topicfusion_dialect::sqlparser::ast::Update) -> Option<Arc<crate::catalog::Table>> {
+        let topicfusion_dialect::sqlparser::ast::TableFactor::Table { name, .. } = &u.table.relation else {
+            return None;
+        };
+        let (schema, table) = crate::core::resolve_name(name).ok()?;
+        self.core.catalog.read().table(&schema, &table).cloned()
+    }
+
+    /// The literal INSERT fast path: the rows go straight to the write path.
+    async fn insert_rows(&self, insert: LiteralInsert) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.literal_inserts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let table = insert.table;
+        let changes = async { writer::insert_changes(&table, insert.rows) };
+        let count = writer::write_statement(&self.core, &table, false, changes).await?;
+        let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
+        Ok((schema, vec![batch]))
     }
 
     /// CONSUME through the engine API as `root` (the same semantics as the SQL statement).
@@ -350,7 +428,7 @@ impl Database {
                 list.len()
             );
         }
-        self.core.groups.ack(&self.core.store, &topic, group, partition, target)
+        crate::core::blocking(|| self.core.groups.ack(&self.core.store, &topic, group, partition, target))
     }
 
     /// Whether a topic (by `[schema.]name` or alias) exists.
@@ -415,6 +493,16 @@ impl Database {
         self.core.store.sync_wal().map_err(crate::catalog::storage_err)
     }
 
+    /// Flushes memtables and waits for RocksDB's compactions to finish (blocking; benchmarks).
+    pub fn settle_storage(&self) -> Result<()> {
+        self.core.store.settle().map_err(crate::catalog::storage_err)
+    }
+
+    /// How many INSERT statements took the literal fast path since the database was opened.
+    pub fn literal_inserts(&self) -> u64 {
+        self.literal_inserts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many long polls are waiting on commit signals now.
     pub fn waiting_consumers(&self) -> usize {
         self.core.store.waiters()
@@ -427,6 +515,22 @@ fn check_group_name(group: &str) -> Result<()> {
         return datafusion::common::plan_err!("a group name must have 1 to {max} bytes, got {}", group.len());
     }
     Ok(())
+}
+
+/// `(column, DEFAULT as SQL text)` of a CREATE TABLE, column names normalized as DataFusion does.
+fn column_defaults(ct: &topicfusion_dialect::sqlparser::ast::CreateTable) -> Vec<(String, String)> {
+    use topicfusion_dialect::sqlparser::ast::ColumnOption;
+    ct.columns
+        .iter()
+        .filter_map(|c| {
+            let default = c.options.iter().find_map(|o| match &o.option {
+                ColumnOption::Default(e) => Some(e.to_string()),
+                _ => None,
+            })?;
+            let name = if c.name.quote_style.is_some() { c.name.value.clone() } else { c.name.value.to_lowercase() };
+            Some((name, default))
+        })
+        .collect()
 }
 
 fn extension(statement: TopicStatement) -> Result<LogicalPlan> {

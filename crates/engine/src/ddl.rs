@@ -1,9 +1,16 @@
 //! Schema and table DDL, intercepted from DataFusion's plans (DataFusion would create in-memory
 //! tables): CREATE/DROP SCHEMA and CREATE/DROP TABLE, each one durable commit.
 
-use datafusion::common::{Constraint, Result, not_impl_err, plan_err};
-use datafusion::logical_expr::{CreateCatalogSchema, CreateMemoryTable, DropCatalogSchema, DropTable, LogicalPlan};
-use topicfusion_storage::Commit;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Column, Constraint, DFSchemaRef, Result, not_impl_err, plan_err};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{
+    CreateCatalogSchema, CreateMemoryTable, DropCatalogSchema, DropTable, Expr, ExprSchemable, LogicalPlan,
+    LogicalPlanBuilder, cast,
+};
+use topicfusion_storage::{ChangeOp, Commit};
 
 use crate::catalog::{
     CatalogState, DEFAULT_SCHEMA, SYSTEM_SCHEMA, TableMeta, check_new_name, delete_schema, delete_table, now_ms,
@@ -22,7 +29,7 @@ pub async fn create_schema(core: &Core, c: &CreateCatalogSchema) -> Result<Strin
         return plan_err!("schema {name} is reserved");
     }
     check_new_name("schema", None, &name)?;
-    let _ddl = core.ddl_lock.write().await;
+    // Touches no route: DML goes on (DDL statements serialize on the catalog's write lock).
     let mut st = core.catalog.write();
     if st.schemas.contains_key(&name) {
         if c.if_not_exists {
@@ -33,7 +40,7 @@ pub async fn create_schema(core: &Core, c: &CreateCatalogSchema) -> Result<Strin
     let mut next = st.clone();
     let mut commit = Commit::default();
     put_schema(&mut commit, &mut next, &name);
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     Ok(format!("created schema {name}"))
 }
@@ -74,7 +81,7 @@ pub async fn drop_schema(core: &Core, d: &DropCatalogSchema) -> Result<String> {
     delete_schema(&mut commit, &mut next, &name);
     let topic_ids: Vec<u64> = topics.iter().map(|t| t.meta.id).collect();
     let _claims = core.groups.forget_topics(&mut commit, &topic_ids);
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     Ok(format!("dropped schema {name}"))
 }
@@ -94,20 +101,53 @@ fn check_not_a_source(st: &CatalogState, table: &TableMeta) -> Result<()> {
     Ok(())
 }
 
-pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> {
+/// The rows of a `CREATE TABLE ... AS` query, already cast to storable types (see [`ctas_input`]).
+pub struct InitialRows {
+    pub schema: DFSchemaRef,
+    pub stream: SendableRecordBatchStream,
+}
+
+/// The query of a `CREATE TABLE ... AS` with every column cast to the type the table will store
+/// (unsigned integers to the next signed type, string and binary variants to TEXT and BYTEA,
+/// time-zoned timestamps to UTC TIMESTAMP); unsupported types fail naming the column.
+pub fn ctas_input(input: LogicalPlan) -> Result<LogicalPlan> {
+    let mut exprs = Vec::new();
+    for (q, f) in input.schema().iter() {
+        let to = match f.data_type() {
+            DataType::Int8 | DataType::UInt8 => DataType::Int16,
+            DataType::UInt16 => DataType::Int32,
+            DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+            DataType::Float16 => DataType::Float32,
+            DataType::Null => DataType::Utf8,
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            DataType::Timestamp(_, _) => ColumnType::Timestamp.arrow(),
+            other => match ColumnType::from_arrow(other) {
+                Ok(t) => t.arrow(),
+                Err(_) => return plan_err!("column {} has type {other}, which a table cannot store", f.name()),
+            },
+        };
+        let col = Expr::Column(Column::from((q, f)));
+        exprs.push(if &to == f.data_type() { col } else { cast(col, to).alias(f.name()) });
+    }
+    LogicalPlanBuilder::from(input).project(exprs)?.build()
+}
+
+/// CREATE TABLE, with column DEFAULTs (`(column, SQL text)`, from the statement's AST) and, for
+/// `CREATE TABLE ... AS`, its rows: the table entry and all rows are one commit.
+pub async fn create_table(
+    core: &Core,
+    c: &CreateMemoryTable,
+    defaults: &[(String, String)],
+    rows: Option<InitialRows>,
+) -> Result<String> {
     let (schema, name) = reference_parts(c.name.clone())?;
     check_new_name("table", Some(&schema), &name)?;
-    if !matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
-        return not_impl_err!("CREATE TABLE ... AS SELECT is not supported: create the table, then INSERT ... SELECT");
-    }
     if c.or_replace {
         return not_impl_err!("CREATE OR REPLACE TABLE is not supported");
     }
     if c.temporary {
         return not_impl_err!("temporary tables are not supported");
-    }
-    if !c.column_defaults.is_empty() {
-        return not_impl_err!("column DEFAULT values are not supported");
     }
     let mut primary_key = Vec::new();
     for constraint in c.constraints.iter() {
@@ -117,29 +157,48 @@ pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> 
             Constraint::Unique(_) => return not_impl_err!("UNIQUE constraints are not supported (only PRIMARY KEY)"),
         }
     }
-    let input_schema = c.input.schema();
+    let ctas = rows.is_some();
+    if c.if_not_exists && core.catalog.read().table(&schema, &name).is_some() {
+        return Ok(format!("table {schema}.{name} already exists, skipping"));
+    }
+    let input_schema = rows.as_ref().map_or_else(|| Arc::clone(c.input.schema()), |r| Arc::clone(&r.schema));
     let mut columns = Vec::new();
     for (i, field) in input_schema.fields().iter().enumerate() {
         if field.name() == crate::provider::table::KEY_COLUMN || field.name().starts_with("__old_") {
             return plan_err!("column name {} is reserved", field.name());
         }
-        columns.push(ColumnMeta {
-            name: field.name().clone(),
-            data_type: match ColumnType::from_arrow(field.data_type()) {
-                Ok(t) => t,
-                Err(_) => return plan_err!(
+        let data_type = match ColumnType::from_arrow(field.data_type()) {
+            Ok(t) => t,
+            Err(_) => {
+                return plan_err!(
                     "column {} has unsupported type {}: use SMALLINT, INT, BIGINT, REAL, DOUBLE, DECIMAL(p,s), BOOLEAN, TEXT, VARCHAR, DATE, TIMESTAMP or BYTEA",
                     field.name(),
                     field.data_type()
-                ),
-            },
-            nullable: field.is_nullable() && !primary_key.contains(&i),
-        });
+                );
+            }
+        };
+        let default = defaults.iter().find(|(n, _)| n == field.name()).map(|(_, sql)| sql.clone());
+        if let Some(sql) = &default {
+            check_default(field.name(), sql, data_type)?;
+        }
+        // CREATE TABLE ... AS makes nullable columns (as PostgreSQL does), whatever the query.
+        let nullable = (rows.is_some() || field.is_nullable()) && !primary_key.contains(&i);
+        columns.push(ColumnMeta { name: field.name().clone(), data_type, nullable, default });
     }
     if columns.is_empty() {
         return plan_err!("a table needs at least one column");
     }
-    let _ddl = core.ddl_lock.write().await;
+    let meta =
+        TableMeta { id: 0, schema: schema.clone(), name: name.clone(), columns, primary_key, created_at_ms: now_ms() };
+    // The rows, read before any lock is taken (keys do not depend on the table id).
+    let changes = match rows {
+        Some(rows) => {
+            let staging = crate::catalog::new_table(meta.clone(), 0);
+            crate::writer::read_changes(rows.stream, &staging, ChangeOp::Insert, core.limits.max_statement_bytes)
+                .await?
+        }
+        None => crate::writer::Changes::default(),
+    };
     let mut st = core.catalog.write();
     require_schema(&st, &schema)?;
     if st.table(&schema, &name).is_some() {
@@ -148,19 +207,39 @@ pub async fn create_table(core: &Core, c: &CreateMemoryTable) -> Result<String> 
         }
         return plan_err!("table {schema}.{name} already exists");
     }
-    let meta =
-        TableMeta { id: 0, schema: schema.clone(), name: name.clone(), columns, primary_key, created_at_ms: now_ms() };
     let mut next = st.clone();
     let mut commit = Commit::default();
-    put_new_table(&mut commit, &mut next, meta)?;
-    core.store.commit(commit).map_err(storage_err)?;
+    let table = put_new_table(&mut commit, &mut next, meta)?;
+    let count = crate::core::blocking(|| crate::writer::stage(&core.store, &table, &[], changes, &mut commit))?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
-    Ok(format!("created table {schema}.{name}"))
+    if ctas {
+        Ok(format!("created table {schema}.{name} with {count} rows"))
+    } else {
+        Ok(format!("created table {schema}.{name}"))
+    }
+}
+
+/// A DEFAULT must compile, name no column and cast to the column's type.
+fn check_default(column: &str, sql: &str, ty: ColumnType) -> Result<()> {
+    let expr = match crate::catalog::compile_default(sql) {
+        Ok(e) => e,
+        Err(e) => {
+            return plan_err!("invalid DEFAULT of column {column}: {}", crate::database::one_line(&e.to_string(), 300));
+        }
+    };
+    let from = expr.get_type(&datafusion::common::DFSchema::empty())?;
+    if !datafusion::arrow::compute::can_cast_types(&from, &ty.arrow()) {
+        return plan_err!("the DEFAULT of column {column} has type {from}, which does not cast to {}", ty.sql_name());
+    }
+    Ok(())
 }
 
 pub async fn drop_table(core: &Core, d: &DropTable) -> Result<String> {
     let (schema, name) = reference_parts(d.name.clone())?;
-    let _ddl = core.ddl_lock.write().await;
+    // Only this table's writers are waited for; DML on other tables goes on. Whether a route
+    // still reads the table is checked under the catalog's write lock, which ALTER TOPIC holds
+    // while it adds one.
     let table = core.catalog.read().table(&schema, &name).cloned();
     let Some(table) = table else {
         if d.if_exists {
@@ -171,11 +250,14 @@ pub async fn drop_table(core: &Core, d: &DropTable) -> Result<String> {
     // Wait for statements writing the table to finish.
     let _writes = table.write_lock.lock().await;
     let mut st = core.catalog.write();
+    if !st.table(&schema, &name).is_some_and(|t| Arc::ptr_eq(t, &table)) {
+        return plan_err!("table {schema}.{name} was dropped by a concurrent statement");
+    }
     check_not_a_source(&st, &table.meta)?;
     let mut next = st.clone();
     let mut commit = Commit::default();
     delete_table(&mut commit, &mut next, &table);
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     Ok(format!("dropped table {schema}.{name}"))
 }

@@ -318,9 +318,11 @@ impl Groups {
                         visibility_ms: visibility,
                         dead_letter: dead_letter.as_ref(),
                     };
-                    self.claim(store, topic, &claim)?
+                    crate::core::blocking(|| self.claim(store, topic, &claim))?
                 }
-                (None, Some(from)) => (read_from(store, topic_id, &partitions, from, req.limit)?, None),
+                (None, Some(from)) => {
+                    (crate::core::blocking(|| read_from(store, topic_id, &partitions, from, req.limit))?, None)
+                }
                 (None, None) => unreachable!("stateless reads resolve their start"),
             };
             let now = tokio::time::Instant::now();

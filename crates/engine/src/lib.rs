@@ -7,11 +7,13 @@
 
 pub mod catalog;
 pub mod cdc;
+pub mod copy;
 pub mod core;
 pub mod database;
 pub mod ddl;
 pub mod exec;
 pub mod groups;
+pub mod literal_insert;
 pub mod plan;
 pub mod planner;
 pub mod provider;

@@ -91,7 +91,7 @@ pub async fn create_topic(core: &Core, stmt: &CreateTopic) -> Result<String> {
     meta.id = next_topic_id(&mut commit, &mut next);
     commit.partition_ops = (0..partitions).map(|p| PartitionOp::Create { topic_id: meta.id, partition: p }).collect();
     put_topic(&mut commit, &mut next, Topic { meta, routes: Vec::new() });
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     Ok(format!("created topic {schema}.{name}"))
 }
@@ -113,7 +113,7 @@ pub async fn drop_topic(core: &Core, stmt: &DropTopic) -> Result<String> {
     commit.partition_ops =
         (0..topic.meta.partitions).map(|p| PartitionOp::Drop { topic_id: topic.meta.id, partition: p }).collect();
     let _claims = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     Ok(format!("dropped topic {}", topic.meta.qualified_name()))
 }
@@ -127,7 +127,7 @@ pub async fn clear_topic(core: &Core, stmt: &ClearTopic) -> Result<String> {
     // Groups stay: their positions below the new log start count as the log start, so a group
     // goes on with the messages written after the CLEAR.
     let commit = Commit { partition_ops, ..Default::default() };
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     core.groups.notify_change();
     Ok(format!("cleared topic {}", topic.meta.qualified_name()))
 }
@@ -186,7 +186,7 @@ pub async fn alter_topic(core: &Core, stmt: &AlterTopic) -> Result<String> {
     meta.updated_at_ms = now_ms();
     let mut next = st.clone();
     put_topic(&mut commit, &mut next, Topic { meta, routes });
-    core.store.commit(commit).map_err(storage_err)?;
+    crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     // Long polls look again (new partitions).
     core.groups.notify_change();

@@ -93,6 +93,9 @@ pub struct ColumnMeta {
     pub name: String,
     pub data_type: ColumnType,
     pub nullable: bool,
+    /// The column's DEFAULT expression as SQL text (absent: NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 /// The Arrow schema of a list of columns.

@@ -1,106 +1,216 @@
 //! The table write path: turns the rows a DML statement produced into row changes (with the
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
-//! messages, and writes rows and messages in one write batch (made durable and visible by
-//! `Store::finish`, which the caller runs after releasing its locks).
+//! messages, and writes rows and messages in one write batch, made durable and visible by
+//! `Store::finish` after the locks are released.
+//!
+//! [`write_statement`] is the one entry: both the DataFusion operator (`TableWriteExec`) and
+//! the literal INSERT fast path go through it. Locking: the DDL lock (read) from the statement's
+//! first read to its commit, so it sees one set of routes; the table's write lock from the
+//! first read of the table (UPDATE/DELETE) or from the key check (INSERT) to the write, so no
+//! update is lost and no key is taken twice, while INSERTs evaluate and route in parallel.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch};
-use datafusion::common::{Result, exec_err};
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
 use topicfusion_storage::codec::{encode_key_value, encode_row};
-use topicfusion_storage::{ChangeOp, Commit, Pending, Store, Value, keys};
+use topicfusion_storage::{ChangeOp, Commit, Store, Value, keys};
 
-use crate::catalog::{Catalog, Table, put_rowid_sequence, storage_err};
+use crate::catalog::{Table, put_rowid_sequence, storage_err};
 use crate::cdc::payload::json_value;
 use crate::cdc::router::{RowChange, encode_rowid, route};
+use crate::core::Core;
 use crate::types::batch_rows;
 
-/// Applies one statement's output to `table` and writes it. The caller holds the table's write
-/// lock from before it read the rows until this returns, then passes the pending commit to
-/// `Store::finish` without the lock (concurrent writers of the table then share fsyncs; a
-/// later writer's commit is after this one in the WAL, so it is never durable without it).
-///
-/// Input layouts (n = number of table columns):
+/// What one statement changes in one table.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub changes: Vec<RowChange>,
+    /// Keys the statement removes (DELETE, and UPDATE moving a row to a new key).
+    removed: Vec<Vec<u8>>,
+    /// Keys of the rows an UPDATE or DELETE changed.
+    old_keys: Vec<Vec<u8>>,
+    /// INSERT into a table with a hidden row id: keys are assigned under the table lock.
+    needs_rowids: bool,
+}
+
+/// Runs one DML statement on `table`: `read` produces its changes and runs under the DDL lock
+/// and, when `read_under_table_lock` (UPDATE, DELETE: they read the rows they change), under the
+/// table's write lock too. Returns the number of rows changed once the commit is durable.
+pub async fn write_statement<F>(core: &Core, table: &Arc<Table>, read_under_table_lock: bool, read: F) -> Result<u64>
+where
+    F: Future<Output = Result<Changes>>,
+{
+    let (count, pending) = {
+        let _ddl = core.ddl_lock.read().await;
+        let (changes, _table) = if read_under_table_lock {
+            let guard = table.write_lock.lock().await;
+            check_current(core, table)?;
+            (read.await?, guard)
+        } else {
+            let changes = read.await?;
+            (changes, table.write_lock.lock().await)
+        };
+        check_current(core, table)?;
+        let topics = core.catalog.read().topics_fed_by(table.meta.id);
+        crate::core::blocking(|| write(&core.store, table, &topics, changes))?
+    };
+    // Durable (one fsync shared with concurrent commits in --sync mode) and visible to
+    // consumers, without holding the locks and off the async workers. A later writer's commit
+    // is after this one in the WAL, so it is never durable without it.
+    let store = Arc::clone(&core.store);
+    tokio::task::spawn_blocking(move || store.finish(pending))
+        .await
+        .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+        .map_err(storage_err)?;
+    Ok(count)
+}
+
+fn check_current(core: &Core, table: &Arc<Table>) -> Result<()> {
+    let current = core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
+    if !current.is_some_and(|t| Arc::ptr_eq(&t, table)) {
+        return exec_err!("table {} was dropped", table.meta.qualified_name());
+    }
+    Ok(())
+}
+
+/// The changes of an INSERT of full table rows (NOT NULL and primary keys checked).
+pub fn insert_changes(table: &Table, rows: Vec<Vec<Value>>) -> Result<Changes> {
+    let mut out = Changes { needs_rowids: table.meta.primary_key.is_empty(), ..Default::default() };
+    out.changes.reserve(rows.len());
+    for row in rows {
+        check_not_null(table, &row)?;
+        let key = primary_key(table, &row)?.unwrap_or_default();
+        out.changes.push(RowChange { op: ChangeOp::Insert, key, old_key: None, before: None, after: Some(row) });
+    }
+    Ok(out)
+}
+
+/// Reads a DML input stream into changes, failing once it holds more than `limit` bytes of
+/// Arrow data (the statement's working set is bounded).
+pub async fn read_changes(
+    mut stream: SendableRecordBatchStream,
+    table: &Table,
+    op: ChangeOp,
+    limit: usize,
+) -> Result<Changes> {
+    let mut changes = Changes::default();
+    let mut bytes = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        bytes += batch.get_array_memory_size();
+        if bytes > limit {
+            return exec_err!(
+                "the statement changes more than {} MiB of rows in {} (limit max_statement_bytes): split it, e.g. by key ranges",
+                limit >> 20,
+                table.meta.qualified_name()
+            );
+        }
+        add_batch(&mut changes, table, op, &batch)?;
+    }
+    Ok(changes)
+}
+
+/// Adds the changes of a DML operator's output batch. Layouts (n = number of table columns):
 /// - Insert: the n new columns;
 /// - Delete: the n old columns, then the storage key;
 /// - Update: the n new columns, the n old columns, then the storage key.
-pub fn apply(
-    store: &Store,
-    catalog: &Catalog,
-    table: &Arc<Table>,
-    op: ChangeOp,
-    batches: &[RecordBatch],
-) -> Result<(u64, Pending)> {
+pub fn add_batch(out: &mut Changes, table: &Table, op: ChangeOp, batch: &RecordBatch) -> Result<()> {
     let n = table.meta.columns.len();
-    let mut changes = Vec::new();
-    // Keys the statement removes (DELETE, and UPDATE moving a row to a new key).
-    let mut removed: Vec<Vec<u8>> = Vec::new();
-    // Keys of the rows an UPDATE or DELETE changed.
-    let mut old_keys: Vec<Vec<u8>> = Vec::new();
-    for batch in batches {
-        match op {
-            ChangeOp::Insert => {
-                for row in batch_rows(batch, &table.meta.columns, 0)? {
-                    check_not_null(table, &row)?;
-                    let key = match primary_key(table, &row)? {
-                        Some(k) => k,
-                        None => encode_rowid(table.next_rowid.fetch_add(1, Ordering::SeqCst)),
-                    };
-                    changes.push(RowChange { op, key, old_key: None, before: None, after: Some(row) });
-                }
+    match op {
+        ChangeOp::Insert => {
+            let more = insert_changes(table, batch_rows(batch, &table.meta.columns, 0)?)?;
+            out.needs_rowids = more.needs_rowids;
+            out.changes.extend(more.changes);
+        }
+        ChangeOp::Delete => {
+            let keys = key_column(batch, n)?;
+            for (i, row) in batch_rows(batch, &table.meta.columns, 0)?.into_iter().enumerate() {
+                let key = keys.value(i).to_vec();
+                out.removed.push(key.clone());
+                out.old_keys.push(key.clone());
+                out.changes.push(RowChange { op, key, old_key: None, before: Some(row), after: None });
             }
-            ChangeOp::Delete => {
-                let keys = key_column(batch, n)?;
-                for (i, row) in batch_rows(batch, &table.meta.columns, 0)?.into_iter().enumerate() {
-                    let key = keys.value(i).to_vec();
-                    removed.push(key.clone());
-                    old_keys.push(key.clone());
-                    changes.push(RowChange { op, key, old_key: None, before: Some(row), after: None });
+        }
+        ChangeOp::Update => {
+            let keys = key_column(batch, 2 * n)?;
+            let new_rows = batch_rows(batch, &table.meta.columns, 0)?;
+            let old_rows = batch_rows(batch, &table.meta.columns, n)?;
+            for (i, (after, before)) in new_rows.into_iter().zip(old_rows).enumerate() {
+                check_not_null(table, &after)?;
+                let old_key = keys.value(i).to_vec();
+                let key = primary_key(table, &after)?.unwrap_or_else(|| old_key.clone());
+                let moved = (key != old_key).then(|| old_key.clone());
+                if moved.is_some() {
+                    out.removed.push(old_key.clone());
                 }
-            }
-            ChangeOp::Update => {
-                let keys = key_column(batch, 2 * n)?;
-                let new_rows = batch_rows(batch, &table.meta.columns, 0)?;
-                let old_rows = batch_rows(batch, &table.meta.columns, n)?;
-                for (i, (after, before)) in new_rows.into_iter().zip(old_rows).enumerate() {
-                    check_not_null(table, &after)?;
-                    let old_key = keys.value(i).to_vec();
-                    let key = primary_key(table, &after)?.unwrap_or_else(|| old_key.clone());
-                    let moved = (key != old_key).then(|| old_key.clone());
-                    if moved.is_some() {
-                        removed.push(old_key.clone());
-                    }
-                    old_keys.push(old_key);
-                    changes.push(RowChange { op, key, old_key: moved, before: Some(before), after: Some(after) });
-                }
+                out.old_keys.push(old_key);
+                out.changes.push(RowChange { op, key, old_key: moved, before: Some(before), after: Some(after) });
             }
         }
     }
-    check_keys(store, table, &changes, &old_keys)?;
+    Ok(())
+}
 
-    let mut commit = Commit::default();
-    for key in &removed {
+/// Assigns hidden row ids, checks keys, routes and writes the changes (the caller holds the
+/// table's write lock). `topics` are the topics fed by the table.
+fn write(
+    store: &Store,
+    table: &Table,
+    topics: &[Arc<crate::catalog::Topic>],
+    changes: Changes,
+) -> Result<(u64, topicfusion_storage::Pending)> {
+    // Room for the rows and a message per route, so the batch is not copied as it grows.
+    let routes: usize = topics.iter().map(|t| t.routes.len()).sum();
+    let per_row = 32 + 16 * table.meta.columns.len();
+    let capacity = changes.changes.len().saturating_mul(per_row * (1 + 2 * routes));
+    let mut commit = Commit { batch: rocksdb_batch(capacity), ..Default::default() };
+    let count = stage(store, table, topics, changes, &mut commit)?;
+    let pending = store.write(commit).map_err(storage_err)?;
+    Ok((count, pending))
+}
+
+fn rocksdb_batch(capacity: usize) -> topicfusion_storage::WriteBatch {
+    topicfusion_storage::WriteBatch::with_capacity_bytes(capacity.min(64 << 20))
+}
+
+/// Puts the changes and their messages into `commit`; returns the number of rows changed.
+/// Also used by CREATE TABLE ... AS, whose rows commit with the new table's entry.
+pub fn stage(
+    store: &Store,
+    table: &Table,
+    topics: &[Arc<crate::catalog::Topic>],
+    mut changes: Changes,
+    commit: &mut Commit,
+) -> Result<u64> {
+    if changes.needs_rowids && !changes.changes.is_empty() {
+        let first = table.next_rowid.fetch_add(changes.changes.len() as u64, Ordering::SeqCst);
+        for (i, change) in changes.changes.iter_mut().enumerate() {
+            change.key = encode_rowid(first + i as u64);
+        }
+        put_rowid_sequence(commit, table);
+    }
+    check_keys(store, table, &changes.changes, &changes.old_keys)?;
+    for key in &changes.removed {
         commit.batch.delete(keys::row_key(table.meta.id, key));
     }
     let mut buf = Vec::new();
-    for change in &changes {
+    for change in &changes.changes {
         if let Some(after) = &change.after {
             buf.clear();
             encode_row(after, &mut buf);
             commit.batch.put(keys::row_key(table.meta.id, &change.key), &buf);
         }
     }
-    if op == ChangeOp::Insert && table.meta.primary_key.is_empty() {
-        put_rowid_sequence(&mut commit, table);
-    }
-    let topics = catalog.read().topics_fed_by(table.meta.id);
     if !topics.is_empty() {
-        commit.messages = route(table, &topics, &changes)?;
+        commit.messages = route(table, topics, &changes.changes)?;
     }
-    let pending = store.write(commit).map_err(storage_err)?;
-    Ok((changes.len() as u64, pending))
+    Ok(changes.changes.len() as u64)
 }
 
 fn key_column(batch: &RecordBatch, index: usize) -> Result<&BinaryArray> {

@@ -36,6 +36,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// fsync the write-ahead log on every commit (survives power loss, not only crashes).
     pub sync_writes: bool,
+    /// The most row data one UPDATE, DELETE or INSERT ... SELECT may change (bytes).
+    pub max_statement_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,7 +71,11 @@ impl Default for ServerConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), sync_writes: false }
+        Self {
+            data_dir: PathBuf::from("./data"),
+            sync_writes: false,
+            max_statement_bytes: topicfusion_engine::database::DEFAULT_MAX_STATEMENT_BYTES,
+        }
     }
 }
 
@@ -161,6 +167,13 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return invalid("storage.data_dir", "\"\"".into(), "must not be empty");
+        }
+        if self.storage.max_statement_bytes < 1 << 20 {
+            return invalid(
+                "storage.max_statement_bytes",
+                self.storage.max_statement_bytes.to_string(),
+                "at least 1048576 (1 MiB)",
+            );
         }
         let t = &self.topics;
         if t.max_consume_timeout_ms > ENGINE_MAX_TIMEOUT_MS {

@@ -40,6 +40,7 @@ pub fn run(config: Config) -> Result<(), String> {
         durability: if config.storage.sync_writes { Durability::Sync } else { Durability::Process },
         visibility_timeout_ms: config.topics.default_visibility_timeout_ms,
         allow_user_role_consume: config.topics.allow_user_role_consume,
+        max_statement_bytes: config.storage.max_statement_bytes,
         ..DatabaseOptions::default()
     };
     let data_dir = config.storage.data_dir.clone();

@@ -344,6 +344,21 @@ impl Store {
         Ok(self.db.flush_wal(true)?)
     }
 
+    /// Flushes the memtable and waits until RocksDB has no compaction pending or running (for
+    /// benchmarks that measure reads once a write burst has settled). Blocking.
+    pub fn settle(&self) -> Result<()> {
+        self.db.flush()?;
+        loop {
+            let pending = self.db.property_int_value("rocksdb.compaction-pending")?.unwrap_or(0);
+            let running = self.db.property_int_value("rocksdb.num-running-compactions")?.unwrap_or(0);
+            let flushes = self.db.property_int_value("rocksdb.num-running-flushes")?.unwrap_or(0);
+            if pending == 0 && running == 0 && flushes == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// How many receivers of commit signals exist now (long polls waiting, one per partition).
     pub fn waiters(&self) -> usize {
         self.lock().signals.values().map(|s| s.receiver_count()).sum()

@@ -2,6 +2,7 @@
 //! parser of its family and its round-trip tests.
 
 mod consume;
+mod copy;
 mod group;
 mod topic;
 mod user;
@@ -12,6 +13,7 @@ use datafusion_common::Result;
 use datafusion_sql::sqlparser::parser::Parser;
 
 pub use consume::{Consume, ConsumeOption, StartPosition};
+pub use copy::{CopyFormat, CopyFrom};
 pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};
 pub use topic::{
     AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, SourceOp, TopicOption,

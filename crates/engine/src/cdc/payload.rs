@@ -71,3 +71,36 @@ pub fn decimal_string(unscaled: i128, scale: i8) -> String {
 pub fn object(columns: &[ColumnMeta], row: &[Value], which: impl Iterator<Item = usize>) -> Map<String, Json> {
     which.map(|i| (columns[i].name.clone(), json_value(&row[i], columns[i].data_type))).collect()
 }
+
+/// Appends the JSON text of one value: the same text as `json_value(v, ty).to_string()`,
+/// written without building a JSON tree (the write path's hot loop).
+pub fn write_value(out: &mut Vec<u8>, v: &Value, ty: ColumnType) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = match v {
+        Value::Null => out.write_all(b"null"),
+        Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
+        Value::Int16(x) => write!(out, "{x}"),
+        Value::Int32(x) => write!(out, "{x}"),
+        Value::Int64(x) => write!(out, "{x}"),
+        Value::Float64(x) if x.is_finite() => serde_json::to_writer(&mut *out, x).map_err(std::io::Error::from),
+        Value::Utf8(s) => serde_json::to_writer(&mut *out, s.as_str()).map_err(std::io::Error::from),
+        other => serde_json::to_writer(&mut *out, &json_value(other, ty)).map_err(std::io::Error::from),
+    };
+}
+
+/// The JSON text of an object of the given columns of a row (as `object(...)` would print).
+pub fn object_text(columns: &[ColumnMeta], row: &[Value], which: impl Iterator<Item = usize>) -> String {
+    let mut out = Vec::with_capacity(16 * columns.len() + 2);
+    out.push(b'{');
+    for (n, i) in which.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, columns[i].name.as_str());
+        out.push(b':');
+        write_value(&mut out, &row[i], columns[i].data_type);
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("JSON text is UTF-8")
+}

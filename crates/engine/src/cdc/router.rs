@@ -19,7 +19,7 @@ use topicfusion_storage::codec::encode_key_value;
 use topicfusion_storage::{ChangeOp, NewMessage, Value};
 
 use crate::catalog::{RouteMeta, Table, Topic};
-use crate::cdc::payload::{json_value, object};
+use crate::cdc::payload::{json_value, object, object_text};
 use crate::types::{rows_to_batch, scalar_value};
 
 /// One changed row of a statement.
@@ -202,8 +202,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                 _ => None,
             };
             let partitions = partitions_of(route, batch, changes, topic.meta.partitions)?;
-            let keys =
-                keys.get_or_init(|| changes.iter().map(|c| Json::Object(key_object(table, c)).to_string()).collect());
+            let keys = keys.get_or_init(|| changes.iter().map(|c| key_text(table, c)).collect());
             for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
@@ -233,8 +232,8 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                             partition,
                             op: change.op,
                             source_table: source_table.clone(),
-                            key: Json::Object(key_object(table, change)).to_string(),
-                            payload: payload.to_string(),
+                            key: key_text(table, change),
+                            payload,
                         });
                     }
                     continue;
@@ -246,7 +245,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                     op: change.op,
                     source_table: source_table.clone(),
                     key: keys[i].clone(),
-                    payload: payload.to_string(),
+                    payload,
                 });
             }
         }
@@ -288,6 +287,15 @@ fn partitions_of(
     }
 }
 
+/// The text of [`key_object`].
+fn key_text(table: &Table, change: &RowChange) -> String {
+    let meta = &table.meta;
+    if meta.primary_key.is_empty() {
+        return format!("{{\"_rowid\":{}}}", decode_rowid(&change.key));
+    }
+    object_text(&meta.columns, change.image(), meta.primary_key.iter().copied())
+}
+
 /// `{"pk": value, ...}`, or `{"_rowid": n}` for a table without a primary key.
 fn key_object(table: &Table, change: &RowChange) -> Map<String, Json> {
     let meta = &table.meta;
@@ -310,37 +318,40 @@ fn decode_rowid(key: &[u8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
-/// The payload of one change, or `None` when a `diff` UPDATE changed nothing.
-fn payload(table: &Table, mode: PayloadMode, change: &RowChange) -> Option<Json> {
+/// The payload text of one change, or `None` when a `diff` UPDATE changed nothing.
+fn payload(table: &Table, mode: PayloadMode, change: &RowChange) -> Option<String> {
     let columns = &table.meta.columns;
     let all = || 0..columns.len();
     let key = || Json::Object(key_object(table, change));
-    Some(match (mode, change.op) {
-        (PayloadMode::Key, _) => key(),
-        (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
-            Json::Object(object(columns, change.image(), all()))
-        }
-        (PayloadMode::Diff, ChangeOp::Update) => {
-            let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
-            let changed: Map<String, Json> = all()
-                .filter(|&i| before[i] != after[i])
-                .map(|i| {
-                    let ty = columns[i].data_type;
-                    let pair = Map::from_iter([
-                        ("old".to_owned(), json_value(&before[i], ty)),
-                        ("new".to_owned(), json_value(&after[i], ty)),
-                    ]);
-                    (columns[i].name.clone(), Json::Object(pair))
-                })
-                .collect();
-            if changed.is_empty() {
-                return None;
+    Some(
+        match (mode, change.op) {
+            (PayloadMode::Key, _) => return Some(key_text(table, change)),
+            (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
+                return Some(object_text(columns, change.image(), all()));
             }
-            Json::Object(Map::from_iter([("key".to_owned(), key()), ("changes".to_owned(), Json::Object(changed))]))
+            (PayloadMode::Diff, ChangeOp::Update) => {
+                let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
+                let changed: Map<String, Json> = all()
+                    .filter(|&i| before[i] != after[i])
+                    .map(|i| {
+                        let ty = columns[i].data_type;
+                        let pair = Map::from_iter([
+                            ("old".to_owned(), json_value(&before[i], ty)),
+                            ("new".to_owned(), json_value(&after[i], ty)),
+                        ]);
+                        (columns[i].name.clone(), Json::Object(pair))
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    return None;
+                }
+                Json::Object(Map::from_iter([("key".to_owned(), key()), ("changes".to_owned(), Json::Object(changed))]))
+            }
+            (PayloadMode::Diff, ChangeOp::Delete) => Json::Object(Map::from_iter([
+                ("key".to_owned(), key()),
+                ("old".to_owned(), Json::Object(object(columns, change.before.as_deref()?, all()))),
+            ])),
         }
-        (PayloadMode::Diff, ChangeOp::Delete) => Json::Object(Map::from_iter([
-            ("key".to_owned(), key()),
-            ("old".to_owned(), Json::Object(object(columns, change.before.as_deref()?, all()))),
-        ])),
-    })
+        .to_string(),
+    )
 }

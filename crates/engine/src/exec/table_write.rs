@@ -1,5 +1,6 @@
-//! `TableWriteExec`: runs a DML statement's input under the table's write lock and applies it
-//! through the write path ([`crate::writer`]); returns one `count` row.
+//! `TableWriteExec`: streams a DML statement's input (bounded by `max_statement_bytes`) into
+//! row changes and applies them through the write path ([`crate::writer`]); returns one `count`
+//! row.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,17 +8,17 @@ use std::sync::Arc;
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, exec_err, internal_err};
+use datafusion::common::{Result, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties, collect,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties, execute_stream,
 };
 use topicfusion_storage::ChangeOp;
 
-use crate::catalog::{Table, storage_err};
+use crate::catalog::Table;
 use crate::core::Core;
 use crate::writer;
 
@@ -106,24 +107,14 @@ impl ExecutionPlan for TableWriteExec {
         );
         let out_schema = Arc::clone(&schema);
         let fut = async move {
-            let (count, pending) = {
-                // Topic DDL waits for running writes, so a write sees one consistent set of routes.
-                let _ddl = core.ddl_lock.read().await;
-                let _table = table.write_lock.lock().await;
-                let current = core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
-                if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
-                    return exec_err!("table {} was dropped", table.meta.qualified_name());
-                }
-                let batches = collect(input, context).await?;
-                writer::apply(&core.store, &core.catalog, &table, op, &batches)?
+            // UPDATE and DELETE read the rows they change under the table's write lock; INSERT
+            // evaluates its rows first and takes the lock only to check keys and write.
+            let under_lock = op != ChangeOp::Insert;
+            let read = async {
+                let stream = execute_stream(input, context)?;
+                writer::read_changes(stream, &table, op, core.limits.max_statement_bytes).await
             };
-            // Durable (one fsync shared with concurrent commits in --sync mode) and visible to
-            // consumers, without holding the locks and off the async workers.
-            let store = Arc::clone(&core.store);
-            tokio::task::spawn_blocking(move || store.finish(pending))
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-                .map_err(storage_err)?;
+            let count = writer::write_statement(&core, &table, under_lock, read).await?;
             Ok(RecordBatch::try_new(out_schema, vec![Arc::new(UInt64Array::from(vec![count]))])?)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(fut))))

@@ -67,6 +67,11 @@ impl TableProvider for UserTable {
         TableType::Base
     }
 
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        let i = self.table.meta.columns.iter().position(|c| c.name == column)?;
+        self.table.defaults.get(i)?.as_ref()
+    }
+
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -324,11 +329,14 @@ impl ExecutionPlan for TableScanExec {
         match &self.access {
             KeyAccess::Points(points) => {
                 let full_keys: Vec<Vec<u8>> = points.iter().map(|p| [prefix.as_slice(), p].concat()).collect();
-                let values = self.store.multi_get(&full_keys).map_err(storage_err)?;
-                let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-                    full_keys.into_iter().zip(values).filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect();
-                let batch = decoder.decode(&pairs);
-                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(async move { batch }))))
+                let store = Arc::clone(&self.store);
+                let read = async move {
+                    let values = crate::core::blocking(|| store.multi_get(&full_keys)).map_err(storage_err)?;
+                    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                        full_keys.into_iter().zip(values).filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect();
+                    decoder.decode(&pairs)
+                };
+                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(read))))
             }
             KeyAccess::Range { start, end } => {
                 let start = [prefix.as_slice(), start.as_deref().unwrap_or(&[])].concat();

@@ -61,6 +61,80 @@ async fn bulk_insert(dir: &std::path::Path, rows: u64, batch: u64, routes: &[&st
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Latencies (sorted, ms) from before a producer's INSERT to a long-polling consumer holding the
+/// message, with `writers` tasks doing single-row INSERTs into another routed table meanwhile
+/// (and their rate).
+async fn commit_to_consumer_latency(sync: bool, writers: u64, lat_n: u64) -> (Vec<f64>, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durability = if sync { Durability::Sync } else { Durability::Process };
+    let db = Arc::new(Database::open(dir.path(), DatabaseOptions { durability, ..Default::default() }).expect("open"));
+    exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
+    exec(&db, "CREATE TOPIC l").await;
+    exec(&db, "ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
+    exec(&db, "CREATE TABLE w (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+    exec(&db, "CREATE TOPIC wt").await;
+    exec(&db, "ALTER TOPIC wt ADD SOURCE w ON INSERT").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let write_start = Instant::now();
+    let background: Vec<_> = (0..writers)
+        .map(|c| {
+            let (db, stop) = (Arc::clone(&db), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    exec(&db, &format!("INSERT INTO w VALUES ({}, 'new', 42.5)", c * 1_000_000_000 + n)).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let consumer = {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(lat_n as usize);
+            let req = ConsumeRequest {
+                group: Some("lat".into()),
+                partition: None,
+                start: Some(StartPosition::Earliest),
+                limit: 100,
+                timeout_ms: 2000,
+                visibility_timeout_ms: None,
+                ..Default::default()
+            };
+            while (seen.len() as u64) < lat_n {
+                let msgs = db.consume("l", &req).await.expect("consume");
+                let now = t0.elapsed().as_secs_f64() * 1000.0;
+                for m in &msgs {
+                    seen.push((m.offset, now));
+                }
+                if let Some(m) = msgs.last() {
+                    let ack = format!("ACK l GROUP 'lat' UPTO OFFSET {}", m.offset);
+                    db.execute(&ack).await.expect("ack");
+                }
+            }
+            seen
+        })
+    };
+    let mut sent = Vec::with_capacity(lat_n as usize);
+    for i in 0..lat_n {
+        sent.push(t0.elapsed().as_secs_f64() * 1000.0);
+        exec(&db, &format!("INSERT INTO k VALUES ({i})")).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seen = consumer.await.expect("consumer");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for t in background {
+        written += t.await.expect("writer");
+    }
+    let rate = written as f64 / write_start.elapsed().as_secs_f64();
+    let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
+    lat.sort_by(f64::total_cmp);
+    (lat, rate)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -195,6 +269,10 @@ async fn main() {
             done += n;
         }
         eprintln!("filled a topic of {size} messages in {:.1}s", fill.elapsed().as_secs_f64());
+        // Reads are measured once the write burst's flushes and compactions have settled.
+        let settle = Instant::now();
+        db.settle_storage().expect("settle");
+        eprintln!("compactions settled in {:.1}s", settle.elapsed().as_secs_f64());
         let mut lat = Vec::new();
         for i in 0..200u64 {
             // Random positions in the last million messages.
@@ -235,52 +313,22 @@ async fn main() {
     }
 
     // 6. Commit-to-consumer latency: a consumer long-polls (engine API) while a producer commits
-    //    one row every 2 ms.
-    if wants(&["commit_to_consumer_latency_p"]) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).expect("open"));
-        exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
-        exec(&db, "CREATE TOPIC l").await;
-        exec(&db, "ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
-        let t0 = Instant::now();
-        let consumer = {
-            let db = Arc::clone(&db);
-            tokio::spawn(async move {
-                let mut seen = Vec::with_capacity(lat_n as usize);
-                let req = ConsumeRequest {
-                    group: Some("lat".into()),
-                    partition: None,
-                    start: Some(StartPosition::Earliest),
-                    limit: 100,
-                    timeout_ms: 2000,
-                    visibility_timeout_ms: None,
-                    ..Default::default()
-                };
-                while (seen.len() as u64) < lat_n {
-                    let msgs = db.consume("l", &req).await.expect("consume");
-                    let now = t0.elapsed().as_secs_f64() * 1000.0;
-                    for m in &msgs {
-                        seen.push((m.offset, now));
-                    }
-                    if let Some(m) = msgs.last() {
-                        let ack = format!("ACK l GROUP 'lat' UPTO OFFSET {}", m.offset);
-                        db.execute(&ack).await.expect("ack");
-                    }
-                }
-                seen
-            })
-        };
-        let mut sent = Vec::with_capacity(lat_n as usize);
-        for i in 0..lat_n {
-            sent.push(t0.elapsed().as_secs_f64() * 1000.0);
-            exec(&db, &format!("INSERT INTO k VALUES ({i})")).await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    //    one row every 2 ms: with the WAL unsynced, synced, and synced beside 16 tasks doing
+    //    synced single-row INSERTs into another routed table as fast as they can.
+    for (name, sync, writers) in [
+        ("commit_to_consumer_latency", false, 0u64),
+        ("commit_to_consumer_latency_sync", true, 0),
+        ("commit_to_consumer_latency_sync_beside_c16", true, 16),
+    ] {
+        if !wants(&[&format!("{name}_p")]) {
+            continue;
         }
-        let seen = consumer.await.expect("consumer");
-        let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
-        lat.sort_by(f64::total_cmp);
-        out.push(metric("commit_to_consumer_latency_p50", percentile(&lat, 0.5), "ms"));
-        out.push(metric("commit_to_consumer_latency_p99", percentile(&lat, 0.99), "ms"));
+        let (lat, writes) = commit_to_consumer_latency(sync, writers, lat_n).await;
+        out.push(metric(&format!("{name}_p50"), percentile(&lat, 0.5), "ms"));
+        out.push(metric(&format!("{name}_p99"), percentile(&lat, 0.99), "ms"));
+        if writers > 0 {
+            out.push(metric(&format!("{name}_writers"), writes, "stmts/s"));
+        }
     }
 
     for line in out {

@@ -7,6 +7,7 @@ mod consume;
 mod crash;
 mod http;
 mod robustness;
+mod write_path;
 
 use topicfusion_engine::{Database, DatabaseOptions};
 

@@ -1,0 +1,293 @@
+//! The literal INSERT fast path: `INSERT INTO <table> [(columns)] VALUES (...), ...` whose cells
+//! are all literals goes from the sqlparser AST straight to row values typed by the table's
+//! columns, without DataFusion planning every cell (the cost that dominated bulk INSERTs).
+//!
+//! The path takes only what it converts exactly as DataFusion would (the same Arrow casts, the
+//! same decimal rules); anything else (an expression, a value out of range, a string that does
+//! not parse as the column's type, a clause it does not know) returns `None` and the statement
+//! is planned by DataFusion, which then also produces the error. NOT NULL and key checks, routing
+//! and the commit are the shared write path ([`crate::writer`]).
+//!
+//! It also expands column DEFAULTs in the AST (`DEFAULT` cells and `INSERT ... DEFAULT VALUES`),
+//! for both paths: DataFusion 55 plans neither.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::common::{Result, plan_err};
+use topicfusion_dialect::sqlparser::ast::{
+    Expr, Ident, Insert, ObjectName, Parens, Query, SetExpr, TableObject, UnaryOperator, Value as SqlValue,
+    ValueWithSpan, Values,
+};
+use topicfusion_storage::Value;
+
+use crate::catalog::{CatalogState, Table};
+use crate::core::resolve_name;
+use crate::types::{ColumnType, value_at};
+
+/// An INSERT of literal rows, converted to full table rows.
+#[derive(Debug)]
+pub struct LiteralInsert {
+    pub table: Arc<Table>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// The target table of an INSERT, if it is a durable table.
+fn target_table(catalog: &CatalogState, insert: &Insert) -> Option<Arc<Table>> {
+    let TableObject::TableName(name) = &insert.table else { return None };
+    let (schema, table) = resolve_name(name).ok()?;
+    catalog.table(&schema, &table).cloned()
+}
+
+/// DataFusion's identifier rule: unquoted names are lowercased.
+fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
+}
+
+fn is_default_keyword(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+/// The column indices an INSERT names (all columns in order when it names none); `None` for
+/// unknown or repeated names (DataFusion reports them).
+fn target_columns(table: &Table, columns: &[ObjectName]) -> Option<Vec<usize>> {
+    if columns.is_empty() {
+        return Some((0..table.meta.columns.len()).collect());
+    }
+    let mut out = Vec::with_capacity(columns.len());
+    for c in columns {
+        let [part] = c.0.as_slice() else { return None };
+        let name = normalize(part.as_ident()?);
+        let i = table.meta.columns.iter().position(|m| m.name == name)?;
+        if out.contains(&i) {
+            return None;
+        }
+        out.push(i);
+    }
+    Some(out)
+}
+
+/// Replaces `DEFAULT` cells of an INSERT's VALUES with the column's default expression (NULL
+/// when it has none), and `INSERT ... DEFAULT VALUES` with one row of defaults. Leaves the
+/// statement alone when its target is not a durable table.
+pub fn expand_defaults(catalog: &CatalogState, insert: &mut Insert) -> Result<()> {
+    let Some(table) = target_table(catalog, insert) else { return Ok(()) };
+    let default_of = |i: usize| -> Result<Expr> {
+        match &table.meta.columns[i].default {
+            None => Ok(Expr::Value(SqlValue::Null.into())),
+            Some(sql) => match topicfusion_dialect::parse_expr_checked(sql) {
+                Ok(e) => Ok(e),
+                Err(e) => plan_err!("the DEFAULT of column {} does not parse: {e}", table.meta.columns[i].name),
+            },
+        }
+    };
+    if insert.source.is_none() && insert.columns.is_empty() && insert.assignments.is_empty() {
+        // INSERT INTO t DEFAULT VALUES
+        let row = (0..table.meta.columns.len()).map(default_of).collect::<Result<Vec<_>>>()?;
+        let values = Values { explicit_row: false, value_keyword: false, rows: vec![Parens::with_empty_span(row)] };
+        insert.source = Some(Box::new(Query {
+            with: None,
+            body: Box::new(SetExpr::Values(values)),
+            order_by: None,
+            limit_clause: None,
+            fetch: None,
+            locks: vec![],
+            for_clause: None,
+            settings: None,
+            format_clause: None,
+            pipe_operators: vec![],
+        }));
+        return Ok(());
+    }
+    let Some(query) = insert.source.as_mut() else { return Ok(()) };
+    let SetExpr::Values(values) = query.body.as_mut() else { return Ok(()) };
+    if !values.rows.iter().any(|r| r.content.iter().any(is_default_keyword)) {
+        return Ok(());
+    }
+    let Some(targets) = target_columns(&table, &insert.columns) else { return Ok(()) };
+    for row in values.rows.iter_mut() {
+        for (j, cell) in row.content.iter_mut().enumerate() {
+            if is_default_keyword(cell) {
+                match targets.get(j) {
+                    Some(&i) => *cell = default_of(i)?,
+                    None => return plan_err!("INSERT has more expressions than target columns"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `insert` if it is an INSERT of literals into a durable table that this path
+/// converts exactly; `None` sends the statement to DataFusion.
+pub fn literal_insert(catalog: &CatalogState, insert: &Insert) -> Option<LiteralInsert> {
+    let plain = insert.or.is_none()
+        && !insert.ignore
+        && insert.table_alias.is_none()
+        && !insert.overwrite
+        && insert.assignments.is_empty()
+        && insert.partitioned.is_none()
+        && insert.after_columns.is_empty()
+        && insert.on.is_none()
+        && insert.returning.is_none()
+        && insert.output.is_none()
+        && !insert.replace_into
+        && insert.priority.is_none()
+        && insert.insert_alias.is_none()
+        && insert.settings.is_none()
+        && insert.format_clause.is_none()
+        && insert.multi_table_insert_type.is_none();
+    if !plain {
+        return None;
+    }
+    let query = insert.source.as_deref()?;
+    let simple_query = query.with.is_none()
+        && query.order_by.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && query.locks.is_empty()
+        && query.for_clause.is_none()
+        && query.settings.is_none()
+        && query.format_clause.is_none()
+        && query.pipe_operators.is_empty();
+    let SetExpr::Values(values) = query.body.as_ref() else { return None };
+    if !simple_query || values.explicit_row || values.value_keyword || values.rows.is_empty() {
+        return None;
+    }
+    let table = target_table(catalog, insert)?;
+    let targets = target_columns(&table, &insert.columns)?;
+    if values.rows.iter().any(|r| r.content.len() != targets.len()) {
+        return None;
+    }
+    let n = table.meta.columns.len();
+    let mut columns: Vec<Option<Vec<Value>>> = vec![None; n];
+    for (j, &i) in targets.iter().enumerate() {
+        let cells: Vec<&Expr> = values.rows.iter().map(|r| &r.content[j]).collect();
+        columns[i] = Some(convert_column(&cells, table.meta.columns[i].data_type)?);
+    }
+    // Columns the INSERT does not name: their literal DEFAULT, or NULL.
+    let rows_len = values.rows.len();
+    for (i, column) in columns.iter_mut().enumerate() {
+        if column.is_none() {
+            let value = match &table.meta.columns[i].default {
+                None => Value::Null,
+                Some(sql) => {
+                    let e = topicfusion_dialect::parse_expr_checked(sql).ok()?;
+                    convert_column(&[&e], table.meta.columns[i].data_type)?.pop()?
+                }
+            };
+            *column = Some(vec![value; rows_len]);
+        }
+    }
+    let mut columns: Vec<std::vec::IntoIter<Value>> =
+        columns.into_iter().map(|c| c.unwrap_or_default().into_iter()).collect();
+    let rows = (0..rows_len).map(|_| columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect()).collect();
+    Some(LiteralInsert { table, rows })
+}
+
+/// A literal cell.
+enum Cell<'a> {
+    Null,
+    /// A number with its sign.
+    Number {
+        negative: bool,
+        digits: &'a str,
+    },
+    String(&'a str),
+    Boolean(bool),
+}
+
+fn cell(e: &Expr) -> Option<Cell<'_>> {
+    let (negative, value) = match e {
+        Expr::Value(ValueWithSpan { value, .. }) => (false, value),
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match expr.as_ref() {
+            Expr::Value(ValueWithSpan { value: v @ SqlValue::Number(..), .. }) => (true, v),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(match value {
+        SqlValue::Null => Cell::Null,
+        SqlValue::Number(digits, false) if !negative || !digits.starts_with('-') => {
+            Cell::Number { negative, digits: digits.as_str() }
+        }
+        SqlValue::SingleQuotedString(s) => Cell::String(s),
+        SqlValue::Boolean(b) => Cell::Boolean(*b),
+        _ => return None,
+    })
+}
+
+/// A number literal as DataFusion reads it with `parse_float_as_decimal`: an i64 when it is
+/// one, else an exact decimal `mantissa * 10^-scale`. `None` for anything this path leaves to
+/// DataFusion (exponents, underscores, u64 beyond i64, mantissas not exact in an f64).
+fn number(negative: bool, digits: &str) -> Option<(i128, u32, bool)> {
+    if !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') || digits.is_empty() {
+        return None;
+    }
+    let sign = if negative { -1 } else { 1 };
+    match digits.split_once('.') {
+        None => {
+            let v: i128 = digits.parse().ok()?;
+            let v = sign * v;
+            i64::try_from(v).ok()?;
+            Some((v, 0, true))
+        }
+        Some((int, frac)) => {
+            if frac.contains('.') || int.len() + frac.len() > 15 || (int.is_empty() && frac.is_empty()) {
+                return None;
+            }
+            let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
+            Some((sign * mantissa, frac.len() as u32, false))
+        }
+    }
+}
+
+/// Converts one column's cells to the column type, or `None` when DataFusion should decide.
+fn convert_column(cells: &[&Expr], ty: ColumnType) -> Option<Vec<Value>> {
+    let cells: Vec<Cell> = cells.iter().map(|e| cell(e)).collect::<Option<_>>()?;
+    // Strings for a non-text column: one Arrow cast of the whole column, as DataFusion's CAST.
+    if ty != ColumnType::Text && cells.iter().any(|c| matches!(c, Cell::String(_))) {
+        if cells.iter().any(|c| !matches!(c, Cell::String(_) | Cell::Null)) {
+            return None;
+        }
+        let strings: StringArray =
+            cells.iter().map(|c| if let Cell::String(s) = c { Some(*s) } else { None }).collect();
+        let options = CastOptions { safe: false, ..Default::default() };
+        let array = cast_with_options(&strings, &ty.arrow(), &options).ok()?;
+        return (0..array.len()).map(|i| value_at(array.as_ref(), i, ty).ok()).collect();
+    }
+    cells
+        .iter()
+        .map(|c| match (c, ty) {
+            (Cell::Null, _) => Some(Value::Null),
+            (Cell::String(s), ColumnType::Text) => Some(Value::Utf8((*s).to_owned())),
+            (Cell::Boolean(b), ColumnType::Boolean) => Some(Value::Boolean(*b)),
+            (Cell::Number { negative, digits }, _) => number_value(number(*negative, digits)?, ty),
+            _ => None,
+        })
+        .collect()
+}
+
+fn number_value((mantissa, scale, integer): (i128, u32, bool), ty: ColumnType) -> Option<Value> {
+    // Arrow's casts: integers with `as`, decimals as mantissa / 10^scale in f64 (exact inputs:
+    // at most 15 digits, so the result does not depend on how VALUES unified the scales).
+    let float = || mantissa as f64 / 10f64.powi(scale as i32);
+    Some(match ty {
+        ColumnType::SmallInt if integer => Value::Int16(i16::try_from(mantissa).ok()?),
+        ColumnType::Int if integer => Value::Int32(i32::try_from(mantissa).ok()?),
+        ColumnType::BigInt if integer => Value::Int64(i64::try_from(mantissa).ok()?),
+        ColumnType::Real if integer => Value::Float32(mantissa as i64 as f32),
+        ColumnType::Double if integer => Value::Float64(mantissa as i64 as f64),
+        ColumnType::Real => Value::Float32(float() as f32),
+        ColumnType::Double => Value::Float64(float()),
+        ColumnType::Decimal { precision, scale: s } if s >= 0 && scale <= s as u32 => {
+            let v = mantissa.checked_mul(10i128.checked_pow(s as u32 - scale)?)?;
+            if v.unsigned_abs() >= 10u128.checked_pow(precision as u32)? {
+                return None;
+            }
+            Value::Decimal128(v)
+        }
+        _ => return None,
+    })
+}
