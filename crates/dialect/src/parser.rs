@@ -379,6 +379,7 @@ fn claims(p: &Parser<'_>, mut at: usize) -> bool {
         || (is_word(&first, "ALTER") && is_word(&second, "TOPIC"))
         || (is_word(&first, "SHOW") && is_word(&second, "TOPICS"))
         || (is_word(&first, "RESET") && is_word(&second, "CONSUMER"))
+        || (is_word(&first, "RUN") && is_word(&second, "RETENTION"))
         || is_word(&first, "CONSUME")
         || is_word(&first, "ACK")
 }

@@ -29,6 +29,8 @@ pub struct Core {
     /// Compiles route filters and PARTITION BY expressions.
     pub expr_ctx: SessionContext,
     pub limits: Limits,
+    /// Background job records and the retention executor's mailbox.
+    pub jobs: crate::retention::Jobs,
 }
 
 /// Limits on what one statement may do.

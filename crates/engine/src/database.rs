@@ -15,7 +15,7 @@ use datafusion::logical_expr::{DdlStatement, Extension, LogicalPlan, LogicalPlan
 use datafusion::optimizer::Analyzer;
 use topicfusion_dialect::{AckTarget, AlterUserAction, Statement, TopicStatement, UserStatement, parse_sql};
 use topicfusion_storage::keys::{self, CatalogKind};
-use topicfusion_storage::{Commit, Durability, Message, Store};
+use topicfusion_storage::{Clock, Commit, Durability, Message, Store};
 
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, storage_err};
 use crate::cdc::router::{CompiledRoute, compile_route};
@@ -28,6 +28,7 @@ use crate::plan::topic_command::TopicCommandNode;
 use crate::plan::update_from;
 use crate::planner::TopicQueryPlanner;
 use crate::provider::catalog::DurableCatalog;
+use crate::retention;
 use crate::topics::find_topic;
 use crate::users::{Action, PermissionDenied, Principal, Users, authorize};
 use crate::writer;
@@ -47,6 +48,10 @@ pub struct DatabaseOptions {
     /// The most row data (Arrow bytes) one UPDATE, DELETE or INSERT ... SELECT may change;
     /// larger statements fail with an error saying so instead of exhausting memory.
     pub max_statement_bytes: usize,
+    /// How often the retention job runs (0: never on its own; `RUN RETENTION` still works).
+    pub retention_interval_ms: u64,
+    /// Stamps commits and decides what retention deletes (tests move it).
+    pub clock: Clock,
 }
 
 /// The default of [`DatabaseOptions::max_statement_bytes`]: 256 MiB.
@@ -60,6 +65,8 @@ impl Default for DatabaseOptions {
             target_partitions: None,
             allow_user_role_consume: false,
             max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
+            retention_interval_ms: 60_000,
+            clock: Clock::system(),
         }
     }
 }
@@ -141,13 +148,16 @@ pub struct Database {
     allow_user_role_consume: bool,
     /// INSERTs that took the literal fast path (for tests and monitoring).
     literal_inserts: std::sync::atomic::AtomicU64,
+    /// The background retention thread; joined when the database is dropped.
+    _retention: retention::Executor,
 }
 
 impl Database {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, options: DatabaseOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let store = Arc::new(Store::open(dir, options.durability).map_err(storage_err)?);
+        let store =
+            Arc::new(Store::open_with_clock(dir, options.durability, options.clock.clone()).map_err(storage_err)?);
         let expr_ctx = SessionContext::new();
         let catalog = Catalog::load(&store, |meta, st| {
             meta.routes
@@ -174,6 +184,7 @@ impl Database {
             ddl_lock: tokio::sync::RwLock::new(()),
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
+            jobs: Default::default(),
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -195,9 +206,14 @@ impl Database {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog("datafusion", Arc::new(DurableCatalog::new(Arc::clone(&core))));
+        let retention = retention::Executor::start(
+            Arc::clone(&core),
+            std::time::Duration::from_millis(options.retention_interval_ms),
+        )?;
         Ok(Self {
             core,
             ctx,
+            _retention: retention,
             allow_user_role_consume: options.allow_user_role_consume,
             literal_inserts: Default::default(),
         })
@@ -233,7 +249,8 @@ impl Database {
             TopicStatement::CreateTopic(_)
             | TopicStatement::DropTopic(_)
             | TopicStatement::ClearTopic(_)
-            | TopicStatement::AlterTopic(_) => Action::Ddl,
+            | TopicStatement::AlterTopic(_)
+            | TopicStatement::RunRetention(_) => Action::Ddl,
             TopicStatement::ShowTopics => Action::ReadWrite,
             TopicStatement::Consume(_)
             | TopicStatement::Ack(_)

@@ -83,6 +83,9 @@ pub async fn drop_schema(core: &Core, d: &DropCatalogSchema) -> Result<String> {
     let _claims = core.groups.forget_topics(&mut commit, &topic_ids);
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
+    for topic in &topics {
+        core.jobs.request_compaction(topic.meta.id, 0..topic.meta.partitions);
+    }
     Ok(format!("dropped schema {name}"))
 }
 

@@ -115,6 +115,7 @@ pub async fn drop_topic(core: &Core, stmt: &DropTopic) -> Result<String> {
     let _claims = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
+    core.jobs.request_compaction(topic.meta.id, 0..topic.meta.partitions);
     Ok(format!("dropped topic {}", topic.meta.qualified_name()))
 }
 
@@ -128,6 +129,7 @@ pub async fn clear_topic(core: &Core, stmt: &ClearTopic) -> Result<String> {
     // goes on with the messages written after the CLEAR.
     let commit = Commit { partition_ops, ..Default::default() };
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
+    core.jobs.request_compaction(topic.meta.id, 0..topic.meta.partitions);
     core.groups.notify_change();
     Ok(format!("cleared topic {}", topic.meta.qualified_name()))
 }

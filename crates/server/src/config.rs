@@ -51,6 +51,8 @@ pub struct TopicsConfig {
     pub default_visibility_timeout_ms: u64,
     /// Whether role `user` may CONSUME and ACK.
     pub allow_user_role_consume: bool,
+    /// How often the retention job runs (0: only on `RUN RETENTION`).
+    pub retention_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +88,7 @@ impl Default for TopicsConfig {
             max_consume_timeout_ms: 30_000,
             default_visibility_timeout_ms: 60_000,
             allow_user_role_consume: false,
+            retention_interval_ms: 60_000,
         }
     }
 }
@@ -196,6 +199,13 @@ impl Config {
                 "topics.default_visibility_timeout_ms",
                 t.default_visibility_timeout_ms.to_string(),
                 &format!("must be between 1 and {max_vis}"),
+            );
+        }
+        if t.retention_interval_ms > 24 * 3600 * 1000 {
+            return invalid(
+                "topics.retention_interval_ms",
+                t.retention_interval_ms.to_string(),
+                "at most 86400000 (a day)",
             );
         }
         if self.auth.token_ttl_seconds == 0 || self.auth.token_ttl_seconds > 31 * 24 * 3600 {

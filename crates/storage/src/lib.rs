@@ -12,4 +12,4 @@ pub use codec::Value;
 pub use error::{Result, StorageError};
 pub use message::{ChangeOp, Message, NewMessage};
 pub use rocksdb::WriteBatch;
-pub use store::{Commit, Committed, Durability, PartitionOp, PartitionState, Pending, Store};
+pub use store::{Clock, Commit, Committed, Durability, PartitionOp, PartitionState, Pending, Store};

@@ -79,6 +79,43 @@ pub enum PartitionOp {
     Clear { topic_id: u64, partition: u32 },
     /// Delete the partition, its messages and its watermark (DROP TOPIC).
     Drop { topic_id: u64, partition: u32 },
+    /// Retention: delete the messages `[from, to)` holding `bytes` bytes (as
+    /// [`Store::message_sizes`] reported them) and move the log start to `to`. Applies only if
+    /// the log still starts at `from` (else a concurrent CLEAR or truncate won and this one is
+    /// a no-op), so the byte count stays exact; the high watermark never moves.
+    Truncate { topic_id: u64, partition: u32, from: u64, to: u64, bytes: u64 },
+}
+
+/// Where commit timestamps come from: the system clock, or a test's clock.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// Milliseconds since the Unix epoch from the system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)))
+    }
+
+    /// A clock that reads `f` (tests move time without sleeping).
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
 }
 
 /// One atomic commit: the caller's puts and deletes plus the messages to append.
@@ -130,6 +167,7 @@ pub struct Pending {
 pub struct Store {
     db: Arc<DB>,
     durability: Durability,
+    clock: Clock,
     log: Mutex<LogState>,
     sync: Mutex<SyncState>,
     synced: std::sync::Condvar,
@@ -144,6 +182,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `path` and loads the partition watermarks.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        Self::open_with_clock(path, durability, Clock::system())
+    }
+
+    /// [`Store::open`] with the clock that stamps commits.
+    pub fn open_with_clock(path: &Path, durability: Durability, clock: Clock) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -172,6 +215,7 @@ impl Store {
         Ok(Self {
             db,
             durability,
+            clock,
             log: Mutex::new(log),
             sync: Mutex::new(SyncState::default()),
             synced: std::sync::Condvar::new(),
@@ -197,7 +241,7 @@ impl Store {
     pub fn write(&self, commit: Commit) -> Result<Pending> {
         let Commit { mut batch, messages, partition_ops } = commit;
         let mut log = self.lock();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = self.clock.now_ms();
         let timestamp_ms = now.max(log.last_timestamp_ms);
         // Partition states this commit changes; `None` means dropped.
         let mut touched: HashMap<(u64, u32), Option<PartitionState>> = HashMap::new();
@@ -220,6 +264,18 @@ impl Store {
                     state.bytes = 0;
                     let prefix = keys::partition_messages_prefix(topic_id, partition);
                     batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+                }
+                PartitionOp::Truncate { topic_id, partition, from, to, bytes } => {
+                    let state = current(&log, &mut touched, topic_id, partition)?;
+                    if state.log_start != from || to <= from || to > state.next_offset || bytes > state.bytes {
+                        continue;
+                    }
+                    state.log_start = to;
+                    state.bytes -= bytes;
+                    batch.delete_range(
+                        keys::message_key(topic_id, partition, from),
+                        keys::message_key(topic_id, partition, to),
+                    );
                 }
                 PartitionOp::Drop { topic_id, partition } => {
                     current(&log, &mut touched, topic_id, partition)?;
@@ -357,6 +413,47 @@ impl Store {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The clock that stamps commits.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// `(offset, commit timestamp, stored bytes)` of up to `limit` messages of a partition from
+    /// offset `from` on, for retention: the bytes are what the partition's count holds for them.
+    pub fn message_sizes(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, i64, u64)>> {
+        let start = keys::message_key(topic_id, partition, from);
+        let prefix = keys::partition_messages_prefix(topic_id, partition);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), opts) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let (_, _, offset) = keys::decode_message_key(&k)?;
+            out.push((offset, decode_message_timestamp(&v)?, (k.len() + v.len()) as u64));
+        }
+        Ok(out)
+    }
+
+    /// Compacts the stored range of a partition's messages below `to` (after a truncate, CLEAR
+    /// or DROP) so that the deleted keys and their range tombstones leave the files. Blocking.
+    pub fn compact_messages(&self, topic_id: u64, partition: u32, to: Option<u64>) {
+        let prefix = keys::partition_messages_prefix(topic_id, partition);
+        let end = match to {
+            Some(to) => keys::message_key(topic_id, partition, to),
+            None => keys::prefix_end(&prefix),
+        };
+        self.db.compact_range(Some(prefix.as_slice()), Some(end.as_slice()));
     }
 
     /// How many receivers of commit signals exist now (long polls waiting, one per partition).
@@ -556,6 +653,58 @@ mod tests {
         let c = Commit { messages: vec![msg(1, 0, "c")], ..Default::default() };
         assert_eq!(store.commit(c).unwrap().offsets, vec![2]);
         assert_eq!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap()[0].offset, 2);
+    }
+
+    #[test]
+    fn truncate_moves_the_log_start_with_exact_bytes_and_never_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(std::sync::atomic::AtomicI64::new(1_000));
+        let clock = {
+            let now = Arc::clone(&now);
+            Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let truncate = |from, to, bytes| Commit {
+            partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
+            ..Default::default()
+        };
+        {
+            let store = Store::open_with_clock(dir.path(), Durability::Process, clock.clone()).unwrap();
+            let c =
+                Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+            store.commit(c).unwrap();
+            for i in 0..10 {
+                now.store(1_000 + i * 100, std::sync::atomic::Ordering::SeqCst);
+                let c = Commit { messages: vec![msg(1, 0, &"x".repeat(i as usize))], ..Default::default() };
+                store.commit(c).unwrap();
+            }
+            let sizes = store.message_sizes(1, 0, 0, 100).unwrap();
+            assert_eq!(sizes.len(), 10);
+            assert_eq!(sizes.iter().map(|s| s.2).sum::<u64>(), store.partition_state(1, 0).unwrap().bytes);
+            assert_eq!(
+                sizes.iter().map(|s| s.1).collect::<Vec<_>>(),
+                (0..10).map(|i| 1_000 + i * 100).collect::<Vec<_>>()
+            );
+            let freed: u64 = sizes[..4].iter().map(|s| s.2).sum();
+            store.commit(truncate(0, 4, freed)).unwrap();
+            // A stale truncate (the log no longer starts at 0) changes nothing.
+            store.commit(truncate(0, 6, 1)).unwrap();
+            let state = store.partition_state(1, 0).unwrap();
+            assert_eq!((state.log_start, state.next_offset), (4, 10));
+            assert_eq!(state.bytes, sizes[4..].iter().map(|s| s.2).sum::<u64>());
+            assert_eq!(store.read_messages(1, 0, 0, u64::MAX, 100).unwrap()[0].offset, 4);
+            store.compact_messages(1, 0, Some(4));
+        }
+        let store = Store::open_with_clock(dir.path(), Durability::Process, clock).unwrap();
+        let state = store.partition_state(1, 0).unwrap();
+        assert_eq!((state.log_start, state.next_offset), (4, 10));
+        assert_eq!(state.bytes, store.message_sizes(1, 0, 0, 100).unwrap().iter().map(|s| s.2).sum::<u64>());
+        let c = Commit { messages: vec![msg(1, 0, "new")], ..Default::default() };
+        assert_eq!(store.commit(c).unwrap().offsets, vec![10]);
+        // Truncating everything leaves the watermark: the next offset is still 11.
+        let all: u64 = store.message_sizes(1, 0, 4, 100).unwrap().iter().map(|s| s.2).sum();
+        store.commit(truncate(4, 11, all)).unwrap();
+        let state = store.partition_state(1, 0).unwrap();
+        assert_eq!((state.log_start, state.next_offset, state.bytes), (11, 11, 0));
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub use consume::{Consume, ConsumeOption, StartPosition};
 pub use copy::{CopyFormat, CopyFrom};
 pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};
 pub use topic::{
-    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, SourceOp, TopicOption,
+    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, RunRetention, SourceOp,
+    TopicOption,
 };
 pub use user::{AlterUser, AlterUserAction, CreateUser, DropUser, MAX_USER_NAME_BYTES, Role, UserStatement};
 
@@ -35,6 +36,8 @@ pub enum TopicStatement {
     Ack(Ack),
     ResetConsumerGroup(ResetConsumerGroup),
     DropConsumerGroup(DropConsumerGroup),
+    /// `RUN RETENTION [ON <topic>]`
+    RunRetention(RunRetention),
 }
 
 impl TopicStatement {
@@ -62,6 +65,8 @@ impl TopicStatement {
             TopicStatement::Ack(Ack::parse(p)?)
         } else if is_word(&first, "RESET") {
             TopicStatement::ResetConsumerGroup(ResetConsumerGroup::parse(p)?)
+        } else if is_word(&first, "RUN") {
+            TopicStatement::RunRetention(RunRetention::parse(p)?)
         } else {
             return Err(p.expected::<()>("a topic statement", p.peek_token()).unwrap_err().into());
         };
@@ -93,6 +98,7 @@ impl fmt::Display for TopicStatement {
             TopicStatement::Ack(s) => s.fmt(f),
             TopicStatement::ResetConsumerGroup(s) => s.fmt(f),
             TopicStatement::DropConsumerGroup(s) => s.fmt(f),
+            TopicStatement::RunRetention(s) => s.fmt(f),
         }
     }
 }

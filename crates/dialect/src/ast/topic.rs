@@ -151,6 +151,34 @@ impl fmt::Display for ClearTopic {
     }
 }
 
+/// ```text
+/// RUN RETENTION [ON <topic>]
+/// ```
+/// Enforces the retention limits now, on one topic or on all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct RunRetention {
+    pub topic: Option<ObjectName>,
+}
+
+impl RunRetention {
+    pub(crate) fn parse(p: &mut Parser<'_>) -> Result<Self> {
+        expect_word(p, "RUN")?;
+        expect_word(p, "RETENTION")?;
+        let topic = if crate::parser::parse_word(p, "ON") { Some(parse_name(p, "a topic name")?) } else { None };
+        Ok(Self { topic })
+    }
+}
+
+impl fmt::Display for RunRetention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RUN RETENTION")?;
+        if let Some(t) = &self.topic {
+            write!(f, " ON {}", Name(t))?;
+        }
+        Ok(())
+    }
+}
+
 /// The row change a source route listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SourceOp {
@@ -368,6 +396,13 @@ mod tests {
         assert!(matches!(s, TopicStatement::DropTopic(DropTopic { if_exists: true, .. })));
         verified_stmt("DROP TOPIC events");
         verified_stmt("CLEAR TOPIC app.events");
+        verified_stmt("RUN RETENTION");
+        let TopicStatement::RunRetention(r) = parses_to("run retention on App.\"Ev\"", "RUN RETENTION ON App.\"Ev\"")
+        else {
+            panic!()
+        };
+        assert_eq!(r.topic.unwrap().to_string(), "App.\"Ev\"");
+        assert!(parse_error("RUN RETENTION ON").contains("a topic name"));
         // `IF` is never taken for the topic name.
         let TopicStatement::DropTopic(d) = verified_stmt("DROP TOPIC IF EXISTS x") else { panic!() };
         assert_eq!(d.name.to_string(), "x");

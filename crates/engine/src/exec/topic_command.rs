@@ -131,6 +131,23 @@ async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
             crate::core::blocking(|| core.groups.drop_group(&core.store, &topic, &s.group))?;
             Ok(format!("dropped group '{}' on topic {}", s.group, topic.meta.qualified_name()))
         }
+        TopicStatement::RunRetention(s) => {
+            let only = match &s.topic {
+                Some(name) => Some(find_topic(&core.catalog.read(), name)?.meta.id),
+                None => None,
+            };
+            let records = crate::core::blocking(|| crate::retention::run(core, only));
+            if let Some(failed) = records.iter().find(|r| r.error.is_some()) {
+                return datafusion::common::exec_err!(
+                    "retention of topic {} failed: {}",
+                    failed.topic,
+                    failed.error.as_deref().unwrap_or_default()
+                );
+            }
+            let deleted: u64 = records.iter().map(|r| r.messages_deleted).sum();
+            let freed: u64 = records.iter().map(|r| r.bytes_freed).sum();
+            Ok(format!("retention ran on {} topic(s): deleted {deleted} messages, freed {freed} bytes", records.len()))
+        }
         TopicStatement::Consume(_) | TopicStatement::ShowTopics => {
             plan_err!("{statement} is planned as a query")
         }

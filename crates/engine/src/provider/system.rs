@@ -17,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::core::Core;
 
-const TABLES: [&str; 6] = ["tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
+const TABLES: [&str; 7] = ["jobs", "tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -101,6 +101,16 @@ fn schema_of(name: &str) -> SchemaRef {
             f("delivery_count", UInt32, false),
         ],
         "users" => vec![f("name", Utf8, false), f("role", Utf8, false), f("created_at", ts(), false)],
+        "jobs" => vec![
+            f("job_id", UInt64, false),
+            f("kind", Utf8, false),
+            f("topic", Utf8, false),
+            f("messages_deleted", UInt64, false),
+            f("bytes_freed", UInt64, false),
+            f("started_at", ts(), false),
+            f("duration_ms", UInt64, false),
+            f("error", Utf8, true),
+        ],
         _ => vec![
             f("schema", Utf8, false),
             f("name", Utf8, false),
@@ -140,6 +150,19 @@ impl SystemTable {
                     }))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(t.iter().map(|m| m.created_at_ms))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(t.iter().map(|m| m.updated_at_ms))),
+                ]
+            }
+            "jobs" => {
+                let jobs = core.jobs.recent();
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.job_id))),
+                    Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.kind))),
+                    Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.topic.as_str()))),
+                    Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.messages_deleted))),
+                    Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.bytes_freed))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(jobs.iter().map(|j| j.started_at_ms))),
+                    Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.duration_ms))),
+                    Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.as_deref()))),
                 ]
             }
             "topic_partitions" => {

@@ -7,7 +7,8 @@
 //! filters (e.g. `bench http_` or `bench consume_l1000`).
 //!
 //! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_BIG (10000000 messages
-//! in the large topic), BENCH_DRAIN (200000), BENCH_LAT_N (1000).
+//! in the large topic), BENCH_DRAIN (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired
+//! messages to delete).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -133,6 +134,76 @@ async fn commit_to_consumer_latency(sync: bool, writers: u64, lat_n: u64) -> (Ve
     let mut lat: Vec<f64> = seen.iter().map(|&(o, t)| t - sent[o as usize]).collect();
     lat.sort_by(f64::total_cmp);
     (lat, rate)
+}
+
+/// Writers' rate while `during` runs (or for 3 s when it is `None`).
+async fn writers_while(db: &Arc<Database>, first_key: u64, during: Option<tokio::task::JoinHandle<()>>) -> f64 {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|c| {
+            let (db, stop) = (Arc::clone(db), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = first_key + c * 100_000_000 + n;
+                    exec(&db, &format!("INSERT INTO w VALUES ({key}, 'new', 42.5)")).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    match during {
+        Some(job) => job.await.expect("job"),
+        None => tokio::time::sleep(Duration::from_secs(3)).await,
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("writer");
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Seconds to delete `n` expired messages, and the writers' rate without and during it.
+async fn retention_bench(n: u64) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(1_800_000_000_000));
+    let clock = {
+        let now = Arc::clone(&now);
+        topicfusion_engine::Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let options = DatabaseOptions { clock, retention_interval_ms: 0, ..Default::default() };
+    let db = Arc::new(Database::open(dir.path(), options).expect("open"));
+    exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY, v TEXT)").await;
+    exec(&db, "CREATE TOPIC old WITH (retention_seconds = 3600)").await;
+    exec(&db, "ALTER TOPIC old ADD SOURCE k ON INSERT").await;
+    exec(&db, "CREATE TABLE w (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+    exec(&db, "CREATE TOPIC wt").await;
+    exec(&db, "ALTER TOPIC wt ADD SOURCE w ON INSERT").await;
+    let mut done = 0;
+    while done < n {
+        let m = 200_000.min(n - done);
+        exec(
+            &db,
+            &format!("INSERT INTO k SELECT value, repeat('x', 50) FROM generate_series({done}, {})", done + m - 1),
+        )
+        .await;
+        done += m;
+    }
+    db.settle_storage().expect("settle");
+    now.fetch_add(2 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let alone = writers_while(&db, 0, None).await;
+    let start = Instant::now();
+    let job = {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move {
+            exec(&db, "RUN RETENTION ON old").await;
+        })
+    };
+    let during = writers_while(&db, 50_000_000_000, Some(job)).await;
+    (start.elapsed().as_secs_f64(), alone, during)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -329,6 +400,16 @@ async fn main() {
         if writers > 0 {
             out.push(metric(&format!("{name}_writers"), writes, "stmts/s"));
         }
+    }
+
+    // 7. Retention: time to delete 1M expired messages, and the rate of 4 writers (single-row
+    //    INSERTs into another routed table) during it against without it.
+    if wants(&["retention_"]) {
+        let n = env("BENCH_RETENTION", 1_000_000);
+        let (secs, alone, during) = retention_bench(n).await;
+        out.push(metric(&format!("retention_delete_{n}_expired"), secs, "s"));
+        out.push(metric("retention_writers_alone", alone, "stmts/s"));
+        out.push(metric("retention_writers_during", during, "stmts/s"));
     }
 
     for line in out {
