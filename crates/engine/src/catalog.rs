@@ -55,9 +55,13 @@ impl TableMeta {
 pub struct Table {
     pub meta: TableMeta,
     pub schema: SchemaRef,
-    /// Held by each statement writing the table, from its first read to its commit, so that
-    /// statements on one table apply one after the other (no lost updates, no duplicate keys).
-    pub write_lock: tokio::sync::Mutex<()>,
+    /// Held exclusively by UPDATE and DELETE from their first read to their write, and by
+    /// INSERTs into tables with hidden row ids; shared by other INSERTs (see `writer`). No lost
+    /// updates, no duplicate keys.
+    pub write_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Keys concurrent INSERTs are creating (see `writer::KeyReservation`).
+    pub reserved_keys: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    pub keys_released: tokio::sync::Notify,
     /// The next hidden row id (tables without a primary key); persisted with every insert.
     pub next_rowid: AtomicU64,
     /// Each column's DEFAULT as a DataFusion expression (what INSERT fills omitted columns with).
@@ -219,7 +223,9 @@ pub fn new_table(meta: TableMeta, next_rowid: u64) -> Table {
         schema: arrow_schema(&meta.columns),
         defaults: meta.columns.iter().map(|c| c.default.as_deref().and_then(|sql| compile_default(sql).ok())).collect(),
         meta,
-        write_lock: tokio::sync::Mutex::new(()),
+        write_lock: Arc::new(tokio::sync::RwLock::new(())),
+        reserved_keys: Default::default(),
+        keys_released: tokio::sync::Notify::new(),
         next_rowid: AtomicU64::new(next_rowid),
     }
 }

@@ -25,7 +25,7 @@ pub struct Core {
     /// a statement sees the same routes from its first read to its commit. Table and schema DDL
     /// does not take it (it serializes on the catalog's write lock and, for DROP TABLE, waits
     /// only for the dropped table's writers).
-    pub ddl_lock: tokio::sync::RwLock<()>,
+    pub ddl_lock: Arc<tokio::sync::RwLock<()>>,
     /// Compiles route filters and PARTITION BY expressions.
     pub expr_ctx: SessionContext,
     pub limits: Limits,

@@ -181,7 +181,7 @@ impl Database {
             catalog,
             users,
             groups: Groups::new(options.visibility_timeout_ms),
-            ddl_lock: tokio::sync::RwLock::new(()),
+            ddl_lock: Arc::new(tokio::sync::RwLock::new(())),
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
             jobs: Default::default(),

@@ -251,7 +251,7 @@ pub async fn drop_table(core: &Core, d: &DropTable) -> Result<String> {
         return plan_err!("table {schema}.{name} does not exist");
     };
     // Wait for statements writing the table to finish.
-    let _writes = table.write_lock.lock().await;
+    let _writes = table.write_lock.write().await;
     let mut st = core.catalog.write();
     if !st.table(&schema, &name).is_some_and(|t| Arc::ptr_eq(t, &table)) {
         return plan_err!("table {schema}.{name} was dropped by a concurrent statement");

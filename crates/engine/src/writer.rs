@@ -19,7 +19,7 @@ use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use topicfusion_storage::codec::{encode_key_value, encode_row};
-use topicfusion_storage::{ChangeOp, Commit, Store, Value, keys};
+use topicfusion_storage::{ChangeOp, Commit, NewMessage, Store, Value, keys};
 
 use crate::catalog::{Table, put_rowid_sequence, storage_err};
 use crate::cdc::payload::json_value;
@@ -37,38 +37,105 @@ pub struct Changes {
     old_keys: Vec<Vec<u8>>,
     /// INSERT into a table with a hidden row id: keys are assigned under the table lock.
     needs_rowids: bool,
+    /// The changes' messages, when routed before the write.
+    messages: Option<Vec<NewMessage>>,
 }
 
-/// Runs one DML statement on `table`: `read` produces its changes and runs under the DDL lock
-/// and, when `read_under_table_lock` (UPDATE, DELETE: they read the rows they change), under the
-/// table's write lock too. Returns the number of rows changed once the commit is durable.
+/// The table lock a statement holds until its write is done.
+enum TableGuard {
+    /// INSERT into a table with a primary key: shared with other INSERTs, whose keys are kept
+    /// apart by [`KeyReservation`]s.
+    Shared { _lock: tokio::sync::OwnedRwLockReadGuard<()>, _keys: KeyReservation },
+    /// UPDATE, DELETE, and INSERT into a table with hidden row ids (assigned in commit order).
+    Exclusive { _lock: tokio::sync::OwnedRwLockWriteGuard<()> },
+}
+
+/// Keys an INSERT is about to create, reserved in the table from before its key check until its
+/// write is in RocksDB, so two concurrent INSERTs of one key cannot both find it free.
+struct KeyReservation {
+    table: Arc<Table>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl KeyReservation {
+    /// Reserves all of `keys` at once, waiting while another statement holds any of them.
+    async fn acquire(table: &Arc<Table>, keys: Vec<Vec<u8>>) -> Self {
+        loop {
+            let released = table.keys_released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut reserved = table.reserved_keys.lock().unwrap_or_else(|e| e.into_inner());
+                if !keys.iter().any(|k| reserved.contains(k)) {
+                    reserved.extend(keys.iter().cloned());
+                    return Self { table: Arc::clone(table), keys };
+                }
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for KeyReservation {
+    fn drop(&mut self) {
+        let mut reserved = self.table.reserved_keys.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            reserved.remove(k);
+        }
+        self.table.keys_released.notify_waiters();
+    }
+}
+
+/// Runs one DML statement on `table`: `read` produces its changes under the DDL lock (read) and,
+/// when `read_under_table_lock` (UPDATE, DELETE: they read the rows they change), under the
+/// table's lock held exclusively. Returns the number of rows changed once the commit is durable.
+///
+/// INSERTs into a table with a primary key share the table lock: each converts and routes its
+/// rows, reserves its keys, then checks and writes them, in parallel with other INSERTs of the
+/// table; UPDATE and DELETE wait for them and exclude them.
 pub async fn write_statement<F>(core: &Core, table: &Arc<Table>, read_under_table_lock: bool, read: F) -> Result<u64>
 where
     F: Future<Output = Result<Changes>>,
 {
-    let (count, pending) = {
-        let _ddl = core.ddl_lock.read().await;
-        let (changes, _table) = if read_under_table_lock {
-            let guard = table.write_lock.lock().await;
-            check_current(core, table)?;
-            (read.await?, guard)
-        } else {
-            let changes = read.await?;
-            (changes, table.write_lock.lock().await)
-        };
+    let ddl = Arc::clone(&core.ddl_lock).read_owned().await;
+    // The routes cannot change while the DDL lock is held.
+    let topics = core.catalog.read().topics_fed_by(table.meta.id);
+    let (mut changes, guard) = if read_under_table_lock {
+        let guard = Arc::clone(&table.write_lock).write_owned().await;
         check_current(core, table)?;
-        let topics = core.catalog.read().topics_fed_by(table.meta.id);
-        crate::core::blocking(|| write(&core.store, table, &topics, changes))?
+        (read.await?, TableGuard::Exclusive { _lock: guard })
+    } else {
+        let mut changes = read.await?;
+        if changes.needs_rowids {
+            (changes, TableGuard::Exclusive { _lock: Arc::clone(&table.write_lock).write_owned().await })
+        } else {
+            if !topics.is_empty() {
+                changes.messages = Some(route(table, &topics, &changes.changes)?);
+            }
+            let shared = Arc::clone(&table.write_lock).read_owned().await;
+            let keys = changes.changes.iter().map(|c| c.key.clone()).collect();
+            let reservation = KeyReservation::acquire(table, keys).await;
+            (changes, TableGuard::Shared { _lock: shared, _keys: reservation })
+        }
     };
-    // Durable (one fsync shared with concurrent commits in --sync mode) and visible to
-    // consumers, without holding the locks and off the async workers. A later writer's commit
-    // is after this one in the WAL, so it is never durable without it.
-    let store = Arc::clone(&core.store);
-    tokio::task::spawn_blocking(move || store.finish(pending))
-        .await
-        .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-        .map_err(storage_err)?;
-    Ok(count)
+    check_current(core, table)?;
+    if changes.messages.is_none() && !changes.needs_rowids && !topics.is_empty() {
+        changes.messages = Some(route(table, &topics, &changes.changes)?);
+    }
+    let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
+    // One blocking task: the key check, the write (offsets assigned in commit order) and, after
+    // releasing the locks, the wait for durability (one fsync shared with concurrent commits in
+    // --sync mode) and visibility. A later writer's commit is after this one in the WAL, so it
+    // is never durable without it. The task finishes even if the statement is cancelled.
+    tokio::task::spawn_blocking(move || {
+        let (count, pending) = write(&store, &table, &topics, changes)?;
+        drop(guard);
+        drop(ddl);
+        store.finish(pending).map_err(storage_err)?;
+        Ok(count)
+    })
+    .await
+    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
 }
 
 fn check_current(core: &Core, table: &Arc<Table>) -> Result<()> {
@@ -207,8 +274,10 @@ pub fn stage(
             commit.batch.put(keys::row_key(table.meta.id, &change.key), &buf);
         }
     }
-    if !topics.is_empty() {
-        commit.messages = route(table, topics, &changes.changes)?;
+    match changes.messages.take() {
+        Some(messages) => commit.messages = messages,
+        None if !topics.is_empty() => commit.messages = route(table, topics, &changes.changes)?,
+        None => {}
     }
     Ok(changes.changes.len() as u64)
 }

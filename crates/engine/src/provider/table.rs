@@ -331,10 +331,19 @@ impl ExecutionPlan for TableScanExec {
                 let full_keys: Vec<Vec<u8>> = points.iter().map(|p| [prefix.as_slice(), p].concat()).collect();
                 let store = Arc::clone(&self.store);
                 let read = async move {
-                    let values = crate::core::blocking(|| store.multi_get(&full_keys)).map_err(storage_err)?;
-                    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-                        full_keys.into_iter().zip(values).filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect();
-                    decoder.decode(&pairs)
+                    let read = move || {
+                        let values = store.multi_get(&full_keys).map_err(storage_err)?;
+                        let pairs: Vec<(Vec<u8>, Vec<u8>)> = full_keys
+                            .into_iter()
+                            .zip(values)
+                            .filter_map(|(k, v)| v.map(|v| (k, v)))
+                            .take(limit)
+                            .collect();
+                        decoder.decode(&pairs)
+                    };
+                    tokio::task::spawn_blocking(read)
+                        .await
+                        .map_err(|e| datafusion::error::DataFusionError::ExecutionJoin(Box::new(e)))?
                 };
                 Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(read))))
             }
