@@ -68,13 +68,19 @@ pub struct Message {
 /// `len:u32` + UTF-8 bytes.
 pub fn encode_message_value(m: &NewMessage, timestamp_ms: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(21 + m.source_table.len() + m.key.len() + m.payload.len());
+    encode_message_value_into(m, timestamp_ms, &mut out);
+    out
+}
+
+/// [`encode_message_value`] into a reused buffer (cleared first).
+pub fn encode_message_value_into(m: &NewMessage, timestamp_ms: i64, out: &mut Vec<u8>) {
+    out.clear();
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out.push(m.op.code());
     for s in [&m.source_table, &m.key, &m.payload] {
         out.extend_from_slice(&(s.len() as u32).to_be_bytes());
         out.extend_from_slice(s.as_bytes());
     }
-    out
 }
 
 /// Decodes a value written by [`encode_message_value`].

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Result, StorageError};
 use crate::keys;
-use crate::message::{Message, NewMessage, decode_message, decode_message_timestamp, encode_message_value};
+use crate::message::{Message, NewMessage, decode_message, decode_message_timestamp, encode_message_value_into};
 
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -287,14 +287,15 @@ impl Store {
             }
         }
         let mut offsets = Vec::with_capacity(messages.len());
+        let mut value = Vec::new();
         for m in &messages {
             let state = current(&log, &mut touched, m.topic_id, m.partition)?;
             let offset = state.next_offset;
             let key = keys::message_key(m.topic_id, m.partition, offset);
-            let value = encode_message_value(m, timestamp_ms);
+            encode_message_value_into(m, timestamp_ms, &mut value);
             state.next_offset += 1;
             state.bytes += (key.len() + value.len()) as u64;
-            batch.put(key, value);
+            batch.put(&key, &value);
             offsets.push(offset);
         }
         for (&(topic_id, partition), state) in &touched {

@@ -89,18 +89,38 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value, ty: ColumnType) {
     };
 }
 
-/// The JSON text of an object of the given columns of a row (as `object(...)` would print).
-pub fn object_text(columns: &[ColumnMeta], row: &[Value], which: impl Iterator<Item = usize>) -> String {
-    let mut out = Vec::with_capacity(16 * columns.len() + 2);
-    out.push(b'{');
-    for (n, i) in which.enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut out, columns[i].name.as_str());
-        out.push(b':');
-        write_value(&mut out, &row[i], columns[i].data_type);
+/// Writes JSON objects of rows of one table (the text `object(...)` would print), with the
+/// columns' `"name":` prefixes escaped once per statement.
+pub struct ObjectWriter<'a> {
+    columns: &'a [ColumnMeta],
+    prefixes: Vec<Vec<u8>>,
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub fn new(columns: &'a [ColumnMeta]) -> Self {
+        let prefixes = columns
+            .iter()
+            .map(|c| {
+                let mut p = serde_json::to_vec(c.name.as_str()).expect("a string serializes");
+                p.push(b':');
+                p
+            })
+            .collect();
+        Self { columns, prefixes }
     }
-    out.push(b'}');
-    String::from_utf8(out).expect("JSON text is UTF-8")
+
+    /// `{"name":value,...}` of the columns `which` of `row`.
+    pub fn write(&self, row: &[Value], which: impl Iterator<Item = usize>) -> String {
+        let mut out = Vec::with_capacity(24 * self.columns.len() + 2);
+        out.push(b'{');
+        for (n, i) in which.enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&self.prefixes[i]);
+            write_value(&mut out, &row[i], self.columns[i].data_type);
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("JSON text is UTF-8")
+    }
 }

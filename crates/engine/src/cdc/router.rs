@@ -19,7 +19,7 @@ use topicfusion_storage::codec::encode_key_value;
 use topicfusion_storage::{ChangeOp, NewMessage, Value};
 
 use crate::catalog::{RouteMeta, Table, Topic};
-use crate::cdc::payload::{json_value, object, object_text};
+use crate::cdc::payload::{ObjectWriter, json_value, object};
 use crate::types::{rows_to_batch, scalar_value};
 
 /// One changed row of a statement.
@@ -160,6 +160,7 @@ pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
 pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Result<Vec<NewMessage>> {
     let mut out = Vec::new();
     let source_table = table.meta.qualified_name();
+    let json = ObjectWriter::new(&table.meta.columns);
     // Built at most once per statement, when the first route needs them: the Arrow batch of the
     // changed rows (for filters and PARTITION BY) and the key JSON of each change.
     let images: OnceCell<RecordBatch> = OnceCell::new();
@@ -202,7 +203,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                 _ => None,
             };
             let partitions = partitions_of(route, batch, changes, topic.meta.partitions)?;
-            let keys = keys.get_or_init(|| changes.iter().map(|c| key_text(table, c)).collect());
+            let keys = keys.get_or_init(|| changes.iter().map(|c| key_text(&json, table, c)).collect());
             for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
@@ -226,19 +227,19 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                         partitions_of(route, None, std::slice::from_ref(&delete), topic.meta.partitions)?[0]
                     };
                     for (change, partition) in [(&delete, old_partition), (&insert, partitions[i])] {
-                        let Some(payload) = payload(table, route.payload, change) else { continue };
+                        let Some(payload) = payload(&json, table, route.payload, change) else { continue };
                         out.push(NewMessage {
                             topic_id: topic.meta.id,
                             partition,
                             op: change.op,
                             source_table: source_table.clone(),
-                            key: key_text(table, change),
+                            key: key_text(&json, table, change),
                             payload,
                         });
                     }
                     continue;
                 }
-                let Some(payload) = payload(table, route.payload, change) else { continue };
+                let Some(payload) = payload(&json, table, route.payload, change) else { continue };
                 out.push(NewMessage {
                     topic_id: topic.meta.id,
                     partition: partitions[i],
@@ -288,12 +289,12 @@ fn partitions_of(
 }
 
 /// The text of [`key_object`].
-fn key_text(table: &Table, change: &RowChange) -> String {
+fn key_text(json: &ObjectWriter<'_>, table: &Table, change: &RowChange) -> String {
     let meta = &table.meta;
     if meta.primary_key.is_empty() {
         return format!("{{\"_rowid\":{}}}", decode_rowid(&change.key));
     }
-    object_text(&meta.columns, change.image(), meta.primary_key.iter().copied())
+    json.write(change.image(), meta.primary_key.iter().copied())
 }
 
 /// `{"pk": value, ...}`, or `{"_rowid": n}` for a table without a primary key.
@@ -319,15 +320,15 @@ fn decode_rowid(key: &[u8]) -> i64 {
 }
 
 /// The payload text of one change, or `None` when a `diff` UPDATE changed nothing.
-fn payload(table: &Table, mode: PayloadMode, change: &RowChange) -> Option<String> {
+fn payload(json: &ObjectWriter<'_>, table: &Table, mode: PayloadMode, change: &RowChange) -> Option<String> {
     let columns = &table.meta.columns;
     let all = || 0..columns.len();
     let key = || Json::Object(key_object(table, change));
     Some(
         match (mode, change.op) {
-            (PayloadMode::Key, _) => return Some(key_text(table, change)),
+            (PayloadMode::Key, _) => return Some(key_text(json, table, change)),
             (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
-                return Some(object_text(columns, change.image(), all()));
+                return Some(json.write(change.image(), all()));
             }
             (PayloadMode::Diff, ChangeOp::Update) => {
                 let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
