@@ -157,10 +157,18 @@ async fn the_role_matrix_for_consume_ack_and_sql() {
         assert_eq!(status == StatusCode::OK, allowed, "{user} reading system.users");
     }
     // Statements that touch the server's files, and SET: dba and system only.
-    for sql in ["COPY app.t TO '/tmp/tf-copy-test.csv'", "SET datafusion.execution.batch_size = 100"] {
+    for sql in [
+        "COPY app.t TO '/tmp/tf-copy-test.csv'",
+        "COPY app.t FROM '/etc/hostname'",
+        "SET datafusion.execution.batch_size = 100",
+        "RUN RETENTION",
+        "CREATE TABLE app.copied AS SELECT * FROM app.t",
+    ] {
         let (status, _) = server.post("/v1/api/sql", Some(("u_service", "pw")), json!({ "sql": sql })).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{sql}");
     }
+    let (status, err) = server.post("/v1/api/sql", Some(("u_dba", "pw")), json!({ "sql": "RUN RETENTION" })).await;
+    assert_eq!(status, StatusCode::OK, "{err}");
     // Users are managed by dba and system; a dba cannot create or promote system users.
     let (status, err) = server
         .post("/v1/api/sql", Some(("u_service", "pw")), json!({"sql": "CREATE USER x WITH PASSWORD 'p' ROLE user"}))
