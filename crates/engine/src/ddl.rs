@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, Constraint, DFSchemaRef, Result, not_impl_err, plan_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{
@@ -223,7 +224,7 @@ pub async fn create_table(
     }
 }
 
-/// A DEFAULT must compile, name no column and cast to the column's type.
+/// A DEFAULT must compile, name no column, hold no subquery and cast to the column's type.
 fn check_default(column: &str, sql: &str, ty: ColumnType) -> Result<()> {
     let expr = match crate::catalog::compile_default(sql) {
         Ok(e) => e,
@@ -231,6 +232,12 @@ fn check_default(column: &str, sql: &str, ty: ColumnType) -> Result<()> {
             return plan_err!("invalid DEFAULT of column {column}: {}", crate::database::one_line(&e.to_string(), 300));
         }
     };
+    let subquery = expr
+        .exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_))))
+        .unwrap_or(true);
+    if subquery {
+        return plan_err!("the DEFAULT of column {column} cannot contain a subquery");
+    }
     let from = expr.get_type(&datafusion::common::DFSchema::empty())?;
     if !datafusion::arrow::compute::can_cast_types(&from, &ty.arrow()) {
         return plan_err!("the DEFAULT of column {column} has type {from}, which does not cast to {}", ty.sql_name());
