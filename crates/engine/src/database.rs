@@ -329,8 +329,7 @@ impl Database {
                 if let DFStatement::Statement(st) = s.as_mut() {
                     match st.as_mut() {
                         SqlStatement::Insert(insert) => {
-                            literal_insert::expand_defaults(&self.core.catalog.read(), insert)?;
-                            let fast = literal_insert::literal_insert(&self.core.catalog.read(), insert);
+                            let fast = literal_insert::prepare(&self.core.catalog.read(), insert)?;
                             if let Some(fast) = fast {
                                 return self.insert_rows(fast).await;
                             }
@@ -445,7 +444,7 @@ impl Database {
                 list.len()
             );
         }
-        crate::core::blocking(|| self.core.groups.ack(&self.core.store, &topic, group, partition, target))
+        self.core.groups.ack(&self.core.store, &topic, group, partition, target)
     }
 
     /// Whether a topic (by `[schema.]name` or alias) exists.

@@ -497,7 +497,7 @@ impl Groups {
             pg.updated_ms = now;
             commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
         }
-        store.commit(commit).map_err(storage_err)?;
+        crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions = next;
         Ok(())
     }
@@ -537,7 +537,7 @@ impl Groups {
             commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
             partitions.insert(p, pg);
         }
-        store.commit(commit).map_err(storage_err)?;
+        crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions = partitions;
         Ok(())
     }
@@ -602,7 +602,7 @@ impl Groups {
             pg.updated_ms = now_ms();
             let mut commit = Commit::default();
             commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
-            store.commit(commit).map_err(storage_err)?;
+            crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         }
         if let AckTarget::Offsets(list) = target {
             for o in list {
@@ -649,7 +649,7 @@ impl Groups {
             commit.batch.put(keys::group_key(topic.meta.id, group, p), pg.encode());
             next.insert(p, pg);
         }
-        store.commit(commit).map_err(storage_err)?;
+        crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions = next;
         drop(g);
         self.notify_change();
@@ -666,7 +666,7 @@ impl Groups {
         let prefix = keys::group_prefix(topic.meta.id, group);
         let mut commit = Commit::default();
         commit.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
-        store.commit(commit).map_err(storage_err)?;
+        crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions.clear();
         drop(g);
         self.notify_change();

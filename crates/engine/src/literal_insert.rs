@@ -68,11 +68,18 @@ fn target_columns(table: &Table, columns: &[ObjectName]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// The one entry for an INSERT: expands its DEFAULTs in place (for both paths) and returns its
+/// rows when it takes the fast path. `None` leaves the statement to DataFusion (also when the
+/// target is not a durable table).
+pub fn prepare(catalog: &CatalogState, insert: &mut Insert) -> Result<Option<LiteralInsert>> {
+    let Some(table) = target_table(catalog, insert) else { return Ok(None) };
+    expand_defaults(&table, insert)?;
+    Ok(literal_insert(table, insert))
+}
+
 /// Replaces `DEFAULT` cells of an INSERT's VALUES with the column's default expression (NULL
-/// when it has none), and `INSERT ... DEFAULT VALUES` with one row of defaults. Leaves the
-/// statement alone when its target is not a durable table.
-pub fn expand_defaults(catalog: &CatalogState, insert: &mut Insert) -> Result<()> {
-    let Some(table) = target_table(catalog, insert) else { return Ok(()) };
+/// when it has none), and `INSERT ... DEFAULT VALUES` with one row of defaults.
+fn expand_defaults(table: &Table, insert: &mut Insert) -> Result<()> {
     let default_of = |i: usize| -> Result<Expr> {
         match &table.meta.columns[i].default {
             None => Ok(Expr::Value(SqlValue::Null.into())),
@@ -105,7 +112,7 @@ pub fn expand_defaults(catalog: &CatalogState, insert: &mut Insert) -> Result<()
     if !values.rows.iter().any(|r| r.content.iter().any(is_default_keyword)) {
         return Ok(());
     }
-    let Some(targets) = target_columns(&table, &insert.columns) else { return Ok(()) };
+    let Some(targets) = target_columns(table, &insert.columns) else { return Ok(()) };
     for row in values.rows.iter_mut() {
         for (j, cell) in row.content.iter_mut().enumerate() {
             if is_default_keyword(cell) {
@@ -119,9 +126,9 @@ pub fn expand_defaults(catalog: &CatalogState, insert: &mut Insert) -> Result<()
     Ok(())
 }
 
-/// The rows of `insert` if it is an INSERT of literals into a durable table that this path
+/// The rows of `insert` (into durable `table`) if it is an INSERT of literals that this path
 /// converts exactly; `None` sends the statement to DataFusion.
-pub fn literal_insert(catalog: &CatalogState, insert: &Insert) -> Option<LiteralInsert> {
+fn literal_insert(table: Arc<Table>, insert: &Insert) -> Option<LiteralInsert> {
     let plain = insert.or.is_none()
         && !insert.ignore
         && insert.table_alias.is_none()
@@ -155,7 +162,6 @@ pub fn literal_insert(catalog: &CatalogState, insert: &Insert) -> Option<Literal
     if !simple_query || values.explicit_row || values.value_keyword || values.rows.is_empty() {
         return None;
     }
-    let table = target_table(catalog, insert)?;
     let targets = target_columns(&table, &insert.columns)?;
     if values.rows.iter().any(|r| r.content.len() != targets.len()) {
         return None;

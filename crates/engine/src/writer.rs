@@ -3,11 +3,12 @@
 //! messages, and writes rows and messages in one write batch, made durable and visible by
 //! `Store::finish` after the locks are released.
 //!
-//! [`write_statement`] is the one entry: both the DataFusion operator (`TableWriteExec`) and
-//! the literal INSERT fast path go through it. Locking: the DDL lock (read) from the statement's
-//! first read to its commit, so it sees one set of routes; the table's write lock from the
-//! first read of the table (UPDATE/DELETE) or from the key check (INSERT) to the write, so no
-//! update is lost and no key is taken twice, while INSERTs evaluate and route in parallel.
+//! [`write_statement`] is the one entry: the DataFusion operator (`TableWriteExec`), the literal
+//! INSERT fast path and COPY go through it. Locking: the DDL lock (read) from the statement's
+//! first read to its write, so it sees one set of routes; the table's lock exclusively for
+//! UPDATE and DELETE (from their first read) and for INSERTs into tables with hidden row ids;
+//! shared by other INSERTs, which reserve their keys instead, so no update is lost and no key is
+//! taken twice while INSERTs of one table run in parallel.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,7 +20,7 @@ use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use topicfusion_storage::codec::{encode_key_value, encode_row};
-use topicfusion_storage::{ChangeOp, Commit, NewMessage, Store, Value, keys};
+use topicfusion_storage::{ChangeOp, Commit, Store, Value, keys};
 
 use crate::catalog::{Table, put_rowid_sequence, storage_err};
 use crate::cdc::payload::json_value;
@@ -37,8 +38,6 @@ pub struct Changes {
     old_keys: Vec<Vec<u8>>,
     /// INSERT into a table with a hidden row id: keys are assigned under the table lock.
     needs_rowids: bool,
-    /// The changes' messages, when routed before the write.
-    messages: Option<Vec<NewMessage>>,
 }
 
 /// The table lock a statement holds until its write is done.
@@ -98,32 +97,26 @@ where
     F: Future<Output = Result<Changes>>,
 {
     let ddl = Arc::clone(&core.ddl_lock).read_owned().await;
-    // The routes cannot change while the DDL lock is held.
-    let topics = core.catalog.read().topics_fed_by(table.meta.id);
-    let (mut changes, guard) = if read_under_table_lock {
+    let (changes, guard) = if read_under_table_lock {
         let guard = Arc::clone(&table.write_lock).write_owned().await;
         check_current(core, table)?;
         (read.await?, TableGuard::Exclusive { _lock: guard })
     } else {
-        let mut changes = read.await?;
-        if changes.needs_rowids {
-            (changes, TableGuard::Exclusive { _lock: Arc::clone(&table.write_lock).write_owned().await })
+        let changes = read.await?;
+        let guard = if changes.needs_rowids {
+            TableGuard::Exclusive { _lock: Arc::clone(&table.write_lock).write_owned().await }
         } else {
-            if !topics.is_empty() {
-                changes.messages = Some(route(table, &topics, &changes.changes)?);
-            }
             let shared = Arc::clone(&table.write_lock).read_owned().await;
             let keys = changes.changes.iter().map(|c| c.key.clone()).collect();
-            let reservation = KeyReservation::acquire(table, keys).await;
-            (changes, TableGuard::Shared { _lock: shared, _keys: reservation })
-        }
+            TableGuard::Shared { _lock: shared, _keys: KeyReservation::acquire(table, keys).await }
+        };
+        check_current(core, table)?;
+        (changes, guard)
     };
-    check_current(core, table)?;
-    if changes.messages.is_none() && !changes.needs_rowids && !topics.is_empty() {
-        changes.messages = Some(route(table, &topics, &changes.changes)?);
-    }
+    // The routes cannot change while the DDL lock is held.
+    let topics = core.catalog.read().topics_fed_by(table.meta.id);
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
-    // One blocking task: the key check, the write (offsets assigned in commit order) and, after
+    // One blocking task: the key check, routing, the write (offsets assigned in commit order), after
     // releasing the locks, the wait for durability (one fsync shared with concurrent commits in
     // --sync mode) and visibility. A later writer's commit is after this one in the WAL, so it
     // is never durable without it. The task finishes even if the statement is cancelled.
@@ -232,18 +225,10 @@ fn write(
     topics: &[Arc<crate::catalog::Topic>],
     changes: Changes,
 ) -> Result<(u64, topicfusion_storage::Pending)> {
-    // Room for the rows and a message per route, so the batch is not copied as it grows.
-    let routes: usize = topics.iter().map(|t| t.routes.len()).sum();
-    let per_row = 32 + 16 * table.meta.columns.len();
-    let capacity = changes.changes.len().saturating_mul(per_row * (1 + 2 * routes));
-    let mut commit = Commit { batch: rocksdb_batch(capacity), ..Default::default() };
+    let mut commit = Commit::default();
     let count = stage(store, table, topics, changes, &mut commit)?;
     let pending = store.write(commit).map_err(storage_err)?;
     Ok((count, pending))
-}
-
-fn rocksdb_batch(capacity: usize) -> topicfusion_storage::WriteBatch {
-    topicfusion_storage::WriteBatch::with_capacity_bytes(capacity.min(64 << 20))
 }
 
 /// Puts the changes and their messages into `commit`; returns the number of rows changed.
@@ -274,10 +259,8 @@ pub fn stage(
             commit.batch.put(keys::row_key(table.meta.id, &change.key), &buf);
         }
     }
-    match changes.messages.take() {
-        Some(messages) => commit.messages = messages,
-        None if !topics.is_empty() => commit.messages = route(table, topics, &changes.changes)?,
-        None => {}
+    if !topics.is_empty() {
+        commit.messages = route(table, topics, &changes.changes)?;
     }
     Ok(changes.changes.len() as u64)
 }

@@ -99,8 +99,7 @@ async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
         TopicStatement::Ack(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
             let partition = check_partition(&topic, s.partition)?;
-            let position =
-                crate::core::blocking(|| core.groups.ack(&core.store, &topic, &s.group, partition, &s.target))?;
+            let position = core.groups.ack(&core.store, &topic, &s.group, partition, &s.target)?;
             Ok(match (&s.target, position) {
                 (AckTarget::Offsets(list), 0) => {
                     format!(
@@ -123,12 +122,12 @@ async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
         TopicStatement::ResetConsumerGroup(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
             let partition = check_partition(&topic, s.partition)?;
-            crate::core::blocking(|| core.groups.reset(&core.store, &topic, &s.group, partition, &s.to))?;
+            core.groups.reset(&core.store, &topic, &s.group, partition, &s.to)?;
             Ok(format!("reset group '{}' on topic {} to {}", s.group, topic.meta.qualified_name(), s.to))
         }
         TopicStatement::DropConsumerGroup(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
-            crate::core::blocking(|| core.groups.drop_group(&core.store, &topic, &s.group))?;
+            core.groups.drop_group(&core.store, &topic, &s.group)?;
             Ok(format!("dropped group '{}' on topic {}", s.group, topic.meta.qualified_name()))
         }
         TopicStatement::RunRetention(s) => {
