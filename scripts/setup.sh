@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a build needs on a fresh Debian/Ubuntu machine: libclang (bindgen of the rocksdb
 # crate) and a C++ compiler (RocksDB itself). The Rust toolchain comes from rust-toolchain.toml.
+# With --tests, also the real clients the tests drive: psql (postgresql-client), openssl (a
+# certificate for the TLS test) and Python's psycopg.
 # The libclang check looks for the files clang-sys loads (libclang.so, libclang-N.so,
 # libclang.so.N, libclang-N.so.N), never libclang-cpp, which is a different library.
 set -euo pipefail
@@ -17,14 +19,29 @@ has_libclang() {
   return 1
 }
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+apt_install() {
+  echo "setup: installing $*" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 need=()
 has_libclang || need+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  echo "setup: installing ${need[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+if [ "${1:-}" = "--tests" ]; then
+  command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 has_libclang || { echo "setup: libclang still missing after installing libclang-dev" >&2; exit 1; }
+
+if [ "${1:-}" = "--tests" ] && ! python3 -c 'import psycopg' 2>/dev/null; then
+  echo "setup: installing psycopg (pip)" >&2
+  python3 -m pip install -q 'psycopg[binary]' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'psycopg[binary]' 2>/dev/null \
+    || apt_install python3-psycopg
+  python3 -c 'import psycopg' || { echo "setup: psycopg still missing" >&2; exit 1; }
+fi

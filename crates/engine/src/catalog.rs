@@ -18,6 +18,8 @@ use crate::types::{ColumnMeta, arrow_schema};
 pub const DEFAULT_SCHEMA: &str = "public";
 /// The schema of the system tables (read-only, not stored).
 pub const SYSTEM_SCHEMA: &str = "system";
+/// PostgreSQL's catalog schema (in memory, from datafusion-pg-catalog): for psql and drivers.
+pub const PG_CATALOG_SCHEMA: &str = "pg_catalog";
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -344,7 +346,9 @@ pub fn check_new_name(what: &str, schema: Option<&str>, name: &str) -> Result<()
     if name.contains('\0') {
         return plan_err!("{what} cannot contain the NUL character");
     }
-    let reserved = |s: &str| s == SYSTEM_SCHEMA || s.eq_ignore_ascii_case("information_schema");
+    let reserved = |s: &str| {
+        s == SYSTEM_SCHEMA || s.eq_ignore_ascii_case("information_schema") || s.eq_ignore_ascii_case(PG_CATALOG_SCHEMA)
+    };
     if schema.is_some_and(reserved) || (what == "a schema name" && reserved(name)) {
         return plan_err!("schema {} is reserved for the system", schema.unwrap_or(name));
     }

@@ -27,6 +27,7 @@ use crate::plan::table_write::TableWriteRule;
 use crate::plan::topic_command::TopicCommandNode;
 use crate::plan::update_from;
 use crate::planner::TopicQueryPlanner;
+use crate::postgres::ParamValue;
 use crate::provider::catalog::DurableCatalog;
 use crate::retention;
 use crate::topics::find_topic;
@@ -76,8 +77,101 @@ impl Default for DatabaseOptions {
 pub struct StatementResult {
     /// The statement's SQL text.
     pub sql: String,
+    /// What kind of statement it was and what its result means.
+    pub command: Command,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+}
+
+/// What a statement's result is, for interfaces that report it in their own form (the
+/// PostgreSQL protocol's command tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rows to show (SELECT, CONSUME, SHOW, EXPLAIN, ACK's position).
+    Rows,
+    /// One `count` column: how many rows an INSERT, UPDATE, DELETE or COPY TO changed.
+    RowCount,
+    /// One `status` column saying what a DDL, user or COPY FROM statement did.
+    Status,
+}
+
+/// A statement's command: its PostgreSQL-style name (`INSERT`, `CREATE TABLE`, `CONSUME`) and
+/// what its result is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    pub name: &'static str,
+    pub outcome: Outcome,
+}
+
+impl Command {
+    /// The command of a parsed statement.
+    pub fn of(statement: &Statement) -> Self {
+        use topicfusion_dialect::sqlparser::ast::ObjectType;
+        let (name, outcome) = match statement {
+            Statement::DataFusion(df) => match df.as_ref() {
+                DFStatement::Statement(st) => match st.as_ref() {
+                    SqlStatement::Query(_) => ("SELECT", Outcome::Rows),
+                    SqlStatement::Insert(_) => ("INSERT", Outcome::RowCount),
+                    SqlStatement::Update(_) => ("UPDATE", Outcome::RowCount),
+                    SqlStatement::Delete(_) => ("DELETE", Outcome::RowCount),
+                    SqlStatement::CreateTable(_) => ("CREATE TABLE", Outcome::Status),
+                    SqlStatement::CreateSchema { .. } => ("CREATE SCHEMA", Outcome::Status),
+                    SqlStatement::CreateView(_) => ("CREATE VIEW", Outcome::Status),
+                    SqlStatement::Drop { object_type, .. } => (
+                        match object_type {
+                            ObjectType::Table => "DROP TABLE",
+                            ObjectType::Schema => "DROP SCHEMA",
+                            ObjectType::View => "DROP VIEW",
+                            _ => "DROP",
+                        },
+                        Outcome::Status,
+                    ),
+                    SqlStatement::Set(_) => ("SET", Outcome::Status),
+                    SqlStatement::StartTransaction { .. } => ("BEGIN", Outcome::Status),
+                    SqlStatement::Commit { .. } => ("COMMIT", Outcome::Status),
+                    SqlStatement::Rollback { .. } => ("ROLLBACK", Outcome::Status),
+                    _ => ("SELECT", Outcome::Rows),
+                },
+                DFStatement::CreateExternalTable(_) => ("CREATE EXTERNAL TABLE", Outcome::Status),
+                DFStatement::CopyTo(_) => ("COPY", Outcome::RowCount),
+                DFStatement::Reset(_) => ("RESET", Outcome::Status),
+                _ => ("SELECT", Outcome::Rows),
+            },
+            Statement::Topic(t) => match t {
+                TopicStatement::CreateTopic(_) => ("CREATE TOPIC", Outcome::Status),
+                TopicStatement::DropTopic(_) => ("DROP TOPIC", Outcome::Status),
+                TopicStatement::ClearTopic(_) => ("CLEAR TOPIC", Outcome::Status),
+                TopicStatement::AlterTopic(_) => ("ALTER TOPIC", Outcome::Status),
+                TopicStatement::ShowTopics => ("SHOW TOPICS", Outcome::Rows),
+                TopicStatement::Consume(_) => ("CONSUME", Outcome::Rows),
+                TopicStatement::Ack(_) => ("ACK", Outcome::Rows),
+                TopicStatement::ResetConsumerGroup(_) => ("RESET CONSUMER GROUP", Outcome::Status),
+                TopicStatement::DropConsumerGroup(_) => ("DROP CONSUMER GROUP", Outcome::Status),
+                TopicStatement::RunRetention(_) => ("RUN RETENTION", Outcome::Rows),
+            },
+            Statement::ExplainTopic { .. } => ("EXPLAIN", Outcome::Rows),
+            Statement::User(u) => (
+                match u {
+                    UserStatement::Create(_) => "CREATE USER",
+                    UserStatement::Alter(_) => "ALTER USER",
+                    UserStatement::Drop(_) => "DROP USER",
+                },
+                Outcome::Status,
+            ),
+            Statement::CopyFrom(_) => ("COPY", Outcome::Status),
+        };
+        Self { name, outcome }
+    }
+}
+
+/// What a client needs to know of a statement before running it (the PostgreSQL protocol's
+/// Describe): its command, its result columns (for [`Outcome::Rows`]) and the types of its
+/// `$n` parameters (`None`: not inferred; the client sends text).
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub command: Command,
+    pub columns: Option<SchemaRef>,
+    pub parameters: Vec<Option<DataType>>,
 }
 
 /// A statement failed; the statements before it have committed, the ones after it did not run.
@@ -103,6 +197,18 @@ pub enum ErrorKind {
     InvalidInput,
     /// A failure of the database itself (storage, a bug): not the caller's fault.
     Internal,
+    /// A duplicate primary key.
+    UniqueViolation,
+    /// NULL for a NOT NULL column.
+    NotNullViolation,
+    /// An unknown table.
+    UndefinedTable,
+    /// An unknown column.
+    UndefinedColumn,
+    /// An unknown topic, schema, user or consumer group.
+    UndefinedObject,
+    /// A statement waiting for data (CONSUME) was cancelled by its client.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -116,7 +222,46 @@ impl ErrorKind {
             DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
             DataFusionError::Context(_, inner) => ErrorKind::of(inner),
             DataFusionError::Shared(inner) => ErrorKind::of(inner),
+            DataFusionError::Diagnostic(_, inner) => ErrorKind::of(inner),
+            DataFusionError::SchemaError(e, _)
+                if matches!(e.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) =>
+            {
+                ErrorKind::UndefinedColumn
+            }
+            DataFusionError::Plan(m) | DataFusionError::Execution(m) => Self::of_message(m),
             _ => ErrorKind::InvalidInput,
+        }
+    }
+
+    /// The engine's own errors (and DataFusion's unknown table) by their fixed openings.
+    fn of_message(message: &str) -> Self {
+        let unknown = |what: &str| message.starts_with(what) && message.contains(" does not exist");
+        if message.starts_with("duplicate primary key") {
+            ErrorKind::UniqueViolation
+        } else if message.starts_with("null value in column") {
+            ErrorKind::NotNullViolation
+        } else if unknown("table ") || (message.starts_with("table '") && message.ends_with("' not found")) {
+            ErrorKind::UndefinedTable
+        } else if unknown("topic ") || unknown("schema ") || unknown("user ") || unknown("consumer group ") {
+            ErrorKind::UndefinedObject
+        } else {
+            ErrorKind::InvalidInput
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE of this kind of error.
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "42601",
+            ErrorKind::PermissionDenied => "42501",
+            ErrorKind::InvalidInput => "22023",
+            ErrorKind::Internal => "XX000",
+            ErrorKind::UniqueViolation => "23505",
+            ErrorKind::NotNullViolation => "23502",
+            ErrorKind::UndefinedTable => "42P01",
+            ErrorKind::UndefinedColumn => "42703",
+            ErrorKind::UndefinedObject => "42704",
+            ErrorKind::Cancelled => "57014",
         }
     }
 }
@@ -150,6 +295,13 @@ pub struct Database {
     literal_inserts: std::sync::atomic::AtomicU64,
     /// The background retention thread; joined when the database is dropped.
     _retention: retention::Executor,
+    catalog: Arc<DurableCatalog>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.catalog.release_pg_catalog();
+    }
 }
 
 impl Database {
@@ -205,7 +357,9 @@ impl Database {
             .with_query_planner(Arc::new(TopicQueryPlanner::new(Arc::clone(&core))))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_catalog("datafusion", Arc::new(DurableCatalog::new(Arc::clone(&core))));
+        let catalog = Arc::new(DurableCatalog::new(Arc::clone(&core)));
+        ctx.register_catalog("datafusion", Arc::clone(&catalog) as _);
+        crate::postgres::install_pg_catalog(&ctx, &core)?;
         let retention = retention::Executor::start(
             Arc::clone(&core),
             std::time::Duration::from_millis(options.retention_interval_ms),
@@ -214,6 +368,7 @@ impl Database {
             core,
             ctx,
             _retention: retention,
+            catalog,
             allow_user_role_consume: options.allow_user_role_consume,
             literal_inserts: Default::default(),
         })
@@ -228,16 +383,88 @@ impl Database {
     /// Executes every statement of `sql` in order as `principal`, each checked against its role
     /// before it runs; stops at the first failing statement.
     pub async fn execute_as(&self, principal: &Principal, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
-        let statements = parse_sql(sql).map_err(|source| ExecuteError::new(0, sql.to_owned(), source))?;
+        let statements = parse(sql)?;
         let mut out = Vec::with_capacity(statements.len());
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
+            let command = Command::of(&parsed.statement);
             match self.execute_statement(principal, parsed.statement).await {
-                Ok((schema, batches)) => out.push(StatementResult { sql, schema, batches }),
+                Ok((schema, batches)) => out.push(StatementResult { sql, command, schema, batches }),
                 Err(source) => return Err(ExecuteError::new(i + 1, sql, source)),
             }
         }
         Ok(out)
+    }
+
+    /// Executes one statement with its `$n` parameters bound to `params` (the PostgreSQL
+    /// protocol's prepared statements). `Ok(None)`: the text holds no statement.
+    pub async fn execute_with_params(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        params: &[ParamValue],
+    ) -> Result<Option<StatementResult>, ExecuteError> {
+        let Some(mut parsed) = parse_one(sql)? else { return Ok(None) };
+        let command = Command::of(&parsed.statement);
+        let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
+        crate::postgres::bind_parameters(&mut parsed.statement, params).map_err(fail)?;
+        let (schema, batches) = self.execute_statement(principal, parsed.statement).await.map_err(fail)?;
+        Ok(Some(StatementResult { sql: parsed.sql, command, schema, batches }))
+    }
+
+    /// What one statement returns and which parameters it takes, without running it.
+    /// `Ok(None)`: the text holds no statement.
+    pub async fn describe(&self, principal: &Principal, sql: &str) -> Result<Option<Description>, ExecuteError> {
+        let Some(parsed) = parse_one(sql)? else { return Ok(None) };
+        let command = Command::of(&parsed.statement);
+        let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
+        let count = crate::postgres::parameter_count(&parsed.statement).map_err(fail)?;
+        let mut parameters = vec![None; count];
+        let mut columns = None;
+        let plan = match parsed.statement {
+            Statement::DataFusion(s) if command.outcome != Outcome::Status => {
+                let planned = self.ctx.state().statement_to_plan(*s).await;
+                // An INSERT, UPDATE or DELETE DataFusion cannot plan here (UPDATE ... FROM) still
+                // runs; its parameters are sent as text.
+                if command.outcome == Outcome::Rows { Some(planned.map_err(fail)?) } else { planned.ok() }
+            }
+            Statement::Topic(TopicStatement::ShowTopics) => Some(self.show_topics_plan().await.map_err(fail)?),
+            Statement::Topic(s @ TopicStatement::Consume(_))
+            | Statement::Topic(s @ TopicStatement::Ack(_))
+            | Statement::Topic(s @ TopicStatement::RunRetention(_)) => {
+                self.authorize_topic_statement(principal, &s).map_err(fail)?;
+                Some(extension(s).map_err(fail)?)
+            }
+            Statement::ExplainTopic { verbose, statement } => Some(
+                extension(statement)
+                    .and_then(|p| LogicalPlanBuilder::from(p).explain(verbose, false)?.build())
+                    .map_err(fail)?,
+            ),
+            _ => None,
+        };
+        if let Some(plan) = plan {
+            if command.outcome == Outcome::Rows {
+                self.authorize_plan(principal, &plan).map_err(fail)?;
+                columns = Some(Arc::clone(plan.schema().inner()));
+            }
+            for (name, ty) in plan.get_parameter_types().map_err(fail)? {
+                if let Some(slot) = name
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|i| parameters.get_mut(i))
+                {
+                    *slot = ty;
+                }
+            }
+        }
+        Ok(Some(Description { command, columns, parameters }))
+    }
+
+    async fn show_topics_plan(&self) -> Result<LogicalPlan> {
+        let sql =
+            "SELECT name, alias, partitions, retention_seconds, retention_max_bytes FROM system.topics ORDER BY name";
+        self.ctx.state().create_logical_plan(sql).await
     }
 
     fn authorize(&self, principal: &Principal, action: Action) -> Result<()> {
@@ -315,10 +542,7 @@ impl Database {
             Statement::CopyFrom(c) => {
                 return Ok(status_result(crate::copy::copy_from(&self.ctx, &self.core, &c).await?));
             }
-            Statement::Topic(TopicStatement::ShowTopics) => {
-                let sql = "SELECT name, alias, partitions, retention_seconds, retention_max_bytes FROM system.topics ORDER BY name";
-                self.ctx.state().create_logical_plan(sql).await?
-            }
+            Statement::Topic(TopicStatement::ShowTopics) => self.show_topics_plan().await?,
             Statement::Topic(s) => extension(s)?,
             Statement::ExplainTopic { verbose, statement } => {
                 LogicalPlanBuilder::from(extension(statement)?).explain(verbose, false)?.build()?
@@ -328,6 +552,18 @@ impl Database {
                 let mut planned = None;
                 if let DFStatement::Statement(st) = s.as_mut() {
                     match st.as_mut() {
+                        // No multi-statement transactions: accepted so that drivers work.
+                        SqlStatement::StartTransaction { .. } | SqlStatement::Commit { .. } => {
+                            return Ok(status_result(
+                                "topicfusion has no multi-statement transactions: every statement commits on its own"
+                                    .into(),
+                            ));
+                        }
+                        SqlStatement::Rollback { .. } => {
+                            return Ok(status_result(
+                                "topicfusion has no multi-statement transactions: every statement since BEGIN has committed on its own and none was rolled back".into(),
+                            ));
+                        }
                         SqlStatement::Insert(insert) => {
                             let fast = literal_insert::prepare(&self.core.catalog.read(), insert)?;
                             if let Some(fast) = fast {
@@ -478,6 +714,11 @@ impl Database {
         self.core.users.verify(user, password, loopback)
     }
 
+    /// A stored user (its credentials included), or `None` if the user does not exist.
+    pub fn user(&self, name: &str) -> Option<crate::users::UserMeta> {
+        self.core.users.get(name)
+    }
+
     /// A user's current role and credential tag (which changes with the password), or `None`
     /// if the user does not exist.
     pub fn user_credentials(&self, user: &str) -> Option<(Principal, String)> {
@@ -523,6 +764,32 @@ impl Database {
     pub fn waiting_consumers(&self) -> usize {
         self.core.store.waiters()
     }
+}
+
+/// Parses SQL text: the topic dialect, or (for catalog queries only our parser refuses) the
+/// PostgreSQL compatibility parser; catalog SELECTs are rewritten for DataFusion.
+fn parse(sql: &str) -> Result<Vec<topicfusion_dialect::ParsedStatement>, ExecuteError> {
+    let mut statements = match parse_sql(sql) {
+        Ok(statements) => statements,
+        Err(source) => {
+            crate::postgres::parse_catalog_query(sql).ok_or_else(|| ExecuteError::new(0, sql.to_owned(), source))?
+        }
+    };
+    statements.iter_mut().for_each(crate::postgres::rewrite_catalog_queries);
+    Ok(statements)
+}
+
+/// Parses text that must hold at most one statement (a prepared statement).
+fn parse_one(sql: &str) -> Result<Option<topicfusion_dialect::ParsedStatement>, ExecuteError> {
+    let mut statements = parse(sql)?;
+    if statements.len() > 1 {
+        return Err(ExecuteError::new(
+            0,
+            sql.to_owned(),
+            DataFusionError::Plan("cannot insert multiple commands into a prepared statement".into()),
+        ));
+    }
+    Ok(statements.pop())
 }
 
 fn check_group_name(group: &str) -> Result<()> {

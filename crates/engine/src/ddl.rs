@@ -26,7 +26,7 @@ pub async fn create_schema(core: &Core, c: &CreateCatalogSchema) -> Result<Strin
         Some(("datafusion", s)) => s.to_owned(),
         Some((catalog, _)) => return plan_err!("catalog {catalog} does not exist"),
     };
-    if name == SYSTEM_SCHEMA {
+    if name == SYSTEM_SCHEMA || name == crate::catalog::PG_CATALOG_SCHEMA {
         return plan_err!("schema {name} is reserved");
     }
     check_new_name("schema", None, &name)?;

@@ -3,7 +3,8 @@
 //! [`Database`] opens a data dir and executes SQL. Underneath: the durable catalog
 //! ([`catalog`]), table and system providers ([`provider`]), the DML rewrite and topic-command
 //! plans ([`plan`]) and their operators ([`exec`]), the write path ([`writer`]) with change
-//! capture ([`cdc`]), topic DDL ([`topics`]), consumption ([`groups`]) and users and roles ([`users`]).
+//! capture ([`cdc`]), topic DDL ([`topics`]), consumption ([`groups`]), users and roles ([`users`]) and what PostgreSQL
+//! clients need ([`postgres`]: pg_catalog, parameters).
 
 pub mod catalog;
 pub mod cdc;
@@ -16,6 +17,7 @@ pub mod groups;
 pub mod literal_insert;
 pub mod plan;
 pub mod planner;
+pub mod postgres;
 pub mod provider;
 pub mod retention;
 pub mod topics;
@@ -23,8 +25,11 @@ pub mod types;
 pub mod users;
 pub mod writer;
 
-pub use database::{Database, DatabaseOptions, ErrorKind, ExecuteError, StatementResult, one_line};
+pub use database::{
+    Command, Database, DatabaseOptions, Description, ErrorKind, ExecuteError, Outcome, StatementResult, one_line,
+};
 pub use groups::ConsumeRequest;
+pub use postgres::ParamValue;
 pub use topicfusion_dialect::{AckTarget, MAX_EXPR_DEPTH, ParsedStatement, StartPosition, Statements, parse_sql};
 pub use topicfusion_storage::{Clock, Durability, Message};
 pub use users::{Action, PermissionDenied, Principal, Role, UserMeta};

@@ -1,6 +1,6 @@
-//! Users, roles and authorization: durable user entries (argon2 password hashes, in the catalog
-//! keyspace), `CREATE/ALTER/DROP USER`, password checks, and the one rule that decides what a
-//! role may run. Every interface (embedded, HTTP, later the PostgreSQL protocol) goes through
+//! Users, roles and authorization: durable user entries (argon2 password hashes for HTTP logins
+//! and SCRAM-SHA-256 salted passwords for the PostgreSQL protocol, in the catalog keyspace),
+//! `CREATE/ALTER/DROP USER`, password checks, and the one rule that decides what a role may run. Every interface (embedded, HTTP, later the PostgreSQL protocol) goes through
 //! [`authorize`] before a statement runs.
 
 use std::collections::BTreeMap;
@@ -103,6 +103,73 @@ pub struct UserMeta {
     pub role: String,
     pub password_hash: String,
     pub created_at_ms: i64,
+    /// The SCRAM-SHA-256 credential of the PostgreSQL protocol, set with the password (users
+    /// created before it existed have none until their password is set again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<ScramCredential>,
+}
+
+/// The iteration count of new SCRAM credentials (PostgreSQL's default).
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
+/// What a SCRAM-SHA-256 server needs of a password (RFC 5802): a random salt, the iteration
+/// count and `SaltedPassword = Hi(SASLprep(password), salt, iterations)`, base64-encoded.
+/// Like the password itself it lets its holder log in over the PostgreSQL protocol, so the data
+/// dir must be kept as private as a password file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    pub salt: String,
+    pub iterations: u32,
+    pub salted_password: String,
+}
+
+impl ScramCredential {
+    /// A new credential for `password` with a random 16-byte salt.
+    pub fn new(password: &str) -> Self {
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
+        Self::with_salt(password, &salt, SCRAM_ITERATIONS)
+    }
+
+    /// The credential for `password` with a given salt (deterministic: for tests).
+    pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> Self {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // Clients normalize with SASLprep and fall back to the raw bytes when it fails.
+        let normalized = stringprep::saslprep(password).map(|p| p.into_owned()).unwrap_or_else(|_| password.into());
+        Self {
+            salt: b64.encode(salt),
+            iterations,
+            salted_password: b64.encode(scram_hi(normalized.as_bytes(), salt, iterations)),
+        }
+    }
+
+    /// `(salt, salted password)` as bytes.
+    pub fn decode(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Some((b64.decode(&self.salt).ok()?, b64.decode(&self.salted_password).ok()?))
+    }
+}
+
+/// RFC 5802's `Hi`: PBKDF2 with HMAC-SHA-256 and one output block.
+fn scram_hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mac = Hmac::<Sha256>::new_from_slice(password).expect("HMAC takes keys of any length");
+    let mut u = {
+        let mut m = mac.clone();
+        m.update(salt);
+        m.update(&1u32.to_be_bytes());
+        m.finalize().into_bytes()
+    };
+    let mut out: [u8; 32] = u.into();
+    for _ in 1..iterations {
+        let mut m = mac.clone();
+        m.update(&u);
+        u = m.finalize().into_bytes();
+        out.iter_mut().zip(u.iter()).for_each(|(o, x)| *o ^= x);
+    }
+    out
 }
 
 impl UserMeta {
@@ -171,6 +238,7 @@ impl Users {
         let _change = self.change.lock().unwrap_or_else(|e| e.into_inner());
         let password = password.filter(|p| !p.is_empty());
         let hash = password.map(hash_password).transpose()?.unwrap_or_default();
+        let scram = password.map(ScramCredential::new);
         match self.get(ROOT_USER) {
             None => {
                 let root = UserMeta {
@@ -178,11 +246,19 @@ impl Users {
                     role: Role::System.as_str().to_owned(),
                     password_hash: hash.clone(),
                     created_at_ms: now_ms(),
+                    scram,
                 };
                 self.commit(store, Some(&root), None)?;
             }
             Some(mut root) if root.password_hash.is_empty() && !hash.is_empty() => {
                 root.password_hash = hash.clone();
+                root.scram = scram;
+                self.commit(store, Some(&root), None)?;
+            }
+            // A data dir from before SCRAM: the configured password, if it is root's, gives
+            // root its SCRAM credential.
+            Some(mut root) if root.scram.is_none() && password.is_some_and(|p| verify_hash(&root.password_hash, p)) => {
+                root.scram = scram;
                 self.commit(store, Some(&root), None)?;
             }
             Some(root) => return Ok(root.password_hash.is_empty()),
@@ -198,8 +274,7 @@ impl Users {
         let ok = if user.password_hash.is_empty() {
             loopback && password.is_empty()
         } else {
-            PasswordHash::new(&user.password_hash)
-                .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            verify_hash(&user.password_hash, password)
         };
         ok.then(|| Principal { name: user.name.clone(), role: user.role() })
     }
@@ -237,6 +312,7 @@ impl Users {
                     role: c.role.as_str().to_owned(),
                     password_hash: hash_password(&c.password)?,
                     created_at_ms: now_ms(),
+                    scram: Some(ScramCredential::new(&c.password)),
                 };
                 self.commit(store, Some(&user), None)?;
                 Ok(format!("created user {name} with role {}", c.role))
@@ -247,6 +323,7 @@ impl Users {
                     AlterUserAction::SetPassword(p) => {
                         check_password(p)?;
                         user.password_hash = hash_password(p)?;
+                        user.scram = Some(ScramCredential::new(p));
                         self.commit(store, Some(&user), None)?;
                         Ok(format!("changed the password of user {name}"))
                     }
@@ -299,6 +376,10 @@ fn check_password(password: &str) -> Result<()> {
         return plan_err!("a password can have at most {MAX_PASSWORD_BYTES} bytes");
     }
     Ok(())
+}
+
+fn verify_hash(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 fn hash_password(password: &str) -> Result<String> {

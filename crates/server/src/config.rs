@@ -28,6 +28,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_timeout_ms: u64,
+    /// `HOST:PORT` of the PostgreSQL protocol (port 0: any free port; empty: off).
+    pub pg_listen: String,
+    /// A PEM certificate chain and its private key: with both, PostgreSQL clients may use TLS.
+    pub pg_tls_cert: Option<PathBuf>,
+    pub pg_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,7 +72,14 @@ pub struct AuthConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 1024 * 1024, shutdown_timeout_ms: 10_000 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            shutdown_timeout_ms: 10_000,
+            pg_listen: "127.0.0.1:5433".into(),
+            pg_tls_cert: None,
+            pg_tls_key: None,
+        }
     }
 }
 
@@ -154,6 +166,20 @@ impl Config {
                 "expected HOST:PORT, e.g. 127.0.0.1:8080",
             );
         }
+        if self.pg_listen_addr().is_err() {
+            return invalid(
+                "server.pg_listen",
+                format!("{:?}", self.server.pg_listen),
+                "expected HOST:PORT, e.g. 127.0.0.1:5433, or \"\" for off",
+            );
+        }
+        if self.server.pg_tls_cert.is_some() != self.server.pg_tls_key.is_some() {
+            return invalid(
+                "server.pg_tls_cert",
+                format!("{:?}", self.server.pg_tls_cert),
+                "server.pg_tls_cert and server.pg_tls_key go together",
+            );
+        }
         if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 1 << 30 {
             return invalid(
                 "server.max_body_bytes",
@@ -220,5 +246,13 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.server.listen.parse()
+    }
+
+    /// The PostgreSQL protocol's address, `None` when it is off.
+    pub fn pg_listen_addr(&self) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+        match self.server.pg_listen.trim() {
+            "" => Ok(None),
+            addr => addr.parse().map(Some),
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The topicfusion server and CLI: configuration ([`config`]), authentication ([`auth`]), the
-//! HTTP API ([`http`]), `topicfusion serve` ([`serve`]) and the client of `sql --url`
-//! ([`client`]). The binary (`main.rs`) is only argument parsing and output.
+//! HTTP API ([`http`]), the PostgreSQL protocol ([`pg`]), `topicfusion serve` ([`serve`]) and
+//! the client of `sql --url` ([`client`]). The binary (`main.rs`) is only argument parsing and output.
 
 pub mod auth;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod pg;
 pub mod serve;
 
 use std::path::Path;

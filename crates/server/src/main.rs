@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (HTTP API) on a data dir.
+    /// Run the server (HTTP API and PostgreSQL protocol) on a data dir.
     Serve {
         /// A TOML configuration file (see docs/configuration.md).
         #[arg(long)]
@@ -35,6 +35,10 @@ enum Command {
         /// HOST:PORT to listen on (overrides `[server] listen`; default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// HOST:PORT of the PostgreSQL protocol (overrides `[server] pg_listen`; default
+        /// 127.0.0.1:5433; empty: off).
+        #[arg(long)]
+        pg_listen: Option<String>,
     },
     /// Run SQL statements against a data dir (embedded, as root) or a server (--url).
     Sql {
@@ -85,7 +89,7 @@ fn init_logging(default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, data_dir, listen } => {
+        Command::Serve { config, data_dir, listen, pg_listen } => {
             init_logging("info");
             let mut cfg = match config {
                 Some(path) => match Config::from_file(&path) {
@@ -103,6 +107,9 @@ fn main() -> ExitCode {
             }
             if let Some(l) = listen {
                 cfg.server.listen = l;
+            }
+            if let Some(l) = pg_listen {
+                cfg.server.pg_listen = l;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("error: {e}");

@@ -1,10 +1,11 @@
-//! `topicfusion serve`: opens the data dir, creates `root` on first start, serves the HTTP API,
-//! and shuts down cleanly on SIGINT/SIGTERM: stop accepting, end long polls, let in-flight
-//! requests finish (bounded by `server.shutdown_timeout_ms`), sync the WAL, close RocksDB.
+//! `topicfusion serve`: opens the data dir, creates `root` on first start, serves the HTTP API
+//! and the PostgreSQL protocol, and shuts down cleanly on SIGINT/SIGTERM: stop accepting, end
+//! long polls, let in-flight requests finish (bounded by `server.shutdown_timeout_ms`), sync the
+//! WAL, close RocksDB.
 //!
-//! Two runtimes: the HTTP runtime accepts connections and runs handlers; the engine runtime runs
-//! statements, commits and long polls. A slow synced commit or a heavy query therefore never
-//! holds up another client's request or a health check.
+//! Two runtimes: the front runtime accepts connections and runs HTTP handlers and PostgreSQL
+//! sessions; the engine runtime runs statements, commits and long polls. A slow synced commit or
+//! a heavy query therefore never holds up another client's request or a health check.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use topicfusion_engine::{Database, DatabaseOptions, Durability};
 use crate::auth::{LoginThrottle, TOKEN_SECRET, Tokens};
 use crate::config::Config;
 use crate::http::{AppState, app};
+use crate::pg::PgState;
 
 /// Runs the server until SIGINT or SIGTERM. Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), String> {
@@ -68,15 +70,45 @@ pub fn run(config: Config) -> Result<(), String> {
     });
 
     let addr = config.listen_addr().map_err(|e| format!("invalid server.listen: {e}"))?;
+    let pg_addr = config.pg_listen_addr().map_err(|e| format!("invalid server.pg_listen: {e}"))?;
+    let pg_state = Arc::new(PgState {
+        db: Arc::clone(&db),
+        engine: engine_rt.handle().clone(),
+        tls: None,
+        cert_pem: None,
+        connections: Default::default(),
+    });
+    let pg_state = match (&config.server.pg_tls_cert, &config.server.pg_tls_key) {
+        (Some(cert), Some(key)) => {
+            let (tls, cert_pem) = tls_acceptor(cert, key)?;
+            Arc::new(PgState {
+                tls: Some(tls),
+                cert_pem: Some(cert_pem),
+                ..Arc::into_inner(pg_state).expect("unshared")
+            })
+        }
+        _ => pg_state,
+    };
     let shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     let served = http_rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        // The one line scripts wait for (the real port when listening on port 0).
-        println!("listening on http://{local}");
+        let pg_listener = match pg_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
+            None => None,
+        };
+        // The lines scripts wait for (the real ports when listening on port 0), in one write.
+        let mut lines = format!("listening on http://{local}\n");
+        if let Some(l) = &pg_listener {
+            lines.push_str(&format!("listening on postgres://{}\n", l.local_addr().map_err(|e| e.to_string())?));
+        }
+        print!("{lines}");
         tracing::info!(%local, data_dir = %data_dir.display(), "serving");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(pg_listener) = pg_listener {
+            tokio::spawn(accept_postgres(pg_listener, pg_state, stop_rx.clone()));
+        }
         let signal_db = Arc::clone(&state.db);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -111,6 +143,56 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts PostgreSQL connections until the server stops; each runs in its own task.
+async fn accept_postgres(
+    listener: tokio::net::TcpListener,
+    state: Arc<PgState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    tokio::spawn(crate::pg::serve_connection(Arc::clone(&state), socket));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a PostgreSQL connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
+        }
+    }
+}
+
+/// The TLS acceptor of the PostgreSQL protocol, and the certificate's PEM (for SCRAM channel
+/// binding).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(pgwire::tokio::tokio_rustls::TlsAcceptor, Vec<u8>), String> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read server.pg_tls_cert {}: {e}", cert.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid server.pg_tls_cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("invalid server.pg_tls_cert {}: no certificate in it", cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("invalid server.pg_tls_key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("cannot use the TLS certificate and key: {e}"))?;
+    Ok((pgwire::tokio::tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem))
 }
 
 async fn shutdown_signal() {

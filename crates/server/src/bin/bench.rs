@@ -450,7 +450,7 @@ mod http {
             let dir = tempfile::tempdir().expect("tempdir");
             let config = dir.path().join("bench.toml");
             let toml = format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync_writes = {sync_writes}\n[topics]\nmax_consume_timeout_ms = 60000\n"
+                "[server]\nlisten = \"127.0.0.1:0\"\npg_listen = \"\"\n[storage]\nsync_writes = {sync_writes}\n[topics]\nmax_consume_timeout_ms = 60000\n"
             );
             std::fs::write(&config, toml).expect("config");
             let exe = std::env::current_exe().expect("exe").with_file_name("topicfusion");

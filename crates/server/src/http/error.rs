@@ -90,8 +90,8 @@ impl ApiError {
         let mut err = match e.kind {
             ErrorKind::Syntax => Self::new(ErrorCode::SyntaxError, message),
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
-            ErrorKind::InvalidInput => Self::new(ErrorCode::StatementFailed, message),
             ErrorKind::Internal => Self::internal(message),
+            _ => Self::new(ErrorCode::StatementFailed, message),
         };
         if e.statement > 0 {
             err.statement = Some(e.statement);
@@ -105,7 +105,7 @@ impl ApiError {
         match ErrorKind::of(&e) {
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
             ErrorKind::Internal => Self::internal(message),
-            ErrorKind::Syntax | ErrorKind::InvalidInput => Self::bad_request(message),
+            _ => Self::bad_request(message),
         }
     }
 }

@@ -47,12 +47,7 @@ impl AppState {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut handle = AbortOnDrop(self.engine.spawn(work));
-        match (&mut handle.0).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_panic() => Err(ApiError::internal(format!("engine task panicked: {e}"))),
-            Err(e) => Err(ApiError::internal(format!("engine task ended: {e}"))),
-        }
+        crate::bridge::run_on(&self.engine, work).await.map_err(ApiError::internal)
     }
 
     /// Checks a user's password, after the throttle's delay; records the outcome.
@@ -78,14 +73,6 @@ impl AppState {
                 Err(ApiError::unauthorized("wrong user name or password"))
             }
         }
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -11,12 +11,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const ROOT_PASSWORD: &str = "root-secret";
+pub const ROOT_PASSWORD: &str = "root-secret";
 
 /// A running server process; killed when dropped.
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The PostgreSQL protocol's `HOST:PORT`.
+    pub pg: String,
     http: reqwest::Client,
 }
 
@@ -24,7 +26,11 @@ impl Server {
     /// Starts `topicfusion serve` on a free port with `extra_config` appended to the TOML file.
     pub fn start(data_dir: &Path, extra_config: &str) -> Self {
         let config = data_dir.with_extension("toml");
-        std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra_config}")).unwrap();
+        std::fs::write(
+            &config,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\npg_listen = \"127.0.0.1:0\"\n{extra_config}"),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_topicfusion"))
             .args(["serve", "--config"])
             .arg(&config)
@@ -36,11 +42,17 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address: {line:?}"));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut address = |scheme: &str| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let prefix = format!("listening on {scheme}");
+            line.trim().strip_prefix(&prefix).unwrap_or_else(|| panic!("no {scheme} address: {line:?}")).to_owned()
+        };
+        let base = format!("http://{}", address("http://"));
+        let pg = address("postgres://");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Self { child, base: base.to_owned(), http }
+        Self { child, base, pg, http }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -87,7 +99,7 @@ impl Drop for Server {
     }
 }
 
-fn data_dir() -> (tempfile::TempDir, PathBuf) {
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     (dir, data)
@@ -95,7 +107,7 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
 
 /// Creates `app.t (id BIGINT PRIMARY KEY, v TEXT)` feeding topic `ev` (1 partition) and one user
 /// per role, named after the role, password `pw`.
-async fn setup(server: &Server) {
+pub async fn setup(server: &Server) {
     server
         .sql(
             "CREATE SCHEMA app; CREATE TABLE app.t (id BIGINT PRIMARY KEY, v TEXT);
@@ -260,7 +272,7 @@ fn repeated_failed_logins_are_slowed_down() {
 async fn root_without_a_password_logs_in_from_loopback_only() {
     let (_tmp, data) = data_dir();
     let config = data.with_extension("toml");
-    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\npg_listen = \"\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_topicfusion"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -678,6 +690,8 @@ fn bad_configuration_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (config, key) in [
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[server]\npg_listen = \"5433\"\n", "server.pg_listen"),
+        ("[server]\npg_tls_cert = \"/nonexistent.pem\"\n", "server.pg_tls_cert"),
         ("[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n", "max_body"),
         ("[topics]\nmax_consume_timeout_ms = 999999999\n", "topics.max_consume_timeout_ms"),
         ("[topics]\ndefault_visibility_timeout_ms = 0\n", "topics.default_visibility_timeout_ms"),

@@ -6,6 +6,7 @@ mod concurrency;
 mod consume;
 mod crash;
 mod http;
+mod postgres;
 mod retention;
 mod robustness;
 mod write_path;

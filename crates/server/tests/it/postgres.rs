@@ -1,0 +1,311 @@
+//! The PostgreSQL protocol, tested against the real `topicfusion serve` process with real
+//! clients: tokio-postgres (extended protocol, SCRAM, cancel requests), psql (simple protocol,
+//! `\dt`, `\d`, `\du`, SQLSTATEs, TLS) and Python's psycopg (tests/it/psycopg_client.py).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::http::{ROOT_PASSWORD, Server, data_dir, setup};
+
+async fn connect(server: &Server, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .user(user)
+        .password(password)
+        .dbname("topicfusion")
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The rows of a simple query, cells as text (`NULL` for null).
+async fn simple_rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_owned()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| format!("not a server error: {e}"))
+}
+
+#[tokio::test]
+async fn prepared_statements_with_parameters_and_typed_results() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let client = connect(&server, "root", ROOT_PASSWORD).await.unwrap();
+    // Parameter types are inferred from the table; the INSERT takes the literal fast path.
+    let insert = client.prepare("INSERT INTO app.t (id, v) VALUES ($1, $2)").await.unwrap();
+    assert_eq!(insert.params(), [tokio_postgres::types::Type::INT8, tokio_postgres::types::Type::TEXT]);
+    for (id, v) in [(1i64, "one"), (2, "it's two"), (3, "x'); DROP TABLE app.t; --")] {
+        assert_eq!(client.execute(&insert, &[&id, &v]).await.unwrap(), 1);
+    }
+    let n = client.execute("INSERT INTO app.t (id, v) VALUES ($1, NULL)", &[&i64::MAX]).await.unwrap();
+    assert_eq!(n, 1);
+    let rows = client.query("SELECT id, v FROM app.t WHERE id >= $1 ORDER BY id", &[&2i64]).await.unwrap();
+    let got: Vec<(i64, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(2, Some("it's two".into())), (3, Some("x'); DROP TABLE app.t; --".into())), (i64::MAX, None)]);
+    // Result columns carry their types, in binary and text.
+    let row = client
+        .query_one("SELECT CAST(1.5 AS DOUBLE) AS f, true AS b, CAST(7 AS INT) AS i, 'x' AS s", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, f64>(0), row.get::<_, bool>(1), row.get::<_, i32>(2), row.get::<_, &str>(3)),
+        (1.5, true, 7, "x")
+    );
+    // UPDATE and DELETE report their counts; parameters in WHERE are typed by the column.
+    assert_eq!(client.execute("UPDATE app.t SET v = $1 WHERE id = $2", &[&"uno", &1i64]).await.unwrap(), 1);
+    assert_eq!(client.execute("DELETE FROM app.t WHERE id > $1", &[&2i64]).await.unwrap(), 2);
+    assert_eq!(simple_rows(&client, "SELECT id, v FROM app.t ORDER BY id").await, [["1", "uno"], ["2", "it's two"]]);
+    // Errors carry SQLSTATEs.
+    let e = client.execute(&insert, &[&1i64, &"dup"]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::UNIQUE_VIOLATION), "{e}");
+    let e = client.execute("INSERT INTO app.t (id, v) VALUES (NULL, 'x')", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::NOT_NULL_VIOLATION), "{e}");
+    let e = client.query("SELECT * FROM app.missing", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE), "{e}");
+    let e = client.query("SELEC 1", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
+    let e = client.query("SELECT 1; SELECT 2", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
+    let e = client.query("CONSUME FROM app.missing", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_OBJECT), "{e}");
+    // A parameter that does not fit its type is refused, and the connection goes on.
+    let e = client.query("SELECT v FROM app.t WHERE id = $1", &[&"seven"]).await.unwrap_err();
+    assert!(e.to_string().contains("error serializing") || e.code().is_some(), "{e}");
+    assert_eq!(simple_rows(&client, "SELECT count(*) FROM app.t").await, [["2"]]);
+    // BEGIN/COMMIT are accepted (each statement commits on its own).
+    client.batch_execute("BEGIN; INSERT INTO app.t VALUES (5, 'five'); COMMIT").await.unwrap();
+    assert_eq!(simple_rows(&client, "SELECT v FROM app.t WHERE id = 5").await, [["five"]]);
+}
+
+#[tokio::test]
+async fn consume_waits_is_woken_by_another_connection_acks_and_is_cancelled() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let consumer = connect(&server, "u_service", "pw").await.unwrap();
+    let writer = connect(&server, "u_user", "pw").await.unwrap();
+    let consume = "CONSUME FROM app.ev GROUP 'g' FROM EARLIEST LIMIT 10 WITH (timeout_ms = 20000)";
+    // A waiting CONSUME (extended protocol) is woken by an INSERT on another connection.
+    let started = Instant::now();
+    let wait = tokio::spawn(async move {
+        let rows = consumer.query(consume, &[]).await.unwrap();
+        (consumer, rows)
+    });
+    while server.long_polls().await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.execute("INSERT INTO app.t VALUES ($1, $2)", &[&42i64, &"woke"]).await.unwrap();
+    let (consumer, rows) = wait.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "the INSERT did not wake the CONSUME");
+    assert_eq!(rows.len(), 1);
+    let payload: &str = rows[0].get("payload");
+    assert_eq!(payload, r#"{"id":42,"v":"woke"}"#);
+    let offset: i64 = rows[0].get::<_, i64>("offset");
+    // ACK moves the group past it; the next CONSUME waits again and a cancel request ends it.
+    let acked = simple_rows(&consumer, &format!("ACK app.ev GROUP 'g' PARTITION 0 UPTO OFFSET {offset}")).await;
+    assert!(acked[0][0].contains(&format!("up to offset {offset}")), "{acked:?}");
+    let cancel = consumer.cancel_token();
+    let wait = tokio::spawn(async move { consumer.query(consume, &[]).await.map(|r| r.len()) });
+    while server.long_polls().await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel_query(NoTls).await.unwrap();
+    let e = wait.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e}");
+    while server.long_polls().await != 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The cancelled wait claimed nothing: the next message goes to the next CONSUME.
+    writer.execute("INSERT INTO app.t VALUES (43, 'after')", &[]).await.unwrap();
+    let again = connect(&server, "u_service", "pw").await.unwrap();
+    let rows = simple_rows(&again, "CONSUME FROM app.ev GROUP 'g' LIMIT 10").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0][7].contains("after"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn scram_logins_and_the_role_matrix() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    for (user, password) in [("u_service", "wrong"), ("nobody", "pw"), ("root", "")] {
+        let e = connect(&server, user, password).await.err().unwrap_or_else(|| panic!("{user} logged in"));
+        assert!(sqlstate(&e) == "28P01" || e.to_string().contains("password"), "{user}: {e}");
+    }
+    let user = connect(&server, "u_user", "pw").await.unwrap();
+    let service = connect(&server, "u_service", "pw").await.unwrap();
+    let dba = connect(&server, "u_dba", "pw").await.unwrap();
+    // Role user: tables yes; CONSUME, DDL, system.users no.
+    user.execute("INSERT INTO app.t VALUES (1, 'a')", &[]).await.unwrap();
+    for sql in [
+        "CONSUME FROM app.ev GROUP 'g'",
+        "CREATE TOPIC app.x",
+        "SELECT * FROM system.users",
+        "CREATE TABLE app.y (a INT)",
+    ] {
+        let e = user.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {e}");
+    }
+    // Role service consumes and acks, no DDL; dba runs DDL and manages users.
+    assert_eq!(simple_rows(&service, "CONSUME FROM app.ev GROUP 'g' FROM EARLIEST").await.len(), 1);
+    simple_rows(&service, "ACK app.ev GROUP 'g' PARTITION 0 UPTO OFFSET 0").await;
+    assert_eq!(sqlstate(&service.simple_query("DROP TOPIC app.ev").await.unwrap_err()), "42501");
+    dba.batch_execute("CREATE TOPIC app.x; CREATE USER late WITH PASSWORD 'pw2' ROLE service").await.unwrap();
+    // A user created over the wire logs in with SCRAM; a password change ends the old one.
+    let late = connect(&server, "late", "pw2").await.unwrap();
+    assert_eq!(simple_rows(&late, "SELECT 1").await, [["1"]]);
+    late.batch_execute("ALTER USER late SET PASSWORD 'pw3'").await.unwrap();
+    assert!(connect(&server, "late", "pw2").await.is_err());
+    connect(&server, "late", "pw3").await.unwrap();
+    // A role change applies to the next statement of an open connection.
+    dba.batch_execute("ALTER USER late SET ROLE user").await.unwrap();
+    assert_eq!(sqlstate(&late.simple_query("CONSUME FROM app.ev GROUP 'z'").await.unwrap_err()), "42501");
+}
+
+fn psql(server: &Server, user: &str, password: &str, args: &[&str]) -> (bool, String) {
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let out = Command::new("psql")
+        .args(["-h", host, "-p", port, "-U", user, "-d", "topicfusion", "-X", "-v", "VERBOSITY=verbose"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (Debian's postgresql-client; scripts/setup.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn psql_runs_the_dialect_and_its_describe_commands() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let (ok, out) = psql(
+        &server,
+        "root",
+        ROOT_PASSWORD,
+        &[
+            "-c",
+            "CREATE TABLE app.orders (id BIGINT PRIMARY KEY, item TEXT NOT NULL, qty INT DEFAULT 1)",
+            "-c",
+            "INSERT INTO app.orders (id, item) VALUES (1, 'pen'), (2, 'ink')",
+            "-c",
+            "SELECT id, item, qty FROM app.orders ORDER BY id",
+            "-c",
+            "INSERT INTO app.t VALUES (7, 'seven')",
+            "-c",
+            "CONSUME FROM app.ev GROUP 'p' FROM EARLIEST WITH (timeout_ms = 100)",
+        ],
+    );
+    assert!(ok, "{out}");
+    for expected in
+        ["CREATE TABLE", "INSERT 0 2", " 1 | pen  |   1", "(2 rows)", "INSERT 0 1", r#"{"id":7,"v":"seven"}"#]
+    {
+        assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
+    }
+    let (ok, out) = psql(&server, "root", ROOT_PASSWORD, &["-c", r"\dt app.*"]);
+    assert!(ok && out.contains("orders") && out.contains(" t "), "{out}");
+    let (ok, out) = psql(&server, "root", ROOT_PASSWORD, &["-c", r"\d app.orders"]);
+    assert!(ok, "{out}");
+    for expected in ["Table \"app.orders\"", "id", "bigint", "not null", "item", "text", "qty", "integer"] {
+        assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
+    }
+    let (ok, out) = psql(&server, "root", ROOT_PASSWORD, &["-c", r"\du"]);
+    assert!(ok, "{out}");
+    for expected in ["root", "Superuser", "u_dba", "u_user"] {
+        assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
+    }
+    // Errors with their SQLSTATEs, as psql shows them.
+    for (sql, state) in [
+        ("INSERT INTO app.orders (id, item) VALUES (1, 'again')", "23505"),
+        ("INSERT INTO app.orders (id) VALUES (3)", "23502"),
+        ("SELECT * FROM app.nothing", "42P01"),
+        ("CREAT TABLE x (a INT)", "42601"),
+    ] {
+        let (ok, out) = psql(&server, "root", ROOT_PASSWORD, &["-c", sql]);
+        assert!(!ok && out.contains(&format!("ERROR:  {state}")), "{sql}: {out}");
+    }
+    let (ok, out) = psql(&server, "u_user", "pw", &["-c", "CREATE TOPIC app.nope"]);
+    assert!(!ok && out.contains("ERROR:  42501"), "{out}");
+    let (ok, out) = psql(&server, "u_user", "wrong", &["-c", "SELECT 1"]);
+    assert!(!ok && out.contains("password authentication failed for user \"u_user\""), "{out}");
+}
+
+#[tokio::test]
+async fn tls_when_configured() {
+    let (tmp, data) = data_dir();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config =
+        format!("pg_tls_cert = {:?}\npg_tls_key = {:?}\n", cert.display().to_string(), key.display().to_string());
+    let server = Server::start(&data, &config);
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let out = Command::new("psql")
+        .arg(format!("host={host} port={port} user=root dbname=x sslmode=require"))
+        .args(["-X", "-A", "-t", "-c", "SELECT 'secure'"])
+        .env("PGPASSWORD", ROOT_PASSWORD)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("secure"), "{text}");
+}
+
+#[tokio::test]
+async fn psycopg_connects_binds_consumes_and_acks() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/psycopg_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&server.pg)
+        .arg(ROOT_PASSWORD)
+        .output()
+        .expect("python3 with psycopg (scripts/setup.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "psycopg script failed:\n{text}");
+    assert!(text.contains("psycopg: all checks passed"), "{text}");
+}
+
+/// RFC 7677's SCRAM-SHA-256 example (user "user", password "pencil", 4096 iterations): the
+/// server signature computed from our stored salted password is the RFC's.
+#[test]
+fn scram_credentials_match_rfc_7677() {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt = b64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+    let credential = topicfusion_engine::users::ScramCredential::with_salt("pencil", &salt, 4096);
+    let (_, salted) = credential.decode().unwrap();
+    let mut server_key = Hmac::<Sha256>::new_from_slice(&salted).unwrap();
+    server_key.update(b"Server Key");
+    let server_key = server_key.finalize().into_bytes();
+    let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+    let mut signature = Hmac::<Sha256>::new_from_slice(&server_key).unwrap();
+    signature.update(auth_message.as_bytes());
+    assert_eq!(b64.encode(signature.finalize().into_bytes()), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+}
