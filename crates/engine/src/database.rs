@@ -714,6 +714,11 @@ impl Database {
         self.core.users.verify(user, password, loopback)
     }
 
+    /// A user as the principal statements run as (current role), or `None` if it does not exist.
+    pub fn principal(&self, name: &str) -> Option<Principal> {
+        self.core.users.principal(name)
+    }
+
     /// A stored user (its credentials included), or `None` if the user does not exist.
     pub fn user(&self, name: &str) -> Option<crate::users::UserMeta> {
         self.core.users.get(name)

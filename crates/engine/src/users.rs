@@ -208,6 +208,11 @@ impl Users {
         self.users.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
+    pub fn principal(&self, name: &str) -> Option<Principal> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.get(name).map(|u| Principal { name: u.name.clone(), role: u.role() })
+    }
+
     pub fn list(&self) -> Vec<UserMeta> {
         self.users.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }

@@ -187,8 +187,8 @@ fn statement_error(e: ExecuteError) -> PgWireError {
 /// next statement; a dropped user's connection can run nothing more).
 fn principal<C: ClientInfo>(db: &Database, client: &C) -> PgWireResult<Principal> {
     let name = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
-    match db.user_credentials(&name) {
-        Some((principal, _)) => Ok(principal),
+    match db.principal(&name) {
+        Some(principal) => Ok(principal),
         None => Err(fatal("28000", format!("user {name} does not exist any more"))),
     }
 }
