@@ -559,6 +559,15 @@ impl Database {
                                     .into(),
                             ));
                         }
+                        // DataFusion keeps them in the session every connection shares, and
+                        // EXECUTE would run a plan authorized for whoever prepared it.
+                        SqlStatement::Prepare { .. }
+                        | SqlStatement::Execute { .. }
+                        | SqlStatement::Deallocate { .. } => {
+                            return datafusion::common::plan_err!(
+                                "PREPARE, EXECUTE and DEALLOCATE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
+                            );
+                        }
                         SqlStatement::Rollback { .. } => {
                             return Ok(status_result(
                                 "topicfusion has no multi-statement transactions: every statement since BEGIN has committed on its own and none was rolled back".into(),

@@ -247,7 +247,9 @@ where
 fn status_text(batches: &[RecordBatch]) -> String {
     batches
         .iter()
-        .filter_map(|b| b.columns().first()?.as_any().downcast_ref::<StringArray>().map(|a| a.value(0).to_owned()))
+        .filter_map(|b| {
+            b.columns().first()?.as_any().downcast_ref::<StringArray>()?.iter().flatten().next().map(str::to_owned)
+        })
         .next()
         .unwrap_or_default()
 }
