@@ -87,11 +87,7 @@ pub fn rewrite_catalog_queries(parsed: &mut ParsedStatement) {
         // works on tokens.
         match compatibility_parser().parse(&parsed.sql).ok().and_then(|s| <[_; 1]>::try_from(s).ok()) {
             Some([rewritten]) => **st = rewritten,
-            None => {
-                let original =
-                    std::mem::replace(st.as_mut(), sql::Statement::Commit { chain: false, end: false, modifier: None });
-                **st = compatibility_parser().rewrite(original);
-            }
+            None => **st = compatibility_parser().rewrite((**st).clone()),
         }
         rewrite_array_subqueries(st.as_mut());
     }

@@ -199,19 +199,20 @@ struct Queries {
     engine: Handle,
 }
 
-impl Queries {
-    /// Runs `work` on the engine runtime; dropping the future (cancel request, closed
-    /// connection) aborts it at its next await point.
-    async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> PgWireResult<T> {
-        crate::bridge::run_on(&self.engine, work).await.map_err(|e| {
-            tracing::error!(error = %e, "engine task failed");
-            PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "XX000".into(),
-                "internal error: see the server log".into(),
-            )))
-        })
-    }
+/// Runs `work` on the engine runtime; dropping the future (cancel request, closed connection)
+/// aborts it at its next await point.
+async fn run_on_engine<T: Send + 'static>(
+    engine: &Handle,
+    work: impl Future<Output = T> + Send + 'static,
+) -> PgWireResult<T> {
+    crate::bridge::run_on(engine, work).await.map_err(|e| {
+        tracing::error!(error = %e, "engine task failed");
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "XX000".into(),
+            "internal error: see the server log".into(),
+        )))
+    })
 }
 
 /// A statement's result as a PostgreSQL response. BEGIN and COMMIT change the transaction
@@ -317,7 +318,7 @@ impl SimpleQueryHandler for Queries {
     {
         let principal = principal(&self.db, client)?;
         let (db, sql) = (Arc::clone(&self.db), query.to_owned());
-        let results = self.run(async move { db.execute_as(&principal, &sql).await }).await?;
+        let results = run_on_engine(&self.engine, async move { db.execute_as(&principal, &sql).await }).await?;
         let mut responses = Vec::new();
         for result in results.map_err(statement_error)? {
             responses.push(response(client, result, &Format::UnifiedText).await?);
@@ -351,9 +352,8 @@ impl QueryParser for Describer {
     {
         let principal = principal(&self.db, client)?;
         let (db, text) = (Arc::clone(&self.db), sql.to_owned());
-        let described = crate::bridge::run_on(&self.engine, async move { db.describe(&principal, &text).await })
-            .await
-            .map_err(|e| PgWireError::ApiError(e.into()))?
+        let described = run_on_engine(&self.engine, async move { db.describe(&principal, &text).await })
+            .await?
             .map_err(statement_error)?;
         let Some(d) = described else { return Ok(None) };
         let parameters = (0..d.parameters.len().max(types.len()))
@@ -400,7 +400,8 @@ impl ExtendedQueryHandler for Queries {
             .collect::<PgWireResult<Vec<_>>>()?;
         let principal = principal(&self.db, client)?;
         let (db, sql) = (Arc::clone(&self.db), prepared.sql.clone());
-        let result = self.run(async move { db.execute_with_params(&principal, &sql, &params).await }).await?;
+        let result =
+            run_on_engine(&self.engine, async move { db.execute_with_params(&principal, &sql, &params).await }).await?;
         match result.map_err(statement_error)? {
             Some(result) => response(client, result, &portal.result_column_format).await,
             None => Ok(Response::EmptyQuery),

@@ -84,9 +84,13 @@ async fn prepared_statements_with_parameters_and_typed_results() {
     assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
     let e = client.query("CONSUME FROM app.missing", &[]).await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_OBJECT), "{e}");
-    // A parameter that does not fit its type is refused, and the connection goes on.
-    let e = client.query("SELECT v FROM app.t WHERE id = $1", &[&"seven"]).await.unwrap_err();
-    assert!(e.to_string().contains("error serializing") || e.code().is_some(), "{e}");
+    // A parameter declared text that cannot be compared with the column is refused by the
+    // server (a bound string stays a string), and the connection goes on.
+    let e = client
+        .query_typed("SELECT v FROM app.t WHERE id = $1", &[(&"seven", tokio_postgres::types::Type::TEXT)])
+        .await
+        .unwrap_err();
+    assert!(e.as_db_error().is_some(), "not refused by the server: {e}");
     assert_eq!(simple_rows(&client, "SELECT count(*) FROM app.t").await, [["2"]]);
     // BEGIN/COMMIT are accepted (each statement commits on its own).
     client.batch_execute("BEGIN; INSERT INTO app.t VALUES (5, 'five'); COMMIT").await.unwrap();
