@@ -5,11 +5,13 @@ pub mod ast;
 pub mod parser;
 #[cfg(test)]
 mod proptests;
+pub mod values;
 
 pub use ast::*;
 pub use parser::{
     MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, parse_expr_checked, parse_sql,
 };
+pub use values::{Literal, ValuesInsert, literal_of, scan_values_insert};
 
 /// The sqlparser version DataFusion uses, re-exported so every crate agrees on it.
 pub use datafusion_sql::sqlparser;

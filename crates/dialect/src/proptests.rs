@@ -297,3 +297,79 @@ proptest! {
         let _ = parse_sql(&tokens.join(" "));
     }
 }
+
+/// Pieces of `INSERT ... VALUES` texts: the forms the VALUES scanner reads and many it must
+/// leave to sqlparser.
+fn insert_word() -> impl Strategy<Value = String> {
+    prop_oneof![
+        12 => "[a-zA-Z_][a-zA-Z0-9_]{0,6}",
+        1 => proptest::sample::select(datafusion_sql::sqlparser::keywords::ALL_KEYWORDS).prop_map(|k| k.to_lowercase()),
+        1 => "[a-zA-Z ._$#@é\"]{1,6}".prop_map(|s| format!("\"{s}\"")),
+        1 => "[a-z]{1,3}[$#@é][a-z]{0,2}",
+    ]
+}
+
+fn insert_cell() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => any::<i64>().prop_map(|n| n.to_string()),
+        3 => "-?[0-9]{1,20}(\\.[0-9]{0,6})?",
+        1 => "-? ?\\.?[0-9]{1,4}(e-?[0-9])?",
+        3 => "[a-zA-Z0-9 '\\\\é\"(),;-]{0,8}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+        1 => "'[a-z']{0,6}'",
+        2 => proptest::sample::select(&["NULL", "null", "TRUE", "False"][..]).prop_map(str::to_owned),
+        1 => proptest::sample::select(&["DEFAULT", "1 + 1", "DATE '2020-01-01'", "E'x'", "x'00'", "'a' 'b'", "-'1'",
+            "--c\n1", "/*c*/1", "+1", "(1)", "1a", "0x1f", "1_000"][..])
+            .prop_map(str::to_owned),
+    ]
+}
+
+fn insert_statement() -> impl Strategy<Value = String> {
+    let space = proptest::sample::select(&["", " ", "  ", "\n", "\t", " \r\n"][..]);
+    (
+        proptest::collection::vec(insert_word(), 1..4),
+        proptest::option::of(proptest::collection::vec(insert_word(), 1..4)),
+        proptest::collection::vec(proptest::collection::vec(insert_cell(), 1..4), 1..4),
+        proptest::collection::vec(space, 8),
+        proptest::sample::select(&["", "", "", ";", ";", " ; ", ";;", " RETURNING id", " ON CONFLICT DO NOTHING"][..]),
+    )
+        .prop_map(|(name, columns, rows, sp, tail)| {
+            let columns =
+                columns.map_or(String::new(), |c| format!("{}({}){}", sp[0], c.join(&format!(",{}", sp[1])), sp[2]));
+            let rows: Vec<String> =
+                rows.iter().map(|r| format!("({}{}{})", sp[3], r.join(&format!("{},", sp[4])), sp[5])).collect();
+            format!("{}InSeRt into {}{columns} {}values{}{}{tail}", sp[6], name.join("."), sp[7], sp[3], rows.join(","))
+        })
+}
+
+proptest! {
+    // About one generated text in six is one the scanner reads; the rest check it declines.
+    #![proptest_config(ProptestConfig { cases: 3 * CASES, ..ProptestConfig::default() })]
+
+    /// Where the VALUES scanner answers, sqlparser parses the same text into one INSERT with the
+    /// same table, columns, literal cells and statement text.
+    #[test]
+    fn the_values_scanner_agrees_with_sqlparser(sql in insert_statement()) {
+        use datafusion_sql::sqlparser::ast::{SetExpr, Statement as SqlStatement, TableObject};
+        let Some(fast) = crate::values::scan_values_insert(&sql) else { return Ok(()) };
+        let parsed = parse_sql(&sql);
+        prop_assert!(parsed.is_ok(), "scanned but does not parse: {sql:?}: {:?}", parsed.err());
+        let mut parsed = parsed.unwrap();
+        prop_assert_eq!(parsed.len(), 1, "{:?}", sql);
+        let parsed = parsed.remove(0);
+        prop_assert_eq!(parsed.sql.as_str(), fast.sql);
+        let Statement::DataFusion(df) = parsed.statement else { panic!("{sql:?} is not a DataFusion statement") };
+        let datafusion_sql::parser::Statement::Statement(st) = *df else { panic!("{sql:?}: not sqlparser's") };
+        let SqlStatement::Insert(insert) = *st else { panic!("{sql:?} is not an INSERT") };
+        prop_assert_eq!(&insert.table, &TableObject::TableName(fast.table.clone()), "{:?}", sql);
+        let columns: Vec<_> = fast.columns.iter().map(|c| datafusion_sql::sqlparser::ast::ObjectName::from(vec![c.clone()])).collect();
+        prop_assert_eq!(&insert.columns, &columns, "{:?}", sql);
+        prop_assert!(insert.table_alias.is_none() && insert.returning.is_none() && insert.on.is_none(), "{:?}", sql);
+        let source = insert.source.expect("VALUES");
+        prop_assert!(source.with.is_none() && source.order_by.is_none() && source.limit_clause.is_none());
+        let SetExpr::Values(values) = *source.body else { panic!("{sql:?}: not VALUES") };
+        let cells: Vec<_> = values.rows.iter().flat_map(|r| r.content.iter()).map(crate::values::literal_of).collect();
+        let expected: Vec<_> = fast.cells.iter().cloned().map(Some).collect();
+        prop_assert_eq!(cells, expected, "{:?}", sql);
+        prop_assert!(values.rows.iter().all(|r| r.content.len() == fast.width));
+    }
+}

@@ -383,6 +383,19 @@ impl Database {
     /// Executes every statement of `sql` in order as `principal`, each checked against its role
     /// before it runs; stops at the first failing statement.
     pub async fn execute_as(&self, principal: &Principal, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
+        // Bulk and single-row INSERTs of literals skip the SQL parser (same rows, same checks).
+        if let Some(scanned) = topicfusion_dialect::scan_values_insert(sql) {
+            let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
+            if let Some(fast) = fast {
+                let command = Command { name: "INSERT", outcome: Outcome::RowCount };
+                return match self.insert_rows(fast).await {
+                    Ok((schema, batches)) => {
+                        Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches }])
+                    }
+                    Err(source) => Err(ExecuteError::new(1, scanned.sql.to_owned(), source)),
+                };
+            }
+        }
         let statements = parse(sql)?;
         let mut out = Vec::with_capacity(statements.len());
         for (i, parsed) in statements.into_iter().enumerate() {

@@ -17,9 +17,9 @@ use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::common::{Result, plan_err};
 use topicfusion_dialect::sqlparser::ast::{
-    Expr, Ident, Insert, ObjectName, Parens, Query, SetExpr, TableObject, UnaryOperator, Value as SqlValue,
-    ValueWithSpan, Values,
+    Expr, Ident, Insert, ObjectName, Parens, Query, SetExpr, TableObject, Value as SqlValue, Values,
 };
+use topicfusion_dialect::{Literal, ValuesInsert, literal_of};
 use topicfusion_storage::Value;
 
 use crate::catalog::{CatalogState, Table};
@@ -36,6 +36,10 @@ pub struct LiteralInsert {
 /// The target table of an INSERT, if it is a durable table.
 fn target_table(catalog: &CatalogState, insert: &Insert) -> Option<Arc<Table>> {
     let TableObject::TableName(name) = &insert.table else { return None };
+    durable_table(catalog, name)
+}
+
+fn durable_table(catalog: &CatalogState, name: &ObjectName) -> Option<Arc<Table>> {
     let (schema, table) = resolve_name(name).ok()?;
     catalog.table(&schema, &table).cloned()
 }
@@ -51,14 +55,13 @@ fn is_default_keyword(e: &Expr) -> bool {
 
 /// The column indices an INSERT names (all columns in order when it names none); `None` for
 /// unknown or repeated names (DataFusion reports them).
-fn target_columns(table: &Table, columns: &[ObjectName]) -> Option<Vec<usize>> {
-    if columns.is_empty() {
+fn target_columns<'a>(table: &Table, columns: impl ExactSizeIterator<Item = Option<&'a Ident>>) -> Option<Vec<usize>> {
+    if columns.len() == 0 {
         return Some((0..table.meta.columns.len()).collect());
     }
     let mut out = Vec::with_capacity(columns.len());
     for c in columns {
-        let [part] = c.0.as_slice() else { return None };
-        let name = normalize(part.as_ident()?);
+        let name = normalize(c?);
         let i = table.meta.columns.iter().position(|m| m.name == name)?;
         if out.contains(&i) {
             return None;
@@ -66,6 +69,25 @@ fn target_columns(table: &Table, columns: &[ObjectName]) -> Option<Vec<usize>> {
         out.push(i);
     }
     Some(out)
+}
+
+/// The single-part names of an INSERT's column list (`None` for a qualified one).
+fn column_idents(columns: &[ObjectName]) -> impl ExactSizeIterator<Item = Option<&Ident>> {
+    columns.iter().map(|c| match c.0.as_slice() {
+        [part] => part.as_ident(),
+        _ => None,
+    })
+}
+
+/// The rows of an INSERT the VALUES scanner read, when this path converts them exactly; `None`
+/// sends the statement to the full parser (DEFAULTs, strings it cannot cast, ...).
+pub fn from_scanned(catalog: &CatalogState, insert: &ValuesInsert<'_>) -> Option<LiteralInsert> {
+    let table = durable_table(catalog, &insert.table)?;
+    let targets = target_columns(&table, insert.columns.iter().map(Some))?;
+    if insert.width != targets.len() {
+        return None;
+    }
+    rows_of(table, &targets, &insert.cells)
 }
 
 /// The one entry for an INSERT: expands its DEFAULTs in place (for both paths) and returns its
@@ -112,7 +134,7 @@ fn expand_defaults(table: &Table, insert: &mut Insert) -> Result<()> {
     if !values.rows.iter().any(|r| r.content.iter().any(is_default_keyword)) {
         return Ok(());
     }
-    let Some(targets) = target_columns(table, &insert.columns) else { return Ok(()) };
+    let Some(targets) = target_columns(table, column_idents(&insert.columns)) else { return Ok(()) };
     for row in values.rows.iter_mut() {
         for (j, cell) in row.content.iter_mut().enumerate() {
             if is_default_keyword(cell) {
@@ -162,25 +184,37 @@ fn literal_insert(table: Arc<Table>, insert: &Insert) -> Option<LiteralInsert> {
     if !simple_query || values.explicit_row || values.value_keyword || values.rows.is_empty() {
         return None;
     }
-    let targets = target_columns(&table, &insert.columns)?;
+    let targets = target_columns(&table, column_idents(&insert.columns))?;
     if values.rows.iter().any(|r| r.content.len() != targets.len()) {
         return None;
     }
+    let cells: Vec<Literal<'_>> =
+        values.rows.iter().flat_map(|r| r.content.iter()).map(literal_of).collect::<Option<_>>()?;
+    rows_of(table, &targets, &cells)
+}
+
+/// Full table rows from literal cells (row after row, one per target column), or `None` when a
+/// cell does not convert exactly.
+fn rows_of(table: Arc<Table>, targets: &[usize], cells: &[Literal<'_>]) -> Option<LiteralInsert> {
+    let width = targets.len();
+    if width == 0 || cells.is_empty() || !cells.len().is_multiple_of(width) {
+        return None;
+    }
+    let rows_len = cells.len() / width;
     let n = table.meta.columns.len();
     let mut columns: Vec<Option<Vec<Value>>> = vec![None; n];
     for (j, &i) in targets.iter().enumerate() {
-        let cells: Vec<&Expr> = values.rows.iter().map(|r| &r.content[j]).collect();
-        columns[i] = Some(convert_column(&cells, table.meta.columns[i].data_type)?);
+        let column: Vec<&Literal<'_>> = cells[j..].iter().step_by(width).collect();
+        columns[i] = Some(convert_column(&column, table.meta.columns[i].data_type)?);
     }
     // Columns the INSERT does not name: their literal DEFAULT, or NULL.
-    let rows_len = values.rows.len();
     for (i, column) in columns.iter_mut().enumerate() {
         if column.is_none() {
             let value = match &table.meta.columns[i].default {
                 None => Value::Null,
                 Some(sql) => {
                     let e = topicfusion_dialect::parse_expr_checked(sql).ok()?;
-                    convert_column(&[&e], table.meta.columns[i].data_type)?.pop()?
+                    convert_column(&[&literal_of(&e)?], table.meta.columns[i].data_type)?.pop()?
                 }
             };
             *column = Some(vec![value; rows_len]);
@@ -190,38 +224,6 @@ fn literal_insert(table: Arc<Table>, insert: &Insert) -> Option<LiteralInsert> {
         columns.into_iter().map(|c| c.unwrap_or_default().into_iter()).collect();
     let rows = (0..rows_len).map(|_| columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect()).collect();
     Some(LiteralInsert { table, rows })
-}
-
-/// A literal cell.
-enum Cell<'a> {
-    Null,
-    /// A number with its sign.
-    Number {
-        negative: bool,
-        digits: &'a str,
-    },
-    String(&'a str),
-    Boolean(bool),
-}
-
-fn cell(e: &Expr) -> Option<Cell<'_>> {
-    let (negative, value) = match e {
-        Expr::Value(ValueWithSpan { value, .. }) => (false, value),
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match expr.as_ref() {
-            Expr::Value(ValueWithSpan { value: v @ SqlValue::Number(..), .. }) => (true, v),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(match value {
-        SqlValue::Null => Cell::Null,
-        SqlValue::Number(digits, false) if !negative || !digits.starts_with('-') => {
-            Cell::Number { negative, digits: digits.as_str() }
-        }
-        SqlValue::SingleQuotedString(s) => Cell::String(s),
-        SqlValue::Boolean(b) => Cell::Boolean(*b),
-        _ => return None,
-    })
 }
 
 /// A number literal as DataFusion reads it with `parse_float_as_decimal`: an i64 when it is
@@ -250,15 +252,14 @@ fn number(negative: bool, digits: &str) -> Option<(i128, u32, bool)> {
 }
 
 /// Converts one column's cells to the column type, or `None` when DataFusion should decide.
-fn convert_column(cells: &[&Expr], ty: ColumnType) -> Option<Vec<Value>> {
-    let cells: Vec<Cell> = cells.iter().map(|e| cell(e)).collect::<Option<_>>()?;
+fn convert_column(cells: &[&Literal<'_>], ty: ColumnType) -> Option<Vec<Value>> {
     // Strings for a non-text column: one Arrow cast of the whole column, as DataFusion's CAST.
-    if ty != ColumnType::Text && cells.iter().any(|c| matches!(c, Cell::String(_))) {
-        if cells.iter().any(|c| !matches!(c, Cell::String(_) | Cell::Null)) {
+    if ty != ColumnType::Text && cells.iter().any(|c| matches!(c, Literal::String(_))) {
+        if cells.iter().any(|c| !matches!(c, Literal::String(_) | Literal::Null)) {
             return None;
         }
         let strings: StringArray =
-            cells.iter().map(|c| if let Cell::String(s) = c { Some(*s) } else { None }).collect();
+            cells.iter().map(|c| if let Literal::String(s) = c { Some(s.as_ref()) } else { None }).collect();
         let options = CastOptions { safe: false, ..Default::default() };
         let array = cast_with_options(&strings, &ty.arrow(), &options).ok()?;
         return (0..array.len()).map(|i| value_at(array.as_ref(), i, ty).ok()).collect();
@@ -266,10 +267,10 @@ fn convert_column(cells: &[&Expr], ty: ColumnType) -> Option<Vec<Value>> {
     cells
         .iter()
         .map(|c| match (c, ty) {
-            (Cell::Null, _) => Some(Value::Null),
-            (Cell::String(s), ColumnType::Text) => Some(Value::Utf8((*s).to_owned())),
-            (Cell::Boolean(b), ColumnType::Boolean) => Some(Value::Boolean(*b)),
-            (Cell::Number { negative, digits }, _) => number_value(number(*negative, digits)?, ty),
+            (Literal::Null, _) => Some(Value::Null),
+            (Literal::String(s), ColumnType::Text) => Some(Value::Utf8(s.as_ref().to_owned())),
+            (Literal::Boolean(b), ColumnType::Boolean) => Some(Value::Boolean(*b)),
+            (Literal::Number { negative, digits }, _) => number_value(number(*negative, digits)?, ty),
             _ => None,
         })
         .collect()

@@ -6,7 +6,8 @@
 //! `bench [FILTER ...]` runs only the sections that print a metric whose name contains one of the
 //! filters (e.g. `bench http_` or `bench consume_l1000`).
 //!
-//! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_BIG (10000000 messages
+//! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (3 runs of each bulk
+//! INSERT, the median printed), BENCH_BIG (10000000 messages
 //! in the large topic), BENCH_DRAIN (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired
 //! messages to delete).
 //!
@@ -17,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use topicfusion_engine::{ConsumeRequest, Database, DatabaseOptions, Durability, StartPosition};
+
+/// The server's allocator (see `main.rs`), so that figures match `topicfusion serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -217,6 +222,7 @@ async fn main() {
     let big = env("BENCH_BIG", 10_000_000);
     let drain = env("BENCH_DRAIN", 200_000);
     let lat_n = env("BENCH_LAT_N", 1000);
+    let reps = env("BENCH_REPS", 3).max(1);
     let filters: Vec<String> = std::env::args().skip(1).collect();
     let wants =
         |names: &[&str]| filters.is_empty() || names.iter().any(|n| filters.iter().any(|f| n.contains(f.as_str())));
@@ -233,9 +239,14 @@ async fn main() {
         if !wants(&[&format!("insert_b{batch}_{name}")]) {
             continue;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rate = bulk_insert(dir.path(), rows, batch, routes).await;
-        out.push(metric(&format!("insert_b{batch}_{name}"), rate, "rows/s"));
+        // The median of BENCH_REPS runs, each in a new database (the PostgreSQL anchor's method).
+        let mut rates = Vec::new();
+        for _ in 0..reps {
+            let dir = tempfile::tempdir().expect("tempdir");
+            rates.push(bulk_insert(dir.path(), rows, batch, routes).await);
+        }
+        rates.sort_by(f64::total_cmp);
+        out.push(metric(&format!("insert_b{batch}_{name}"), rates[rates.len() / 2], "rows/s"));
     }
 
     // 2. Point SELECT on the primary key of a table of `rows` rows.
@@ -321,41 +332,48 @@ async fn main() {
     }
 
     // 4. CONSUME cost does not depend on the topic's size: LIMIT 1000 near the end of a topic of
-    //    1k messages and of `big` messages.
-    for size in [1000u64, big] {
-        if !wants(&[&format!("consume_l1000_topic_{size}_p50")]) {
-            continue;
+    //    1k messages and of `big` messages. Reads of the two alternate, so that a slower phase of
+    //    the machine weighs on both alike.
+    let sizes: Vec<u64> =
+        [1000u64, big].into_iter().filter(|s| wants(&[&format!("consume_l1000_topic_{s}_p50")])).collect();
+    if !sizes.is_empty() {
+        let mut topics = Vec::new();
+        for &size in &sizes {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
+            exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
+            exec(&db, "CREATE TOPIC big").await;
+            exec(&db, "ALTER TOPIC big ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
+            let chunk = 200_000u64;
+            let mut done = 0;
+            let fill = Instant::now();
+            while done < size {
+                let n = chunk.min(size - done);
+                exec(&db, &format!("INSERT INTO k SELECT value FROM generate_series({done}, {})", done + n - 1)).await;
+                done += n;
+            }
+            eprintln!("filled a topic of {size} messages in {:.1}s", fill.elapsed().as_secs_f64());
+            // Reads are measured once the write burst's flushes and compactions have settled.
+            let settle = Instant::now();
+            db.settle_storage().expect("settle");
+            eprintln!("compactions settled in {:.1}s", settle.elapsed().as_secs_f64());
+            topics.push((size, dir, db, Vec::new()));
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Database::open(dir.path(), DatabaseOptions::default()).expect("open");
-        exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
-        exec(&db, "CREATE TOPIC big").await;
-        exec(&db, "ALTER TOPIC big ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
-        let chunk = 200_000u64;
-        let mut done = 0;
-        let fill = Instant::now();
-        while done < size {
-            let n = chunk.min(size - done);
-            exec(&db, &format!("INSERT INTO k SELECT value FROM generate_series({done}, {})", done + n - 1)).await;
-            done += n;
-        }
-        eprintln!("filled a topic of {size} messages in {:.1}s", fill.elapsed().as_secs_f64());
-        // Reads are measured once the write burst's flushes and compactions have settled.
-        let settle = Instant::now();
-        db.settle_storage().expect("settle");
-        eprintln!("compactions settled in {:.1}s", settle.elapsed().as_secs_f64());
-        let mut lat = Vec::new();
         for i in 0..200u64 {
-            // Random positions in the last million messages.
-            let span = (size - 1000).min(1_000_000);
-            let from = size - 1000 - if span > 0 { (i * 7919) % span } else { 0 };
-            let start = Instant::now();
-            let r = db.execute(&format!("CONSUME FROM big FROM OFFSET {from} LIMIT 1000")).await.expect("consume");
-            lat.push(start.elapsed().as_secs_f64() * 1000.0);
-            assert_eq!(r[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+            for (size, _, db, lat) in topics.iter_mut() {
+                // Random positions in the last million messages.
+                let span = (*size - 1000).min(1_000_000);
+                let from = *size - 1000 - if span > 0 { (i * 7919) % span } else { 0 };
+                let start = Instant::now();
+                let r = db.execute(&format!("CONSUME FROM big FROM OFFSET {from} LIMIT 1000")).await.expect("consume");
+                lat.push(start.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(r[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+            }
         }
-        lat.sort_by(f64::total_cmp);
-        out.push(metric(&format!("consume_l1000_topic_{size}_p50"), percentile(&lat, 0.5), "ms"));
+        for (size, _, _, mut lat) in topics {
+            lat.sort_by(f64::total_cmp);
+            out.push(metric(&format!("consume_l1000_topic_{size}_p50"), percentile(&lat, 0.5), "ms"));
+        }
     }
 
     // 5. Drain with a group: CONSUME LIMIT 1000 then ACK, until `drain` messages are read.
