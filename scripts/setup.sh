@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a build needs on a fresh Debian/Ubuntu machine: libclang (bindgen of the rocksdb
-# crate) and a C++ compiler (RocksDB itself). The Rust toolchain comes from rust-toolchain.toml.
+# crate), a C++ compiler (RocksDB itself) and a C compiler (mimalloc). The Rust toolchain comes
+# from rust-toolchain.toml.
 # With --tests, also the real clients the tests drive: psql (postgresql-client), openssl (a
 # certificate for the TLS test) and Python's psycopg.
 # The libclang check looks for the files clang-sys loads (libclang.so, libclang-N.so,
@@ -30,6 +31,8 @@ apt_install() {
 need=()
 has_libclang || need+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# A C compiler too: mimalloc (the binary's allocator) is C.
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [ "${1:-}" = "--tests" ]; then
   command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
