@@ -62,12 +62,6 @@ pub fn literal_of(e: &Expr) -> Option<Literal<'_>> {
     })
 }
 
-impl ValuesInsert<'_> {
-    pub fn rows(&self) -> usize {
-        self.cells.len() / self.width
-    }
-}
-
 /// Words that may follow `INSERT INTO` or the table name as clauses rather than names: an
 /// identifier spelled like one is left to the full parser.
 const CLAUSE_WORDS: &[&str] = &[
@@ -303,7 +297,7 @@ mod tests {
         assert_eq!(v.table, ObjectName::from(vec![Ident::new("s"), Ident::with_quote('"', "T")]));
         assert_eq!(v.columns, vec![Ident::new("id"), Ident::with_quote('"', "Name")]);
         assert_eq!(v.width, 2);
-        assert_eq!(v.rows(), 2);
+        assert_eq!(v.cells.len() / v.width, 2);
         assert_eq!(v.sql, "insert INTO s.\"T\" (id, \"Name\") VALUES (1, 'a''b'),(-2.50,NULL)");
         assert_eq!(
             v.cells,

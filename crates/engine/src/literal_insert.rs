@@ -1,6 +1,8 @@
 //! The literal INSERT fast path: `INSERT INTO <table> [(columns)] VALUES (...), ...` whose cells
-//! are all literals goes from the sqlparser AST straight to row values typed by the table's
-//! columns, without DataFusion planning every cell (the cost that dominated bulk INSERTs).
+//! are all literals goes straight to row values typed by the table's columns, without DataFusion
+//! planning every cell (the cost that dominated bulk INSERTs). The cells come from the dialect's
+//! VALUES scanner ([`from_scanned`], the plain form, no SQL parser) or from the sqlparser AST
+//! ([`prepare`]); both convert them in [`rows_of`].
 //!
 //! The path takes only what it converts exactly as DataFusion would (the same Arrow casts, the
 //! same decimal rules); anything else (an expression, a value out of range, a string that does

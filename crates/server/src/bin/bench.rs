@@ -7,9 +7,8 @@
 //! filters (e.g. `bench http_` or `bench consume_l1000`).
 //!
 //! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (3 runs of each bulk
-//! INSERT, the median printed), BENCH_BIG (10000000 messages
-//! in the large topic), BENCH_DRAIN (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired
-//! messages to delete).
+//! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
+//! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -246,7 +245,7 @@ async fn main() {
             rates.push(bulk_insert(dir.path(), rows, batch, routes).await);
         }
         rates.sort_by(f64::total_cmp);
-        out.push(metric(&format!("insert_b{batch}_{name}"), rates[rates.len() / 2], "rows/s"));
+        out.push(metric(&format!("insert_b{batch}_{name}"), percentile(&rates, 0.5), "rows/s"));
     }
 
     // 2. Point SELECT on the primary key of a table of `rows` rows.
