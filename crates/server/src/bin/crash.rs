@@ -210,6 +210,14 @@ async fn run(dir: &Path, cycles: u64, sync: bool, tamper: bool) -> Result<(), St
             .spawn()
             .map_err(|e| e.to_string())?;
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1500))).await;
+        if tamper && cycle == cycles {
+            // The tampered cycle needs rows to lose: on a loaded machine the worker may not have
+            // committed anything yet in the random interval (bounded wait).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while confirmed_statements(&journal) < 10 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("cycle {cycle}: the worker exited by itself ({status})"));
         }
@@ -240,6 +248,11 @@ async fn rows(db: &Database, sql: &str) -> Result<Vec<Vec<String>>, String> {
         }
     }
     Ok(out)
+}
+
+/// How many statements the journal confirms so far.
+fn confirmed_statements(journal: &Path) -> usize {
+    std::fs::read_to_string(journal).map_or(0, |t| t.lines().filter(|l| l.starts_with("C ")).count())
 }
 
 /// Deletes the first row of table `w` directly in RocksDB (no message, no journal).
