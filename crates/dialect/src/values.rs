@@ -62,15 +62,19 @@ pub fn literal_of(e: &Expr) -> Option<Literal<'_>> {
     })
 }
 
-/// Words that may follow `INSERT INTO` or the table name as clauses rather than names: an
-/// identifier spelled like one is left to the full parser.
+/// Words that may follow `INSERT INTO` or the table name as clauses rather than names (`local`
+/// and `directory` start Hive's `INSERT INTO LOCAL DIRECTORY`): an identifier spelled like one is
+/// left to the full parser. `the_values_scanner_agrees_with_sqlparser_on_every_keyword` tries
+/// every sqlparser keyword in every place of a name.
 const CLAUSE_WORDS: &[&str] = &[
     "as",
     "default",
+    "directory",
     "format",
     "ignore",
     "insert",
     "into",
+    "local",
     "output",
     "overwrite",
     "partition",

@@ -482,7 +482,7 @@ impl Groups {
                 topic_id: dlq.topic.meta.id,
                 partition: p % dlq.topic.meta.partitions,
                 op: m.op,
-                source_table: m.source_table.clone(),
+                source_table: m.source_table.as_str().into(),
                 key: m.key.clone(),
                 payload: payload.to_string(),
             });

@@ -132,15 +132,22 @@ pub fn partition_messages_prefix(topic_id: u64, partition: u32) -> Vec<u8> {
     k
 }
 
-pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> Vec<u8> {
-    let mut k = partition_messages_prefix(topic_id, partition);
-    k.extend_from_slice(&offset.to_be_bytes());
+/// The length of a message key: prefix, topic id, partition, offset.
+pub const MESSAGE_KEY_LEN: usize = 21;
+
+/// The key of one message: fixed width, built without allocating (one per message written).
+pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> [u8; MESSAGE_KEY_LEN] {
+    let mut k = [0u8; MESSAGE_KEY_LEN];
+    k[0] = MESSAGE_PREFIX;
+    k[1..9].copy_from_slice(&topic_id.to_be_bytes());
+    k[9..13].copy_from_slice(&partition.to_be_bytes());
+    k[13..].copy_from_slice(&offset.to_be_bytes());
     k
 }
 
 /// Returns `(topic_id, partition, offset)`.
 pub fn decode_message_key(key: &[u8]) -> Result<(u64, u32, u64)> {
-    if key.len() != 21 || key[0] != MESSAGE_PREFIX {
+    if key.len() != MESSAGE_KEY_LEN || key[0] != MESSAGE_PREFIX {
         return Err(StorageError::BadKey { what: "message", key: Hex(key.to_vec()) });
     }
     Ok((u64_at(key, 1), u32_at(key, 9), u64_at(key, 13)))

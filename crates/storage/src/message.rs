@@ -1,5 +1,7 @@
 //! Topic messages: the stored envelope and its codec.
 
+use std::sync::Arc;
+
 use crate::error::{Result, StorageError};
 
 /// The kind of row change a message records.
@@ -43,8 +45,8 @@ pub struct NewMessage {
     pub topic_id: u64,
     pub partition: u32,
     pub op: ChangeOp,
-    /// `schema.table`
-    pub source_table: String,
+    /// `schema.table` (shared by a statement's messages).
+    pub source_table: Arc<str>,
     /// JSON object of the primary-key columns.
     pub key: String,
     /// JSON payload (see the payload modes in docs/sql-reference.md).
@@ -77,7 +79,7 @@ pub fn encode_message_value_into(m: &NewMessage, timestamp_ms: i64, out: &mut Ve
     out.clear();
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out.push(m.op.code());
-    for s in [&m.source_table, &m.key, &m.payload] {
+    for s in [&*m.source_table, &m.key, &m.payload] {
         out.extend_from_slice(&(s.len() as u32).to_be_bytes());
         out.extend_from_slice(s.as_bytes());
     }

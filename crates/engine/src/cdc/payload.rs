@@ -80,9 +80,9 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value, ty: ColumnType) {
     let _ = match v {
         Value::Null => out.write_all(b"null"),
         Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
-        Value::Int16(x) => write!(out, "{x}"),
-        Value::Int32(x) => write!(out, "{x}"),
-        Value::Int64(x) => write!(out, "{x}"),
+        Value::Int16(x) => out.write_all(itoa::Buffer::new().format(*x).as_bytes()),
+        Value::Int32(x) => out.write_all(itoa::Buffer::new().format(*x).as_bytes()),
+        Value::Int64(x) => out.write_all(itoa::Buffer::new().format(*x).as_bytes()),
         Value::Float64(x) if x.is_finite() => serde_json::to_writer(&mut *out, x).map_err(std::io::Error::from),
         Value::Utf8(s) => serde_json::to_writer(&mut *out, s.as_str()).map_err(std::io::Error::from),
         other => serde_json::to_writer(&mut *out, &json_value(other, ty)).map_err(std::io::Error::from),

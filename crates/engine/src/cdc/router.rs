@@ -159,7 +159,7 @@ pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
 /// order per topic.
 pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Result<Vec<NewMessage>> {
     let mut out = Vec::new();
-    let source_table = table.meta.qualified_name();
+    let source_table: Arc<str> = table.meta.qualified_name().into();
     let json = ObjectWriter::new(&table.meta.columns);
     // Built at most once per statement, when the first route needs them: the Arrow batch of the
     // changed rows (for filters and PARTITION BY) and the key JSON of each change.
@@ -232,7 +232,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                             topic_id: topic.meta.id,
                             partition,
                             op: change.op,
-                            source_table: source_table.clone(),
+                            source_table: Arc::clone(&source_table),
                             key: key_text(&json, table, change),
                             payload,
                         });
@@ -244,7 +244,7 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                     topic_id: topic.meta.id,
                     partition: partitions[i],
                     op: change.op,
-                    source_table: source_table.clone(),
+                    source_table: Arc::clone(&source_table),
                     key: keys[i].clone(),
                     payload,
                 });
