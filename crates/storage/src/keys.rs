@@ -7,10 +7,13 @@
 //! |--------|-----------|--------------------------------------------------------------|----------------------------------------|
 //! | `0x01` | catalog   | `01 kind:u8 name` (kind 1 schema, 2 table, 3 topic, 4 user, 5 setting; tables and topics: `schema 00 name`) | JSON metadata |
 //! | `0x02` | row       | `02 table_id:u64 pk:memcomparable`                           | row codec ([`crate::codec`])           |
-//! | `0x03` | message   | `03 topic_id:u64 partition:u32 offset:u64`                   | message codec ([`crate::message`])     |
 //! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
 //! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64 (start:u64 end:u64)*` (acknowledged ranges above the position) |
 //! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
+//! | `0x07` | message batch | `07 topic_id:u64 partition:u32 first_offset:u64`         | the messages of one commit to one partition ([`crate::message`]) |
+//!
+//! `0x03` held one message per key (`03 topic_id partition offset`) before message batches;
+//! [`crate::store::Store::open`] moves such keys into `0x07` batches of one.
 
 use std::fmt;
 
@@ -20,8 +23,10 @@ use crate::error::{Result, StorageError};
 pub const CATALOG_PREFIX: u8 = 0x01;
 /// Table rows.
 pub const ROW_PREFIX: u8 = 0x02;
-/// Topic messages.
-pub const MESSAGE_PREFIX: u8 = 0x03;
+/// Topic messages, one commit's messages to one partition per key.
+pub const MESSAGE_PREFIX: u8 = 0x07;
+/// Topic messages one per key, as stored before message batches (migrated at open).
+pub const LEGACY_MESSAGE_PREFIX: u8 = 0x03;
 /// Per-partition log state (high watermark, log start, bytes).
 pub const PARTITION_PREFIX: u8 = 0x04;
 /// Consumer-group positions.
@@ -135,7 +140,8 @@ pub fn partition_messages_prefix(topic_id: u64, partition: u32) -> Vec<u8> {
 /// The length of a message key: prefix, topic id, partition, offset.
 pub const MESSAGE_KEY_LEN: usize = 21;
 
-/// The key of one message: fixed width, built without allocating (one per message written).
+/// The key of the message batch whose first offset is `offset`: fixed width, built without
+/// allocating.
 pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> [u8; MESSAGE_KEY_LEN] {
     let mut k = [0u8; MESSAGE_KEY_LEN];
     k[0] = MESSAGE_PREFIX;
@@ -145,9 +151,18 @@ pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> [u8; MESSAGE_K
     k
 }
 
-/// Returns `(topic_id, partition, offset)`.
+/// Returns `(topic_id, partition, first_offset)` of a message batch key.
 pub fn decode_message_key(key: &[u8]) -> Result<(u64, u32, u64)> {
-    if key.len() != MESSAGE_KEY_LEN || key[0] != MESSAGE_PREFIX {
+    decode_message_key_with(MESSAGE_PREFIX, key)
+}
+
+/// Returns `(topic_id, partition, offset)` of a pre-batch message key (`0x03`).
+pub fn decode_legacy_message_key(key: &[u8]) -> Result<(u64, u32, u64)> {
+    decode_message_key_with(LEGACY_MESSAGE_PREFIX, key)
+}
+
+fn decode_message_key_with(prefix: u8, key: &[u8]) -> Result<(u64, u32, u64)> {
+    if key.len() != MESSAGE_KEY_LEN || key[0] != prefix {
         return Err(StorageError::BadKey { what: "message", key: Hex(key.to_vec()) });
     }
     Ok((u64_at(key, 1), u32_at(key, 9), u64_at(key, 13)))
@@ -313,6 +328,10 @@ mod tests {
     fn malformed_keys_are_errors() {
         assert!(decode_message_key(&[]).is_err());
         assert!(decode_message_key(&message_key(1, 2, 3)[..20]).is_err());
+        let mut legacy = message_key(1, 2, 3);
+        legacy[0] = LEGACY_MESSAGE_PREFIX;
+        assert_eq!(decode_legacy_message_key(&legacy).unwrap(), (1, 2, 3));
+        assert!(decode_message_key(&legacy).is_err());
         assert!(decode_row_key(&[ROW_PREFIX, 0, 0]).is_err());
         let key = row_key(5, b"abc");
         let (t, pk) = decode_row_key(&key).unwrap();

@@ -1,4 +1,4 @@
-//! Topic messages: the stored envelope and its codec.
+//! Topic messages: the batch value holding one commit's messages to one partition, and its codec.
 
 use std::sync::Arc;
 
@@ -66,85 +66,193 @@ pub struct Message {
     pub payload: String,
 }
 
-/// Value layout: `timestamp_ms:i64 op:u8` then `source_table`, `key`, `payload`, each as
-/// `len:u32` + UTF-8 bytes.
-pub fn encode_message_value(m: &NewMessage, timestamp_ms: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21 + m.source_table.len() + m.key.len() + m.payload.len());
-    encode_message_value_into(m, timestamp_ms, &mut out);
-    out
+/// Bytes of a batch value before its messages: `timestamp_ms:i64 count:u32`.
+pub const BATCH_HEADER_LEN: usize = 12;
+
+/// The bytes a message counts for in its partition's size (retention by bytes): what it took
+/// stored alone under its own key (a 21-byte key, an 8-byte timestamp and its entry), so the
+/// accounting does not depend on how messages were batched.
+pub fn message_size(entry_len: usize) -> u64 {
+    (crate::keys::MESSAGE_KEY_LEN + 8 + entry_len) as u64
 }
 
-/// [`encode_message_value`] into a reused buffer (cleared first).
-pub fn encode_message_value_into(m: &NewMessage, timestamp_ms: i64, out: &mut Vec<u8>) {
+/// Starts a batch value: the messages of one commit to one partition, stored under the key of
+/// their first offset (as Kafka's record batches). Layout: `timestamp_ms:i64 count:u32`, then per
+/// message `op:u8` and `source_table`, `key`, `payload`, each as `len:u32` + UTF-8 bytes.
+/// [`finish_batch`] sets the count.
+pub fn start_batch(out: &mut Vec<u8>, timestamp_ms: i64) {
     out.clear();
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+}
+
+/// Appends one message to a batch started by [`start_batch`]; returns its entry's length.
+pub fn push_message(out: &mut Vec<u8>, m: &NewMessage) -> usize {
+    let before = out.len();
     out.push(m.op.code());
     for s in [&*m.source_table, &m.key, &m.payload] {
         out.extend_from_slice(&(s.len() as u32).to_be_bytes());
         out.extend_from_slice(s.as_bytes());
     }
+    out.len() - before
 }
 
-/// Decodes a value written by [`encode_message_value`].
-pub fn decode_message(topic_id: u64, partition: u32, offset: u64, value: &[u8]) -> Result<Message> {
-    let bad = || StorageError::Corrupt { what: "message: truncated" };
-    if value.len() < 9 {
+/// Writes the message count into a batch's header.
+pub fn finish_batch(out: &mut [u8], count: u32) {
+    out[8..BATCH_HEADER_LEN].copy_from_slice(&count.to_be_bytes());
+}
+
+/// One message of a stored batch, borrowed from the value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entry<'a> {
+    pub op: ChangeOp,
+    pub source_table: &'a str,
+    pub key: &'a str,
+    pub payload: &'a str,
+    /// Bytes of the entry in the batch (for [`message_size`]).
+    pub len: usize,
+}
+
+/// A decoded batch value: the commit time and every message, checked against the count.
+pub fn decode_batch(value: &[u8]) -> Result<(i64, Vec<Entry<'_>>)> {
+    let bad = || StorageError::Corrupt { what: "message batch: truncated" };
+    if value.len() < BATCH_HEADER_LEN {
         return Err(bad());
     }
     let timestamp_ms = i64::from_be_bytes(value[..8].try_into().expect("len checked"));
-    let op = ChangeOp::from_code(value[8])?;
-    let mut rest = &value[9..];
-    let mut strings = Vec::with_capacity(3);
-    for _ in 0..3 {
-        if rest.len() < 4 {
-            return Err(bad());
-        }
-        let len = u32::from_be_bytes(rest[..4].try_into().expect("len checked")) as usize;
-        if rest.len() < 4 + len {
-            return Err(bad());
-        }
-        let s = std::str::from_utf8(&rest[4..4 + len])
-            .map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })?;
-        strings.push(s.to_owned());
-        rest = &rest[4 + len..];
+    let count = u32::from_be_bytes(value[8..BATCH_HEADER_LEN].try_into().expect("len checked"));
+    if count == 0 {
+        return Err(StorageError::Corrupt { what: "message batch: empty" });
     }
-    let payload = strings.pop().expect("three strings");
-    let key = strings.pop().expect("three strings");
-    let source_table = strings.pop().expect("three strings");
-    Ok(Message { topic_id, partition, offset, timestamp_ms, op, source_table, key, payload })
+    let mut rest = &value[BATCH_HEADER_LEN..];
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len_before = rest.len();
+        let (&op, tail) = rest.split_first().ok_or_else(bad)?;
+        rest = tail;
+        let mut string = || -> Result<&str> {
+            let len = rest.get(..4).ok_or_else(bad)?;
+            let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+            let bytes = rest.get(4..4 + len).ok_or_else(bad)?;
+            rest = &rest[4 + len..];
+            std::str::from_utf8(bytes).map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })
+        };
+        let (source_table, key, payload) = (string()?, string()?, string()?);
+        let op = ChangeOp::from_code(op)?;
+        entries.push(Entry { op, source_table, key, payload, len: len_before - rest.len() });
+    }
+    if !rest.is_empty() {
+        return Err(StorageError::Corrupt { what: "message batch: bytes after its messages" });
+    }
+    Ok((timestamp_ms, entries))
 }
 
-/// Reads only the timestamp of a stored message (for seeks by time).
-pub fn decode_message_timestamp(value: &[u8]) -> Result<i64> {
-    value
-        .get(..8)
-        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
-        .ok_or(StorageError::Corrupt { what: "message: truncated" })
+/// Reads only the commit time and message count of a stored batch.
+pub fn decode_batch_header(value: &[u8]) -> Result<(i64, u32)> {
+    let header = value.get(..BATCH_HEADER_LEN).ok_or(StorageError::Corrupt { what: "message batch: truncated" })?;
+    let timestamp_ms = i64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+    let count = u32::from_be_bytes(header[8..].try_into().expect("4 bytes"));
+    Ok((timestamp_ms, count))
+}
+
+/// The batch of one message holding a message stored before batches (`timestamp_ms:i64 op:u8`
+/// and the three strings): the same bytes with the count inserted after the timestamp.
+pub fn batch_of_legacy_message(value: &[u8]) -> Result<Vec<u8>> {
+    let bad = || StorageError::Corrupt { what: "message: truncated" };
+    let (timestamp, entry) = (value.get(..8).ok_or_else(bad)?, &value[8..]);
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(timestamp);
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(entry);
+    decode_batch(&out)?;
+    Ok(out)
+}
+
+impl Entry<'_> {
+    /// The owned message at `offset` of a partition.
+    pub fn to_message(&self, topic_id: u64, partition: u32, offset: u64, timestamp_ms: i64) -> Message {
+        Message {
+            topic_id,
+            partition,
+            offset,
+            timestamp_ms,
+            op: self.op,
+            source_table: self.source_table.to_owned(),
+            key: self.key.to_owned(),
+            payload: self.payload.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn message_round_trips_and_truncations_fail() {
-        let m = NewMessage {
+    fn msg(op: ChangeOp, payload: &str) -> NewMessage {
+        NewMessage {
             topic_id: 3,
             partition: 1,
-            op: ChangeOp::Update,
+            op,
             source_table: "app.orders".into(),
             key: r#"{"id":1}"#.into(),
-            payload: r#"{"id":1,"s":"é"}"#.into(),
-        };
-        let v = encode_message_value(&m, 1_700_000_000_123);
-        let back = decode_message(3, 1, 42, &v).unwrap();
-        assert_eq!(back.offset, 42);
-        assert_eq!(back.timestamp_ms, 1_700_000_000_123);
-        assert_eq!((back.op, back.source_table.as_str()), (ChangeOp::Update, "app.orders"));
-        assert_eq!((back.key.as_str(), back.payload.as_str()), (m.key.as_str(), m.payload.as_str()));
-        assert_eq!(decode_message_timestamp(&v).unwrap(), 1_700_000_000_123);
-        for len in 0..v.len() {
-            assert!(decode_message(3, 1, 42, &v[..len]).is_err(), "len {len}");
+            payload: payload.into(),
         }
+    }
+
+    #[test]
+    fn batches_round_trip_and_truncations_fail() {
+        let messages =
+            [msg(ChangeOp::Update, r#"{"id":1,"s":"é"}"#), msg(ChangeOp::Delete, ""), msg(ChangeOp::Insert, "{}")];
+        let mut v = Vec::new();
+        start_batch(&mut v, 1_700_000_000_123);
+        let lens: Vec<usize> = messages.iter().map(|m| push_message(&mut v, m)).collect();
+        finish_batch(&mut v, messages.len() as u32);
+        let (ts, entries) = decode_batch(&v).unwrap();
+        assert_eq!(ts, 1_700_000_000_123);
+        assert_eq!(decode_batch_header(&v).unwrap(), (ts, 3));
+        assert_eq!(entries.len(), 3);
+        for ((e, m), len) in entries.iter().zip(&messages).zip(&lens) {
+            assert_eq!(
+                (e.op, e.source_table, e.key, e.payload, e.len),
+                (m.op, "app.orders", m.key.as_str(), m.payload.as_str(), *len)
+            );
+        }
+        assert_eq!(
+            message_size(lens[0]),
+            (21 + 8 + 1 + 12 + "app.orders".len() + 8 + r#"{"id":1,"s":"é"}"#.len()) as u64
+        );
+        let back = entries[0].to_message(3, 1, 42, ts);
+        assert_eq!((back.offset, back.payload.as_str()), (42, messages[0].payload.as_str()));
+        for len in 0..v.len() {
+            assert!(decode_batch(&v[..len]).is_err(), "len {len}");
+        }
+        let mut longer = v.clone();
+        longer.push(0);
+        assert!(decode_batch(&longer).is_err(), "a byte after the last message");
+        finish_batch(&mut v, 4);
+        assert!(decode_batch(&v).is_err(), "a count above the messages");
+        finish_batch(&mut v, 0);
+        assert!(decode_batch(&v).is_err(), "an empty batch");
+    }
+
+    #[test]
+    fn a_message_stored_before_batches_becomes_a_batch_of_one() {
+        // The pre-batch value: `timestamp_ms:i64 op:u8` and the three strings.
+        let m = msg(ChangeOp::Insert, r#"{"id":1}"#);
+        let mut legacy = 1_700_000_000_000i64.to_be_bytes().to_vec();
+        let mut entry = Vec::new();
+        start_batch(&mut entry, 0);
+        let len = push_message(&mut entry, &m);
+        legacy.extend_from_slice(&entry[BATCH_HEADER_LEN..]);
+        let batch = batch_of_legacy_message(&legacy).unwrap();
+        let (ts, entries) = decode_batch(&batch).unwrap();
+        assert_eq!(
+            (ts, entries.len(), entries[0].payload, entries[0].len),
+            (1_700_000_000_000, 1, m.payload.as_str(), len)
+        );
+        // The accounting is the old per-key size: key plus value.
+        assert_eq!(message_size(len), (21 + legacy.len()) as u64);
+        assert!(batch_of_legacy_message(&legacy[..legacy.len() - 1]).is_err());
+        assert!(batch_of_legacy_message(&legacy[..7]).is_err());
     }
 }

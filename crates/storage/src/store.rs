@@ -1,9 +1,11 @@
 //! The RocksDB store and its single commit path.
 //!
 //! [`Store::commit`] (= [`Store::write`] + [`Store::finish`]) is the only place that writes to
-//! RocksDB. `write`, under one lock, assigns each new message the next offset of its partition,
-//! stamps the commit time, persists the partitions' high watermarks in the same write batch as
-//! the caller's row changes, and writes the batch (not fsynced). `finish` makes it durable —
+//! RocksDB (besides moving messages of an older layout at open). `write`, under one lock, assigns
+//! each new message the next offset of its partition, stores the commit's messages to each
+//! partition as one batch under the key of their first offset, stamps the commit time, persists
+//! the partitions' high watermarks in the same write batch as the caller's row changes, and
+//! writes the batch (not fsynced). `finish` makes it durable —
 //! with [`Durability::Sync`] through group commit: one fsync covers every commit written before
 //! it started, so concurrent writers share fsyncs — and only then moves the partitions' visible
 //! watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
@@ -15,12 +17,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{DB, DBRawIterator, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Result, StorageError};
 use crate::keys;
-use crate::message::{Message, NewMessage, decode_message, decode_message_timestamp, encode_message_value_into};
+use crate::message::{
+    Message, NewMessage, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch, message_size,
+    push_message, start_batch,
+};
 
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -43,7 +48,7 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// The first offset still stored (moves up on CLEAR TOPIC and retention).
     pub log_start: u64,
-    /// Bytes of the stored messages (keys and values).
+    /// Bytes of the stored messages, each counted as [`crate::message::message_size`].
     pub bytes: u64,
 }
 
@@ -206,6 +211,7 @@ impl Store {
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
         let db = Arc::new(DB::open(&opts, path)?);
+        migrate_legacy_messages(&db)?;
         let mut partitions = HashMap::new();
         let mut last_timestamp_ms = 0;
         let prefix = keys::partition_state_prefix();
@@ -217,10 +223,12 @@ impl Store {
             let id = keys::decode_partition_state_key(&k)?;
             let state = PartitionState::decode(&v)?;
             if state.next_offset > state.log_start {
-                let last = keys::message_key(id.0, id.1, state.next_offset - 1);
-                if let Some(v) = db.get_pinned(last)? {
-                    last_timestamp_ms = last_timestamp_ms.max(decode_message_timestamp(&v)?);
+                let mut it = partition_iterator(&db, id.0, id.1, None);
+                it.seek_for_prev(keys::message_key(id.0, id.1, state.next_offset - 1));
+                if let Some(v) = it.value() {
+                    last_timestamp_ms = last_timestamp_ms.max(decode_batch_header(v)?.0);
                 }
+                it.status()?;
             }
             partitions.insert(id, state);
         }
@@ -293,9 +301,12 @@ impl Store {
                     }
                     state.log_start = to;
                     state.bytes -= bytes;
+                    // Whole batches only: the one holding `to` stays until the log start passes
+                    // its end (readers skip its messages below the log start).
+                    let cut = self.batch_start(topic_id, partition, to)?;
                     batch.delete_range(
-                        keys::message_key(topic_id, partition, from),
-                        keys::message_key(topic_id, partition, to),
+                        keys::message_key(topic_id, partition, 0),
+                        keys::message_key(topic_id, partition, cut),
                     );
                 }
                 PartitionOp::Drop { topic_id, partition } => {
@@ -307,22 +318,32 @@ impl Store {
                 }
             }
         }
+        // The commit's messages to one partition become one batch under the key of their first
+        // offset; offsets follow the order of `messages` within each partition.
         let mut offsets = Vec::with_capacity(messages.len());
-        let mut value = Vec::new();
-        // One partition-state lookup per run of messages to the same partition (a statement's
-        // messages mostly come in such runs).
-        for run in messages.chunk_by(|a, b| (a.topic_id, a.partition) == (b.topic_id, b.partition)) {
-            let (topic_id, partition) = (run[0].topic_id, run[0].partition);
-            let state = current(&log, &mut touched, topic_id, partition)?;
-            for m in run {
-                let offset = state.next_offset;
-                let key = keys::message_key(topic_id, partition, offset);
-                encode_message_value_into(m, timestamp_ms, &mut value);
-                state.next_offset += 1;
-                state.bytes += (key.len() + value.len()) as u64;
-                batch.put(key, &value);
-                offsets.push(offset);
-            }
+        let mut batches: Vec<OpenBatch> = Vec::new();
+        for m in &messages {
+            let id = (m.topic_id, m.partition);
+            let open = match batches.iter().rposition(|b| b.id == id) {
+                Some(i) => &mut batches[i],
+                None => {
+                    let first = current(&log, &mut touched, m.topic_id, m.partition)?.next_offset;
+                    let mut value = Vec::new();
+                    start_batch(&mut value, timestamp_ms);
+                    batches.push(OpenBatch { id, first, count: 0, bytes: 0, value });
+                    batches.last_mut().expect("just pushed")
+                }
+            };
+            offsets.push(open.first + u64::from(open.count));
+            open.bytes += message_size(push_message(&mut open.value, m));
+            open.count += 1;
+        }
+        for mut b in batches {
+            let state = current(&log, &mut touched, b.id.0, b.id.1)?;
+            state.next_offset += u64::from(b.count);
+            state.bytes += b.bytes;
+            finish_batch(&mut b.value, b.count);
+            batch.put(keys::message_key(b.id.0, b.id.1, b.first), b.value);
         }
         for (&(topic_id, partition), state) in &touched {
             if let Some(state) = state {
@@ -411,6 +432,23 @@ impl Store {
         }
     }
 
+    /// The first offset of the stored batch holding `offset`, or `offset` itself when no batch
+    /// holds it (it is at the high watermark, or below every stored batch).
+    fn batch_start(&self, topic_id: u64, partition: u32, offset: u64) -> Result<u64> {
+        let mut it = partition_iterator(&self.db, topic_id, partition, None);
+        it.seek_for_prev(keys::message_key(topic_id, partition, offset));
+        let start = match it.item() {
+            Some((k, v)) => {
+                let (_, _, first) = keys::decode_message_key(k)?;
+                let (_, count) = decode_batch_header(v)?;
+                if first + u64::from(count) > offset { first } else { offset }
+            }
+            None => offset,
+        };
+        it.status()?;
+        Ok(start)
+    }
+
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
     /// high watermark), or `None` if it does not exist.
     pub fn partition_state(&self, topic_id: u64, partition: u32) -> Option<PartitionState> {
@@ -466,19 +504,20 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, i64, u64)>> {
-        let start = keys::message_key(topic_id, partition, from);
-        let prefix = keys::partition_messages_prefix(topic_id, partition);
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
         let mut out = Vec::new();
-        for item in self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), opts) {
-            if out.len() >= limit {
-                break;
+        let mut it = partition_iterator(&self.db, topic_id, partition, None);
+        seek_batch(&mut it, topic_id, partition, from);
+        while it.valid() && out.len() < limit {
+            let (k, v) = it.item().expect("valid iterator has an item");
+            let (_, _, first) = keys::decode_message_key(k)?;
+            let (timestamp_ms, entries) = decode_batch(v)?;
+            let stored = (first..).zip(&entries).filter(|(offset, _)| *offset >= from);
+            for (offset, e) in stored.take(limit - out.len()) {
+                out.push((offset, timestamp_ms, message_size(e.len)));
             }
-            let (k, v) = item?;
-            let (_, _, offset) = keys::decode_message_key(&k)?;
-            out.push((offset, decode_message_timestamp(&v)?, (k.len() + v.len()) as u64));
+            it.next();
         }
+        it.status()?;
         Ok(out)
     }
 
@@ -595,20 +634,20 @@ impl Store {
         if from >= until || limit == 0 {
             return Ok(Vec::new());
         }
-        let start = keys::message_key(topic_id, partition, from);
-        let end = keys::message_key(topic_id, partition, until);
         let mut out = Vec::with_capacity(limit.min((until - from) as usize));
-        let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_upper_bound(end);
         // No fixed readahead: a CONSUME of 1000 messages reads a few compressed blocks, and a
         // 256 KiB readahead buffer copied mostly unneeded bytes on every call (a fifth of its
         // time on a 3M-message topic). RocksDB's own readahead still grows on long scans.
-        let mut it = self.db.raw_iterator_opt(read_opts);
-        it.seek(start);
+        let mut it = partition_iterator(&self.db, topic_id, partition, Some(until));
+        seek_batch(&mut it, topic_id, partition, from);
         while it.valid() && out.len() < limit {
             let (k, v) = it.item().expect("valid iterator has an item");
-            let (_, _, offset) = keys::decode_message_key(k)?;
-            out.push(decode_message(topic_id, partition, offset, v)?);
+            let (_, _, first) = keys::decode_message_key(k)?;
+            let (timestamp_ms, entries) = decode_batch(v)?;
+            let wanted = (first..).zip(&entries).filter(|(offset, _)| (from..until).contains(offset));
+            for (offset, e) in wanted.take(limit - out.len()) {
+                out.push(e.to_message(topic_id, partition, offset, timestamp_ms));
+            }
             it.next();
         }
         it.status()?;
@@ -622,13 +661,16 @@ impl Store {
             return Err(StorageError::UnknownPartition { topic_id, partition });
         };
         let (mut lo, mut hi) = (state.log_start, state.next_offset);
+        let mut it = partition_iterator(&self.db, topic_id, partition, None);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let ts = match self.db.get_pinned(keys::message_key(topic_id, partition, mid))? {
-                Some(v) => decode_message_timestamp(&v)?,
+            it.seek_for_prev(keys::message_key(topic_id, partition, mid));
+            let ts = match it.value() {
+                Some(v) => decode_batch_header(v)?.0,
                 // Deleted by a concurrent clear: treat as older than anything.
                 None => i64::MIN,
             };
+            it.status()?;
             if ts < timestamp_ms { lo = mid + 1 } else { hi = mid }
         }
         Ok(lo)
@@ -636,6 +678,68 @@ impl Store {
 }
 
 /// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
+/// The messages of one commit to one partition, while the commit is built.
+struct OpenBatch {
+    id: (u64, u32),
+    first: u64,
+    count: u32,
+    bytes: u64,
+    value: Vec<u8>,
+}
+
+/// An iterator over one partition's message batches (below the batch key of `until`, if given).
+fn partition_iterator(db: &DB, topic_id: u64, partition: u32, until: Option<u64>) -> DBRawIterator<'_> {
+    let prefix = keys::partition_messages_prefix(topic_id, partition);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(match until {
+        Some(until) => keys::message_key(topic_id, partition, until).to_vec(),
+        None => keys::prefix_end(&prefix),
+    });
+    opts.set_iterate_lower_bound(prefix);
+    db.raw_iterator_opt(opts)
+}
+
+/// Positions `it` (from [`partition_iterator`]) at the batch holding `offset`, or at the first
+/// batch after it when none does.
+fn seek_batch(it: &mut DBRawIterator<'_>, topic_id: u64, partition: u32, offset: u64) {
+    let key = keys::message_key(topic_id, partition, offset);
+    it.seek_for_prev(key);
+    if !it.valid() {
+        it.seek(key);
+    }
+}
+
+/// Moves messages stored one per key before message batches (`0x03` keys) into batches of one,
+/// in chunks that each commit the new keys and the deletion of the old ones together (a crash
+/// between chunks leaves the rest for the next open). Offsets, timestamps and sizes are kept.
+fn migrate_legacy_messages(db: &DB) -> Result<()> {
+    const CHUNK: usize = 10_000;
+    let prefix = [keys::LEGACY_MESSAGE_PREFIX];
+    loop {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut it = db.raw_iterator_opt(opts);
+        it.seek(prefix);
+        let mut batch = WriteBatch::default();
+        let mut last = None;
+        for _ in 0..CHUNK {
+            let Some((k, v)) = it.item() else { break };
+            let (topic_id, partition, offset) = keys::decode_legacy_message_key(k)?;
+            batch.put(keys::message_key(topic_id, partition, offset), batch_of_legacy_message(v)?);
+            last = Some(k.to_vec());
+            it.next();
+        }
+        it.status()?;
+        let Some(mut end) = last else { return Ok(()) };
+        // The first key after the chunk's last.
+        end.push(0);
+        batch.delete_range(prefix.as_slice(), end.as_slice());
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync)?;
+    }
+}
+
 fn publish(log: &mut LogState, appended: &[Watermark]) {
     for &(id, next) in appended {
         let Some(visible) = log.visible.get_mut(&id) else { continue };
@@ -752,6 +856,161 @@ mod tests {
         store.commit(truncate(4, 11, all)).unwrap();
         let state = store.partition_state(1, 0).unwrap();
         assert_eq!((state.log_start, state.next_offset, state.bytes), (11, 11, 0));
+    }
+
+    fn payloads(messages: &[Message]) -> Vec<(u64, &str)> {
+        messages.iter().map(|m| (m.offset, m.payload.as_str())).collect()
+    }
+
+    fn batch_keys(store: &Store, topic_id: u64, partition: u32) -> Vec<u64> {
+        let prefix = keys::partition_messages_prefix(topic_id, partition);
+        let stored = store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).unwrap();
+        stored.iter().map(|(k, _)| keys::decode_message_key(k).unwrap().2).collect()
+    }
+
+    #[test]
+    fn a_commits_messages_to_a_partition_are_one_batch_read_and_truncated_by_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(std::sync::atomic::AtomicI64::new(100));
+        let clock = {
+            let now = Arc::clone(&now);
+            Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let truncate = |from, to, bytes| Commit {
+            partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
+            ..Default::default()
+        };
+        {
+            let store = Store::open_with_clock(dir.path(), Durability::Process, clock.clone()).unwrap();
+            let mut c = Commit::default();
+            for partition in [0, 1] {
+                c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition });
+            }
+            store.commit(c).unwrap();
+            // Interleaved partitions: offsets follow the order within each partition.
+            let c = Commit {
+                messages: vec![msg(1, 0, "a"), msg(1, 1, "x"), msg(1, 0, "b"), msg(1, 0, "c"), msg(1, 1, "y")],
+                ..Default::default()
+            };
+            assert_eq!(store.commit(c).unwrap().offsets, vec![0, 0, 1, 2, 1]);
+            now.store(200, std::sync::atomic::Ordering::SeqCst);
+            let c = Commit { messages: vec![msg(1, 0, "d"), msg(1, 0, "e")], ..Default::default() };
+            assert_eq!(store.commit(c).unwrap().offsets, vec![3, 4]);
+            assert_eq!(batch_keys(&store, 1, 0), [0, 3]);
+            assert_eq!(batch_keys(&store, 1, 1), [0]);
+
+            let read = |from, until, limit| store.read_messages(1, 0, from, until, limit).unwrap();
+            assert_eq!(payloads(&read(1, u64::MAX, 10)), [(1, "b"), (2, "c"), (3, "d"), (4, "e")]);
+            assert_eq!(payloads(&read(1, 4, 2)), [(1, "b"), (2, "c")]);
+            assert_eq!(payloads(&read(2, u64::MAX, 2)), [(2, "c"), (3, "d")], "across batches");
+            assert_eq!(payloads(&read(0, 1, 10)), [(0, "a")], "until inside a batch");
+            assert!(read(5, u64::MAX, 10).is_empty());
+            assert_eq!(payloads(&store.read_messages(1, 1, 1, u64::MAX, 10).unwrap()), [(1, "y")]);
+            assert_eq!(read(3, u64::MAX, 1)[0].timestamp_ms, 200);
+            for (t, offset) in [(50, 0), (100, 0), (101, 3), (200, 3), (201, 5)] {
+                assert_eq!(store.offset_for_timestamp(1, 0, t).unwrap(), offset, "at {t}");
+            }
+
+            let sizes = store.message_sizes(1, 0, 0, 100).unwrap();
+            assert_eq!(sizes.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+            assert_eq!(sizes.iter().map(|s| s.2).sum::<u64>(), store.partition_state(1, 0).unwrap().bytes);
+            assert_eq!(store.message_sizes(1, 0, 2, 2).unwrap(), sizes[2..4]);
+
+            // Into the first batch: its messages below the log start are no longer read, and the
+            // batch stays until the log start passes its end.
+            store.commit(truncate(0, 2, sizes[0].2 + sizes[1].2)).unwrap();
+            assert_eq!(payloads(&read(0, u64::MAX, 10)), [(2, "c"), (3, "d"), (4, "e")]);
+            assert_eq!(batch_keys(&store, 1, 0), [0, 3]);
+            assert_eq!(store.offset_for_timestamp(1, 0, 50).unwrap(), 2);
+            let state = store.partition_state(1, 0).unwrap();
+            assert_eq!(state.bytes, store.message_sizes(1, 0, 2, 100).unwrap().iter().map(|s| s.2).sum::<u64>());
+            // Into the second: the first goes.
+            store.commit(truncate(2, 4, sizes[2].2 + sizes[3].2)).unwrap();
+            assert_eq!(payloads(&read(0, u64::MAX, 10)), [(4, "e")]);
+            assert_eq!(batch_keys(&store, 1, 0), [3]);
+            assert_eq!(store.partition_state(1, 0).unwrap().bytes, sizes[4].2);
+        }
+        let store = Store::open_with_clock(dir.path(), Durability::Process, clock).unwrap();
+        let state = store.partition_state(1, 0).unwrap();
+        assert_eq!(
+            (state.log_start, state.next_offset, state.bytes),
+            (4, 5, store.message_sizes(1, 0, 4, 9).unwrap()[0].2)
+        );
+        assert_eq!(payloads(&store.read_messages(1, 0, 0, u64::MAX, 10).unwrap()), [(4, "e")]);
+        let c = Commit { messages: vec![msg(1, 0, "f")], ..Default::default() };
+        assert_eq!(store.commit(c).unwrap().offsets, vec![5]);
+        // Everything: the batch holding the watermark's predecessor goes too.
+        let all: u64 = store.message_sizes(1, 0, 4, 100).unwrap().iter().map(|s| s.2).sum();
+        store.commit(truncate(4, 6, all)).unwrap();
+        assert!(batch_keys(&store, 1, 0).is_empty());
+        assert_eq!(store.partition_state(1, 0).unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn messages_stored_one_per_key_are_moved_into_batches_at_open() {
+        use crate::message::{BATCH_HEADER_LEN, decode_batch, push_message, start_batch};
+        let dir = tempfile::tempdir().unwrap();
+        // More messages than one migration chunk, in two partitions.
+        let n = 10_007u64;
+        let (original, bytes) = {
+            let store = Store::open(dir.path(), Durability::Process).unwrap();
+            let mut c = Commit::default();
+            for partition in [0, 1] {
+                c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition });
+            }
+            store.commit(c).unwrap();
+            let messages = (0..n).map(|i| msg(1, (i % 7 == 0) as u32, &i.to_string())).collect();
+            store.commit(Commit { messages, ..Default::default() }).unwrap();
+            let all = |p| store.read_messages(1, p, 0, u64::MAX, usize::MAX).unwrap();
+            ([all(0), all(1)], [0, 1].map(|p| store.partition_state(1, p).unwrap().bytes))
+        };
+        // Rewrite the batches as the store kept messages before: one key each, `03 topic
+        // partition offset` -> `timestamp_ms op source_table key payload`.
+        {
+            let db = DB::open_default(dir.path()).unwrap();
+            let mut wb = WriteBatch::default();
+            for m in original.iter().flatten() {
+                let mut key = keys::message_key(m.topic_id, m.partition, m.offset);
+                key[0] = keys::LEGACY_MESSAGE_PREFIX;
+                let mut entry = Vec::new();
+                start_batch(&mut entry, m.timestamp_ms);
+                let new = NewMessage {
+                    topic_id: m.topic_id,
+                    partition: m.partition,
+                    op: m.op,
+                    source_table: m.source_table.as_str().into(),
+                    key: m.key.clone(),
+                    payload: m.payload.clone(),
+                };
+                push_message(&mut entry, &new);
+                let legacy = [&m.timestamp_ms.to_be_bytes()[..], &entry[BATCH_HEADER_LEN..]].concat();
+                wb.put(key, legacy);
+            }
+            let prefix = [keys::MESSAGE_PREFIX];
+            wb.delete_range(prefix.as_slice(), keys::prefix_end(&prefix).as_slice());
+            db.write(wb).unwrap();
+        }
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        for p in [0u32, 1] {
+            let read = store.read_messages(1, p, 0, u64::MAX, usize::MAX).unwrap();
+            assert_eq!(read, original[p as usize], "partition {p}");
+            assert_eq!(batch_keys(&store, 1, p).len(), read.len(), "batches of one");
+            let state = store.partition_state(1, p).unwrap();
+            let sizes: u64 = store.message_sizes(1, p, 0, usize::MAX).unwrap().iter().map(|s| s.2).sum();
+            assert_eq!((state.bytes, sizes), (bytes[p as usize], bytes[p as usize]), "sizes kept");
+        }
+        let legacy = [keys::LEGACY_MESSAGE_PREFIX];
+        assert!(store.scan(&legacy, &keys::prefix_end(&legacy), 1).unwrap().is_empty());
+        let (_, entries) = {
+            let prefix = keys::partition_messages_prefix(1, 0);
+            let first = store.scan(&prefix, &keys::prefix_end(&prefix), 1).unwrap().remove(0);
+            let v = first.1;
+            let (ts, e) = decode_batch(&v).unwrap();
+            (ts, e.len())
+        };
+        assert_eq!(entries, 1);
+        let c = Commit { messages: vec![msg(1, 1, "next")], ..Default::default() };
+        assert_eq!(store.commit(c).unwrap().offsets, vec![original[1].len() as u64]);
     }
 
     #[test]
