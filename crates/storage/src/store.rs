@@ -318,28 +318,35 @@ impl Store {
                 }
             }
         }
-        // The commit's messages to one partition become one batch under the key of their first
-        // offset; offsets follow the order of `messages` within each partition.
+        // The commit's messages to one partition become batches under the key of their first
+        // offset, each closed at MAX_BATCH_BYTES; offsets follow the order of `messages` within
+        // each partition.
         let mut offsets = Vec::with_capacity(messages.len());
         let mut batches: Vec<OpenBatch> = Vec::new();
         for m in &messages {
             let id = (m.topic_id, m.partition);
-            let open = match batches.iter().rposition(|b| b.id == id) {
-                Some(i) => &mut batches[i],
-                None => {
-                    let first = current(&log, &mut touched, m.topic_id, m.partition)?.next_offset;
+            let last = batches.iter().rposition(|b| b.id == id);
+            let i = match last {
+                Some(i) if batches[i].value.len() < MAX_BATCH_BYTES => i,
+                _ => {
+                    let first = match last {
+                        Some(i) => batches[i].first + u64::from(batches[i].count),
+                        None => current(&log, &mut touched, m.topic_id, m.partition)?.next_offset,
+                    };
                     let mut value = Vec::new();
                     start_batch(&mut value, timestamp_ms);
                     batches.push(OpenBatch { id, first, count: 0, bytes: 0, value });
-                    batches.last_mut().expect("just pushed")
+                    batches.len() - 1
                 }
             };
+            let open = &mut batches[i];
             offsets.push(open.first + u64::from(open.count));
             open.bytes += message_size(push_message(&mut open.value, m));
             open.count += 1;
         }
         for mut b in batches {
             let state = current(&log, &mut touched, b.id.0, b.id.1)?;
+            debug_assert_eq!(state.next_offset, b.first, "batches of a partition in offset order");
             state.next_offset += u64::from(b.count);
             state.bytes += b.bytes;
             finish_batch(&mut b.value, b.count);
@@ -677,8 +684,13 @@ impl Store {
     }
 }
 
-/// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
-/// The messages of one commit to one partition, while the commit is built.
+/// A batch is closed once its value reaches this size (RocksDB's block size here): a read
+/// that starts inside a batch decodes at most about a block of messages it skips, and a bulk
+/// INSERT still writes one entry per ~100 small messages.
+const MAX_BATCH_BYTES: usize = 16 * 1024;
+
+/// Messages of one commit to one partition (up to [`MAX_BATCH_BYTES`]), while the commit is
+/// built.
 struct OpenBatch {
     id: (u64, u32),
     first: u64,
@@ -740,6 +752,7 @@ fn migrate_legacy_messages(db: &DB) -> Result<()> {
     }
 }
 
+/// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
 fn publish(log: &mut LogState, appended: &[Watermark]) {
     for &(id, next) in appended {
         let Some(visible) = log.visible.get_mut(&id) else { continue };
@@ -944,6 +957,40 @@ mod tests {
         store.commit(truncate(4, 6, all)).unwrap();
         assert!(batch_keys(&store, 1, 0).is_empty());
         assert_eq!(store.partition_state(1, 0).unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn a_large_commit_is_split_into_batches_of_about_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let mut c = Commit::default();
+        for partition in [0, 1] {
+            c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition });
+        }
+        store.commit(c).unwrap();
+        let payload = "x".repeat(100);
+        let messages = (0..3000).map(|i| msg(1, i % 2, &format!("{i}{payload}"))).collect();
+        let offsets = store.commit(Commit { messages, ..Default::default() }).unwrap().offsets;
+        assert_eq!(offsets, (0..3000u64).map(|i| i / 2).collect::<Vec<_>>());
+        for p in [0, 1] {
+            let starts = batch_keys(&store, 1, p);
+            assert!(starts.len() >= 10, "{} batches", starts.len());
+            let prefix = keys::partition_messages_prefix(1, p);
+            for (k, v) in store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).unwrap() {
+                assert!(v.len() < MAX_BATCH_BYTES + 200, "{} bytes", v.len());
+                let (_, _, first) = keys::decode_message_key(&k).unwrap();
+                let (_, entries) = decode_batch(&v).unwrap();
+                let next = first + entries.len() as u64;
+                assert!(starts.contains(&next) || next == 1500, "batches of partition {p} are contiguous");
+            }
+            let all = store.read_messages(1, p, 0, u64::MAX, usize::MAX).unwrap();
+            assert_eq!(all.iter().map(|m| m.offset).collect::<Vec<_>>(), (0..1500).collect::<Vec<_>>());
+            let some = store.read_messages(1, p, 537, u64::MAX, 10).unwrap();
+            let expected: Vec<String> = (537..547).map(|o| format!("{}{payload}", o * 2 + u64::from(p))).collect();
+            assert_eq!(some.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), expected);
+        }
+        let sizes: u64 = store.message_sizes(1, 0, 0, usize::MAX).unwrap().iter().map(|s| s.2).sum();
+        assert_eq!(sizes, store.partition_state(1, 0).unwrap().bytes);
     }
 
     #[test]
