@@ -10,7 +10,7 @@
 //! | `0x04` | partition | `04 topic_id:u64 partition:u32`                              | `next_offset:u64 log_start:u64 bytes:u64` |
 //! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64 (start:u64 end:u64)*` (acknowledged ranges above the position) |
 //! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
-//! | `0x07` | message batch | `07 topic_id:u64 partition:u32 first_offset:u64`         | the messages of one commit to one partition ([`crate::message`]) |
+//! | `0x07` | message batch | `07 topic_id:u64 partition:u32 last_offset:u64`         | the messages of one commit to one partition ([`crate::message`]) |
 //!
 //! `0x03` held one message per key (`03 topic_id partition offset`) before message batches;
 //! [`crate::store::Store::open`] moves such keys into `0x07` batches of one.
@@ -140,8 +140,8 @@ pub fn partition_messages_prefix(topic_id: u64, partition: u32) -> Vec<u8> {
 /// The length of a message key: prefix, topic id, partition, offset.
 pub const MESSAGE_KEY_LEN: usize = 21;
 
-/// The key of the message batch whose first offset is `offset`: fixed width, built without
-/// allocating.
+/// The key of the message batch whose last offset is `offset` (also the seek key of a read
+/// from `offset`): fixed width, built without allocating.
 pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> [u8; MESSAGE_KEY_LEN] {
     let mut k = [0u8; MESSAGE_KEY_LEN];
     k[0] = MESSAGE_PREFIX;
@@ -151,7 +151,7 @@ pub fn message_key(topic_id: u64, partition: u32, offset: u64) -> [u8; MESSAGE_K
     k
 }
 
-/// Returns `(topic_id, partition, first_offset)` of a message batch key.
+/// Returns `(topic_id, partition, last_offset)` of a message batch key.
 pub fn decode_message_key(key: &[u8]) -> Result<(u64, u32, u64)> {
     decode_message_key_with(MESSAGE_PREFIX, key)
 }

@@ -76,8 +76,9 @@ pub fn message_size(entry_len: usize) -> u64 {
     (crate::keys::MESSAGE_KEY_LEN + 8 + entry_len) as u64
 }
 
-/// Starts a batch value: the messages of one commit to one partition, stored under the key of
-/// their first offset (as Kafka's record batches). Layout: `timestamp_ms:i64 count:u32`, then per
+/// Starts a batch value: messages of one commit to one partition, stored under the key of
+/// their last offset (as Kafka's record batches; the last offset, so that a forward seek to an
+/// offset lands on the batch holding it). Layout: `timestamp_ms:i64 count:u32`, then per
 /// message `op:u8` and `source_table`, `key`, `payload`, each as `len:u32` + UTF-8 bytes.
 /// [`finish_batch`] sets the count.
 pub fn start_batch(out: &mut Vec<u8>, timestamp_ms: i64) {

@@ -3,7 +3,7 @@
 //! [`Store::commit`] (= [`Store::write`] + [`Store::finish`]) is the only place that writes to
 //! RocksDB (besides moving messages of an older layout at open). `write`, under one lock, assigns
 //! each new message the next offset of its partition, stores the commit's messages to each
-//! partition as one batch under the key of their first offset, stamps the commit time, persists
+//! partition as one batch under the key of their last offset, stamps the commit time, persists
 //! the partitions' high watermarks in the same write batch as the caller's row changes, and
 //! writes the batch (not fsynced). `finish` makes it durable —
 //! with [`Durability::Sync`] through group commit: one fsync covers every commit written before
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
-    Message, NewMessage, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch, message_size,
+    Entry, Message, NewMessage, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch, message_size,
     push_message, start_batch,
 };
 
@@ -223,8 +223,8 @@ impl Store {
             let id = keys::decode_partition_state_key(&k)?;
             let state = PartitionState::decode(&v)?;
             if state.next_offset > state.log_start {
-                let mut it = partition_iterator(&db, id.0, id.1, None);
-                it.seek_for_prev(keys::message_key(id.0, id.1, state.next_offset - 1));
+                let mut it = partition_iterator(&db, id.0, id.1);
+                it.seek(keys::message_key(id.0, id.1, state.next_offset - 1));
                 if let Some(v) = it.value() {
                     last_timestamp_ms = last_timestamp_ms.max(decode_batch_header(v)?.0);
                 }
@@ -301,12 +301,12 @@ impl Store {
                     }
                     state.log_start = to;
                     state.bytes -= bytes;
-                    // Whole batches only: the one holding `to` stays until the log start passes
-                    // its end (readers skip its messages below the log start).
-                    let cut = self.batch_start(topic_id, partition, to)?;
+                    // Whole batches only (those whose last offset is below `to`): the one holding
+                    // `to` stays until the log start passes its end, and readers skip its
+                    // messages below the log start.
                     batch.delete_range(
                         keys::message_key(topic_id, partition, 0),
-                        keys::message_key(topic_id, partition, cut),
+                        keys::message_key(topic_id, partition, to),
                     );
                 }
                 PartitionOp::Drop { topic_id, partition } => {
@@ -318,7 +318,7 @@ impl Store {
                 }
             }
         }
-        // The commit's messages to one partition become batches under the key of their first
+        // The commit's messages to one partition become batches under the key of their last
         // offset, each closed at MAX_BATCH_BYTES; offsets follow the order of `messages` within
         // each partition.
         let mut offsets = Vec::with_capacity(messages.len());
@@ -350,7 +350,7 @@ impl Store {
             state.next_offset += u64::from(b.count);
             state.bytes += b.bytes;
             finish_batch(&mut b.value, b.count);
-            batch.put(keys::message_key(b.id.0, b.id.1, b.first), b.value);
+            batch.put(keys::message_key(b.id.0, b.id.1, b.first + u64::from(b.count) - 1), b.value);
         }
         for (&(topic_id, partition), state) in &touched {
             if let Some(state) = state {
@@ -439,23 +439,6 @@ impl Store {
         }
     }
 
-    /// The first offset of the stored batch holding `offset`, or `offset` itself when no batch
-    /// holds it (it is at the high watermark, or below every stored batch).
-    fn batch_start(&self, topic_id: u64, partition: u32, offset: u64) -> Result<u64> {
-        let mut it = partition_iterator(&self.db, topic_id, partition, None);
-        it.seek_for_prev(keys::message_key(topic_id, partition, offset));
-        let start = match it.item() {
-            Some((k, v)) => {
-                let (_, _, first) = keys::decode_message_key(k)?;
-                let (_, count) = decode_batch_header(v)?;
-                if first + u64::from(count) > offset { first } else { offset }
-            }
-            None => offset,
-        };
-        it.status()?;
-        Ok(start)
-    }
-
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
     /// high watermark), or `None` if it does not exist.
     pub fn partition_state(&self, topic_id: u64, partition: u32) -> Option<PartitionState> {
@@ -512,12 +495,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, i64, u64)>> {
         let mut out = Vec::new();
-        let mut it = partition_iterator(&self.db, topic_id, partition, None);
-        seek_batch(&mut it, topic_id, partition, from);
+        let mut it = partition_iterator(&self.db, topic_id, partition);
+        it.seek(keys::message_key(topic_id, partition, from));
         while it.valid() && out.len() < limit {
             let (k, v) = it.item().expect("valid iterator has an item");
-            let (_, _, first) = keys::decode_message_key(k)?;
-            let (timestamp_ms, entries) = decode_batch(v)?;
+            let (first, timestamp_ms, entries) = decode_stored_batch(k, v)?;
             let stored = (first..).zip(&entries).filter(|(offset, _)| *offset >= from);
             for (offset, e) in stored.take(limit - out.len()) {
                 out.push((offset, timestamp_ms, message_size(e.len)));
@@ -645,12 +627,14 @@ impl Store {
         // No fixed readahead: a CONSUME of 1000 messages reads a few compressed blocks, and a
         // 256 KiB readahead buffer copied mostly unneeded bytes on every call (a fifth of its
         // time on a 3M-message topic). RocksDB's own readahead still grows on long scans.
-        let mut it = partition_iterator(&self.db, topic_id, partition, Some(until));
-        seek_batch(&mut it, topic_id, partition, from);
+        let mut it = partition_iterator(&self.db, topic_id, partition);
+        it.seek(keys::message_key(topic_id, partition, from));
         while it.valid() && out.len() < limit {
             let (k, v) = it.item().expect("valid iterator has an item");
-            let (_, _, first) = keys::decode_message_key(k)?;
-            let (timestamp_ms, entries) = decode_batch(v)?;
+            let (first, timestamp_ms, entries) = decode_stored_batch(k, v)?;
+            if first >= until {
+                break;
+            }
             let wanted = (first..).zip(&entries).filter(|(offset, _)| (from..until).contains(offset));
             for (offset, e) in wanted.take(limit - out.len()) {
                 out.push(e.to_message(topic_id, partition, offset, timestamp_ms));
@@ -668,10 +652,10 @@ impl Store {
             return Err(StorageError::UnknownPartition { topic_id, partition });
         };
         let (mut lo, mut hi) = (state.log_start, state.next_offset);
-        let mut it = partition_iterator(&self.db, topic_id, partition, None);
+        let mut it = partition_iterator(&self.db, topic_id, partition);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            it.seek_for_prev(keys::message_key(topic_id, partition, mid));
+            it.seek(keys::message_key(topic_id, partition, mid));
             let ts = match it.value() {
                 Some(v) => decode_batch_header(v)?.0,
                 // Deleted by a concurrent clear: treat as older than anything.
@@ -699,26 +683,26 @@ struct OpenBatch {
     value: Vec<u8>,
 }
 
-/// An iterator over one partition's message batches (below the batch key of `until`, if given).
-fn partition_iterator(db: &DB, topic_id: u64, partition: u32, until: Option<u64>) -> DBRawIterator<'_> {
+/// An iterator over one partition's message batches. Batches are keyed by their last offset,
+/// so `seek(message_key(.., offset))` lands on the batch holding `offset` (batches of a
+/// partition are contiguous), or on the first one after it.
+fn partition_iterator(db: &DB, topic_id: u64, partition: u32) -> DBRawIterator<'_> {
     let prefix = keys::partition_messages_prefix(topic_id, partition);
     let mut opts = ReadOptions::default();
-    opts.set_iterate_upper_bound(match until {
-        Some(until) => keys::message_key(topic_id, partition, until).to_vec(),
-        None => keys::prefix_end(&prefix),
-    });
-    opts.set_iterate_lower_bound(prefix);
+    opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
     db.raw_iterator_opt(opts)
 }
 
-/// Positions `it` (from [`partition_iterator`]) at the batch holding `offset`, or at the first
-/// batch after it when none does.
-fn seek_batch(it: &mut DBRawIterator<'_>, topic_id: u64, partition: u32, offset: u64) {
-    let key = keys::message_key(topic_id, partition, offset);
-    it.seek_for_prev(key);
-    if !it.valid() {
-        it.seek(key);
-    }
+/// A stored batch as `(first offset, commit time, messages)`, from its key (the last offset)
+/// and value.
+fn decode_stored_batch<'v>(key: &[u8], value: &'v [u8]) -> Result<(u64, i64, Vec<Entry<'v>>)> {
+    let (_, _, last) = keys::decode_message_key(key)?;
+    let (timestamp_ms, entries) = decode_batch(value)?;
+    // `decode_batch` refuses empty batches.
+    let first = last
+        .checked_sub(entries.len() as u64 - 1)
+        .ok_or(StorageError::Corrupt { what: "message batch: more messages than offsets" })?;
+    Ok((first, timestamp_ms, entries))
 }
 
 /// Moves messages stored one per key before message batches (`0x03` keys) into batches of one,
@@ -909,8 +893,9 @@ mod tests {
             now.store(200, std::sync::atomic::Ordering::SeqCst);
             let c = Commit { messages: vec![msg(1, 0, "d"), msg(1, 0, "e")], ..Default::default() };
             assert_eq!(store.commit(c).unwrap().offsets, vec![3, 4]);
-            assert_eq!(batch_keys(&store, 1, 0), [0, 3]);
-            assert_eq!(batch_keys(&store, 1, 1), [0]);
+            // Keyed by their last offsets.
+            assert_eq!(batch_keys(&store, 1, 0), [2, 4]);
+            assert_eq!(batch_keys(&store, 1, 1), [1]);
 
             let read = |from, until, limit| store.read_messages(1, 0, from, until, limit).unwrap();
             assert_eq!(payloads(&read(1, u64::MAX, 10)), [(1, "b"), (2, "c"), (3, "d"), (4, "e")]);
@@ -933,14 +918,14 @@ mod tests {
             // batch stays until the log start passes its end.
             store.commit(truncate(0, 2, sizes[0].2 + sizes[1].2)).unwrap();
             assert_eq!(payloads(&read(0, u64::MAX, 10)), [(2, "c"), (3, "d"), (4, "e")]);
-            assert_eq!(batch_keys(&store, 1, 0), [0, 3]);
+            assert_eq!(batch_keys(&store, 1, 0), [2, 4]);
             assert_eq!(store.offset_for_timestamp(1, 0, 50).unwrap(), 2);
             let state = store.partition_state(1, 0).unwrap();
             assert_eq!(state.bytes, store.message_sizes(1, 0, 2, 100).unwrap().iter().map(|s| s.2).sum::<u64>());
             // Into the second: the first goes.
             store.commit(truncate(2, 4, sizes[2].2 + sizes[3].2)).unwrap();
             assert_eq!(payloads(&read(0, u64::MAX, 10)), [(4, "e")]);
-            assert_eq!(batch_keys(&store, 1, 0), [3]);
+            assert_eq!(batch_keys(&store, 1, 0), [4]);
             assert_eq!(store.partition_state(1, 0).unwrap().bytes, sizes[4].2);
         }
         let store = Store::open_with_clock(dir.path(), Durability::Process, clock).unwrap();
@@ -973,15 +958,14 @@ mod tests {
         let offsets = store.commit(Commit { messages, ..Default::default() }).unwrap().offsets;
         assert_eq!(offsets, (0..3000u64).map(|i| i / 2).collect::<Vec<_>>());
         for p in [0, 1] {
-            let starts = batch_keys(&store, 1, p);
-            assert!(starts.len() >= 10, "{} batches", starts.len());
+            let lasts = batch_keys(&store, 1, p);
+            assert!(lasts.len() >= 10, "{} batches", lasts.len());
+            assert_eq!(lasts.last(), Some(&1499));
             let prefix = keys::partition_messages_prefix(1, p);
             for (k, v) in store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).unwrap() {
                 assert!(v.len() < MAX_BATCH_BYTES + 200, "{} bytes", v.len());
-                let (_, _, first) = keys::decode_message_key(&k).unwrap();
-                let (_, entries) = decode_batch(&v).unwrap();
-                let next = first + entries.len() as u64;
-                assert!(starts.contains(&next) || next == 1500, "batches of partition {p} are contiguous");
+                let (first, _, _) = decode_stored_batch(&k, &v).unwrap();
+                assert!(first == 0 || lasts.contains(&(first - 1)), "batches of partition {p} are contiguous");
             }
             let all = store.read_messages(1, p, 0, u64::MAX, usize::MAX).unwrap();
             assert_eq!(all.iter().map(|m| m.offset).collect::<Vec<_>>(), (0..1500).collect::<Vec<_>>());
@@ -991,6 +975,11 @@ mod tests {
         }
         let sizes: u64 = store.message_sizes(1, 0, 0, usize::MAX).unwrap().iter().map(|s| s.2).sum();
         assert_eq!(sizes, store.partition_state(1, 0).unwrap().bytes);
+        // A batch key whose last offset is below its message count is corrupt: an error, not a
+        // panic.
+        let prefix = keys::partition_messages_prefix(1, 0);
+        let (_, v) = store.scan(&prefix, &keys::prefix_end(&prefix), 1).unwrap().remove(0);
+        assert!(matches!(decode_stored_batch(&keys::message_key(1, 0, 0), &v), Err(StorageError::Corrupt { .. })));
     }
 
     #[test]
