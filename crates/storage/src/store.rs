@@ -778,6 +778,21 @@ mod tests {
         }
     }
 
+    /// A commit clock the test sets, and the time it reads.
+    fn settable_clock(start: i64) -> (Arc<std::sync::atomic::AtomicI64>, Clock) {
+        let now = Arc::new(std::sync::atomic::AtomicI64::new(start));
+        let read = Arc::clone(&now);
+        (now, Clock::from_fn(move || read.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    /// A retention step of topic 1, partition 0.
+    fn truncate(from: u64, to: u64, bytes: u64) -> Commit {
+        Commit {
+            partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn offsets_are_gap_free_and_survive_clear_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -806,15 +821,7 @@ mod tests {
     #[test]
     fn truncate_moves_the_log_start_with_exact_bytes_and_never_the_watermark() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Arc::new(std::sync::atomic::AtomicI64::new(1_000));
-        let clock = {
-            let now = Arc::clone(&now);
-            Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
-        };
-        let truncate = |from, to, bytes| Commit {
-            partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
-            ..Default::default()
-        };
+        let (now, clock) = settable_clock(1_000);
         {
             let store = Store::open_with_clock(dir.path(), Durability::Process, clock.clone()).unwrap();
             let c =
@@ -868,15 +875,7 @@ mod tests {
     #[test]
     fn a_commits_messages_to_a_partition_are_one_batch_read_and_truncated_by_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Arc::new(std::sync::atomic::AtomicI64::new(100));
-        let clock = {
-            let now = Arc::clone(&now);
-            Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
-        };
-        let truncate = |from, to, bytes| Commit {
-            partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
-            ..Default::default()
-        };
+        let (now, clock) = settable_clock(100);
         {
             let store = Store::open_with_clock(dir.path(), Durability::Process, clock.clone()).unwrap();
             let mut c = Commit::default();
