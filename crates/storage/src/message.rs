@@ -126,7 +126,9 @@ pub fn decode_batch(value: &[u8]) -> Result<(i64, Vec<Entry<'_>>)> {
         return Err(StorageError::Corrupt { what: "message batch: empty" });
     }
     let mut rest = &value[BATCH_HEADER_LEN..];
-    let mut entries = Vec::with_capacity(count as usize);
+    // A message takes at least 13 bytes: a corrupt count cannot make this allocate more than
+    // the value could hold.
+    let mut entries = Vec::with_capacity((count as usize).min(rest.len() / 13));
     for _ in 0..count {
         let len_before = rest.len();
         let (&op, tail) = rest.split_first().ok_or_else(bad)?;
@@ -234,6 +236,8 @@ mod tests {
         assert!(decode_batch(&v).is_err(), "a count above the messages");
         finish_batch(&mut v, 0);
         assert!(decode_batch(&v).is_err(), "an empty batch");
+        finish_batch(&mut v, u32::MAX);
+        assert!(decode_batch(&v).is_err(), "a corrupt count is an error, not a huge allocation");
     }
 
     #[test]
