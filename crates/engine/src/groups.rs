@@ -478,7 +478,7 @@ impl Groups {
                 "key": serde_json::from_str::<serde_json::Value>(&m.key).unwrap_or(serde_json::Value::Null),
                 "payload": serde_json::from_str::<serde_json::Value>(&m.payload).unwrap_or(serde_json::Value::Null),
             });
-            commit.messages.push(NewMessage {
+            commit.messages.push(&NewMessage {
                 topic_id: dlq.topic.meta.id,
                 partition: p % dlq.topic.meta.partitions,
                 op: m.op,

@@ -260,7 +260,7 @@ pub fn stage(
         }
     }
     if !topics.is_empty() {
-        commit.messages = route(table, topics, &changes.changes)?;
+        route(table, topics, &changes.changes, &mut commit.messages)?;
     }
     Ok(changes.changes.len() as u64)
 }

@@ -10,6 +10,6 @@ pub mod store;
 
 pub use codec::Value;
 pub use error::{Result, StorageError};
-pub use message::{ChangeOp, Message, NewMessage};
+pub use message::{ChangeOp, Message, MessageBatches, NewMessage};
 pub use rocksdb::WriteBatch;
 pub use store::{Clock, Commit, Committed, Durability, PartitionOp, PartitionState, Pending, Store};

@@ -76,31 +76,123 @@ pub fn message_size(entry_len: usize) -> u64 {
     (crate::keys::MESSAGE_KEY_LEN + 8 + entry_len) as u64
 }
 
-/// Starts a batch value: messages of one commit to one partition, stored under the key of
-/// their last offset (as Kafka's record batches; the last offset, so that a forward seek to an
-/// offset lands on the batch holding it). Layout: `timestamp_ms:i64 count:u32`, then per
-/// message `op:u8` and `source_table`, `key`, `payload`, each as `len:u32` + UTF-8 bytes.
-/// [`finish_batch`] sets the count.
-pub fn start_batch(out: &mut Vec<u8>, timestamp_ms: i64) {
-    out.clear();
-    out.extend_from_slice(&timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&0u32.to_be_bytes());
+/// A batch is closed once its value reaches this size (RocksDB's block size here): a read
+/// that starts inside a batch decodes at most about a block of messages it skips, and a bulk
+/// INSERT still writes one entry per ~100 small messages.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024;
+
+/// The messages of one commit, built in their stored form: per partition, batch values (as
+/// Kafka's record batches) of up to [`MAX_BATCH_BYTES`], stored under the key of their last
+/// offset (so that a forward seek to an offset lands on the batch holding it). The router writes
+/// each message's JSON straight into them, outside the commit lock; the commit path only fills
+/// in each header and key. Value layout: `timestamp_ms:i64 count:u32`, then per message `op:u8`
+/// and `source_table`, `key`, `payload`, each as `len:u32` + UTF-8 bytes.
+#[derive(Debug, Default)]
+pub struct MessageBatches {
+    pub(crate) batches: Vec<PendingBatch>,
+    /// The open (last) batch of each partition written to: `(topic_id, partition, index)`.
+    open: Vec<(u64, u32, usize)>,
+    /// The batch of each message, in push order (for [`crate::Committed::offsets`]).
+    pub(crate) order: Vec<u32>,
 }
 
-/// Appends one message to a batch started by [`start_batch`]; returns its entry's length.
-pub fn push_message(out: &mut Vec<u8>, m: &NewMessage) -> usize {
-    let before = out.len();
-    out.push(m.op.code());
-    for s in [&*m.source_table, &m.key, &m.payload] {
-        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
+/// Messages of a commit to one partition, before the commit assigns their offsets.
+#[derive(Debug)]
+pub(crate) struct PendingBatch {
+    pub topic_id: u64,
+    pub partition: u32,
+    pub count: u32,
+    /// What the messages count for in the partition's size ([`message_size`]).
+    pub bytes: u64,
+    /// The value, its header still zero ([`finish_batch`]).
+    pub value: Vec<u8>,
+}
+
+impl MessageBatches {
+    /// Appends a message whose key and payload JSON `key` and `payload` write (valid UTF-8; a
+    /// reader refuses anything else as corrupt). Messages of one partition keep their push order.
+    pub fn push_with(
+        &mut self,
+        topic_id: u64,
+        partition: u32,
+        op: ChangeOp,
+        source_table: &str,
+        key: impl FnOnce(&mut Vec<u8>),
+        payload: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let open = self.open.iter_mut().find(|(t, p, _)| (*t, *p) == (topic_id, partition));
+        let index = match open {
+            Some((_, _, i)) if self.batches[*i].value.len() < MAX_BATCH_BYTES => *i,
+            open => {
+                let i = self.batches.len();
+                let mut value = Vec::with_capacity(4096);
+                value.extend_from_slice(&[0; BATCH_HEADER_LEN]);
+                self.batches.push(PendingBatch { topic_id, partition, count: 0, bytes: 0, value });
+                match open {
+                    Some(entry) => entry.2 = i,
+                    None => self.open.push((topic_id, partition, i)),
+                }
+                i
+            }
+        };
+        let batch = &mut self.batches[index];
+        let out = &mut batch.value;
+        let before = out.len();
+        out.push(op.code());
+        write_string(out, |out| out.extend_from_slice(source_table.as_bytes()));
+        write_string(out, key);
+        write_string(out, payload);
+        batch.bytes += message_size(out.len() - before);
+        batch.count += 1;
+        self.order.push(index as u32);
     }
-    out.len() - before
+
+    /// Appends a message.
+    pub fn push(&mut self, m: &NewMessage) {
+        let (key, payload) = (m.key.as_bytes(), m.payload.as_bytes());
+        self.push_with(
+            m.topic_id,
+            m.partition,
+            m.op,
+            &m.source_table,
+            |out| out.extend_from_slice(key),
+            |out| out.extend_from_slice(payload),
+        );
+    }
+
+    /// How many messages were pushed.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
-/// Writes the message count into a batch's header.
-pub fn finish_batch(out: &mut [u8], count: u32) {
-    out[8..BATCH_HEADER_LEN].copy_from_slice(&count.to_be_bytes());
+/// Appends `len:u32` and the bytes `write` appends.
+fn write_string(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+impl From<Vec<NewMessage>> for MessageBatches {
+    fn from(messages: Vec<NewMessage>) -> Self {
+        let mut out = Self::default();
+        for m in &messages {
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// Fills in a batch's header: its commit time and message count.
+pub fn finish_batch(value: &mut [u8], timestamp_ms: i64, count: u32) {
+    value[..8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    value[8..BATCH_HEADER_LEN].copy_from_slice(&count.to_be_bytes());
 }
 
 /// One message of a stored batch, borrowed from the value.
@@ -202,28 +294,39 @@ mod tests {
         }
     }
 
+    /// The values `batches` would store with commit time `timestamp_ms`, and each message's
+    /// entry length.
+    fn sealed(batches: MessageBatches, timestamp_ms: i64) -> Vec<Vec<u8>> {
+        batches
+            .batches
+            .into_iter()
+            .map(|mut b| {
+                finish_batch(&mut b.value, timestamp_ms, b.count);
+                b.value
+            })
+            .collect()
+    }
+
     #[test]
     fn batches_round_trip_and_truncations_fail() {
         let messages =
             [msg(ChangeOp::Update, r#"{"id":1,"s":"é"}"#), msg(ChangeOp::Delete, ""), msg(ChangeOp::Insert, "{}")];
-        let mut v = Vec::new();
-        start_batch(&mut v, 1_700_000_000_123);
-        let lens: Vec<usize> = messages.iter().map(|m| push_message(&mut v, m)).collect();
-        finish_batch(&mut v, messages.len() as u32);
+        let batches = MessageBatches::from(messages.to_vec());
+        assert_eq!((batches.len(), batches.batches.len()), (3, 1));
+        let sizes: Vec<u64> = messages.iter().map(|m| MessageBatches::from(vec![m.clone()]).batches[0].bytes).collect();
+        assert_eq!(batches.batches[0].bytes, sizes.iter().sum::<u64>());
+        let mut v = sealed(batches, 1_700_000_000_123).remove(0);
         let (ts, entries) = decode_batch(&v).unwrap();
         assert_eq!(ts, 1_700_000_000_123);
         assert_eq!(decode_batch_header(&v).unwrap(), (ts, 3));
         assert_eq!(entries.len(), 3);
-        for ((e, m), len) in entries.iter().zip(&messages).zip(&lens) {
+        for ((e, m), size) in entries.iter().zip(&messages).zip(&sizes) {
             assert_eq!(
-                (e.op, e.source_table, e.key, e.payload, e.len),
-                (m.op, "app.orders", m.key.as_str(), m.payload.as_str(), *len)
+                (e.op, e.source_table, e.key, e.payload, message_size(e.len)),
+                (m.op, "app.orders", m.key.as_str(), m.payload.as_str(), *size)
             );
         }
-        assert_eq!(
-            message_size(lens[0]),
-            (21 + 8 + 1 + 12 + "app.orders".len() + 8 + r#"{"id":1,"s":"é"}"#.len()) as u64
-        );
+        assert_eq!(sizes[0], (21 + 8 + 1 + 12 + "app.orders".len() + 8 + r#"{"id":1,"s":"é"}"#.len()) as u64);
         let back = entries[0].to_message(3, 1, 42, ts);
         assert_eq!((back.offset, back.payload.as_str()), (42, messages[0].payload.as_str()));
         for len in 0..v.len() {
@@ -232,12 +335,38 @@ mod tests {
         let mut longer = v.clone();
         longer.push(0);
         assert!(decode_batch(&longer).is_err(), "a byte after the last message");
-        finish_batch(&mut v, 4);
-        assert!(decode_batch(&v).is_err(), "a count above the messages");
-        finish_batch(&mut v, 0);
-        assert!(decode_batch(&v).is_err(), "an empty batch");
-        finish_batch(&mut v, u32::MAX);
-        assert!(decode_batch(&v).is_err(), "a corrupt count is an error, not a huge allocation");
+        for (count, what) in [(4, "a count above the messages"), (0, "an empty batch"), (u32::MAX, "a huge count")] {
+            finish_batch(&mut v, ts, count);
+            assert!(decode_batch(&v).is_err(), "{what}: an error, not a panic or a huge allocation");
+        }
+    }
+
+    #[test]
+    fn writers_build_the_same_entries_and_partitions_close_their_own_batches() {
+        let mut direct = MessageBatches::default();
+        let mut copied = MessageBatches::default();
+        let big = "x".repeat(MAX_BATCH_BYTES / 3);
+        // Partition 0 gets big messages (several batches), partition 1 small ones in between.
+        for i in 0..10u32 {
+            let (partition, payload) = if i % 2 == 0 { (0, big.as_str()) } else { (1, "{}") };
+            let key = format!(r#"{{"id":{i}}}"#);
+            direct.push_with(
+                3,
+                partition,
+                ChangeOp::Insert,
+                "app.orders",
+                |o| o.extend_from_slice(key.as_bytes()),
+                |o| o.extend_from_slice(payload.as_bytes()),
+            );
+            copied.push(&NewMessage { partition, key, payload: payload.into(), ..msg(ChangeOp::Insert, "") });
+        }
+        assert_eq!(direct.order, copied.order);
+        let partitions: Vec<(u32, u32)> = direct.batches.iter().map(|b| (b.partition, b.count)).collect();
+        // Partition 0's first batch closes once past MAX_BATCH_BYTES (three messages of a third
+        // each); partition 1's one stays open.
+        assert_eq!(partitions, [(0, 3), (1, 5), (0, 2)]);
+        assert_eq!(direct.order, [0, 1, 0, 1, 0, 1, 2, 1, 2, 1]);
+        assert_eq!(sealed(direct, 7), sealed(copied, 7));
     }
 
     #[test]
@@ -245,9 +374,8 @@ mod tests {
         // The pre-batch value: `timestamp_ms:i64 op:u8` and the three strings.
         let m = msg(ChangeOp::Insert, r#"{"id":1}"#);
         let mut legacy = 1_700_000_000_000i64.to_be_bytes().to_vec();
-        let mut entry = Vec::new();
-        start_batch(&mut entry, 0);
-        let len = push_message(&mut entry, &m);
+        let entry = sealed(MessageBatches::from(vec![m.clone()]), 0).remove(0);
+        let len = entry.len() - BATCH_HEADER_LEN;
         legacy.extend_from_slice(&entry[BATCH_HEADER_LEN..]);
         let batch = batch_of_legacy_message(&legacy).unwrap();
         let (ts, entries) = decode_batch(&batch).unwrap();

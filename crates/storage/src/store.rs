@@ -1,12 +1,12 @@
 //! The RocksDB store and its single commit path.
 //!
 //! [`Store::commit`] (= [`Store::write`] + [`Store::finish`]) is the only place that writes to
-//! RocksDB (besides moving messages of an older layout at open). `write`, under one lock, assigns
-//! each new message the next offset of its partition, stores the commit's messages to each
-//! partition as one batch under the key of their last offset, stamps the commit time, persists
-//! the partitions' high watermarks in the same write batch as the caller's row changes, and
-//! writes the batch (not fsynced). `finish` makes it durable —
-//! with [`Durability::Sync`] through group commit: one fsync covers every commit written before
+//! RocksDB (besides moving messages of an older layout at open). `write`, under one lock, gives
+//! the commit's message batches (built by the caller, see [`MessageBatches`]) the next offsets
+//! of their partitions and stores each under the key of its last offset, stamps the commit
+//! time, persists the partitions' high watermarks in the same write batch as the caller's row
+//! changes, and writes the batch (not fsynced). `finish` makes it durable — with
+//! [`Durability::Sync`] through group commit: one fsync covers every commit written before
 //! it started, so concurrent writers share fsyncs — and only then moves the partitions' visible
 //! watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
 //! never reused (the watermark is stored, not derived from the messages); a reader never sees
@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
-    Entry, Message, NewMessage, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch, message_size,
-    push_message, start_batch,
+    Entry, Message, MessageBatches, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch,
+    message_size,
 };
 
 /// A stored key and its value.
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Clock {
 #[derive(Default)]
 pub struct Commit {
     pub batch: WriteBatch,
-    pub messages: Vec<NewMessage>,
+    pub messages: MessageBatches,
     pub partition_ops: Vec<PartitionOp>,
 }
 
@@ -318,40 +318,27 @@ impl Store {
                 }
             }
         }
-        // The commit's messages to one partition become batches under the key of their last
-        // offset, each closed at MAX_BATCH_BYTES; offsets follow the order of `messages` within
-        // each partition.
-        let mut offsets = Vec::with_capacity(messages.len());
-        let mut batches: Vec<OpenBatch> = Vec::new();
-        for m in &messages {
-            let id = (m.topic_id, m.partition);
-            let last = batches.iter().rposition(|b| b.id == id);
-            let i = match last {
-                Some(i) if batches[i].value.len() < MAX_BATCH_BYTES => i,
-                _ => {
-                    let first = match last {
-                        Some(i) => batches[i].first + u64::from(batches[i].count),
-                        None => current(&log, &mut touched, m.topic_id, m.partition)?.next_offset,
-                    };
-                    let mut value = Vec::new();
-                    start_batch(&mut value, timestamp_ms);
-                    batches.push(OpenBatch { id, first, count: 0, bytes: 0, value });
-                    batches.len() - 1
-                }
-            };
-            let open = &mut batches[i];
-            offsets.push(open.first + u64::from(open.count));
-            open.bytes += message_size(push_message(&mut open.value, m));
-            open.count += 1;
-        }
-        for mut b in batches {
-            let state = current(&log, &mut touched, b.id.0, b.id.1)?;
-            debug_assert_eq!(state.next_offset, b.first, "batches of a partition in offset order");
+        // The commit's message batches, built by the caller, get their offsets (each partition's
+        // batches are in offset order in `messages`), header and key.
+        let mut firsts = Vec::with_capacity(messages.batches.len());
+        for mut b in messages.batches {
+            let state = current(&log, &mut touched, b.topic_id, b.partition)?;
+            let first = state.next_offset;
             state.next_offset += u64::from(b.count);
             state.bytes += b.bytes;
-            finish_batch(&mut b.value, b.count);
-            batch.put(keys::message_key(b.id.0, b.id.1, b.first + u64::from(b.count) - 1), b.value);
+            finish_batch(&mut b.value, timestamp_ms, b.count);
+            batch.put(keys::message_key(b.topic_id, b.partition, first + u64::from(b.count) - 1), b.value);
+            firsts.push(first);
         }
+        let offsets = messages
+            .order
+            .iter()
+            .map(|&i| {
+                let next = &mut firsts[i as usize];
+                *next += 1;
+                *next - 1
+            })
+            .collect();
         for (&(topic_id, partition), state) in &touched {
             if let Some(state) = state {
                 batch.put(keys::partition_state_key(topic_id, partition), state.encode());
@@ -673,21 +660,6 @@ impl Store {
     }
 }
 
-/// A batch is closed once its value reaches this size (RocksDB's block size here): a read
-/// that starts inside a batch decodes at most about a block of messages it skips, and a bulk
-/// INSERT still writes one entry per ~100 small messages.
-const MAX_BATCH_BYTES: usize = 16 * 1024;
-
-/// Messages of one commit to one partition (up to [`MAX_BATCH_BYTES`]), while the commit is
-/// built.
-struct OpenBatch {
-    id: (u64, u32),
-    first: u64,
-    count: u32,
-    bytes: u64,
-    value: Vec<u8>,
-}
-
 /// An iterator over one partition's message batches. Batches are keyed by their last offset,
 /// so `seek(message_key(.., offset))` lands on the batch holding `offset` (batches of a
 /// partition are contiguous), or on the first one after it.
@@ -770,7 +742,7 @@ fn current<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::ChangeOp;
+    use crate::message::{ChangeOp, MAX_BATCH_BYTES, NewMessage};
 
     fn msg(topic_id: u64, partition: u32, payload: &str) -> NewMessage {
         NewMessage {
@@ -806,7 +778,7 @@ mod tests {
             let mut c = Commit::default();
             c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition: 0 });
             store.commit(c).unwrap();
-            let c = Commit { messages: vec![msg(1, 0, "a"), msg(1, 0, "b")], ..Default::default() };
+            let c = Commit { messages: vec![msg(1, 0, "a"), msg(1, 0, "b")].into(), ..Default::default() };
             assert_eq!(store.commit(c).unwrap().offsets, vec![0, 1]);
             let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
             assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
@@ -818,7 +790,7 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Process).unwrap();
         let state = store.partition_state(1, 0).unwrap();
         assert_eq!((state.next_offset, state.log_start, state.bytes), (2, 2, 0));
-        let c = Commit { messages: vec![msg(1, 0, "c")], ..Default::default() };
+        let c = Commit { messages: vec![msg(1, 0, "c")].into(), ..Default::default() };
         assert_eq!(store.commit(c).unwrap().offsets, vec![2]);
         assert_eq!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap()[0].offset, 2);
     }
@@ -834,7 +806,7 @@ mod tests {
             store.commit(c).unwrap();
             for i in 0..10 {
                 now.store(1_000 + i * 100, std::sync::atomic::Ordering::SeqCst);
-                let c = Commit { messages: vec![msg(1, 0, &"x".repeat(i as usize))], ..Default::default() };
+                let c = Commit { messages: vec![msg(1, 0, &"x".repeat(i as usize))].into(), ..Default::default() };
                 store.commit(c).unwrap();
             }
             let sizes = store.message_sizes(1, 0, 0, 100).unwrap();
@@ -858,7 +830,7 @@ mod tests {
         let state = store.partition_state(1, 0).unwrap();
         assert_eq!((state.log_start, state.next_offset), (4, 10));
         assert_eq!(state.bytes, store.message_sizes(1, 0, 0, 100).unwrap().iter().map(|s| s.2).sum::<u64>());
-        let c = Commit { messages: vec![msg(1, 0, "new")], ..Default::default() };
+        let c = Commit { messages: vec![msg(1, 0, "new")].into(), ..Default::default() };
         assert_eq!(store.commit(c).unwrap().offsets, vec![10]);
         // Truncating everything leaves the watermark: the next offset is still 11.
         let all: u64 = store.message_sizes(1, 0, 4, 100).unwrap().iter().map(|s| s.2).sum();
@@ -890,12 +862,12 @@ mod tests {
             store.commit(c).unwrap();
             // Interleaved partitions: offsets follow the order within each partition.
             let c = Commit {
-                messages: vec![msg(1, 0, "a"), msg(1, 1, "x"), msg(1, 0, "b"), msg(1, 0, "c"), msg(1, 1, "y")],
+                messages: vec![msg(1, 0, "a"), msg(1, 1, "x"), msg(1, 0, "b"), msg(1, 0, "c"), msg(1, 1, "y")].into(),
                 ..Default::default()
             };
             assert_eq!(store.commit(c).unwrap().offsets, vec![0, 0, 1, 2, 1]);
             now.store(200, std::sync::atomic::Ordering::SeqCst);
-            let c = Commit { messages: vec![msg(1, 0, "d"), msg(1, 0, "e")], ..Default::default() };
+            let c = Commit { messages: vec![msg(1, 0, "d"), msg(1, 0, "e")].into(), ..Default::default() };
             assert_eq!(store.commit(c).unwrap().offsets, vec![3, 4]);
             // Keyed by their last offsets.
             assert_eq!(batch_keys(&store, 1, 0), [2, 4]);
@@ -939,7 +911,7 @@ mod tests {
             (4, 5, store.message_sizes(1, 0, 4, 9).unwrap()[0].2)
         );
         assert_eq!(payloads(&store.read_messages(1, 0, 0, u64::MAX, 10).unwrap()), [(4, "e")]);
-        let c = Commit { messages: vec![msg(1, 0, "f")], ..Default::default() };
+        let c = Commit { messages: vec![msg(1, 0, "f")].into(), ..Default::default() };
         assert_eq!(store.commit(c).unwrap().offsets, vec![5]);
         // Everything: the batch holding the watermark's predecessor goes too.
         let all: u64 = store.message_sizes(1, 0, 4, 100).unwrap().iter().map(|s| s.2).sum();
@@ -958,8 +930,8 @@ mod tests {
         }
         store.commit(c).unwrap();
         let payload = "x".repeat(100);
-        let messages = (0..3000).map(|i| msg(1, i % 2, &format!("{i}{payload}"))).collect();
-        let offsets = store.commit(Commit { messages, ..Default::default() }).unwrap().offsets;
+        let messages = (0..3000).map(|i| msg(1, i % 2, &format!("{i}{payload}"))).collect::<Vec<_>>();
+        let offsets = store.commit(Commit { messages: messages.into(), ..Default::default() }).unwrap().offsets;
         assert_eq!(offsets, (0..3000u64).map(|i| i / 2).collect::<Vec<_>>());
         for p in [0, 1] {
             let lasts = batch_keys(&store, 1, p);
@@ -988,7 +960,7 @@ mod tests {
 
     #[test]
     fn messages_stored_one_per_key_are_moved_into_batches_at_open() {
-        use crate::message::{BATCH_HEADER_LEN, decode_batch, push_message, start_batch};
+        use crate::message::{BATCH_HEADER_LEN, decode_batch};
         let dir = tempfile::tempdir().unwrap();
         // More messages than one migration chunk, in two partitions.
         let n = 10_007u64;
@@ -999,8 +971,8 @@ mod tests {
                 c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition });
             }
             store.commit(c).unwrap();
-            let messages = (0..n).map(|i| msg(1, (i % 7 == 0) as u32, &i.to_string())).collect();
-            store.commit(Commit { messages, ..Default::default() }).unwrap();
+            let messages = (0..n).map(|i| msg(1, (i % 7 == 0) as u32, &i.to_string())).collect::<Vec<_>>();
+            store.commit(Commit { messages: messages.into(), ..Default::default() }).unwrap();
             let all = |p| store.read_messages(1, p, 0, u64::MAX, usize::MAX).unwrap();
             ([all(0), all(1)], [0, 1].map(|p| store.partition_state(1, p).unwrap().bytes))
         };
@@ -1012,8 +984,6 @@ mod tests {
             for m in original.iter().flatten() {
                 let mut key = keys::message_key(m.topic_id, m.partition, m.offset);
                 key[0] = keys::LEGACY_MESSAGE_PREFIX;
-                let mut entry = Vec::new();
-                start_batch(&mut entry, m.timestamp_ms);
                 let new = NewMessage {
                     topic_id: m.topic_id,
                     partition: m.partition,
@@ -1022,7 +992,7 @@ mod tests {
                     key: m.key.clone(),
                     payload: m.payload.clone(),
                 };
-                push_message(&mut entry, &new);
+                let entry = MessageBatches::from(vec![new]).batches.remove(0).value;
                 let legacy = [&m.timestamp_ms.to_be_bytes()[..], &entry[BATCH_HEADER_LEN..]].concat();
                 wb.put(key, legacy);
             }
@@ -1049,7 +1019,7 @@ mod tests {
             (ts, e.len())
         };
         assert_eq!(entries, 1);
-        let c = Commit { messages: vec![msg(1, 1, "next")], ..Default::default() };
+        let c = Commit { messages: vec![msg(1, 1, "next")].into(), ..Default::default() };
         assert_eq!(store.commit(c).unwrap().offsets, vec![original[1].len() as u64]);
     }
 
@@ -1059,7 +1029,7 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Process).unwrap();
         let mut c = Commit::default();
         c.batch.put(b"\x02row", b"v");
-        c.messages.push(msg(9, 0, "x"));
+        c.messages.push(&msg(9, 0, "x"));
         assert!(matches!(store.commit(c), Err(StorageError::UnknownPartition { .. })));
         assert_eq!(store.get(b"\x02row").unwrap(), None);
     }
@@ -1072,7 +1042,7 @@ mod tests {
         store.commit(c).unwrap();
         let mut times = Vec::new();
         for i in 0..5 {
-            let c = Commit { messages: vec![msg(1, 0, &i.to_string())], ..Default::default() };
+            let c = Commit { messages: vec![msg(1, 0, &i.to_string())].into(), ..Default::default() };
             times.push(store.commit(c).unwrap().timestamp_ms);
         }
         assert_eq!(store.offset_for_timestamp(1, 0, i64::MIN).unwrap(), 0);
@@ -1094,8 +1064,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut mine = Vec::new();
                     for i in 0..100 {
-                        let msgs = (0..(i % 3 + 1)).map(|_| msg(1, 0, &t.to_string())).collect();
-                        mine.extend(store.commit(Commit { messages: msgs, ..Default::default() }).unwrap().offsets);
+                        let msgs = (0..(i % 3 + 1)).map(|_| msg(1, 0, &t.to_string())).collect::<Vec<_>>();
+                        mine.extend(
+                            store.commit(Commit { messages: msgs.into(), ..Default::default() }).unwrap().offsets,
+                        );
                     }
                     mine
                 })
@@ -1115,12 +1087,12 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Sync).unwrap();
         let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
         store.commit(c).unwrap();
-        let pending = store.write(Commit { messages: vec![msg(1, 0, "a")], ..Default::default() }).unwrap();
+        let pending = store.write(Commit { messages: vec![msg(1, 0, "a")].into(), ..Default::default() }).unwrap();
         // Written, offset assigned, not yet durable: readers do not see it.
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 0);
         assert!(store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().is_empty());
         // A second commit gets the next offset meanwhile.
-        let second = store.write(Commit { messages: vec![msg(1, 0, "b")], ..Default::default() }).unwrap();
+        let second = store.write(Commit { messages: vec![msg(1, 0, "b")].into(), ..Default::default() }).unwrap();
         assert_eq!(store.finish(second).unwrap().offsets, vec![1]);
         // Its fsync covered the first one too: both are visible, in offset order.
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 2);
@@ -1142,7 +1114,7 @@ mod tests {
                     (0..25)
                         .flat_map(|_| {
                             let offsets = store
-                                .commit(Commit { messages: vec![msg(1, 0, "x")], ..Default::default() })
+                                .commit(Commit { messages: vec![msg(1, 0, "x")].into(), ..Default::default() })
                                 .unwrap()
                                 .offsets;
                             // Whichever thread's fsync covered it, a finished commit is visible.
@@ -1168,7 +1140,7 @@ mod tests {
         let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
         store.commit(c).unwrap();
         let mut rx = store.subscribe(1, 0).unwrap();
-        store.commit(Commit { messages: vec![msg(1, 0, "a")], ..Default::default() }).unwrap();
+        store.commit(Commit { messages: vec![msg(1, 0, "a")].into(), ..Default::default() }).unwrap();
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow(), 1);
         let c = Commit { partition_ops: vec![PartitionOp::Drop { topic_id: 1, partition: 0 }], ..Default::default() };

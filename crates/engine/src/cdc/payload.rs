@@ -109,18 +109,16 @@ impl<'a> ObjectWriter<'a> {
         Self { columns, prefixes }
     }
 
-    /// `{"name":value,...}` of the columns `which` of `row`.
-    pub fn write(&self, row: &[Value], which: impl Iterator<Item = usize>) -> String {
-        let mut out = Vec::with_capacity(24 * self.columns.len() + 2);
+    /// Appends `{"name":value,...}` of the columns `which` of `row`.
+    pub fn write_into(&self, out: &mut Vec<u8>, row: &[Value], which: impl Iterator<Item = usize>) {
         out.push(b'{');
         for (n, i) in which.enumerate() {
             if n > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(&self.prefixes[i]);
-            write_value(&mut out, &row[i], self.columns[i].data_type);
+            write_value(out, &row[i], self.columns[i].data_type);
         }
         out.push(b'}');
-        String::from_utf8(out).expect("JSON text is UTF-8")
     }
 }

@@ -16,7 +16,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde_json::{Map, Value as Json};
 use topicfusion_dialect::{PayloadMode, SourceOp};
 use topicfusion_storage::codec::encode_key_value;
-use topicfusion_storage::{ChangeOp, NewMessage, Value};
+use topicfusion_storage::{ChangeOp, MessageBatches, Value};
 
 use crate::catalog::{RouteMeta, Table, Topic};
 use crate::cdc::payload::{ObjectWriter, json_value, object};
@@ -155,16 +155,14 @@ pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
     Ok(())
 }
 
-/// The messages for a statement's changes to `table`, over the routes of `topics`, in change
-/// order per topic.
-pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Result<Vec<NewMessage>> {
-    let mut out = Vec::new();
-    let source_table: Arc<str> = table.meta.qualified_name().into();
+/// Adds to `out` the messages for a statement's changes to `table`, over the routes of `topics`,
+/// in change order per topic; their JSON is written straight into the message batches.
+pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange], out: &mut MessageBatches) -> Result<()> {
+    let source_table = table.meta.qualified_name();
     let json = ObjectWriter::new(&table.meta.columns);
-    // Built at most once per statement, when the first route needs them: the Arrow batch of the
-    // changed rows (for filters and PARTITION BY) and the key JSON of each change.
+    // Built at most once per statement, when the first route needs it: the Arrow batch of the
+    // changed rows (for filters and PARTITION BY).
     let images: OnceCell<RecordBatch> = OnceCell::new();
-    let keys: OnceCell<Vec<String>> = OnceCell::new();
     // The batch of before images, for PARTITION BY of the DELETE half of a key change.
     let before_images: OnceCell<std::result::Result<RecordBatch, String>> = OnceCell::new();
     for topic in topics {
@@ -203,7 +201,18 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                 _ => None,
             };
             let partitions = partitions_of(route, batch, changes, topic.meta.partitions)?;
-            let keys = keys.get_or_init(|| changes.iter().map(|c| key_text(&json, table, c)).collect());
+            let mut push = |change: &RowChange, partition: u32| {
+                if has_payload(route.payload, change) {
+                    out.push_with(
+                        topic.meta.id,
+                        partition,
+                        change.op,
+                        &source_table,
+                        |o| write_key(o, &json, table, change),
+                        |o| write_payload(o, &json, table, route.payload, change),
+                    );
+                }
+            };
             for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
@@ -226,32 +235,15 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange]) -> Res
                     } else {
                         partitions_of(route, None, std::slice::from_ref(&delete), topic.meta.partitions)?[0]
                     };
-                    for (change, partition) in [(&delete, old_partition), (&insert, partitions[i])] {
-                        let Some(payload) = payload(&json, table, route.payload, change) else { continue };
-                        out.push(NewMessage {
-                            topic_id: topic.meta.id,
-                            partition,
-                            op: change.op,
-                            source_table: Arc::clone(&source_table),
-                            key: key_text(&json, table, change),
-                            payload,
-                        });
-                    }
+                    push(&delete, old_partition);
+                    push(&insert, partitions[i]);
                     continue;
                 }
-                let Some(payload) = payload(&json, table, route.payload, change) else { continue };
-                out.push(NewMessage {
-                    topic_id: topic.meta.id,
-                    partition: partitions[i],
-                    op: change.op,
-                    source_table: Arc::clone(&source_table),
-                    key: keys[i].clone(),
-                    payload,
-                });
+                push(change, partitions[i]);
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn evaluate_mask(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<BooleanArray> {
@@ -288,13 +280,16 @@ fn partitions_of(
     }
 }
 
-/// The text of [`key_object`].
-fn key_text(json: &ObjectWriter<'_>, table: &Table, change: &RowChange) -> String {
+/// Writes the JSON of [`key_object`].
+fn write_key(out: &mut Vec<u8>, json: &ObjectWriter<'_>, table: &Table, change: &RowChange) {
     let meta = &table.meta;
     if meta.primary_key.is_empty() {
-        return format!("{{\"_rowid\":{}}}", decode_rowid(&change.key));
+        out.extend_from_slice(b"{\"_rowid\":");
+        out.extend_from_slice(itoa::Buffer::new().format(decode_rowid(&change.key)).as_bytes());
+        out.push(b'}');
+        return;
     }
-    json.write(change.image(), meta.primary_key.iter().copied())
+    json.write_into(out, change.image(), meta.primary_key.iter().copied());
 }
 
 /// `{"pk": value, ...}`, or `{"_rowid": n}` for a table without a primary key.
@@ -319,40 +314,45 @@ fn decode_rowid(key: &[u8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
-/// The payload text of one change, or `None` when a `diff` UPDATE changed nothing.
-fn payload(json: &ObjectWriter<'_>, table: &Table, mode: PayloadMode, change: &RowChange) -> Option<String> {
+/// Whether a change has a message: not when a `diff` UPDATE changed nothing.
+fn has_payload(mode: PayloadMode, change: &RowChange) -> bool {
+    match (mode, change.op, change.before.as_deref(), change.after.as_deref()) {
+        (PayloadMode::Diff, ChangeOp::Update, Some(before), Some(after)) => before != after,
+        (PayloadMode::Diff, ChangeOp::Update, ..) | (PayloadMode::Diff, ChangeOp::Delete, None, _) => false,
+        _ => true,
+    }
+}
+
+/// Writes the payload JSON of one change (one [`has_payload`] accepts).
+fn write_payload(out: &mut Vec<u8>, json: &ObjectWriter<'_>, table: &Table, mode: PayloadMode, change: &RowChange) {
     let columns = &table.meta.columns;
     let all = || 0..columns.len();
     let key = || Json::Object(key_object(table, change));
-    Some(
-        match (mode, change.op) {
-            (PayloadMode::Key, _) => return Some(key_text(json, table, change)),
-            (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
-                return Some(json.write(change.image(), all()));
-            }
-            (PayloadMode::Diff, ChangeOp::Update) => {
-                let (before, after) = (change.before.as_deref()?, change.after.as_deref()?);
-                let changed: Map<String, Json> = all()
-                    .filter(|&i| before[i] != after[i])
-                    .map(|i| {
-                        let ty = columns[i].data_type;
-                        let pair = Map::from_iter([
-                            ("old".to_owned(), json_value(&before[i], ty)),
-                            ("new".to_owned(), json_value(&after[i], ty)),
-                        ]);
-                        (columns[i].name.clone(), Json::Object(pair))
-                    })
-                    .collect();
-                if changed.is_empty() {
-                    return None;
-                }
-                Json::Object(Map::from_iter([("key".to_owned(), key()), ("changes".to_owned(), Json::Object(changed))]))
-            }
-            (PayloadMode::Diff, ChangeOp::Delete) => Json::Object(Map::from_iter([
-                ("key".to_owned(), key()),
-                ("old".to_owned(), Json::Object(object(columns, change.before.as_deref()?, all()))),
-            ])),
+    let tree = match (mode, change.op) {
+        (PayloadMode::Key, _) => return write_key(out, json, table, change),
+        (PayloadMode::Full, _) | (PayloadMode::Diff, ChangeOp::Insert) => {
+            return json.write_into(out, change.image(), all());
         }
-        .to_string(),
-    )
+        (PayloadMode::Diff, ChangeOp::Update) => {
+            let (before, after) = (change.before.as_deref().unwrap_or(&[]), change.after.as_deref().unwrap_or(&[]));
+            let changed: Map<String, Json> = all()
+                .filter(|&i| before.get(i) != after.get(i))
+                .map(|i| {
+                    let ty = columns[i].data_type;
+                    let pair = Map::from_iter([
+                        ("old".to_owned(), json_value(&before[i], ty)),
+                        ("new".to_owned(), json_value(&after[i], ty)),
+                    ]);
+                    (columns[i].name.clone(), Json::Object(pair))
+                })
+                .collect();
+            Json::Object(Map::from_iter([("key".to_owned(), key()), ("changes".to_owned(), Json::Object(changed))]))
+        }
+        (PayloadMode::Diff, ChangeOp::Delete) => Json::Object(Map::from_iter([
+            ("key".to_owned(), key()),
+            ("old".to_owned(), Json::Object(object(columns, change.before.as_deref().unwrap_or(&[]), all()))),
+        ])),
+    };
+    // Writing JSON to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &tree);
 }

@@ -171,6 +171,9 @@ async fn worker(dir: &Path, journal: &Path, cycle: u64, sync: bool) {
     }
 }
 
+/// A message as the check read it: (partition, offset, op, value).
+type SeenMessage = (u32, u64, String, Option<i64>);
+
 /// One journaled statement.
 #[derive(Debug, Clone)]
 struct Intent {
@@ -192,7 +195,13 @@ async fn run(dir: &Path, cycles: u64, sync: bool, tamper: bool) -> Result<(), St
         .await
         .map_err(|e| e.to_string())?;
         for op in ["INSERT", "UPDATE", "DELETE"] {
-            let _ = db.execute(&format!("ALTER TOPIC cdc ADD SOURCE w ON {op} WITH (payload = 'full')")).await;
+            // A data dir from an earlier run already has the sources; any other error is fatal
+            // (a missing route would show up as a false violation).
+            if let Err(e) = db.execute(&format!("ALTER TOPIC cdc ADD SOURCE w ON {op} WITH (payload = 'full')")).await
+                && !e.to_string().contains("already has a source")
+            {
+                return Err(format!("set-up: {e}"));
+            }
         }
     }
     let mut rng = Rng(seed());
@@ -223,6 +232,7 @@ async fn run(dir: &Path, cycles: u64, sync: bool, tamper: bool) -> Result<(), St
         }
         child.kill().map_err(|e| e.to_string())?;
         child.wait().map_err(|e| e.to_string())?;
+        drop_cut_line(&journal)?;
         if tamper && cycle == cycles {
             lose_a_row(dir)?;
         }
@@ -250,6 +260,19 @@ async fn rows(db: &Database, sql: &str) -> Result<Vec<Vec<String>>, String> {
     Ok(out)
 }
 
+/// Removes a last line the kill cut short: its step counts as not journaled (a statement whose
+/// intent is cut never ran; one whose confirmation is cut stays in flight). Without this, a cut
+/// number would read as another number, and the next cycle's first line would be glued to it.
+fn drop_cut_line(journal: &Path) -> Result<(), String> {
+    let text = std::fs::read(journal).unwrap_or_default();
+    let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < text.len() {
+        let file = std::fs::OpenOptions::new().write(true).open(journal).map_err(|e| e.to_string())?;
+        file.set_len(whole as u64).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// How many statements the journal confirms so far.
 fn confirmed_statements(journal: &Path) -> usize {
     std::fs::read_to_string(journal).map_or(0, |t| t.lines().filter(|l| l.starts_with("C ")).count())
@@ -275,7 +298,11 @@ async fn check(
     max_positions: &mut HashMap<u32, u64>,
 ) -> Result<String, String> {
     let db = Database::open(dir, options(sync)).map_err(|e| format!("reopen: {e}"))?;
-    let text = std::fs::read_to_string(journal).map_err(|e| e.to_string())?;
+    // No journal yet: the worker was killed before it opened it (a slow start under load).
+    let text = match std::fs::read_to_string(journal) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        other => other.map_err(|e| format!("journal: {e}"))?,
+    };
     // Statements per writer, in order; the last intent without a confirmation is in flight.
     let mut intents: BTreeMap<(u64, u64), BTreeMap<u64, Intent>> = BTreeMap::new();
     let mut confirmed: HashSet<(u64, u64, u64)> = HashSet::new();
@@ -290,7 +317,8 @@ async fn check(
                 intents.entry((n(c)?, n(w)?)).or_default().insert(n(seq)?, intent);
             }
             ["C", c, w, seq] => {
-                confirmed.insert((c.parse().unwrap_or(0), w.parse().unwrap_or(0), seq.parse().unwrap_or(0)));
+                let n = |s: &str| s.parse::<u64>().map_err(|e| format!("journal {line}: {e}"));
+                confirmed.insert((n(c)?, n(w)?, n(seq)?));
             }
             ["A", p, o, pos] => {
                 let p: u32 = p.parse().map_err(|_| "journal partition")?;
@@ -299,9 +327,7 @@ async fn check(
                 let m = max_positions.entry(p).or_insert(0);
                 *m = (*m).max(pos);
             }
-            [] | [""] => {}
-            // A line cut by the kill (only the last one can be).
-            _ => {}
+            _ => return Err(format!("journal line not understood: {line}")),
         }
     }
     // The table.
@@ -356,6 +382,8 @@ async fn check(
     }
     // Messages: offsets 0..n-1 per partition; replayed per key they give the table.
     let mut replay: HashMap<u64, i64> = HashMap::new();
+    // Each key's messages, for the report of a mismatch: (partition, offset, op, value).
+    let mut history: HashMap<u64, Vec<SeenMessage>> = HashMap::new();
     let mut messages = 0u64;
     for p in 0..PARTITIONS {
         let next: u64 = rows(&db, &format!("SELECT next_offset FROM system.topic_partitions WHERE partition_id = {p}"))
@@ -380,6 +408,7 @@ async fn check(
                 messages += 1;
                 let payload: serde_json::Value = serde_json::from_str(&r[7]).map_err(|e| e.to_string())?;
                 let key = payload["id"].as_u64().ok_or("payload without id")?;
+                history.entry(key).or_default().push((p, offset, r[4].clone(), payload["v"].as_i64()));
                 match r[4].as_str() {
                     "delete" => {
                         replay.remove(&key);
@@ -392,9 +421,33 @@ async fn check(
         }
     }
     if replay != table {
-        return Err(
-            "replaying the messages does not give the table (a change without its message, or the reverse)".into()
-        );
+        let keys: HashSet<u64> = replay.keys().chain(table.keys()).copied().collect();
+        let differing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| replay.get(k) != table.get(k))
+            .take(5)
+            .map(|k| {
+                let journaled: Vec<String> = intents
+                    .iter()
+                    .flat_map(|((c, w), stmts)| stmts.iter().map(move |(seq, i)| (c, w, seq, i)))
+                    .filter(|(_, _, _, i)| i.key == k)
+                    .map(|(c, w, seq, i)| {
+                        let state = if confirmed.contains(&(*c, *w, *seq)) { "confirmed" } else { "in flight" };
+                        format!("{} {} ({state})", i.op, i.value)
+                    })
+                    .collect();
+                format!(
+                    "key {k}: table {:?}, replay {:?}, messages (partition, offset, op, v) {:?}, statements {journaled:?}",
+                    table.get(&k),
+                    replay.get(&k),
+                    history.get(&k)
+                )
+            })
+            .collect();
+        return Err(format!(
+            "replaying the messages does not give the table (a change without its message, or the reverse): {}",
+            differing.join("; ")
+        ));
     }
     // Each statement changes one row and has one message.
     if messages < committed_changes || messages > committed_changes + maybe.len() as u64 {
