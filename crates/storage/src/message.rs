@@ -208,38 +208,79 @@ pub struct Entry<'a> {
 
 /// A decoded batch value: the commit time and every message, checked against the count.
 pub fn decode_batch(value: &[u8]) -> Result<(i64, Vec<Entry<'_>>)> {
-    let bad = || StorageError::Corrupt { what: "message batch: truncated" };
-    if value.len() < BATCH_HEADER_LEN {
-        return Err(bad());
-    }
-    let timestamp_ms = i64::from_be_bytes(value[..8].try_into().expect("len checked"));
-    let count = u32::from_be_bytes(value[8..BATCH_HEADER_LEN].try_into().expect("len checked"));
-    if count == 0 {
-        return Err(StorageError::Corrupt { what: "message batch: empty" });
-    }
-    let mut rest = &value[BATCH_HEADER_LEN..];
+    let (timestamp_ms, count, mut reader) = BatchReader::new(value)?;
     // A message takes at least 13 bytes: a corrupt count cannot make this allocate more than
     // the value could hold.
-    let mut entries = Vec::with_capacity((count as usize).min(rest.len() / 13));
-    for _ in 0..count {
-        let len_before = rest.len();
-        let (&op, tail) = rest.split_first().ok_or_else(bad)?;
-        rest = tail;
-        let mut string = || -> Result<&str> {
-            let len = rest.get(..4).ok_or_else(bad)?;
-            let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-            let bytes = rest.get(4..4 + len).ok_or_else(bad)?;
-            rest = &rest[4 + len..];
-            std::str::from_utf8(bytes).map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })
-        };
-        let (source_table, key, payload) = (string()?, string()?, string()?);
-        let op = ChangeOp::from_code(op)?;
-        entries.push(Entry { op, source_table, key, payload, len: len_before - rest.len() });
+    let mut entries = Vec::with_capacity((count as usize).min(value.len() / 13));
+    while let Some(e) = reader.next_entry()? {
+        entries.push(e);
     }
-    if !rest.is_empty() {
+    if !reader.rest.is_empty() {
         return Err(StorageError::Corrupt { what: "message batch: bytes after its messages" });
     }
     Ok((timestamp_ms, entries))
+}
+
+/// Reads a batch value's messages one at a time, so that a read decodes only the messages it
+/// returns: the header is checked first, each message when it is reached (lengths in bounds,
+/// UTF-8), and [`BatchReader::skip`] hops over messages by their lengths alone.
+pub struct BatchReader<'a> {
+    rest: &'a [u8],
+    /// Messages not yet read or skipped.
+    left: u32,
+}
+
+impl<'a> BatchReader<'a> {
+    /// The batch's commit time, its message count and a reader at its first message.
+    pub fn new(value: &'a [u8]) -> Result<(i64, u32, Self)> {
+        let (timestamp_ms, count) = decode_batch_header(value)?;
+        if count == 0 {
+            return Err(StorageError::Corrupt { what: "message batch: empty" });
+        }
+        Ok((timestamp_ms, count, Self { rest: &value[BATCH_HEADER_LEN..], left: count }))
+    }
+
+    /// The next message, `None` after the last one.
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'a>>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let before = self.rest;
+        let op = ChangeOp::from_code(*self.take(1)?.first().expect("one byte"))?;
+        let mut string = || {
+            std::str::from_utf8(self.take_string()?).map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })
+        };
+        let (source_table, key, payload) = (string()?, string()?, string()?);
+        self.left -= 1;
+        Ok(Some(Entry { op, source_table, key, payload, len: before.len() - self.rest.len() }))
+    }
+
+    /// Hops over the next `n` messages (at most the ones left) without decoding them.
+    pub fn skip(&mut self, n: u64) -> Result<()> {
+        for _ in 0..n.min(u64::from(self.left)) {
+            self.take(1)?;
+            for _ in 0..3 {
+                self.take_string()?;
+            }
+            self.left -= 1;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.rest.len() < n {
+            return Err(StorageError::Corrupt { what: "message batch: truncated" });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    /// `len:u32` and that many bytes.
+    fn take_string(&mut self) -> Result<&'a [u8]> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        self.take(len as usize)
+    }
 }
 
 /// Reads only the commit time and message count of a stored batch.
@@ -339,6 +380,34 @@ mod tests {
             finish_batch(&mut v, ts, count);
             assert!(decode_batch(&v).is_err(), "{what}: an error, not a panic or a huge allocation");
         }
+    }
+
+    #[test]
+    fn a_reader_hops_over_messages_and_decodes_only_those_it_reaches() {
+        let messages: Vec<NewMessage> = (0..5).map(|i| msg(ChangeOp::Insert, &format!("{{\"n\":{i}}}"))).collect();
+        let v = sealed(MessageBatches::from(messages), 9).remove(0);
+        let (_, all) = decode_batch(&v).unwrap();
+        let (ts, count, mut reader) = BatchReader::new(&v).unwrap();
+        assert_eq!((ts, count), (9, 5));
+        reader.skip(3).unwrap();
+        assert_eq!(reader.next_entry().unwrap(), Some(all[3]));
+        reader.skip(10).unwrap();
+        assert_eq!(reader.next_entry().unwrap(), None);
+        // A value cut inside the third message: hopping over two is fine, over three is an error.
+        let cut = &v[..v.len() - all[4].len - all[3].len - 3];
+        let (_, _, mut reader) = BatchReader::new(cut).unwrap();
+        reader.skip(2).unwrap();
+        assert!(reader.next_entry().is_err());
+        let (_, _, mut reader) = BatchReader::new(cut).unwrap();
+        assert!(reader.skip(3).is_err());
+        // An invalid UTF-8 payload is found when the message is read, not when it is hopped over.
+        let mut bad = v.clone();
+        let at = bad.len() - 2;
+        bad[at] = 0xFF;
+        let (_, _, mut reader) = BatchReader::new(&bad).unwrap();
+        reader.skip(4).unwrap();
+        assert!(reader.next_entry().is_err());
+        assert!(decode_batch(&bad).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
-    Entry, Message, MessageBatches, batch_of_legacy_message, decode_batch, decode_batch_header, finish_batch,
+    BatchReader, Entry, Message, MessageBatches, batch_of_legacy_message, decode_batch_header, finish_batch,
     message_size,
 };
 
@@ -505,13 +505,18 @@ impl Store {
         it.seek(keys::message_key(topic_id, partition, from));
         while it.valid() && out.len() < limit {
             let (k, v) = it.item().expect("valid iterator has an item");
-            let (first, timestamp_ms, entries) = decode_stored_batch(k, v)?;
+            let (first, timestamp_ms, mut reader) = decode_stored_batch(k, v)?;
             if first >= until {
                 break;
             }
-            let wanted = (first..).zip(&entries).filter(|(offset, _)| (from..until).contains(offset));
-            for (offset, e) in wanted.take(limit - out.len()) {
-                out.push(map(offset, timestamp_ms, e));
+            // Only the messages returned are decoded: those before `from` are hopped over, and
+            // the read stops at `until` or `limit` inside the batch.
+            reader.skip(from.saturating_sub(first))?;
+            let mut offset = first.max(from);
+            while offset < until && out.len() < limit {
+                let Some(e) = reader.next_entry()? else { break };
+                out.push(map(offset, timestamp_ms, &e));
+                offset += 1;
             }
             it.next();
         }
@@ -670,16 +675,16 @@ fn partition_iterator(db: &DB, topic_id: u64, partition: u32) -> DBRawIterator<'
     db.raw_iterator_opt(opts)
 }
 
-/// A stored batch as `(first offset, commit time, messages)`, from its key (the last offset)
-/// and value.
-fn decode_stored_batch<'v>(key: &[u8], value: &'v [u8]) -> Result<(u64, i64, Vec<Entry<'v>>)> {
+/// A stored batch as `(first offset, commit time, a reader of its messages)`, from its key (the
+/// last offset) and value.
+fn decode_stored_batch<'v>(key: &[u8], value: &'v [u8]) -> Result<(u64, i64, BatchReader<'v>)> {
     let (_, _, last) = keys::decode_message_key(key)?;
-    let (timestamp_ms, entries) = decode_batch(value)?;
-    // `decode_batch` refuses empty batches.
+    // `BatchReader::new` refuses empty batches.
+    let (timestamp_ms, count, reader) = BatchReader::new(value)?;
     let first = last
-        .checked_sub(entries.len() as u64 - 1)
+        .checked_sub(u64::from(count) - 1)
         .ok_or(StorageError::Corrupt { what: "message batch: more messages than offsets" })?;
-    Ok((first, timestamp_ms, entries))
+    Ok((first, timestamp_ms, reader))
 }
 
 /// Moves messages stored one per key before message batches (`0x03` keys) into batches of one,

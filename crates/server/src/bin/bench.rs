@@ -8,7 +8,8 @@
 //!
 //! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (3 runs of each bulk
 //! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
-//! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete).
+//! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
+//! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -362,7 +363,8 @@ async fn main() {
             eprintln!("compactions settled in {:.1}s", settle.elapsed().as_secs_f64());
             topics.push((size, dir, db, Vec::new()));
         }
-        for i in 0..200u64 {
+        eprintln!("reading");
+        for i in 0..env("BENCH_CONSUME_READS", 200) {
             for (size, _, db, lat) in topics.iter_mut() {
                 // Random positions in the last million messages.
                 let span = (*size - 1000).min(1_000_000);
