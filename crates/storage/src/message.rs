@@ -1,4 +1,5 @@
-//! Topic messages: the batch value holding one commit's messages to one partition, and its codec.
+//! Topic messages: the batch values holding a commit's messages to one partition, how they are
+//! built in place ([`MessageBatches`]) and read ([`BatchReader`], [`decode_batch`]).
 
 use std::sync::Arc;
 
@@ -77,7 +78,7 @@ pub fn message_size(entry_len: usize) -> u64 {
 }
 
 /// A batch is closed once its value reaches this size (RocksDB's block size here): a read
-/// that starts inside a batch decodes at most about a block of messages it skips, and a bulk
+/// that starts inside a batch hops over at most about a block of messages, and a bulk
 /// INSERT still writes one entry per ~100 small messages.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024;
 
@@ -248,7 +249,8 @@ impl<'a> BatchReader<'a> {
         let before = self.rest;
         let op = ChangeOp::from_code(*self.take(1)?.first().expect("one byte"))?;
         let mut string = || {
-            std::str::from_utf8(self.take_string()?).map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })
+            std::str::from_utf8(self.take_string()?)
+                .map_err(|_| StorageError::Corrupt { what: "message: invalid UTF-8" })
         };
         let (source_table, key, payload) = (string()?, string()?, string()?);
         self.left -= 1;
