@@ -337,8 +337,7 @@ mod tests {
         }
     }
 
-    /// The values `batches` would store with commit time `timestamp_ms`, and each message's
-    /// entry length.
+    /// The values `batches` would store with commit time `timestamp_ms`.
     fn sealed(batches: MessageBatches, timestamp_ms: i64) -> Vec<Vec<u8>> {
         batches
             .batches
