@@ -67,13 +67,36 @@ async fn bulk_insert(dir: &std::path::Path, rows: u64, batch: u64, routes: &[&st
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Opens a database in the state of a server that has run a while: a WAL file's worth of writes
+/// flushed, so RocksDB keeps that file for reuse and the next WAL overwrites it instead of growing
+/// a new file (as PostgreSQL's pre-zeroed, recycled WAL segments are overwritten). The synced
+/// sections start here, so that their fsyncs are those of a running server, not of its first
+/// minutes.
+async fn open_warm(dir: &std::path::Path, durability: Durability) -> Database {
+    let db = Database::open(dir, DatabaseOptions { durability, ..Default::default() }).expect("open");
+    exec(&db, "CREATE TABLE warmup (id BIGINT PRIMARY KEY, v TEXT)").await;
+    for i in 0..8u64 {
+        let sql = format!(
+            "INSERT INTO warmup SELECT value, repeat('x', 1000) FROM generate_series({}, {})",
+            i * 8192,
+            i * 8192 + 8191
+        );
+        exec(&db, &sql).await;
+    }
+    // The first flush frees the first WAL (kept for reuse); the second switches to it.
+    db.settle_storage().expect("flush");
+    exec(&db, "INSERT INTO warmup VALUES (-1, 'x')").await;
+    db.settle_storage().expect("flush");
+    db
+}
+
 /// Latencies (sorted, ms) from before a producer's INSERT to a long-polling consumer holding the
 /// message, with `writers` tasks doing single-row INSERTs into another routed table meanwhile
 /// (and their rate).
 async fn commit_to_consumer_latency(sync: bool, writers: u64, lat_n: u64) -> (Vec<f64>, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let durability = if sync { Durability::Sync } else { Durability::Process };
-    let db = Arc::new(Database::open(dir.path(), DatabaseOptions { durability, ..Default::default() }).expect("open"));
+    let db = Arc::new(open_warm(dir.path(), durability).await);
     exec(&db, "CREATE TABLE k (id BIGINT PRIMARY KEY)").await;
     exec(&db, "CREATE TOPIC l").await;
     exec(&db, "ALTER TOPIC l ADD SOURCE k ON INSERT WITH (payload = 'key')").await;
@@ -290,8 +313,7 @@ async fn main() {
     // 3. Single-row autocommit INSERTs with the WAL fsynced (one route), like PostgreSQL's.
     if wants(&["insert_single_autocommit_sync_one_route"]) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
-            .expect("open");
+        let db = open_warm(dir.path(), Durability::Sync).await;
         exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
         exec(&db, "CREATE TOPIC ev").await;
         exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
@@ -317,10 +339,7 @@ async fn main() {
             continue;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(
-            Database::open(dir.path(), DatabaseOptions { durability: Durability::Sync, ..Default::default() })
-                .expect("open"),
-        );
+        let db = Arc::new(open_warm(dir.path(), Durability::Sync).await);
         exec(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
         exec(&db, "CREATE TOPIC ev").await;
         exec(&db, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await;

@@ -1,6 +1,7 @@
 //! The crash-test harness: `crash run --cycles N [--sync] [--data-dir DIR]` runs N cycles of a
 //! worker process (writers doing INSERT/UPDATE/DELETE on a routed table, consumers doing group
-//! CONSUME + per-message ACK), kills it with SIGKILL at a random moment, reopens the data dir and
+//! CONSUME + per-message ACK, a flusher doing memtable flushes so that kills also land mid-flush
+//! and on recycled WAL files), kills it with SIGKILL at a random moment, reopens the data dir and
 //! checks:
 //! - every statement the worker reported committed is there (the one in flight may or may not be);
 //! - rows and messages agree: replaying each key's messages in offset order gives the table, and
@@ -166,6 +167,18 @@ async fn worker(dir: &Path, journal: &Path, cycle: u64, sync: bool) {
             }
         }));
     }
+    // Memtable flushes at random moments: the kill then also lands mid-flush, and on WAL files
+    // that RocksDB recycled (overwritten in place, old records of their last use after the new
+    // ones), which recovery must neither replay nor stop short at.
+    let flusher = Arc::clone(&db);
+    tasks.push(tokio::spawn(async move {
+        let mut rng = Rng(seed() ^ 0xF1);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20 + rng.below(150))).await;
+            let db = Arc::clone(&flusher);
+            tokio::task::spawn_blocking(move || db.settle_storage()).await.expect("flush task").expect("flush");
+        }
+    }));
     for t in tasks {
         let _ = t.await;
     }
