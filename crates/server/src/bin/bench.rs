@@ -71,7 +71,7 @@ async fn bulk_insert(dir: &std::path::Path, rows: u64, batch: u64, routes: &[&st
 /// flushed, so RocksDB keeps that file for reuse and the next WAL overwrites it instead of growing
 /// a new file (as PostgreSQL's pre-zeroed, recycled WAL segments are overwritten). The synced
 /// sections start here, so that their fsyncs are those of a running server, not of its first
-/// minutes.
+/// minutes; the unsynced commit-to-consumer latency does too, to compare like with like.
 async fn open_warm(dir: &std::path::Path, durability: Durability) -> Database {
     let db = Database::open(dir, DatabaseOptions { durability, ..Default::default() }).expect("open");
     exec(&db, "CREATE TABLE warmup (id BIGINT PRIMARY KEY, v TEXT)").await;
