@@ -24,7 +24,6 @@ use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
     BatchReader, Entry, Message, MessageBatches, batch_of_legacy_message, decode_batch_header, finish_batch,
-    message_size,
 };
 
 /// A stored key and its value.
@@ -487,7 +486,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, i64, u64)>> {
         self.scan_messages(topic_id, partition, from, u64::MAX, limit, |offset, timestamp_ms, e| {
-            (offset, timestamp_ms, message_size(e.len))
+            (offset, timestamp_ms, e.size())
         })
     }
 
@@ -853,6 +852,76 @@ mod tests {
         messages.iter().map(|m| (m.offset, m.payload.as_str())).collect()
     }
 
+    /// The message to append that `m` was.
+    fn new_message(m: &Message) -> NewMessage {
+        NewMessage {
+            topic_id: m.topic_id,
+            partition: m.partition,
+            op: m.op,
+            source_table: m.source_table.as_str().into(),
+            key: m.key.clone(),
+            payload: m.payload.clone(),
+        }
+    }
+
+    #[test]
+    fn format_1_batches_written_before_are_read_with_the_format_2_ones_after_them() {
+        use crate::message::{decode_batch_header, format_1_batch};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let mut c = Commit::default();
+        c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition: 0 });
+        store.commit(c).unwrap();
+        // Three commits; the first two's batches are then rewritten in format 1, as an older
+        // version stored them (same keys, same messages).
+        let messages = |n: usize, from: usize| -> Vec<NewMessage> {
+            (from..from + n)
+                .map(|i| NewMessage {
+                    key: format!("{{\"id\":{i}}}"),
+                    op: ChangeOp::Update,
+                    ..msg(1, 0, &"v".repeat(i % 300))
+                })
+                .collect()
+        };
+        for (n, from) in [(500, 0), (3, 500), (400, 503)] {
+            store.commit(Commit { messages: messages(n, from).into(), ..Default::default() }).unwrap();
+        }
+        let written = store.read_messages(1, 0, 0, u64::MAX, usize::MAX).unwrap();
+        let sizes = store.message_sizes(1, 0, 0, usize::MAX).unwrap();
+        let bytes = store.partition_state(1, 0).unwrap().bytes;
+        let prefix = keys::partition_messages_prefix(1, 0);
+        let stored = store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).unwrap();
+        let mut wb = WriteBatch::default();
+        let mut rewritten = 0;
+        for (k, v) in &stored {
+            let (_, _, last) = keys::decode_message_key(k).unwrap();
+            if last < 503 {
+                let (ts, count) = decode_batch_header(v).unwrap();
+                let first = (last + 1 - u64::from(count)) as usize;
+                let old: Vec<NewMessage> = written[first..=last as usize].iter().map(new_message).collect();
+                wb.put(k, format_1_batch(&old, ts));
+                rewritten += 1;
+            }
+        }
+        assert!(rewritten >= 3, "{rewritten} batches rewritten");
+        store.db.write(wb).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        assert_eq!(store.read_messages(1, 0, 0, u64::MAX, usize::MAX).unwrap(), written);
+        assert_eq!(store.message_sizes(1, 0, 0, usize::MAX).unwrap(), sizes);
+        assert_eq!(store.partition_state(1, 0).unwrap().bytes, bytes);
+        // Reads starting inside a format-1 batch, across the change and inside a format-2 one.
+        for from in [0, 7, 499, 500, 502, 503, 700] {
+            assert_eq!(
+                store.read_messages(1, 0, from, u64::MAX, 20).unwrap(),
+                written[from as usize..][..20],
+                "from {from}"
+            );
+        }
+        let next = store.commit(Commit { messages: messages(1, 903).into(), ..Default::default() }).unwrap();
+        assert_eq!(next.offsets, vec![903]);
+    }
+
     fn batch_keys(store: &Store, topic_id: u64, partition: u32) -> Vec<u64> {
         let prefix = keys::partition_messages_prefix(topic_id, partition);
         let stored = store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).unwrap();
@@ -970,7 +1039,7 @@ mod tests {
 
     #[test]
     fn messages_stored_one_per_key_are_moved_into_batches_at_open() {
-        use crate::message::{BATCH_HEADER_LEN, decode_batch};
+        use crate::message::{BATCH_HEADER_LEN, decode_batch, format_1_batch};
         let dir = tempfile::tempdir().unwrap();
         // More messages than one migration chunk, in two partitions.
         let n = 10_007u64;
@@ -994,15 +1063,7 @@ mod tests {
             for m in original.iter().flatten() {
                 let mut key = keys::message_key(m.topic_id, m.partition, m.offset);
                 key[0] = keys::LEGACY_MESSAGE_PREFIX;
-                let new = NewMessage {
-                    topic_id: m.topic_id,
-                    partition: m.partition,
-                    op: m.op,
-                    source_table: m.source_table.as_str().into(),
-                    key: m.key.clone(),
-                    payload: m.payload.clone(),
-                };
-                let entry = MessageBatches::from(vec![new]).batches.remove(0).value;
+                let entry = format_1_batch(&[new_message(m)], 0);
                 let legacy = [&m.timestamp_ms.to_be_bytes()[..], &entry[BATCH_HEADER_LEN..]].concat();
                 wb.put(key, legacy);
             }
