@@ -211,6 +211,10 @@ fn write_string(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> std::ops
     out.push(0);
     write(out);
     let len = (out.len() - at - 1) as u64;
+    if len < 0x80 {
+        out[at] = len as u8;
+        return at + 1..out.len();
+    }
     let mut prefix = [0u8; 10];
     let n = encode_varint(len, &mut prefix);
     out.splice(at..at + 1, prefix[..n].iter().copied());
