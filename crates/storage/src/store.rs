@@ -784,9 +784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), Durability::Process).unwrap();
-            let mut c = Commit::default();
-            c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition: 0 });
-            store.commit(c).unwrap();
+            create_partition(&store);
             let c = Commit { messages: vec![msg(1, 0, "a"), msg(1, 0, "b")].into(), ..Default::default() };
             assert_eq!(store.commit(c).unwrap().offsets, vec![0, 1]);
             let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
@@ -810,9 +808,7 @@ mod tests {
         let (now, clock) = settable_clock(1_000);
         {
             let store = Store::open_with_clock(dir.path(), Durability::Process, clock.clone()).unwrap();
-            let c =
-                Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-            store.commit(c).unwrap();
+            create_partition(&store);
             for i in 0..10 {
                 now.store(1_000 + i * 100, std::sync::atomic::Ordering::SeqCst);
                 let c = Commit { messages: vec![msg(1, 0, &"x".repeat(i as usize))].into(), ..Default::default() };
@@ -852,6 +848,12 @@ mod tests {
         messages.iter().map(|m| (m.offset, m.payload.as_str())).collect()
     }
 
+    /// Creates partition 0 of topic 1.
+    fn create_partition(store: &Store) {
+        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        store.commit(c).unwrap();
+    }
+
     /// The message to append that `m` was.
     fn new_message(m: &Message) -> NewMessage {
         NewMessage {
@@ -869,9 +871,7 @@ mod tests {
         use crate::message::{decode_batch_header, format_1_batch};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Process).unwrap();
-        let mut c = Commit::default();
-        c.partition_ops.push(PartitionOp::Create { topic_id: 1, partition: 0 });
-        store.commit(c).unwrap();
+        create_partition(&store);
         // Three commits; the first two's batches are then rewritten in format 1, as an older
         // version stored them (same keys, same messages).
         let messages = |n: usize, from: usize| -> Vec<NewMessage> {
@@ -1109,8 +1109,7 @@ mod tests {
     fn offset_for_timestamp_finds_the_first_at_or_after() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Process).unwrap();
-        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-        store.commit(c).unwrap();
+        create_partition(&store);
         let mut times = Vec::new();
         for i in 0..5 {
             let c = Commit { messages: vec![msg(1, 0, &i.to_string())].into(), ..Default::default() };
@@ -1127,8 +1126,7 @@ mod tests {
     fn concurrent_commits_get_unique_gap_free_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Process).unwrap());
-        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-        store.commit(c).unwrap();
+        create_partition(&store);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let store = Arc::clone(&store);
@@ -1156,8 +1154,7 @@ mod tests {
     fn a_synced_commit_is_invisible_until_finished() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Sync).unwrap();
-        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-        store.commit(c).unwrap();
+        create_partition(&store);
         let pending = store.write(Commit { messages: vec![msg(1, 0, "a")].into(), ..Default::default() }).unwrap();
         // Written, offset assigned, not yet durable: readers do not see it.
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 0);
@@ -1176,8 +1173,7 @@ mod tests {
     fn concurrent_synced_commits_share_fsyncs_and_stay_gap_free() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Sync).unwrap());
-        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-        store.commit(c).unwrap();
+        create_partition(&store);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let store = Arc::clone(&store);
@@ -1211,9 +1207,7 @@ mod tests {
         let mut written = 0u64;
         {
             let store = Store::open(dir.path(), Durability::Sync).unwrap();
-            let c =
-                Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-            store.commit(c).unwrap();
+            create_partition(&store);
             let mut write = |n: u64| {
                 for _ in 0..n.div_ceil(100) {
                     let messages: Vec<_> = (written..written + 100).map(|i| msg(1, 0, &payload(i))).collect();
@@ -1249,8 +1243,7 @@ mod tests {
     async fn subscribers_wake_on_commit_and_close_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Process).unwrap();
-        let c = Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
-        store.commit(c).unwrap();
+        create_partition(&store);
         let mut rx = store.subscribe(1, 0).unwrap();
         store.commit(Commit { messages: vec![msg(1, 0, "a")].into(), ..Default::default() }).unwrap();
         rx.changed().await.unwrap();
