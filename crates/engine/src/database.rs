@@ -556,7 +556,13 @@ impl Database {
                 return Ok(status_result(crate::copy::copy_from(&self.ctx, &self.core, &c).await?));
             }
             Statement::Topic(TopicStatement::ShowTopics) => self.show_topics_plan().await?,
-            Statement::Topic(s) => extension(s)?,
+            Statement::Topic(s) => {
+                // Run directly: DataFusion's optimizer and physical planner have nothing to do on
+                // a topic statement but cost every ACK and CONSUME its CPU.
+                let schema = crate::plan::topic_command::output_schema(&s);
+                let batch = crate::exec::topic_command::run_statement(&self.core, &s, Arc::clone(&schema)).await?;
+                return Ok((schema, vec![batch]));
+            }
             Statement::ExplainTopic { verbose, statement } => {
                 LogicalPlanBuilder::from(extension(statement)?).explain(verbose, false)?.build()?
             }

@@ -1,5 +1,7 @@
-//! `TopicCommandExec`: runs one topic statement in `execute` (never while planning, so EXPLAIN
-//! changes nothing) and streams its result: the messages for CONSUME, a status row otherwise.
+//! Topic statements' work: [`run_statement`] runs one and returns its result (the messages for
+//! CONSUME, a status row otherwise). `Database` calls it directly; `TopicCommandExec`, the
+//! operator `EXPLAIN` shows, calls it in `execute` (never while planning, so EXPLAIN changes
+//! nothing).
 
 use std::fmt;
 use std::sync::Arc;
@@ -78,16 +80,23 @@ impl ExecutionPlan for TopicCommandExec {
         }
         let (core, statement, schema) = (Arc::clone(&self.core), self.statement.clone(), Arc::clone(&self.schema));
         let out_schema = Arc::clone(&schema);
-        let fut = async move {
-            if let TopicStatement::Consume(c) = &statement {
-                let messages = consume(&core, c).await?;
-                return messages_batch(out_schema, &messages);
-            }
-            let status = run(&core, &statement).await?;
-            Ok(RecordBatch::try_new(out_schema, vec![Arc::new(StringArray::from(vec![status]))])?)
-        };
+        let fut = async move { run_statement(&core, &statement, out_schema).await };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(fut))))
     }
+}
+
+/// Runs a topic statement (any but SHOW TOPICS, which is a query of `system.topics`) and returns
+/// its one result batch in `schema` (its `output_schema`): the messages for CONSUME, a status row
+/// otherwise. The one place their work is done: `TopicCommandExec` calls it, and so does
+/// `Database`, which runs topic statements without DataFusion's planning (that only adds CPU to
+/// every ACK and CONSUME; EXPLAIN still plans them).
+pub async fn run_statement(core: &Core, statement: &TopicStatement, schema: SchemaRef) -> Result<RecordBatch> {
+    if let TopicStatement::Consume(c) = statement {
+        let messages = consume(core, c).await?;
+        return messages_batch(schema, &messages);
+    }
+    let status = run(core, statement).await?;
+    Ok(RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![status]))])?)
 }
 
 async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {

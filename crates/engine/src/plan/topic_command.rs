@@ -1,6 +1,7 @@
 //! `TopicCommandNode`: every topic statement as a logical plan node. It carries the parsed
 //! statement and its real output schema (the messages for CONSUME, one `status` row otherwise);
-//! the planner turns it into a `TopicCommandExec`, which does the work in `execute`.
+//! the planner turns it into a `TopicCommandExec`, which does the work in `execute`. Only
+//! `EXPLAIN` and the PostgreSQL protocol's describe plan them: `Database` runs them directly.
 
 use std::cmp::Ordering;
 use std::fmt;
