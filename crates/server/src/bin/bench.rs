@@ -6,7 +6,7 @@
 //! `bench [FILTER ...]` runs only the sections that print a metric whose name contains one of the
 //! filters (e.g. `bench http_` or `bench consume_l1000`).
 //!
-//! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (9 runs of each bulk
+//! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (41 runs of each bulk
 //! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
 //! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
 //! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase).
@@ -245,7 +245,8 @@ async fn main() {
     let big = env("BENCH_BIG", 10_000_000);
     let drain = env("BENCH_DRAIN", 200_000);
     let lat_n = env("BENCH_LAT_N", 1000);
-    let reps = env("BENCH_REPS", 9).max(1);
+    // 41: with 9, the route cost of full runs swung between 6% and 17% (docs/benchmarks.md).
+    let reps = env("BENCH_REPS", 41).max(1);
     let filters: Vec<String> = std::env::args().skip(1).collect();
     let wants =
         |names: &[&str]| filters.is_empty() || names.iter().any(|n| filters.iter().any(|f| n.contains(f.as_str())));
