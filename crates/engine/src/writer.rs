@@ -1,7 +1,7 @@
 //! The table write path: turns the rows a DML statement produced into row changes (with the
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
 //! messages, and writes rows and messages in one write batch, made durable and visible by
-//! `Store::finish` after the locks are released.
+//! `Store::durable` after the locks are released.
 //!
 //! [`write_statement`] is the one entry: the DataFusion operator (`TableWriteExec`), the literal
 //! INSERT fast path and COPY go through it. Locking: the DDL lock (read) from the statement's
@@ -115,20 +115,25 @@ where
     };
     // The routes cannot change while the DDL lock is held.
     let topics = core.catalog.read().topics_fed_by(table.meta.id);
+    // One blocking task: the key check, routing and the write (offsets assigned in commit
+    // order); it asks for the fsync at once, then releases the locks. The statement then waits, without holding a thread,
+    // for durability (one fsync of the WAL-sync thread shared with concurrent commits in --sync
+    // mode) and visibility. A later writer's commit is after this one in the WAL, so it is never
+    // durable without it. If the statement is cancelled, the commit still completes.
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
-    // One blocking task: the key check, routing, the write (offsets assigned in commit order), after
-    // releasing the locks, the wait for durability (one fsync shared with concurrent commits in
-    // --sync mode) and visibility. A later writer's commit is after this one in the WAL, so it
-    // is never durable without it. The task finishes even if the statement is cancelled.
-    tokio::task::spawn_blocking(move || {
-        let (count, pending) = write(&store, &table, &topics, changes)?;
+    let (count, pending) = tokio::task::spawn_blocking(move || {
+        let written = write(&store, &table, &topics, changes);
+        if let Ok((_, pending)) = &written {
+            store.start_sync(pending);
+        }
         drop(guard);
         drop(ddl);
-        store.finish(pending).map_err(storage_err)?;
-        Ok(count)
+        written
     })
     .await
-    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+    core.store.durable(pending).await.map_err(storage_err)?;
+    Ok(count)
 }
 
 fn check_current(core: &Core, table: &Arc<Table>) -> Result<()> {

@@ -18,6 +18,10 @@ pub enum StorageError {
     UnknownPartition { topic_id: u64, partition: u32 },
     #[error("partition {partition} of topic id {topic_id} already exists")]
     PartitionExists { topic_id: u64, partition: u32 },
+    #[error(
+        "the write-ahead log could not be synced ({0}): no commit is acknowledged after a failed fsync; restart the database"
+    )]
+    WalSync(String),
     #[error("the storage scan task ended: {0}")]
     ScanTask(String),
 }

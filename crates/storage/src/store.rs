@@ -6,14 +6,15 @@
 //! of their partitions and stores each under the key of its last offset, stamps the commit
 //! time, persists the partitions' high watermarks in the same write batch as the caller's row
 //! changes, and writes the batch (not fsynced). `finish` makes it durable — with
-//! [`Durability::Sync`] through group commit: one fsync covers every commit written before
-//! it started, so concurrent writers share fsyncs — and only then moves the partitions' visible
-//! watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
+//! [`Durability::Sync`] through group commit: a WAL-sync thread fsyncs whenever commits wait,
+//! and one fsync covers every commit written before it started, so concurrent writers share
+//! fsyncs — and only then moves the partitions' visible watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
 //! never reused (the watermark is stored, not derived from the messages); a reader never sees
 //! offset n+1 before offset n, nor a message before it is durable.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -156,16 +157,111 @@ struct LogState {
 /// A partition (`(topic_id, partition)`) and its new high watermark.
 type Watermark = ((u64, u32), u64);
 
-/// Group commit: which commits are durable, and whether a sync is running.
+/// Group commit with [`Durability::Sync`]: the WAL-sync thread and the commits waiting for it.
+/// A writer asks for a sync through its commit's sequence number and waits; the thread fsyncs
+/// everything written so far the moment it is asked (starting the next fsync as soon as one
+/// ends while commits wait), publishes what it covered, then wakes the waiters: async ones
+/// through a `watch` (no thread per waiting statement), blocking ones through a condvar.
+struct WalSync {
+    state: Mutex<SyncState>,
+    /// Wakes the thread when a commit asks for a sync.
+    work: std::sync::Condvar,
+    /// Wakes blocking waiters when `synced` moves or the sync fails.
+    done: std::sync::Condvar,
+    /// The same for async waiters: the synced sequence number, or the failure.
+    status: watch::Sender<SyncStatus>,
+    failed: AtomicBool,
+}
+
 #[derive(Default)]
 struct SyncState {
-    synced_seq: u64,
-    syncing: bool,
+    /// The highest commit sequence number a writer waits for.
+    requested: u64,
+    /// Every commit up to this one is durable.
+    synced: u64,
+    /// Why an fsync failed. After that no commit is acknowledged again (the data an fsync
+    /// failed to write may be lost from the page cache: retrying it could report a write
+    /// durable that is not, as PostgreSQL learnt); the database must be restarted.
+    failed: Option<String>,
+    /// The thread is waiting for work (so a request must wake it).
+    idle: bool,
+    shutdown: bool,
+}
+
+#[derive(Clone, Default)]
+struct SyncStatus {
+    synced: u64,
+    failed: Option<String>,
+}
+
+impl WalSync {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the thread to sync through commit `seq`; returns the state, still locked.
+    fn request(&self, seq: u64) -> Result<MutexGuard<'_, SyncState>> {
+        let mut st = self.lock();
+        if let Some(reason) = &st.failed {
+            return Err(StorageError::WalSync(reason.clone()));
+        }
+        if st.requested < seq {
+            st.requested = seq;
+            if st.idle {
+                self.work.notify_one();
+            }
+        }
+        Ok(st)
+    }
+}
+
+/// The WAL-sync thread: fsyncs whenever commits wait, publishes the watermarks of the commits
+/// each fsync covered (in commit order), then wakes their writers. Returns on shutdown once no
+/// commit waits, or after a failed fsync.
+fn wal_sync_loop(db: &DB, log: &Mutex<LogState>, sync: &WalSync) {
+    let mut st = sync.lock();
+    loop {
+        while st.requested <= st.synced && !st.shutdown {
+            st.idle = true;
+            st = sync.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.idle = false;
+        }
+        if st.requested <= st.synced {
+            return;
+        }
+        drop(st);
+        // Every commit written before this read is covered by the fsync below.
+        let target = log.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
+        let result = db.flush_wal(true);
+        if result.is_ok() {
+            // Consumers wake right after the fsync, before the writers: they do not wait for
+            // each writer to be scheduled again.
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            while log.unpublished.front().is_some_and(|(s, _)| *s <= target) {
+                if let Some((_, appended)) = log.unpublished.pop_front() {
+                    publish(&mut log, &appended);
+                }
+            }
+        }
+        st = sync.lock();
+        match result {
+            Ok(()) => st.synced = st.synced.max(target),
+            Err(e) => {
+                st.failed = Some(e.to_string());
+                sync.failed.store(true, Ordering::SeqCst);
+            }
+        }
+        sync.done.notify_all();
+        sync.status.send_replace(SyncStatus { synced: st.synced, failed: st.failed.clone() });
+        if st.failed.is_some() {
+            return;
+        }
+    }
 }
 
 /// A commit written to RocksDB but, with [`Durability::Sync`], not yet fsynced: pass it to
-/// [`Store::finish`]. Holding it holds no lock.
-#[must_use = "a written commit becomes durable and visible only through Store::finish"]
+/// [`Store::finish`] or [`Store::durable`]. Holding it holds no lock.
+#[must_use = "a written commit becomes durable and visible only through Store::finish or Store::durable"]
 pub struct Pending {
     seq: u64,
     committed: Committed,
@@ -176,9 +272,20 @@ pub struct Store {
     db: Arc<DB>,
     durability: Durability,
     clock: Clock,
-    log: Mutex<LogState>,
-    sync: Mutex<SyncState>,
-    synced: std::sync::Condvar,
+    log: Arc<Mutex<LogState>>,
+    wal_sync: Arc<WalSync>,
+    /// The WAL-sync thread ([`Durability::Sync`] only), stopped and joined on drop.
+    wal_sync_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(thread) = self.wal_sync_thread.take() {
+            self.wal_sync.lock().shutdown = true;
+            self.wal_sync.work.notify_one();
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -245,14 +352,27 @@ impl Store {
             written_seq: 0,
             unpublished: VecDeque::new(),
         };
-        Ok(Self {
-            db,
-            durability,
-            clock,
-            log: Mutex::new(log),
-            sync: Mutex::new(SyncState::default()),
-            synced: std::sync::Condvar::new(),
-        })
+        let log = Arc::new(Mutex::new(log));
+        let wal_sync = Arc::new(WalSync {
+            state: Mutex::new(SyncState::default()),
+            work: std::sync::Condvar::new(),
+            done: std::sync::Condvar::new(),
+            status: watch::Sender::new(SyncStatus::default()),
+            failed: AtomicBool::new(false),
+        });
+        let wal_sync_thread = match durability {
+            Durability::Process => None,
+            Durability::Sync => {
+                let (db, log, sync) = (Arc::clone(&db), Arc::clone(&log), Arc::clone(&wal_sync));
+                Some(
+                    std::thread::Builder::new()
+                        .name("topicfusion-wal-sync".into())
+                        .spawn(move || wal_sync_loop(&db, &log, &sync))
+                        .map_err(|e| StorageError::WalSync(format!("cannot start the WAL-sync thread: {e}")))?,
+                )
+            }
+        };
+        Ok(Self { db, durability, clock, log, wal_sync, wal_sync_thread })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -272,6 +392,9 @@ impl Store {
     /// [`Store::finish`]. A caller holding locks for the write can release them before the
     /// (slow) finish, so that concurrent commits share one fsync.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
+        if self.wal_sync.failed.load(Ordering::SeqCst) {
+            return Err(StorageError::WalSync(self.wal_sync.lock().failed.clone().unwrap_or_default()));
+        }
         let Commit { mut batch, messages, partition_ops } = commit;
         let mut log = self.lock();
         let now = self.clock.now_ms();
@@ -382,52 +505,46 @@ impl Store {
         Ok(Pending { seq, committed: Committed { timestamp_ms, offsets } })
     }
 
-    /// Makes a written commit durable (with [`Durability::Sync`]: waits until an fsync covers
-    /// it, doing the fsync itself when none is running, for every commit written so far) and
-    /// visible to readers, waking the partitions' waiters. Blocks: call it off async workers.
+    /// Makes a written commit durable (with [`Durability::Sync`]: waits until the WAL-sync
+    /// thread's fsync covers it) and visible to readers, waking the partitions' waiters. Blocks:
+    /// call it off async workers, or use [`Store::durable`].
     pub fn finish(&self, pending: Pending) -> Result<Committed> {
         if self.durability == Durability::Sync {
-            self.sync_through(pending.seq)?;
+            let mut st = self.wal_sync.request(pending.seq)?;
+            while st.synced < pending.seq && st.failed.is_none() {
+                st = self.wal_sync.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if let Some(reason) = &st.failed {
+                return Err(StorageError::WalSync(reason.clone()));
+            }
         }
         Ok(pending.committed)
     }
 
-    /// Waits until commit `seq` is fsynced (PostgreSQL's `XLogFlush` pattern: one leader syncs
-    /// everything written so far while the others wait, then the next leader, if needed).
-    fn sync_through(&self, seq: u64) -> Result<()> {
-        let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if sync.synced_seq >= seq {
-                return Ok(());
-            }
-            if sync.syncing {
-                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            sync.syncing = true;
-            drop(sync);
-            // Every commit written before this read is covered by the fsync below.
-            let target = self.lock().written_seq;
-            let result = self.db.flush_wal(true);
-            if result.is_ok() {
-                // The leader publishes every commit its fsync covered before waking their
-                // writers: consumers wake right after the fsync, not after each writer's thread
-                // has been scheduled again.
-                let mut log = self.lock();
-                while log.unpublished.front().is_some_and(|(s, _)| *s <= target) {
-                    if let Some((_, appended)) = log.unpublished.pop_front() {
-                        publish(&mut log, &appended);
-                    }
-                }
-            }
-            sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            sync.syncing = false;
-            if result.is_ok() {
-                sync.synced_seq = sync.synced_seq.max(target);
-            }
-            self.synced.notify_all();
-            result?;
+    /// Asks for the fsync that makes a written commit durable without waiting for it, so that it
+    /// runs while the caller releases its locks; [`Store::durable`] or [`Store::finish`] waits.
+    pub fn start_sync(&self, pending: &Pending) {
+        if self.durability == Durability::Sync {
+            // A failed sync is reported by the wait.
+            drop(self.wal_sync.request(pending.seq));
         }
+    }
+
+    /// [`Store::finish`] for async callers: waits without holding a thread. If the future is
+    /// dropped, the commit still becomes durable and visible with the next fsync.
+    pub async fn durable(&self, pending: Pending) -> Result<Committed> {
+        if self.durability == Durability::Sync {
+            let mut status = self.wal_sync.status.subscribe();
+            drop(self.wal_sync.request(pending.seq)?);
+            let failed = match status.wait_for(|s| s.synced >= pending.seq || s.failed.is_some()).await {
+                Ok(s) => s.failed.clone(),
+                Err(_) => Some("the store was closed".to_owned()),
+            };
+            if let Some(reason) = failed {
+                return Err(StorageError::WalSync(reason));
+            }
+        }
+        Ok(pending.committed)
     }
 
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
@@ -1198,6 +1315,73 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..200).collect::<Vec<_>>());
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn synced_commits_awaited_by_tasks_share_fsyncs_and_stay_gap_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Sync).unwrap());
+        create_partition(&store);
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut offsets = Vec::new();
+                    for i in 0..20 {
+                        let writer = Arc::clone(&store);
+                        let pending = tokio::task::spawn_blocking(move || {
+                            let c =
+                                Commit { messages: vec![msg(1, 0, &format!("{t}.{i}"))].into(), ..Default::default() };
+                            let pending = writer.write(c).unwrap();
+                            // Every other commit asks for its fsync before the wait.
+                            if i % 2 == 0 {
+                                writer.start_sync(&pending);
+                            }
+                            pending
+                        })
+                        .await
+                        .unwrap();
+                        let o = store.durable(pending).await.unwrap().offsets[0];
+                        // Durable means visible, whichever fsync covered it.
+                        assert!(store.partition_state(1, 0).unwrap().next_offset > o);
+                        assert_eq!(store.read_messages(1, 0, o, o + 1, 1).unwrap()[0].payload, format!("{t}.{i}"));
+                        offsets.push(o);
+                    }
+                    offsets
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            let offsets = t.await.unwrap();
+            // One writer's commits get increasing offsets.
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+            all.extend(offsets);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..320).collect::<Vec<_>>());
+        // A cancelled wait does not cancel the commit: the next fsync makes it visible.
+        let pending = store.write(Commit { messages: vec![msg(1, 0, "late")].into(), ..Default::default() }).unwrap();
+        drop(store.durable(pending));
+        store.commit(Commit { messages: vec![msg(1, 0, "after")].into(), ..Default::default() }).unwrap();
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 322);
+    }
+
+    #[test]
+    fn dropping_a_synced_store_stops_its_wal_sync_thread_and_keeps_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Durability::Sync).unwrap();
+            create_partition(&store);
+            store.commit(Commit { messages: vec![msg(1, 0, "a")].into(), ..Default::default() }).unwrap();
+            let pending = store.write(Commit { messages: vec![msg(1, 0, "b")].into(), ..Default::default() }).unwrap();
+            store.start_sync(&pending);
+            // Dropped with a sync asked for: the thread finishes it, then ends (the drop joins it,
+            // which is what lets RocksDB's lock go for the reopen below).
+        }
+        let store = Store::open(dir.path(), Durability::Sync).unwrap();
+        let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
+        assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]
