@@ -10,7 +10,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc instead of the system allocator: the write path allocates many small strings and
-/// vectors per row, and glibc's malloc/free took about a sixth of a bulk INSERT's time.
+/// vectors per row, and glibc's malloc/free took about a sixth of a bulk INSERT's time. Built
+/// with `no_thp` (Cargo.toml): mimalloc would otherwise mark its memory for transparent huge
+/// pages, and the kernel's khugepaged then collapsed it under the running server, stalling
+/// statements for 5-7 ms every 10 s after a burst of clients (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
