@@ -66,7 +66,8 @@ pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
 /// Runs blocking storage work (RocksDB reads and writes, fsyncs) without stalling the async
 /// worker it is called on: on a multi-threaded runtime tokio hands the worker's other tasks to
 /// another thread while it runs (`block_in_place`); on a current-thread runtime (some embedders'
-/// tests) it runs inline. Long or unbounded work (scans, group commits) uses `spawn_blocking`.
+/// tests) it runs inline. Long or unbounded work (scans, DML writes) uses `spawn_blocking`; a
+/// DML statement awaits its fsync (`Store::durable`).
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
