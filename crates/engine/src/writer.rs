@@ -116,9 +116,9 @@ where
     // The routes cannot change while the DDL lock is held.
     let topics = core.catalog.read().topics_fed_by(table.meta.id);
     // One blocking task: the key check, routing and the write (offsets assigned in commit
-    // order); it asks for the fsync at once, then releases the locks. The statement then waits, without holding a thread,
-    // for durability (one fsync of the WAL-sync thread shared with concurrent commits in --sync
-    // mode) and visibility. A later writer's commit is after this one in the WAL, so it is never
+    // order); it asks for the fsync at once, then releases the locks. The statement then waits,
+    // without holding a thread, for durability (one fsync of the WAL-sync thread shared with
+    // concurrent commits in --sync mode) and visibility. A later writer's commit is after this one in the WAL, so it is never
     // durable without it. If the statement is cancelled, the commit still completes.
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
     let (count, pending) = tokio::task::spawn_blocking(move || {

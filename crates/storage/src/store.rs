@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -170,7 +169,6 @@ struct WalSync {
     done: std::sync::Condvar,
     /// The same for async waiters: the synced sequence number, or the failure.
     status: watch::Sender<SyncStatus>,
-    failed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -246,10 +244,7 @@ fn wal_sync_loop(db: &DB, log: &Mutex<LogState>, sync: &WalSync) {
         st = sync.lock();
         match result {
             Ok(()) => st.synced = st.synced.max(target),
-            Err(e) => {
-                st.failed = Some(e.to_string());
-                sync.failed.store(true, Ordering::SeqCst);
-            }
+            Err(e) => st.failed = Some(e.to_string()),
         }
         sync.done.notify_all();
         sync.status.send_replace(SyncStatus { synced: st.synced, failed: st.failed.clone() });
@@ -358,7 +353,6 @@ impl Store {
             work: std::sync::Condvar::new(),
             done: std::sync::Condvar::new(),
             status: watch::Sender::new(SyncStatus::default()),
-            failed: AtomicBool::new(false),
         });
         let wal_sync_thread = match durability {
             Durability::Process => None,
@@ -392,8 +386,8 @@ impl Store {
     /// [`Store::finish`]. A caller holding locks for the write can release them before the
     /// (slow) finish, so that concurrent commits share one fsync.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
-        if self.wal_sync.failed.load(Ordering::SeqCst) {
-            return Err(StorageError::WalSync(self.wal_sync.lock().failed.clone().unwrap_or_default()));
+        if let Some(reason) = self.wal_sync.status.borrow().failed.clone() {
+            return Err(StorageError::WalSync(reason));
         }
         let Commit { mut batch, messages, partition_ops } = commit;
         let mut log = self.lock();
