@@ -708,7 +708,7 @@ impl Database {
                 list.len()
             );
         }
-        self.core.groups.ack(&self.core.store, &topic, group, partition, target)
+        self.core.groups.ack(&self.core.store, &topic, group, partition, target).await
     }
 
     /// Whether a topic (by `[schema.]name` or alias) exists.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use datafusion::common::{Result, exec_err, plan_err};
 pub use topicfusion_dialect::MAX_GROUP_NAME_BYTES;
 use topicfusion_dialect::{AckTarget, StartPosition};
-use topicfusion_storage::{Commit, Message, NewMessage, Store, keys};
+use topicfusion_storage::{Commit, Message, NewMessage, Pending, Store, keys};
 
 use crate::catalog::{Topic, now_ms, storage_err};
 use crate::core::Core;
@@ -544,8 +544,14 @@ impl Groups {
 
     /// ACK. `UPTO OFFSET n`: the position becomes `n + 1` unless it is past it already.
     /// `OFFSETS (...)`: exactly those messages are done; the position moves over every
-    /// acknowledged offset at it. Idempotent. Returns the group's position in the partition.
-    pub fn ack(
+    /// acknowledged offset at it. Idempotent. Returns the group's position in the partition once
+    /// the acknowledgement is durable.
+    ///
+    /// The change is written and applied to the group under its lock; the fsync is awaited
+    /// after the lock is released, so the group's other consumers never wait on it. They see the
+    /// acknowledgement from its write on: an OS crash before the fsync can lose an ACK that had
+    /// not returned yet, and its messages are delivered again (at-least-once).
+    pub async fn ack(
         &self,
         store: &Store,
         topic: &Topic,
@@ -583,27 +589,51 @@ impl Groups {
             );
         }
         let handle = self.group(store, topic.meta.id, group)?;
-        let mut g = lock(&handle);
+        let (position, pending) = {
+            let mut g = lock(&handle);
+            self.ack_write(store, topic, group, &mut g, partition, state.log_start, target)?
+        };
+        store.durable(pending).await.map_err(storage_err)?;
+        Ok(position)
+    }
+
+    /// The part of [`Groups::ack`] under the group's lock: writes the new partition state
+    /// (when it changes) and applies it to the group; returns the position and what to await.
+    #[allow(clippy::too_many_arguments)]
+    fn ack_write(
+        &self,
+        store: &Store,
+        topic: &Topic,
+        group: &str,
+        g: &mut GroupState,
+        partition: u32,
+        log_start: u64,
+        target: &AckTarget,
+    ) -> Result<(u64, Pending)> {
         // A group an ACK creates starts at EARLIEST: nothing is skipped unacknowledged.
-        self.ensure_group(store, topic, group, &mut g, None, &StartPosition::Earliest, &StartPosition::Earliest)?;
+        self.ensure_group(store, topic, group, g, None, &StartPosition::Earliest, &StartPosition::Earliest)?;
         let mut pg = g
             .partitions
             .get(&partition)
             .cloned()
-            .unwrap_or(PartitionGroup { position: state.log_start, ..Default::default() });
+            .unwrap_or(PartitionGroup { position: log_start, ..Default::default() });
         let before = (pg.position, pg.acked.clone());
         match target {
             AckTarget::Upto(n) => pg.position = pg.position.max(n + 1),
             AckTarget::Offsets(list) => pg.acked.extend(list.iter().copied().filter(|&o| o >= pg.position)),
         }
-        pg.compact(state.log_start);
+        pg.compact(log_start);
         let exists = g.partitions.contains_key(&partition);
-        if !exists || before != (pg.position, pg.acked.clone()) {
+        let pending = if !exists || before != (pg.position, pg.acked.clone()) {
             pg.updated_ms = now_ms();
             let mut commit = Commit::default();
             commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
-            crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
-        }
+            crate::core::blocking(|| store.write(commit)).map_err(storage_err)?
+        } else {
+            // Nothing to write, but what this ACK repeats may be another ACK's write still
+            // waiting for its fsync: it returns once that is durable too.
+            store.written()
+        };
         if let AckTarget::Offsets(list) = target {
             for o in list {
                 pg.claims.remove(o);
@@ -611,7 +641,7 @@ impl Groups {
         }
         let position = pg.position;
         g.partitions.insert(partition, pg);
-        Ok(position)
+        Ok((position, pending))
     }
 
     /// RESET CONSUMER GROUP: sets the positions of one or all partitions; forgets their

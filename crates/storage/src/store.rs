@@ -515,6 +515,14 @@ impl Store {
         Ok(pending.committed)
     }
 
+    /// Every commit written so far, as one pending commit: [`Store::durable`] or [`Store::finish`]
+    /// of it returns once all of them are durable. For a call that writes nothing but must not
+    /// return before what it found is durable (a repeated ACK).
+    pub fn written(&self) -> Pending {
+        let seq = self.lock().written_seq;
+        Pending { seq, committed: Committed { timestamp_ms: 0, offsets: Vec::new() } }
+    }
+
     /// Asks for the fsync that makes a written commit durable without waiting for it, so that it
     /// runs while the caller releases its locks; [`Store::durable`] or [`Store::finish`] waits.
     pub fn start_sync(&self, pending: &Pending) {
@@ -1278,6 +1286,12 @@ mod tests {
         assert_eq!(store.finish(pending).unwrap().offsets, vec![0]);
         let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        // `written` waits for every commit written before it, here one nobody finished.
+        let third = store.write(Commit { messages: vec![msg(1, 0, "c")].into(), ..Default::default() }).unwrap();
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 2);
+        assert!(store.finish(store.written()).unwrap().offsets.is_empty());
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 3);
+        drop(third);
     }
 
     #[test]
@@ -1376,6 +1390,12 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Sync).unwrap();
         let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        // `written` waits for every commit written before it, here one nobody finished.
+        let third = store.write(Commit { messages: vec![msg(1, 0, "c")].into(), ..Default::default() }).unwrap();
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 2);
+        assert!(store.finish(store.written()).unwrap().offsets.is_empty());
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 3);
+        drop(third);
     }
 
     #[test]

@@ -108,7 +108,7 @@ async fn run(core: &Core, statement: &TopicStatement) -> Result<String> {
         TopicStatement::Ack(s) => {
             let topic = find_topic(&core.catalog.read(), &s.topic)?;
             let partition = check_partition(&topic, s.partition)?;
-            let position = core.groups.ack(&core.store, &topic, &s.group, partition, &s.target)?;
+            let position = core.groups.ack(&core.store, &topic, &s.group, partition, &s.target).await?;
             Ok(match (&s.target, position) {
                 (AckTarget::Offsets(list), 0) => {
                     format!(

@@ -1,11 +1,12 @@
-//! Consumption under concurrency: disjoint claims within a group, redelivery of unacknowledged
-//! messages, and long polling on the commit signal.
+//! Consumption under concurrency: disjoint claims within a group, synced acknowledgements by
+//! competing consumers, redelivery of unacknowledged messages, and long polling on the commit
+//! signal.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use topicfusion_engine::{ConsumeRequest, StartPosition};
+use topicfusion_engine::{AckTarget, ConsumeRequest, Database, DatabaseOptions, Durability, Principal, StartPosition};
 
 use crate::{open_temp, query};
 
@@ -63,6 +64,67 @@ async fn consumers_of_one_group_get_disjoint_messages_and_all_of_them() {
         let got: Vec<u64> = all.iter().filter(|m| m.0 == p).map(|m| m.1).collect();
         assert_eq!(got, (0..next).collect::<Vec<_>>());
     }
+}
+
+/// Competing consumers of one group on a synced database, each acknowledging every message it
+/// gets (and every other one twice, so that a repeated ACK also runs beside the fsync of the
+/// first): an ACK awaits its fsync without the group's lock, and whatever interleaving that
+/// gives, each message is acknowledged once for the group and the reopened database has every
+/// position at the partition's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn synced_competing_consumers_acknowledge_everything_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || DatabaseOptions { durability: Durability::Sync, ..Default::default() };
+    let db = Arc::new(Database::open(dir.path(), options()).unwrap());
+    db.execute(
+        "CREATE TABLE t (id BIGINT PRIMARY KEY); CREATE TOPIC ev PARTITIONS 3;
+         ALTER TOPIC ev ADD SOURCE t ON INSERT WITH (payload = 'key');
+         INSERT INTO t SELECT value FROM generate_series(1, 600)",
+    )
+    .await
+    .unwrap();
+    let root = Principal::root();
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let (db, root) = (Arc::clone(&db), root.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let msgs = db.consume("ev", &group_request("g", 7, 0, 600_000)).await.unwrap();
+                if msgs.is_empty() {
+                    return got;
+                }
+                for (i, m) in msgs.iter().enumerate() {
+                    let target = AckTarget::Offsets(vec![m.offset]);
+                    let repeats = if (c + i) % 2 == 0 { 2 } else { 1 };
+                    for _ in 0..repeats {
+                        db.ack_as(&root, "ev", "g", Some(m.partition), &target).await.unwrap();
+                    }
+                    got.push((m.partition, m.offset));
+                }
+            }
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        for m in t.await.unwrap() {
+            assert!(all.insert(m), "message {m:?} was delivered twice though acknowledged");
+        }
+    }
+    assert_eq!(all.len(), 600);
+    drop(db);
+    let db = Database::open(dir.path(), options()).unwrap();
+    let rows = query(
+        &db,
+        "SELECT o.partition_id, o.position, p.next_offset FROM system.topic_offsets o
+         JOIN system.topic_partitions p ON o.partition_id = p.partition_id ORDER BY 1",
+    )
+    .await;
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert_eq!(r[1], r[2], "partition {}: the position is not at the end after a reopen", r[0]);
+    }
+    assert!(db.consume("ev", &group_request("g", 100, 0, 600_000)).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
