@@ -138,13 +138,21 @@ pub struct Committed {
     pub offsets: Vec<u64>,
 }
 
+/// The commit path's state, under the commit lock (held across the RocksDB write).
 struct LogState {
     /// What the commit path assigns from: `next_offset` counts every written message.
     partitions: HashMap<(u64, u32), PartitionState>,
-    /// What readers see: per partition, the offset below which every message is durable
-    /// (behind `partitions` while a synced commit waits for its fsync).
-    visible: HashMap<(u64, u32), u64>,
     last_timestamp_ms: i64,
+}
+
+/// What readers and the WAL-sync thread use, under its own lock, which is never held across I/O:
+/// so neither waits behind a commit's RocksDB write. A commit updates it after its write, still
+/// under the commit lock (lock order: commit lock, then this one).
+struct ReadState {
+    /// The partitions as readers see them: `next_offset` is the visible watermark, the offset
+    /// below which every message is durable (behind the commit path's while a synced commit
+    /// waits for its fsync).
+    partitions: HashMap<(u64, u32), PartitionState>,
     signals: HashMap<(u64, u32), watch::Sender<u64>>,
     /// The sequence number of the last written commit.
     written_seq: u64,
@@ -216,7 +224,7 @@ impl WalSync {
 /// The WAL-sync thread: fsyncs whenever commits wait, publishes the watermarks of the commits
 /// each fsync covered (in commit order), then wakes their writers. Returns on shutdown once no
 /// commit waits, or after a failed fsync.
-fn wal_sync_loop(db: &DB, log: &Mutex<LogState>, sync: &WalSync) {
+fn wal_sync_loop(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) {
     let mut st = sync.lock();
     loop {
         while st.requested <= st.synced && !st.shutdown {
@@ -229,15 +237,15 @@ fn wal_sync_loop(db: &DB, log: &Mutex<LogState>, sync: &WalSync) {
         }
         drop(st);
         // Every commit written before this read is covered by the fsync below.
-        let target = log.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
+        let target = read.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
         let result = db.flush_wal(true);
         if result.is_ok() {
             // Consumers wake right after the fsync, before the writers: they do not wait for
             // each writer to be scheduled again.
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            while log.unpublished.front().is_some_and(|(s, _)| *s <= target) {
-                if let Some((_, appended)) = log.unpublished.pop_front() {
-                    publish(&mut log, &appended);
+            let mut read = read.lock().unwrap_or_else(|e| e.into_inner());
+            while read.unpublished.front().is_some_and(|(s, _)| *s <= target) {
+                if let Some((_, appended)) = read.unpublished.pop_front() {
+                    publish(&mut read, &appended);
                 }
             }
         }
@@ -267,7 +275,9 @@ pub struct Store {
     db: Arc<DB>,
     durability: Durability,
     clock: Clock,
-    log: Arc<Mutex<LogState>>,
+    /// The commit lock.
+    log: Mutex<LogState>,
+    read: Arc<Mutex<ReadState>>,
     wal_sync: Arc<WalSync>,
     /// The WAL-sync thread ([`Durability::Sync`] only), stopped and joined on drop.
     wal_sync_thread: Option<std::thread::JoinHandle<()>>,
@@ -338,16 +348,14 @@ impl Store {
             }
             partitions.insert(id, state);
         }
-        let visible = partitions.iter().map(|(&id, s)| (id, s.next_offset)).collect();
-        let log = LogState {
-            partitions,
-            visible,
-            last_timestamp_ms,
+        let read = ReadState {
+            partitions: partitions.clone(),
             signals: HashMap::new(),
             written_seq: 0,
             unpublished: VecDeque::new(),
         };
-        let log = Arc::new(Mutex::new(log));
+        let log = Mutex::new(LogState { partitions, last_timestamp_ms });
+        let read = Arc::new(Mutex::new(read));
         let wal_sync = Arc::new(WalSync {
             state: Mutex::new(SyncState::default()),
             work: std::sync::Condvar::new(),
@@ -357,22 +365,27 @@ impl Store {
         let wal_sync_thread = match durability {
             Durability::Process => None,
             Durability::Sync => {
-                let (db, log, sync) = (Arc::clone(&db), Arc::clone(&log), Arc::clone(&wal_sync));
+                let (db, read, sync) = (Arc::clone(&db), Arc::clone(&read), Arc::clone(&wal_sync));
                 Some(
                     std::thread::Builder::new()
                         .name("topicfusion-wal-sync".into())
-                        .spawn(move || wal_sync_loop(&db, &log, &sync))
+                        .spawn(move || wal_sync_loop(&db, &read, &sync))
                         .map_err(|e| StorageError::WalSync(format!("cannot start the WAL-sync thread: {e}")))?,
                 )
             }
         };
-        Ok(Self { db, durability, clock, log, wal_sync, wal_sync_thread })
+        Ok(Self { db, durability, clock, log, read, wal_sync, wal_sync_thread })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
         // A panic while holding the lock cannot leave it half-updated: state changes are applied
         // only after the write succeeded, so a poisoned lock is still consistent.
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_state(&self) -> MutexGuard<'_, ReadState> {
+        // The same holds here: it changes only after a successful write or fsync.
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The one commit path: [`Store::write`] then [`Store::finish`].
@@ -470,30 +483,39 @@ impl Store {
         self.db.write_opt(batch, &WriteOptions::default())?;
 
         log.last_timestamp_ms = timestamp_ms;
-        log.written_seq += 1;
-        let seq = log.written_seq;
+        let mut read = self.read_state();
+        read.written_seq += 1;
+        let seq = read.written_seq;
         let mut appended = Vec::new();
         for (id, state) in touched {
             match state {
                 Some(state) => {
-                    let visible = log.visible.entry(id).or_insert(state.next_offset.min(state.log_start));
-                    *visible = (*visible).max(state.log_start);
-                    if state.next_offset > *visible {
+                    // Readers see the new log start and size now, the new messages once visible.
+                    let start = state.next_offset.min(state.log_start);
+                    let seen = read.partitions.entry(id).or_insert(PartitionState { next_offset: start, ..state });
+                    let visible = seen.next_offset.max(state.log_start);
+                    *seen = PartitionState { next_offset: visible, ..state };
+                    if state.next_offset > visible {
                         appended.push((id, state.next_offset));
                     }
                     log.partitions.insert(id, state);
                 }
                 None => {
                     log.partitions.remove(&id);
-                    log.visible.remove(&id);
+                    read.partitions.remove(&id);
                     // Dropping the sender wakes every waiter; they find the partition gone.
-                    log.signals.remove(&id);
+                    read.signals.remove(&id);
+                    // Nor may a watermark of the dropped partition reach one created later.
+                    for (_, watermarks) in &mut read.unpublished {
+                        watermarks.retain(|(w, _)| *w != id);
+                    }
                 }
             }
         }
+        drop(log);
         match self.durability {
-            Durability::Process => publish(&mut log, &appended),
-            Durability::Sync if !appended.is_empty() => log.unpublished.push_back((seq, appended)),
+            Durability::Process => publish(&mut read, &appended),
+            Durability::Sync if !appended.is_empty() => read.unpublished.push_back((seq, appended)),
             Durability::Sync => {}
         }
         Ok(Pending { seq, committed: Committed { timestamp_ms, offsets } })
@@ -519,7 +541,7 @@ impl Store {
     /// of it returns once all of them are durable. For a call that writes nothing but must not
     /// return before what it found is durable (a repeated ACK).
     pub fn written(&self) -> Pending {
-        let seq = self.lock().written_seq;
+        let seq = self.read_state().written_seq;
         Pending { seq, committed: Committed { timestamp_ms: 0, offsets: Vec::new() } }
     }
 
@@ -552,21 +574,15 @@ impl Store {
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
     /// high watermark), or `None` if it does not exist.
     pub fn partition_state(&self, topic_id: u64, partition: u32) -> Option<PartitionState> {
-        let log = self.lock();
-        let mut state = log.partitions.get(&(topic_id, partition)).copied()?;
-        if let Some(&visible) = log.visible.get(&(topic_id, partition)) {
-            state.next_offset = visible;
-        }
-        Some(state)
+        self.read_state().partitions.get(&(topic_id, partition)).copied()
     }
 
     /// A receiver that changes after every commit that appends to the partition (its value is
     /// the new high watermark), and closes when the partition is dropped.
     pub fn subscribe(&self, topic_id: u64, partition: u32) -> Option<watch::Receiver<u64>> {
-        let mut log = self.lock();
-        log.partitions.get(&(topic_id, partition))?;
-        let next = log.visible.get(&(topic_id, partition)).copied().unwrap_or(0);
-        let sender = log.signals.entry((topic_id, partition)).or_insert_with(|| watch::channel(next).0);
+        let mut read = self.read_state();
+        let next = read.partitions.get(&(topic_id, partition))?.next_offset;
+        let sender = read.signals.entry((topic_id, partition)).or_insert_with(|| watch::channel(next).0);
         Some(sender.subscribe())
     }
 
@@ -660,7 +676,7 @@ impl Store {
 
     /// How many receivers of commit signals exist now (long polls waiting, one per partition).
     pub fn waiters(&self) -> usize {
-        self.lock().signals.values().map(|s| s.receiver_count()).sum()
+        self.read_state().signals.values().map(|s| s.receiver_count()).sum()
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -842,12 +858,12 @@ fn migrate_legacy_messages(db: &DB) -> Result<()> {
 }
 
 /// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
-fn publish(log: &mut LogState, appended: &[Watermark]) {
+fn publish(read: &mut ReadState, appended: &[Watermark]) {
     for &(id, next) in appended {
-        let Some(visible) = log.visible.get_mut(&id) else { continue };
-        if next > *visible {
-            *visible = next;
-            if let Some(signal) = log.signals.get(&id) {
+        let Some(seen) = read.partitions.get_mut(&id) else { continue };
+        if next > seen.next_offset {
+            seen.next_offset = next;
+            if let Some(signal) = read.signals.get(&id) {
                 signal.send_replace(next);
             }
         }
