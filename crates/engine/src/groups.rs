@@ -11,7 +11,8 @@
 //!
 //! CONSUME hands out offsets at or above the position that are neither acknowledged nor under a
 //! live claim. Each group's state is cached in memory after its first use and guarded by its own
-//! lock; every change is committed before the cache is updated.
+//! lock; every change is written to the store before the cache is updated (an ACK awaits its
+//! fsync after releasing the lock; the others commit under it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +21,7 @@ use std::time::Duration;
 use datafusion::common::{Result, exec_err, plan_err};
 pub use topicfusion_dialect::MAX_GROUP_NAME_BYTES;
 use topicfusion_dialect::{AckTarget, StartPosition};
-use topicfusion_storage::{Commit, Message, NewMessage, Pending, Store, keys};
+use topicfusion_storage::{Commit, Message, NewMessage, Store, keys};
 
 use crate::catalog::{Topic, now_ms, storage_err};
 use crate::core::Core;
@@ -589,59 +590,46 @@ impl Groups {
             );
         }
         let handle = self.group(store, topic.meta.id, group)?;
+        // Under the group's lock: write the new state (if it changes) and apply it. The fsync is
+        // awaited after the lock is released.
         let (position, pending) = {
             let mut g = lock(&handle);
-            self.ack_write(store, topic, group, &mut g, partition, state.log_start, target)?
+            // A group an ACK creates starts at EARLIEST: nothing is skipped unacknowledged.
+            let earliest = &StartPosition::Earliest;
+            self.ensure_group(store, topic, group, &mut g, None, earliest, earliest)?;
+            let mut pg = g
+                .partitions
+                .get(&partition)
+                .cloned()
+                .unwrap_or(PartitionGroup { position: state.log_start, ..Default::default() });
+            let before = (pg.position, pg.acked.clone());
+            match target {
+                AckTarget::Upto(n) => pg.position = pg.position.max(n + 1),
+                AckTarget::Offsets(list) => pg.acked.extend(list.iter().copied().filter(|&o| o >= pg.position)),
+            }
+            pg.compact(state.log_start);
+            let exists = g.partitions.contains_key(&partition);
+            let pending = if !exists || before != (pg.position, pg.acked.clone()) {
+                pg.updated_ms = now_ms();
+                let mut commit = Commit::default();
+                commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
+                crate::core::blocking(|| store.write(commit)).map_err(storage_err)?
+            } else {
+                // Nothing to write, but what this ACK repeats may be another ACK's write still
+                // waiting for its fsync: it returns once that is durable too.
+                store.written()
+            };
+            if let AckTarget::Offsets(list) = target {
+                for o in list {
+                    pg.claims.remove(o);
+                }
+            }
+            let position = pg.position;
+            g.partitions.insert(partition, pg);
+            (position, pending)
         };
         store.durable(pending).await.map_err(storage_err)?;
         Ok(position)
-    }
-
-    /// The part of [`Groups::ack`] under the group's lock: writes the new partition state
-    /// (when it changes) and applies it to the group; returns the position and what to await.
-    #[allow(clippy::too_many_arguments)]
-    fn ack_write(
-        &self,
-        store: &Store,
-        topic: &Topic,
-        group: &str,
-        g: &mut GroupState,
-        partition: u32,
-        log_start: u64,
-        target: &AckTarget,
-    ) -> Result<(u64, Pending)> {
-        // A group an ACK creates starts at EARLIEST: nothing is skipped unacknowledged.
-        self.ensure_group(store, topic, group, g, None, &StartPosition::Earliest, &StartPosition::Earliest)?;
-        let mut pg = g
-            .partitions
-            .get(&partition)
-            .cloned()
-            .unwrap_or(PartitionGroup { position: log_start, ..Default::default() });
-        let before = (pg.position, pg.acked.clone());
-        match target {
-            AckTarget::Upto(n) => pg.position = pg.position.max(n + 1),
-            AckTarget::Offsets(list) => pg.acked.extend(list.iter().copied().filter(|&o| o >= pg.position)),
-        }
-        pg.compact(log_start);
-        let exists = g.partitions.contains_key(&partition);
-        let pending = if !exists || before != (pg.position, pg.acked.clone()) {
-            pg.updated_ms = now_ms();
-            let mut commit = Commit::default();
-            commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
-            crate::core::blocking(|| store.write(commit)).map_err(storage_err)?
-        } else {
-            // Nothing to write, but what this ACK repeats may be another ACK's write still
-            // waiting for its fsync: it returns once that is durable too.
-            store.written()
-        };
-        if let AckTarget::Offsets(list) = target {
-            for o in list {
-                pg.claims.remove(o);
-            }
-        }
-        let position = pg.position;
-        g.partitions.insert(partition, pg);
-        Ok((position, pending))
     }
 
     /// RESET CONSUMER GROUP: sets the positions of one or all partitions; forgets their

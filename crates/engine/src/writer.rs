@@ -118,8 +118,9 @@ where
     // One blocking task: the key check, routing and the write (offsets assigned in commit
     // order); it asks for the fsync at once, then releases the locks. The statement then waits,
     // without holding a thread, for durability (one fsync of the WAL-sync thread shared with
-    // concurrent commits in --sync mode) and visibility. A later writer's commit is after this one in the WAL, so it is never
-    // durable without it. If the statement is cancelled, the commit still completes.
+    // concurrent commits in --sync mode) and visibility. A later writer's commit is after this
+    // one in the WAL, so it is never durable without it. If the statement is cancelled, the
+    // commit still completes.
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
     let (count, pending) = tokio::task::spawn_blocking(move || {
         let written = write(&store, &table, &topics, changes);

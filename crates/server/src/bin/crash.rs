@@ -291,22 +291,57 @@ fn confirmed_statements(journal: &Path) -> usize {
     std::fs::read_to_string(journal).map_or(0, |t| t.lines().filter(|l| l.starts_with("C ")).count())
 }
 
-/// The keys of the statements in flight at the kill: journaled intents without a confirmation.
-fn keys_in_flight(journal: &Path) -> HashSet<u64> {
-    let text = std::fs::read_to_string(journal).unwrap_or_default();
-    let mut intents: HashMap<(&str, &str, &str), u64> = HashMap::new();
+/// What the journal says: statements per writer (`(cycle, writer)` → seq → intent), in order;
+/// the confirmed ones (`(cycle, writer, seq)`; the last intent without a confirmation is in
+/// flight); and the acknowledgements `(partition, offset, group position)`.
+struct Journaled {
+    intents: BTreeMap<(u64, u64), BTreeMap<u64, Intent>>,
+    confirmed: HashSet<(u64, u64, u64)>,
+    acks: Vec<(u32, u64, u64)>,
+}
+
+impl Journaled {
+    /// The keys of the statements in flight at the kill.
+    fn keys_in_flight(&self) -> HashSet<u64> {
+        let mut keys = HashSet::new();
+        for ((c, w), stmts) in &self.intents {
+            for (seq, intent) in stmts {
+                if !self.confirmed.contains(&(*c, *w, *seq)) {
+                    keys.insert(intent.key);
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// Reads the journal (none yet: the worker was killed before it opened it, a slow start under
+/// load).
+fn read_journal(journal: &Path) -> Result<Journaled, String> {
+    let text = match std::fs::read_to_string(journal) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        other => other.map_err(|e| format!("journal: {e}"))?,
+    };
+    let mut out = Journaled { intents: BTreeMap::new(), confirmed: HashSet::new(), acks: Vec::new() };
     for line in text.lines() {
+        let n = |s: &str| s.parse::<u64>().map_err(|e| format!("journal {line}: {e}"));
         match line.split(' ').collect::<Vec<_>>().as_slice() {
-            ["I", c, w, seq, _, key, _] => {
-                intents.insert((c, w, seq), key.parse().unwrap_or(0));
+            ["I", c, w, seq, op, key, v] => {
+                let intent =
+                    Intent { op: op.to_string(), key: n(key)?, value: v.parse().map_err(|_| "journal value")? };
+                out.intents.entry((n(c)?, n(w)?)).or_default().insert(n(seq)?, intent);
             }
             ["C", c, w, seq] => {
-                intents.remove(&(*c, *w, *seq));
+                out.confirmed.insert((n(c)?, n(w)?, n(seq)?));
             }
-            _ => {}
+            ["A", p, o, pos] => {
+                let p: u32 = p.parse().map_err(|_| "journal partition")?;
+                out.acks.push((p, n(o)?, n(pos)?));
+            }
+            _ => return Err(format!("journal line not understood: {line}")),
         }
     }
-    intents.into_values().collect()
+    Ok(out)
 }
 
 /// Deletes the first row of table `w` directly in RocksDB (no message, no journal). Not a row
@@ -315,7 +350,7 @@ fn keys_in_flight(journal: &Path) -> HashSet<u64> {
 fn lose_a_row(dir: &Path, journal: &Path) -> Result<(), String> {
     use topicfusion_storage::{Commit, Store, Value, codec, keys};
     let mut in_flight = HashSet::new();
-    for id in keys_in_flight(journal) {
+    for id in read_journal(journal)?.keys_in_flight() {
         let mut pk = Vec::new();
         codec::encode_key_value(&Value::Int64(id as i64), &mut pk).map_err(|e| e.to_string())?;
         in_flight.insert(keys::row_key(0, &pk));
@@ -337,37 +372,12 @@ async fn check(
     max_positions: &mut HashMap<u32, u64>,
 ) -> Result<String, String> {
     let db = Database::open(dir, options(sync)).map_err(|e| format!("reopen: {e}"))?;
-    // No journal yet: the worker was killed before it opened it (a slow start under load).
-    let text = match std::fs::read_to_string(journal) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        other => other.map_err(|e| format!("journal: {e}"))?,
-    };
-    // Statements per writer, in order; the last intent without a confirmation is in flight.
-    let mut intents: BTreeMap<(u64, u64), BTreeMap<u64, Intent>> = BTreeMap::new();
-    let mut confirmed: HashSet<(u64, u64, u64)> = HashSet::new();
+    let Journaled { intents, confirmed, acks } = read_journal(journal)?;
     let mut acked: HashSet<(u32, u64)> = HashSet::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        match f.as_slice() {
-            ["I", c, w, seq, op, key, v] => {
-                let n = |s: &str| s.parse::<u64>().map_err(|e| format!("journal {line}: {e}"));
-                let intent =
-                    Intent { op: op.to_string(), key: n(key)?, value: v.parse().map_err(|_| "journal value")? };
-                intents.entry((n(c)?, n(w)?)).or_default().insert(n(seq)?, intent);
-            }
-            ["C", c, w, seq] => {
-                let n = |s: &str| s.parse::<u64>().map_err(|e| format!("journal {line}: {e}"));
-                confirmed.insert((n(c)?, n(w)?, n(seq)?));
-            }
-            ["A", p, o, pos] => {
-                let p: u32 = p.parse().map_err(|_| "journal partition")?;
-                acked.insert((p, o.parse().map_err(|_| "journal offset")?));
-                let pos: u64 = pos.parse().map_err(|_| "journal position")?;
-                let m = max_positions.entry(p).or_insert(0);
-                *m = (*m).max(pos);
-            }
-            _ => return Err(format!("journal line not understood: {line}")),
-        }
+    for (p, offset, position) in acks {
+        acked.insert((p, offset));
+        let m = max_positions.entry(p).or_insert(0);
+        *m = (*m).max(position);
     }
     // The table.
     let table: HashMap<u64, i64> = rows(&db, "SELECT id, v FROM w")
