@@ -31,6 +31,8 @@ pub struct Core {
     pub limits: Limits,
     /// Background job records and the retention executor's mailbox.
     pub jobs: crate::retention::Jobs,
+    /// Where DML statements run their key check, routing and write.
+    pub commit_threads: crate::commit_threads::CommitThreads,
 }
 
 /// Limits on what one statement may do.
@@ -66,8 +68,8 @@ pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
 /// Runs blocking storage work (RocksDB reads and writes, fsyncs) without stalling the async
 /// worker it is called on: on a multi-threaded runtime tokio hands the worker's other tasks to
 /// another thread while it runs (`block_in_place`); on a current-thread runtime (some embedders'
-/// tests) it runs inline. Long or unbounded work (scans, DML writes) uses `spawn_blocking`; a
-/// DML statement awaits its fsync (`Store::durable`).
+/// tests) it runs inline. Scans use `spawn_blocking`, DML writes the commit threads
+/// ([`crate::commit_threads`]); a DML statement awaits its fsync (`Store::durable`).
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),

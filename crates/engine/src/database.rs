@@ -53,6 +53,9 @@ pub struct DatabaseOptions {
     pub retention_interval_ms: u64,
     /// Stamps commits and decides what retention deletes (tests move it).
     pub clock: Clock,
+    /// The threads that run DML statements' key checks and writes ([`crate::commit_threads`]);
+    /// 0: the number of cores, at least 2.
+    pub commit_threads: usize,
 }
 
 /// The default of [`DatabaseOptions::max_statement_bytes`]: 256 MiB.
@@ -68,6 +71,7 @@ impl Default for DatabaseOptions {
             max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
             retention_interval_ms: 60_000,
             clock: Clock::system(),
+            commit_threads: 0,
         }
     }
 }
@@ -337,6 +341,7 @@ impl Database {
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
             jobs: Default::default(),
+            commit_threads: crate::commit_threads::CommitThreads::start(options.commit_threads)?,
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)

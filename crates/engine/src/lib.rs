@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod cdc;
+pub mod commit_threads;
 pub mod copy;
 pub mod core;
 pub mod database;

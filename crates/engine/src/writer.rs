@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{Result, exec_err};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use topicfusion_storage::codec::{encode_key_value, encode_row};
@@ -115,24 +115,25 @@ where
     };
     // The routes cannot change while the DDL lock is held.
     let topics = core.catalog.read().topics_fed_by(table.meta.id);
-    // One blocking task: the key check, routing and the write (offsets assigned in commit
+    // One job on a commit thread: the key check, routing and the write (offsets assigned in commit
     // order); it asks for the fsync at once, then releases the locks. The statement then waits,
     // without holding a thread, for durability (one fsync of the WAL-sync thread shared with
     // concurrent commits in --sync mode) and visibility. A later writer's commit is after this
     // one in the WAL, so it is never durable without it. If the statement is cancelled, the
     // commit still completes.
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
-    let (count, pending) = tokio::task::spawn_blocking(move || {
-        let written = write(&store, &table, &topics, changes);
-        if let Ok((_, pending)) = &written {
-            store.start_sync(pending);
-        }
-        drop(guard);
-        drop(ddl);
-        written
-    })
-    .await
-    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+    let (count, pending) = core
+        .commit_threads
+        .run(move || {
+            let written = write(&store, &table, &topics, changes);
+            if let Ok((_, pending)) = &written {
+                store.start_sync(pending);
+            }
+            drop(guard);
+            drop(ddl);
+            written
+        })
+        .await??;
     core.store.durable(pending).await.map_err(storage_err)?;
     Ok(count)
 }

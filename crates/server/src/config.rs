@@ -43,6 +43,8 @@ pub struct StorageConfig {
     pub sync_writes: bool,
     /// The most row data one UPDATE, DELETE or INSERT ... SELECT may change (bytes).
     pub max_statement_bytes: usize,
+    /// The threads that run DML statements' key checks and writes (0: one per core, at least 2).
+    pub commit_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +91,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             sync_writes: false,
             max_statement_bytes: topicfusion_engine::database::DEFAULT_MAX_STATEMENT_BYTES,
+            commit_threads: 0,
         }
     }
 }
@@ -202,6 +205,13 @@ impl Config {
                 "storage.max_statement_bytes",
                 self.storage.max_statement_bytes.to_string(),
                 "at least 1048576 (1 MiB)",
+            );
+        }
+        if self.storage.commit_threads > 256 {
+            return invalid(
+                "storage.commit_threads",
+                self.storage.commit_threads.to_string(),
+                "at most 256 (0: one per core)",
             );
         }
         let t = &self.topics;

@@ -43,6 +43,7 @@ pub fn run(config: Config) -> Result<(), String> {
         visibility_timeout_ms: config.topics.default_visibility_timeout_ms,
         allow_user_role_consume: config.topics.allow_user_role_consume,
         max_statement_bytes: config.storage.max_statement_bytes,
+        commit_threads: config.storage.commit_threads,
         retention_interval_ms: config.topics.retention_interval_ms,
         ..DatabaseOptions::default()
     };

@@ -1,5 +1,6 @@
 //! Concurrent writers and change capture: offsets stay gap-free per partition and every
-//! committed row change has exactly one message per matching route.
+//! committed row change has exactly one message per matching route; the commit threads those
+//! writers' statements run on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -157,4 +158,60 @@ async fn concurrent_inserts_of_one_key_commit_exactly_once() {
     }
     assert_eq!(total, 50);
     assert_eq!(query(&db, "SELECT count(*) FROM t").await, vec![vec!["50".to_string()]]);
+}
+
+/// The commit threads (where DML statements write): one thread takes jobs in arrival order, a
+/// job whose caller stopped waiting still runs, a panicking job fails only its caller, and
+/// dropping them runs what is queued before the threads stop.
+#[tokio::test]
+async fn commit_threads_run_every_queued_job_in_order_even_without_its_caller() {
+    use std::sync::Mutex;
+    use topicfusion_engine::commit_threads::CommitThreads;
+
+    let threads = CommitThreads::start(1).unwrap();
+    // The first job holds the only thread until released, so the next ones queue.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let first = threads.run(move || wait.recv().is_ok());
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = Arc::clone(&order);
+    let abandoned = threads.run(move || o.lock().unwrap().push("abandoned"));
+    // Polled once (queued), then dropped: its caller stops waiting.
+    assert!(futures::poll!(Box::pin(abandoned)).is_pending());
+    let o = Arc::clone(&order);
+    let last = threads.run(move || o.lock().unwrap().push("last"));
+    release.send(()).unwrap();
+    let (first, last) = tokio::join!(first, last);
+    assert!(first.unwrap());
+    last.unwrap();
+    assert_eq!(*order.lock().unwrap(), ["abandoned", "last"]);
+
+    let err = threads.run(|| panic!("boom in a job")).await.unwrap_err();
+    assert!(err.to_string().contains("a commit thread stopped"), "{err}");
+    assert_eq!(threads.run(|| 41 + 1).await.unwrap(), 42);
+
+    // Queued behind a slow job, then the threads are dropped: it still runs, before the drop
+    // returns.
+    let slow = threads.run(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+    assert!(futures::poll!(Box::pin(slow)).is_pending());
+    let o = Arc::clone(&order);
+    let queued = threads.run(move || o.lock().unwrap().push("queued at drop"));
+    assert!(futures::poll!(Box::pin(queued)).is_pending());
+    drop(threads);
+    assert_eq!(*order.lock().unwrap(), ["abandoned", "last", "queued at drop"]);
+}
+
+/// Many callers at once on the default threads (one per core, at least 2) each get their own
+/// job's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_threads_give_each_of_many_concurrent_callers_its_result() {
+    let threads = Arc::new(topicfusion_engine::commit_threads::CommitThreads::start(0).unwrap());
+    let tasks: Vec<_> = (0..256u64)
+        .map(|i| {
+            let threads = Arc::clone(&threads);
+            tokio::spawn(async move { threads.run(move || i * i).await.unwrap() })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), (i * i) as u64);
+    }
 }

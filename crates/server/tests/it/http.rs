@@ -693,6 +693,7 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         ("[server]\npg_listen = \"5433\"\n", "server.pg_listen"),
         ("[server]\npg_tls_cert = \"/nonexistent.pem\"\n", "server.pg_tls_cert"),
         ("[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n", "max_body"),
+        ("[storage]\ncommit_threads = 1000\n", "storage.commit_threads"),
         ("[topics]\nmax_consume_timeout_ms = 999999999\n", "topics.max_consume_timeout_ms"),
         ("[topics]\ndefault_visibility_timeout_ms = 0\n", "topics.default_visibility_timeout_ms"),
         ("[auth]\ntoken_ttl_seconds = \"soon\"\n", "token_ttl_seconds"),

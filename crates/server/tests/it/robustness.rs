@@ -21,7 +21,11 @@ async fn deep_expressions_get_a_clear_error_at_every_interface() {
         (0..100).map(|i| format!("v = {i}")).collect::<Vec<_>>().join(" OR ")
     );
     assert_eq!(query(&db, &ors).await, vec![vec!["1".to_owned()]]);
+    // A route filter within the limit is evaluated by the commit thread that writes the UPDATE.
+    db.execute(&format!("ALTER TOPIC ev ADD SOURCE t ON UPDATE WHERE {} > 0", chain("v", " * ", 100))).await.unwrap();
     db.execute(&format!("UPDATE t SET v = {} WHERE id = 1", chain("v", " * ", 100))).await.unwrap();
+    assert_eq!(query(&db, "SELECT sum(message_count) FROM system.topic_partitions").await, vec![vec!["1".to_owned()]]);
+    db.execute("ALTER TOPIC ev DROP SOURCE t ON UPDATE").await.unwrap();
     // The limit itself: the query is one level, each of the n - 1 additions one, the last term one.
     let max = topicfusion_engine::MAX_EXPR_DEPTH;
     let n = max - 1;

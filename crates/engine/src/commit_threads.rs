@@ -1,0 +1,103 @@
+//! The table writers' commit threads: a few long-lived threads that run the blocking part of
+//! every DML statement (key check, routing, the RocksDB write), in arrival order.
+//!
+//! Why not `spawn_blocking`: with many concurrent writers, tokio's blocking pool gives each
+//! statement a thread of its own, woken for it and parked after it, and those threads then queue
+//! on the store's commit lock: on a loaded machine most of a small statement's time went into
+//! those thread switches and the lock hand-offs (docs/benchmarks.md). A fixed set of threads
+//! that take the next job while there is one keeps the runnable threads few and the commit lock
+//! nearly uncontended.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+use datafusion::common::{DataFusionError, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+/// The commit threads; dropping it runs the jobs still queued, then stops and joins the threads
+/// (so when a `Database` is dropped, no thread of it still writes to its store).
+pub struct CommitThreads {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CommitThreads {
+    /// Starts `n` threads; 0: one per core, at least 2 (on 2 cores, 1 thread left the cores idle
+    /// during its RocksDB writes and 4 added lock hand-offs: both were slower than 2).
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let n = match n {
+            0 => std::thread::available_parallelism().map_or(2, |c| c.get()).max(2),
+            n => n,
+        };
+        let shared = Arc::new(Shared::default());
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("topicfusion-commit-{i}"))
+                // Route filters recurse over expression trees (up to 128 levels): room as the
+                // server's engine threads have (virtual memory: only the pages used are committed).
+                .stack_size(256 << 20)
+                .spawn(move || run(&shared))?;
+            threads.push(thread);
+        }
+        Ok(Self { shared, threads })
+    }
+
+    /// Runs `f` on a commit thread and returns its result. If the caller stops waiting, `f`
+    /// still runs to its end. `f` must not wait for another job (it could wait forever behind
+    /// itself); table writes only take the store's commit lock.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.jobs.push_back(Box::new(move || {
+                let _ = tx.send(f());
+            }));
+        }
+        self.shared.work.notify_one();
+        rx.await.map_err(|_| DataFusionError::Execution("internal: a commit thread stopped".into()))
+    }
+}
+
+impl Drop for CommitThreads {
+    fn drop(&mut self) {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
+        self.shared.work.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let job = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    break job;
+                }
+                if q.shutdown {
+                    return;
+                }
+                q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        // A panicking job drops its sender: its statement gets an error, the thread goes on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    }
+}
