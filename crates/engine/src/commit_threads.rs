@@ -57,18 +57,21 @@ impl CommitThreads {
         Ok(Self { shared, threads })
     }
 
-    /// Runs `f` on a commit thread and returns its result. If the caller stops waiting, `f`
-    /// still runs to its end. `f` must not wait for another job (it could wait forever behind
-    /// itself); table writes only take the store's commit lock.
+    /// Queues `job` for the next free commit thread. It runs to its end whatever its caller
+    /// does meanwhile; it must not wait for another job (it could wait forever behind itself):
+    /// table writes only take the store's commit lock.
+    pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).jobs.push_back(Box::new(job));
+        self.shared.work.notify_one();
+    }
+
+    /// Runs `f` on a commit thread and returns its result ([`CommitThreads::submit`] with a reply;
+    /// if the caller stops waiting, `f` still runs).
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.jobs.push_back(Box::new(move || {
-                let _ = tx.send(f());
-            }));
-        }
-        self.shared.work.notify_one();
+        self.submit(move || {
+            let _ = tx.send(f());
+        });
         rx.await.map_err(|_| DataFusionError::Execution("internal: a commit thread stopped".into()))
     }
 }

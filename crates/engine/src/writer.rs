@@ -116,26 +116,30 @@ where
     // The routes cannot change while the DDL lock is held.
     let topics = core.catalog.read().topics_fed_by(table.meta.id);
     // One job on a commit thread: the key check, routing and the write (offsets assigned in commit
-    // order); it asks for the fsync at once, then releases the locks. The statement then waits,
-    // without holding a thread, for durability (one fsync of the WAL-sync thread shared with
-    // concurrent commits in --sync mode) and visibility. A later writer's commit is after this
-    // one in the WAL, so it is never durable without it. If the statement is cancelled, the
-    // commit still completes.
+    // order); it asks for the fsync at once, then releases the locks. The statement waits,
+    // without holding a thread, for one answer: the error, or its commit durable (one fsync of
+    // the WAL-sync thread shared with concurrent commits in --sync mode, whose thread then
+    // answers) and visible. A later writer's commit is after this one in the WAL, so it is never
+    // durable without it. If the statement is cancelled, the commit still completes.
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
-    let (count, pending) = core
-        .commit_threads
-        .run(move || {
-            let written = write(&store, &table, &topics, changes);
-            if let Ok((_, pending)) = &written {
-                store.start_sync(pending);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    core.commit_threads.submit(move || {
+        let written = write(&store, &table, &topics, changes);
+        if let Ok((_, pending)) = &written {
+            store.start_sync(pending);
+        }
+        drop(guard);
+        drop(ddl);
+        match written {
+            Ok((count, pending)) => store.when_durable(pending, move |durable| {
+                let _ = tx.send(durable.map(|_| count).map_err(storage_err));
+            }),
+            Err(e) => {
+                let _ = tx.send(Err(e));
             }
-            drop(guard);
-            drop(ddl);
-            written
-        })
-        .await??;
-    core.store.durable(pending).await.map_err(storage_err)?;
-    Ok(count)
+        }
+    });
+    rx.await.unwrap_or_else(|_| exec_err!("internal: the commit thread writing the statement stopped"))
 }
 
 fn check_current(core: &Core, table: &Arc<Table>) -> Result<()> {

@@ -167,17 +167,20 @@ type Watermark = ((u64, u32), u64);
 /// Group commit with [`Durability::Sync`]: the WAL-sync thread and the commits waiting for it.
 /// A writer asks for a sync through its commit's sequence number and waits; the thread fsyncs
 /// everything written so far the moment it is asked (starting the next fsync as soon as one
-/// ends while commits wait), publishes what it covered, then wakes the waiters: async ones
-/// through a `watch` (no thread per waiting statement), blocking ones through a condvar.
+/// ends while commits wait), publishes what it covered, then tells the waiters: async ones by
+/// calling the callback each registered for its own commit (no thread per waiting statement,
+/// and no wake-up of a statement whose commit the fsync did not cover), blocking ones through a
+/// condvar.
 struct WalSync {
     state: Mutex<SyncState>,
     /// Wakes the thread when a commit asks for a sync.
     work: std::sync::Condvar,
     /// Wakes blocking waiters when `synced` moves or the sync fails.
     done: std::sync::Condvar,
-    /// The same for async waiters: the synced sequence number, or the failure.
-    status: watch::Sender<SyncStatus>,
 }
+
+/// Called once a commit is durable, or with the error if its fsync failed.
+type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
 
 #[derive(Default)]
 struct SyncState {
@@ -192,12 +195,10 @@ struct SyncState {
     /// The thread is waiting for work (so a request must wake it).
     idle: bool,
     shutdown: bool,
-}
-
-#[derive(Clone, Default)]
-struct SyncStatus {
-    synced: u64,
-    failed: Option<String>,
+    /// Async waiters ([`Store::when_durable`]) and the commit each waits for, in the order they
+    /// came; each has asked for a sync through its commit, so the thread serves all of them
+    /// before it stops.
+    waiters: Vec<(u64, OnDurable)>,
 }
 
 impl WalSync {
@@ -225,8 +226,8 @@ impl WalSync {
 /// each fsync covered (in commit order), then wakes their writers. Returns on shutdown once no
 /// commit waits, or after a failed fsync.
 fn wal_sync_loop(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) {
-    let mut st = sync.lock();
     loop {
+        let mut st = sync.lock();
         while st.requested <= st.synced && !st.shutdown {
             st.idle = true;
             st = sync.work.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -249,14 +250,25 @@ fn wal_sync_loop(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) {
                 }
             }
         }
-        st = sync.lock();
+        let mut st = sync.lock();
         match result {
             Ok(()) => st.synced = st.synced.max(target),
             Err(e) => st.failed = Some(e.to_string()),
         }
+        let failed = st.failed.clone();
+        let synced = st.synced;
+        let (done, waiting) =
+            std::mem::take(&mut st.waiters).into_iter().partition(|(seq, _)| failed.is_some() || *seq <= synced);
+        st.waiters = waiting;
         sync.done.notify_all();
-        sync.status.send_replace(SyncStatus { synced: st.synced, failed: st.failed.clone() });
-        if st.failed.is_some() {
+        drop(st);
+        for (_, on_durable) in done {
+            on_durable(match &failed {
+                Some(reason) => Err(StorageError::WalSync(reason.clone())),
+                None => Ok(()),
+            });
+        }
+        if failed.is_some() {
             return;
         }
     }
@@ -370,7 +382,6 @@ impl Store {
             state: Mutex::new(SyncState::default()),
             work: std::sync::Condvar::new(),
             done: std::sync::Condvar::new(),
-            status: watch::Sender::new(SyncStatus::default()),
         });
         let wal_sync_thread = match durability {
             Durability::Process => None,
@@ -409,7 +420,9 @@ impl Store {
     /// [`Store::finish`]. A caller holding locks for the write can release them before the
     /// (slow) finish, so that concurrent commits share one fsync.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
-        if let Some(reason) = self.wal_sync.status.borrow().failed.clone() {
+        if self.durability == Durability::Sync
+            && let Some(reason) = self.wal_sync.lock().failed.clone()
+        {
             return Err(StorageError::WalSync(reason));
         }
         let Commit { mut batch, messages, partition_ops } = commit;
@@ -567,18 +580,30 @@ impl Store {
     /// [`Store::finish`] for async callers: waits without holding a thread. If the future is
     /// dropped, the commit still becomes durable and visible with the next fsync.
     pub async fn durable(&self, pending: Pending) -> Result<Committed> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.when_durable(pending, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await.unwrap_or_else(|_| Err(StorageError::WalSync("the store was closed".to_owned())))
+    }
+
+    /// Calls `on_durable` once the written commit is durable and visible (at once with
+    /// [`Durability::Process`] or when it already is; else from the WAL-sync thread right after
+    /// the fsync that covers it), or with the error if that fsync failed. `on_durable` must be
+    /// quick (a wake-up): the WAL-sync thread calls the callbacks of one fsync in a row.
+    pub fn when_durable(&self, pending: Pending, on_durable: impl FnOnce(Result<Committed>) + Send + 'static) {
         if self.durability == Durability::Sync {
-            let mut status = self.wal_sync.status.subscribe();
-            drop(self.wal_sync.request(pending.seq)?);
-            let failed = match status.wait_for(|s| s.synced >= pending.seq || s.failed.is_some()).await {
-                Ok(s) => s.failed.clone(),
-                Err(_) => Some("the store was closed".to_owned()),
-            };
-            if let Some(reason) = failed {
-                return Err(StorageError::WalSync(reason));
+            match self.wal_sync.request(pending.seq) {
+                Err(e) => return on_durable(Err(e)),
+                Ok(mut st) if st.synced < pending.seq => {
+                    let committed = pending.committed;
+                    st.waiters.push((pending.seq, Box::new(move |result| on_durable(result.map(|()| committed)))));
+                    return;
+                }
+                Ok(_) => {}
             }
         }
-        Ok(pending.committed)
+        on_durable(Ok(pending.committed))
     }
 
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
@@ -1399,6 +1424,46 @@ mod tests {
         drop(store.durable(pending));
         store.commit(Commit { messages: vec![msg(1, 0, "after")].into(), ..Default::default() }).unwrap();
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 322);
+    }
+
+    #[test]
+    fn when_durable_calls_back_once_per_commit_after_its_fsync_or_at_once_when_nothing_waits() {
+        type Call = (std::thread::ThreadId, Result<Vec<u64>>);
+        let callback = |tx: &std::sync::mpsc::Sender<Call>| {
+            let tx = tx.clone();
+            move |r: Result<Committed>| tx.send((std::thread::current().id(), r.map(|c| c.offsets))).unwrap()
+        };
+        let me = std::thread::current().id();
+        for durability in [Durability::Sync, Durability::Process] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), durability).unwrap();
+            create_partition(&store);
+            let (tx, rx) = std::sync::mpsc::channel();
+            for p in ["a", "b", "c"] {
+                let pending =
+                    store.write(Commit { messages: vec![msg(1, 0, p)].into(), ..Default::default() }).unwrap();
+                // Asks for the fsync itself: no start_sync.
+                store.when_durable(pending, callback(&tx));
+            }
+            let mut offsets = Vec::new();
+            for _ in 0..3 {
+                let (thread, r) = rx.recv().unwrap();
+                // Synced: called by the WAL-sync thread; otherwise at once, by the caller.
+                assert_eq!(thread == me, durability == Durability::Process);
+                offsets.extend(r.unwrap());
+            }
+            offsets.sort_unstable();
+            assert_eq!(offsets, [0, 1, 2]);
+            // Durable means visible.
+            assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 3);
+            // Nothing waits for a commit that is already durable.
+            store.when_durable(store.written(), callback(&tx));
+            assert_eq!(rx.recv().unwrap().0, me);
+            drop(tx);
+            drop(store);
+            // Each commit was answered once.
+            assert!(rx.recv().is_err());
+        }
     }
 
     #[test]
