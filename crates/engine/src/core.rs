@@ -69,7 +69,7 @@ pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
 /// worker it is called on: on a multi-threaded runtime tokio hands the worker's other tasks to
 /// another thread while it runs (`block_in_place`); on a current-thread runtime (some embedders'
 /// tests) it runs inline. Scans use `spawn_blocking`, DML writes the commit threads
-/// ([`crate::commit_threads`]); a DML statement awaits its fsync (`Store::durable`).
+/// ([`crate::commit_threads`]); a DML statement awaits its fsync (`Store::when_durable`).
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),

@@ -1,7 +1,8 @@
 //! The table write path: turns the rows a DML statement produced into row changes (with the
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
-//! messages, and writes rows and messages in one write batch, made durable and visible by
-//! `Store::durable` after the locks are released.
+//! messages, and writes rows and messages in one write batch on a commit thread
+//! ([`crate::commit_threads`]); the statement is answered once the batch is durable and visible
+//! (`Store::when_durable`), after the locks are released.
 //!
 //! [`write_statement`] is the one entry: the DataFusion operator (`TableWriteExec`), the literal
 //! INSERT fast path and COPY go through it. Locking: the DDL lock (read) from the statement's
