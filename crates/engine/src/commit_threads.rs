@@ -1,5 +1,7 @@
 //! The table writers' commit threads: a few long-lived threads that run the blocking part of
-//! every DML statement (key check, routing, the RocksDB write), in arrival order.
+//! every DML statement (key check, routing, the RocksDB write) in arrival order, except large
+//! statements, which go to tokio's blocking pool so that small ones never queue behind them
+//! (`writer::write_statement`).
 //!
 //! Why not `spawn_blocking`: with many concurrent writers, tokio's blocking pool gives each
 //! statement a thread of its own, woken for it and parked after it, and those threads then queue
@@ -27,8 +29,7 @@ struct Shared {
     work: Condvar,
 }
 
-/// The commit threads; dropping it runs the jobs still queued, then stops and joins the threads
-/// (so when a `Database` is dropped, no thread of it still writes to its store).
+/// The commit threads; dropping it runs the jobs still queued, then stops and joins the threads.
 pub struct CommitThreads {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
