@@ -126,13 +126,8 @@ where
     let (tx, rx) = tokio::sync::oneshot::channel();
     let large = changes.changes.len() > LARGE_STATEMENT_ROWS;
     let job = move || {
-        let written = write(&store, &table, &topics, changes);
-        if let Ok((_, pending)) = &written {
-            store.start_sync(pending);
-        }
-        drop(guard);
-        drop(ddl);
-        match written {
+        match write(&store, &table, &topics, changes) {
+            // Asks for the fsync (Sync mode) before the locks are released.
             Ok((count, pending)) => store.when_durable(pending, move |durable| {
                 let _ = tx.send(durable.map(|_| count).map_err(storage_err));
             }),
@@ -140,6 +135,8 @@ where
                 let _ = tx.send(Err(e));
             }
         }
+        drop(guard);
+        drop(ddl);
     };
     if large {
         drop(tokio::task::spawn_blocking(job));
