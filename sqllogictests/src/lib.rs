@@ -1,6 +1,8 @@
-//! The sqllogictest database adapter: runs each record's SQL through [`Database::execute`] and
-//! renders the last statement's result as text. The pseudo-statement `restart` closes the
-//! database and reopens the same data dir, so `.slt` files can check durability.
+//! The sqllogictest database adapter: runs each record's SQL through [`Database::execute_in`]
+//! in the connection's own session (as root; settings, transaction blocks and cursors last
+//! from record to record, as on one PostgreSQL connection) and renders the last statement's
+//! result as text. The pseudo-statement `restart` closes the database and reopens the same data
+//! dir (and starts a new session), so `.slt` files can check durability.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use tokio::sync::Mutex;
-use topicfusion_engine::{Database, DatabaseOptions};
+use topicfusion_engine::{Database, DatabaseOptions, Principal, Session};
 
 /// One data dir, shared by every connection of a test file.
 pub struct SharedDatabase {
@@ -31,8 +33,14 @@ fn options() -> DatabaseOptions {
     DatabaseOptions { target_partitions: Some(2), ..DatabaseOptions::default() }
 }
 
-/// A connection of the sqllogictest runner.
-pub struct Connection(pub Arc<SharedDatabase>);
+/// A connection of the sqllogictest runner, with its session.
+pub struct Connection(pub Arc<SharedDatabase>, pub Session);
+
+impl Connection {
+    pub fn new(db: Arc<SharedDatabase>) -> Self {
+        Self(db, Session::new())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -53,13 +61,17 @@ impl AsyncDB for Connection {
         let mut guard = self.0.db.lock().await;
         if sql.trim().eq_ignore_ascii_case("restart") {
             // Close first: RocksDB allows one process-wide handle per data dir.
+            self.1 = Session::new();
             guard.take();
             *guard = Some(Database::open(&self.0.dir, options())?);
             return Ok(DBOutput::StatementComplete(0));
         }
         let db = guard.as_ref().ok_or_else(|| Error("database is closed".into()))?;
         // One-line messages: a multi-line expected error would swallow the records after it.
-        let results = db.execute(sql).await.map_err(|e| Error(e.source.to_string().replace('\n', " ")))?;
+        let results = db
+            .execute_in(&mut self.1, &Principal::root(), sql)
+            .await
+            .map_err(|e| Error(e.source.to_string().replace('\n', " ")))?;
         let Some(last) = results.last() else { return Ok(DBOutput::StatementComplete(0)) };
         let types = last.schema.fields().iter().map(|f| column_type(f.data_type())).collect();
         let options = FormatOptions::default().with_null("NULL");

@@ -45,7 +45,7 @@ async fn main() {
         };
         let mut runner = Runner::new(move || {
             let shared = shared.clone();
-            async move { Ok(Connection(shared)) }
+            async move { Ok(Connection::new(shared)) }
         });
         let result = if complete {
             runner

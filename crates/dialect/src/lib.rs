@@ -9,7 +9,8 @@ pub mod values;
 
 pub use ast::*;
 pub use parser::{
-    MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, parse_expr_checked, parse_sql,
+    MAX_EXPR_DEPTH, MAX_GROUP_NAME_BYTES, ParsedStatement, Statement, Statements, check_sql_depth, parse_expr_checked,
+    parse_sql,
 };
 pub use values::{Literal, ValuesInsert, literal_of, scan_values_insert};
 

@@ -10,7 +10,7 @@ use std::fmt;
 use datafusion_common::Result;
 use datafusion_sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
 use datafusion_sql::sqlparser::ast::{
-    Expr, ObjectName, Query, Value, Visit, VisitMut, Visitor, VisitorMut, visit_expressions,
+    Expr, ObjectName, Query, Statement as SqlStatement, Value, Visit, VisitMut, Visitor, VisitorMut, visit_expressions,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::keywords::Keyword;
@@ -18,7 +18,7 @@ use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 use std::ops::ControlFlow;
 
-use crate::ast::{CopyFrom, TopicStatement, UserStatement};
+use crate::ast::{CopySource, CopyStatement, CopyTo, SessionStatement, TopicStatement, UserStatement};
 
 /// One statement of SQL text.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +31,10 @@ pub enum Statement {
     User(UserStatement),
     /// `EXPLAIN [VERBOSE] <topic statement>`
     ExplainTopic { verbose: bool, statement: TopicStatement },
-    /// `COPY <table> FROM '<file>' ...`
-    CopyFrom(CopyFrom),
+    /// `COPY <table> FROM '<file>' | STDIN ...`, `COPY ... TO STDOUT ...`
+    Copy(CopyStatement),
+    /// `FETCH`, `MOVE`, `UNLISTEN`.
+    Session(SessionStatement),
 }
 
 impl fmt::Display for Statement {
@@ -41,7 +43,8 @@ impl fmt::Display for Statement {
             Statement::DataFusion(s) => write!(f, "{s}"),
             Statement::Topic(s) => write!(f, "{s}"),
             Statement::User(s) => write!(f, "{s}"),
-            Statement::CopyFrom(s) => write!(f, "{s}"),
+            Statement::Copy(s) => write!(f, "{s}"),
+            Statement::Session(s) => write!(f, "{s}"),
             Statement::ExplainTopic { verbose, statement } => {
                 write!(f, "EXPLAIN {}{statement}", if *verbose { "VERBOSE " } else { "" })
             }
@@ -69,7 +72,6 @@ static DIALECT: GenericDialect = GenericDialect {};
 pub struct Statements<'a> {
     df: DFParser<'a>,
     text: TextCursor<'a>,
-    expecting_delimiter: bool,
     done: bool,
 }
 
@@ -77,24 +79,24 @@ impl<'a> Statements<'a> {
     /// Tokenizes `sql`; an error here (an unterminated string, say) concerns the whole text.
     pub fn new(sql: &'a str) -> Result<Self> {
         let df = DFParserBuilder::new(sql).with_dialect(&DIALECT).build()?;
-        Ok(Self { df, text: TextCursor::new(sql), expecting_delimiter: false, done: false })
+        Ok(Self { df, text: TextCursor::new(sql), done: false })
     }
 
+    /// The next statement. A statement counts only when it ends at a `;` or at the end of the
+    /// text: `INSERT ... VALUES (1) SELECT 2` is an error before anything of it runs (a caller
+    /// that runs each statement as it comes never runs half of a request).
     fn next_statement(&mut self) -> Result<Option<ParsedStatement>> {
-        while self.df.parser.consume_token(&Token::SemiColon) {
-            self.expecting_delimiter = false;
-        }
+        while self.df.parser.consume_token(&Token::SemiColon) {}
         let start = self.df.parser.peek_token();
         if start.token == Token::EOF {
             return Ok(None);
         }
-        if self.expecting_delimiter {
-            return Err(self.df.parser.expected::<()>("end of statement", start).unwrap_err().into());
-        }
         let statement = parse_statement(&mut self.df)?;
         let end = self.df.parser.peek_token();
+        if !matches!(end.token, Token::SemiColon | Token::EOF) {
+            return Err(self.df.parser.expected::<()>("end of statement", end).unwrap_err().into());
+        }
         let sql = self.text.slice(start.span.start, end.span.start).trim().to_owned();
-        self.expecting_delimiter = true;
         Ok(Some(ParsedStatement { statement, sql }))
     }
 }
@@ -234,7 +236,8 @@ fn check_depth(statement: &Statement) -> Result<()> {
         Statement::Topic(t) | Statement::ExplainTopic { statement: t, .. } => {
             t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
         }
-        Statement::User(_) | Statement::CopyFrom(_) => ControlFlow::Continue(()),
+        Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => q.visit(&mut limit),
+        Statement::User(_) | Statement::Copy(_) | Statement::Session(_) => ControlFlow::Continue(()),
     };
     if flow.is_break() { Err(too_deep()) } else { Ok(()) }
 }
@@ -255,10 +258,22 @@ fn df_statement_depth(s: &DFStatement, limit: &mut DepthLimit) -> ControlFlow<()
 fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     let mut statement = parse_statement_unchecked(df)?;
     if let Err(e) = check_depth(&statement) {
-        if let Statement::DataFusion(s) = &mut statement {
-            dismantle_df_statement(s);
+        match &mut statement {
+            Statement::DataFusion(s) => dismantle_df_statement(s),
+            Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => dismantle(q.as_mut()),
+            _ => {}
         }
         return Err(e);
+    }
+    Ok(statement)
+}
+
+/// Refuses a statement of another parser (the PostgreSQL-compatibility parser's) nested deeper
+/// than [`MAX_EXPR_DEPTH`], taking it apart without recursion, as for our own statements.
+pub fn check_sql_depth(mut statement: SqlStatement) -> Result<SqlStatement> {
+    if statement.visit(&mut DepthLimit::default()).is_break() {
+        dismantle(&mut statement);
+        return Err(too_deep());
     }
     Ok(statement)
 }
@@ -266,14 +281,16 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
 /// Cuts the parts of a statement nested deeper than the limit out of it and drops them without
 /// recursion: dropping a tree of 100,000 levels (`1 + 1 + ...`) recursively overflows a stack.
 fn dismantle_df_statement(s: &mut DFStatement) {
-    let mut cut = Dismantle::default();
     match s {
-        DFStatement::Statement(s) => {
-            let _ = s.visit(&mut cut);
-        }
+        DFStatement::Statement(s) => dismantle(s.as_mut()),
         DFStatement::Explain(e) => dismantle_df_statement(&mut e.statement),
         _ => {}
     }
+}
+
+fn dismantle<T: VisitMut>(node: &mut T) {
+    let mut cut = Dismantle::default();
+    let _ = node.visit(&mut cut);
     cut.deep.into_iter().for_each(drop_iteratively);
 }
 
@@ -343,8 +360,11 @@ fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
     if claims_user(p) {
         return Ok(Statement::User(UserStatement::parse(p)?));
     }
-    if CopyFrom::claims(p) {
-        return Ok(Statement::CopyFrom(CopyFrom::parse(p)?));
+    if CopyStatement::claims(p) {
+        return Ok(Statement::Copy(CopyStatement::parse(p)?));
+    }
+    if SessionStatement::claims(p) {
+        return Ok(Statement::Session(SessionStatement::parse(p)?));
     }
     let mut statement = df.parse_statement()?;
     normalize_types(&mut statement);
@@ -582,6 +602,22 @@ mod tests {
     fn a_missing_semicolon_is_an_error() {
         let err = parse_sql("CREATE TOPIC a CREATE TOPIC b").unwrap_err().to_string();
         assert!(err.contains("Expected: end of statement, found: CREATE"), "{err}");
+    }
+
+    #[test]
+    fn a_statement_that_does_not_end_at_a_semicolon_is_never_returned() {
+        // One statement at a time (as the CLI runs them): the first piece fails, so a caller
+        // running each as it comes runs nothing of it.
+        for sql in ["INSERT INTO t VALUES (1) SELECT 2", "DELETE FROM t WHERE id = 1 DROP TABLE t"] {
+            let mut statements = Statements::new(sql).unwrap();
+            let first = statements.next().unwrap();
+            assert!(first.unwrap_err().to_string().contains("end of statement"), "{sql}");
+            assert!(statements.next().is_none(), "{sql}");
+        }
+        // The statements before a bad one still come first (each ends at its `;`).
+        let mut statements = Statements::new("SELECT 1; SELECT 2 SELECT 3").unwrap();
+        assert_eq!(statements.next().unwrap().unwrap().sql, "SELECT 1");
+        assert!(statements.next().unwrap().is_err());
     }
 
     #[test]

@@ -72,9 +72,9 @@ fn expr() -> impl Strategy<Value = String> {
 /// Valid topic and user statements, in any letter case the grammar allows.
 fn statement() -> impl Strategy<Value = String> {
     let topic_option = prop_oneof![
-        proptest::option::of(1..u64::MAX)
+        proptest::option::of(1..=crate::MAX_RETENTION_SECONDS)
             .prop_map(|v| format!("retention_seconds = {}", v.map_or("NULL".into(), |v| v.to_string()))),
-        proptest::option::of(1..u64::MAX)
+        proptest::option::of(1..=crate::MAX_RETENTION_BYTES)
             .prop_map(|v| format!("retention_max_bytes = {}", v.map_or("NULL".into(), |v| v.to_string()))),
         string().prop_map(|s| format!("alias = {s}")),
     ];

@@ -13,7 +13,10 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, Extension, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::Analyzer;
-use topicfusion_dialect::{AckTarget, AlterUserAction, Statement, TopicStatement, UserStatement, parse_sql};
+use topicfusion_dialect::{
+    AckTarget, AlterUserAction, CopyEndpoint, CopyStatement, ParsedStatement, SessionStatement, Statement,
+    TopicStatement, UserStatement, parse_sql,
+};
 use topicfusion_storage::keys::{self, CatalogKind};
 use topicfusion_storage::{Clock, Commit, Durability, Message, Store};
 
@@ -21,15 +24,17 @@ use crate::catalog::{Catalog, DEFAULT_SCHEMA, storage_err};
 use crate::cdc::router::{CompiledRoute, compile_route};
 use crate::core::Core;
 use crate::ddl;
+pub use crate::error::{ErrorKind, ExecuteError, one_line};
 use crate::groups::{ConsumeRequest, Groups};
 use crate::literal_insert::{self, LiteralInsert};
 use crate::plan::table_write::TableWriteRule;
 use crate::plan::topic_command::TopicCommandNode;
 use crate::plan::update_from;
 use crate::planner::TopicQueryPlanner;
-use crate::postgres::ParamValue;
+use crate::postgres::{ParamValue, functions, settings};
 use crate::provider::catalog::DurableCatalog;
 use crate::retention;
+use crate::session::Session;
 use crate::topics::find_topic;
 use crate::users::{Action, PermissionDenied, Principal, Users, authorize};
 use crate::writer;
@@ -77,7 +82,7 @@ impl Default for DatabaseOptions {
 }
 
 /// The result of one statement.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StatementResult {
     /// The statement's SQL text.
     pub sql: String,
@@ -85,15 +90,55 @@ pub struct StatementResult {
     pub command: Command,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// A `COPY ... FROM STDIN` or `TO STDOUT`: what the interface moves between the client and
+    /// the database next.
+    pub copy: Option<ClientCopy>,
+}
+
+/// The data transfer a COPY with the client asks of the interface (the PostgreSQL protocol).
+pub enum ClientCopy {
+    /// `COPY ... FROM STDIN`: read the client's data and write it through
+    /// [`Database::copy_in`].
+    In(Arc<crate::copy::CopyInTarget>),
+    /// `COPY ... TO STDOUT`: send these rows (the result's schema) in `format`, as they come.
+    Out { rows: RowStream, format: topicfusion_dialect::CopyFormat, options: topicfusion_dialect::CopyOptions },
+}
+
+/// The rows of a running query, as a result carries them (a `Sync` holder of the stream).
+pub struct RowStream(std::sync::Mutex<datafusion::execution::SendableRecordBatchStream>);
+
+impl RowStream {
+    pub fn new(stream: datafusion::execution::SendableRecordBatchStream) -> Self {
+        Self(std::sync::Mutex::new(stream))
+    }
+
+    pub fn into_inner(self) -> datafusion::execution::SendableRecordBatchStream {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get_mut(&mut self) -> &mut datafusion::execution::SendableRecordBatchStream {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for ClientCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCopy::In(t) => f.debug_tuple("In").field(t).finish(),
+            ClientCopy::Out { format, options, .. } => {
+                f.debug_struct("Out").field("format", format).field("options", options).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// What a statement's result is, for interfaces that report it in their own form (the
 /// PostgreSQL protocol's command tags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Rows to show (SELECT, CONSUME, SHOW, EXPLAIN, ACK's position).
+    /// Rows to show (SELECT, CONSUME, SHOW, EXPLAIN, FETCH, ACK's position).
     Rows,
-    /// One `count` column: how many rows an INSERT, UPDATE, DELETE or COPY TO changed.
+    /// One `count` column: how many rows an INSERT, UPDATE, DELETE, MOVE or COPY TO changed.
     RowCount,
     /// One `status` column saying what a DDL, user or COPY FROM statement did.
     Status,
@@ -134,6 +179,10 @@ impl Command {
                     SqlStatement::StartTransaction { .. } => ("BEGIN", Outcome::Status),
                     SqlStatement::Commit { .. } => ("COMMIT", Outcome::Status),
                     SqlStatement::Rollback { .. } => ("ROLLBACK", Outcome::Status),
+                    SqlStatement::ShowVariable { .. } => ("SHOW", Outcome::Rows),
+                    SqlStatement::Discard { .. } => ("DISCARD ALL", Outcome::Status),
+                    SqlStatement::Declare { .. } => ("DECLARE CURSOR", Outcome::Status),
+                    SqlStatement::Close { .. } => ("CLOSE CURSOR", Outcome::Status),
                     _ => ("SELECT", Outcome::Rows),
                 },
                 DFStatement::CreateExternalTable(_) => ("CREATE EXTERNAL TABLE", Outcome::Status),
@@ -162,7 +211,12 @@ impl Command {
                 },
                 Outcome::Status,
             ),
-            Statement::CopyFrom(_) => ("COPY", Outcome::Status),
+            Statement::Copy(CopyStatement::From(c)) if c.source == CopyEndpoint::Client => ("COPY", Outcome::RowCount),
+            Statement::Copy(CopyStatement::From(_)) => ("COPY", Outcome::Status),
+            Statement::Copy(CopyStatement::To(_)) => ("COPY", Outcome::RowCount),
+            Statement::Session(SessionStatement::Fetch { rows: true, .. }) => ("FETCH", Outcome::Rows),
+            Statement::Session(SessionStatement::Fetch { rows: false, .. }) => ("MOVE", Outcome::RowCount),
+            Statement::Session(SessionStatement::Unlisten { .. }) => ("UNLISTEN", Outcome::Status),
         };
         Self { name, outcome }
     }
@@ -178,121 +232,12 @@ pub struct Description {
     pub parameters: Vec<Option<DataType>>,
 }
 
-/// A statement failed; the statements before it have committed, the ones after it did not run.
-#[derive(Debug, thiserror::Error)]
-#[error("{source}")]
-pub struct ExecuteError {
-    /// 1-based position of the failing statement in the SQL text (0: the text did not parse).
-    pub statement: usize,
-    pub sql: String,
-    pub kind: ErrorKind,
-    #[source]
-    pub source: DataFusionError,
-}
-
-/// What kind of failure an error is, for interfaces that map errors to status codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The SQL text did not parse.
-    Syntax,
-    /// The caller's role does not allow the statement.
-    PermissionDenied,
-    /// The statement is wrong for the data: unknown names, bad values, constraint violations.
-    InvalidInput,
-    /// A failure of the database itself (storage, a bug): not the caller's fault.
-    Internal,
-    /// A duplicate primary key.
-    UniqueViolation,
-    /// NULL for a NOT NULL column.
-    NotNullViolation,
-    /// An unknown table.
-    UndefinedTable,
-    /// An unknown column.
-    UndefinedColumn,
-    /// An unknown topic, schema, user or consumer group.
-    UndefinedObject,
-    /// A statement waiting for data (CONSUME) was cancelled by its client.
-    Cancelled,
-}
-
-impl ErrorKind {
-    /// Classifies an error of a statement that parsed.
-    pub fn of(e: &DataFusionError) -> Self {
-        match e {
-            DataFusionError::Internal(_) | DataFusionError::IoError(_) | DataFusionError::ExecutionJoin(_) => {
-                ErrorKind::Internal
-            }
-            DataFusionError::External(inner) if inner.is::<topicfusion_storage::StorageError>() => ErrorKind::Internal,
-            DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
-            DataFusionError::Context(_, inner) => ErrorKind::of(inner),
-            DataFusionError::Shared(inner) => ErrorKind::of(inner),
-            DataFusionError::Diagnostic(_, inner) => ErrorKind::of(inner),
-            DataFusionError::SchemaError(e, _)
-                if matches!(e.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) =>
-            {
-                ErrorKind::UndefinedColumn
-            }
-            DataFusionError::Plan(m) | DataFusionError::Execution(m) => Self::of_message(m),
-            _ => ErrorKind::InvalidInput,
-        }
-    }
-
-    /// The engine's own errors (and DataFusion's unknown table) by their fixed openings.
-    fn of_message(message: &str) -> Self {
-        let unknown = |what: &str| message.starts_with(what) && message.contains(" does not exist");
-        if message.starts_with("duplicate primary key") {
-            ErrorKind::UniqueViolation
-        } else if message.starts_with("null value in column") {
-            ErrorKind::NotNullViolation
-        } else if unknown("table ") || (message.starts_with("table '") && message.ends_with("' not found")) {
-            ErrorKind::UndefinedTable
-        } else if unknown("topic ") || unknown("schema ") || unknown("user ") || unknown("consumer group ") {
-            ErrorKind::UndefinedObject
-        } else {
-            ErrorKind::InvalidInput
-        }
-    }
-
-    /// The PostgreSQL SQLSTATE of this kind of error.
-    pub fn sqlstate(self) -> &'static str {
-        match self {
-            ErrorKind::Syntax => "42601",
-            ErrorKind::PermissionDenied => "42501",
-            ErrorKind::InvalidInput => "22023",
-            ErrorKind::Internal => "XX000",
-            ErrorKind::UniqueViolation => "23505",
-            ErrorKind::NotNullViolation => "23502",
-            ErrorKind::UndefinedTable => "42P01",
-            ErrorKind::UndefinedColumn => "42703",
-            ErrorKind::UndefinedObject => "42704",
-            ErrorKind::Cancelled => "57014",
-        }
-    }
-}
-
-impl ExecuteError {
-    fn new(statement: usize, sql: String, source: DataFusionError) -> Self {
-        let kind = if statement == 0 { ErrorKind::Syntax } else { ErrorKind::of(&source) };
-        Self { statement, sql, kind, source }
-    }
-}
-
-/// Text on one line (runs of whitespace, newlines included, become one space), cut after
-/// `max_chars` characters with `...`: for error messages, which can quote megabytes of input.
-pub fn one_line(text: &str, max_chars: usize) -> String {
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}...", &flat[..cut]),
-        None => flat,
-    }
-}
-
 fn denied(e: PermissionDenied) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
 pub struct Database {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
     ctx: SessionContext,
     allow_user_role_consume: bool,
     /// INSERTs that took the literal fast path (for tests and monitoring).
@@ -354,6 +299,7 @@ impl Database {
             config = config.with_target_partitions(n);
         }
         let mut analyzer_rules = Analyzer::new().rules;
+        analyzer_rules.push(Arc::new(crate::postgres::casts::PostgresCasts::default()));
         analyzer_rules.push(Arc::new(TableWriteRule));
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -365,6 +311,7 @@ impl Database {
         let catalog = Arc::new(DurableCatalog::new(Arc::clone(&core)));
         ctx.register_catalog("datafusion", Arc::clone(&catalog) as _);
         crate::postgres::install_pg_catalog(&ctx, &core)?;
+        functions::install(&ctx);
         let retention = retention::Executor::start(
             Arc::clone(&core),
             std::time::Duration::from_millis(options.retention_interval_ms),
@@ -379,15 +326,37 @@ impl Database {
         })
     }
 
+    /// A new session (see [`Session`]): give each connection its own.
+    pub fn session(&self) -> Session {
+        Session::new()
+    }
+
+    /// The DataFusion context a session plans with: its own once it changed a setting, else
+    /// the database's shared one.
+    pub(crate) fn context<'a>(&'a self, session: &'a Session) -> &'a SessionContext {
+        session.ctx.as_ref().unwrap_or(&self.ctx)
+    }
+
     /// Executes every statement of `sql` in order as `root` (the embedded interface) and
     /// returns their results; stops at the first failing statement.
     pub async fn execute(&self, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
         self.execute_as(&Principal::root(), sql).await
     }
 
-    /// Executes every statement of `sql` in order as `principal`, each checked against its role
-    /// before it runs; stops at the first failing statement.
+    /// Executes every statement of `sql` in order as `principal`, in a session of its own.
     pub async fn execute_as(&self, principal: &Principal, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
+        self.execute_in(&mut Session::new(), principal, sql).await
+    }
+
+    /// Executes every statement of `sql` in order as `principal` in `session`, each checked
+    /// against its role before it runs; stops at the first failing statement (the error holds
+    /// the results of the statements before it). Text that does not parse runs nothing.
+    pub async fn execute_in(
+        &self,
+        session: &mut Session,
+        principal: &Principal,
+        sql: &str,
+    ) -> Result<Vec<StatementResult>, ExecuteError> {
         // Bulk and single-row INSERTs of literals skip the SQL parser (same rows, same checks).
         if let Some(scanned) = topicfusion_dialect::scan_values_insert(sql) {
             let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
@@ -395,56 +364,94 @@ impl Database {
                 let command = Command { name: "INSERT", outcome: Outcome::RowCount };
                 return match self.insert_rows(fast).await {
                     Ok((schema, batches)) => {
-                        Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches }])
+                        Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches, copy: None }])
                     }
                     Err(source) => Err(ExecuteError::new(1, scanned.sql.to_owned(), source)),
                 };
             }
         }
         let statements = parse(sql)?;
-        let mut out = Vec::with_capacity(statements.len());
+        let count = statements.len();
+        let mut out = Vec::with_capacity(count);
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
             let command = Command::of(&parsed.statement);
-            match self.execute_statement(principal, parsed.statement).await {
-                Ok((schema, batches)) => out.push(StatementResult { sql, command, schema, batches }),
-                Err(source) => return Err(ExecuteError::new(i + 1, sql, source)),
+            match self.execute_statement(session, principal, parsed.statement).await {
+                Ok(result) => {
+                    let copy = result.copy.is_some();
+                    out.push(StatementResult { sql, command, ..result });
+                    if copy && i + 1 < count {
+                        let e = DataFusionError::Plan(
+                            "a COPY with the client must be the last statement of its query".into(),
+                        );
+                        return Err(ExecuteError { completed: out, ..ExecuteError::new(i + 2, String::new(), e) });
+                    }
+                }
+                Err(source) => return Err(ExecuteError { completed: out, ..ExecuteError::new(i + 1, sql, source) }),
             }
         }
         Ok(out)
     }
 
-    /// Executes one statement with its `$n` parameters bound to `params` (the PostgreSQL
-    /// protocol's prepared statements). `Ok(None)`: the text holds no statement.
-    pub async fn execute_with_params(
-        &self,
-        principal: &Principal,
-        sql: &str,
-        params: &[ParamValue],
-    ) -> Result<Option<StatementResult>, ExecuteError> {
-        let Some(mut parsed) = parse_one(sql)? else { return Ok(None) };
-        let command = Command::of(&parsed.statement);
-        let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
-        crate::postgres::bind_parameters(&mut parsed.statement, params).map_err(fail)?;
-        let (schema, batches) = self.execute_statement(principal, parsed.statement).await.map_err(fail)?;
-        Ok(Some(StatementResult { sql: parsed.sql, command, schema, batches }))
+    /// Parses the text of a prepared statement (at most one statement). `Ok(None)`: the text
+    /// holds no statement.
+    pub fn prepare(&self, sql: &str) -> Result<Option<ParsedStatement>, ExecuteError> {
+        parse_one(sql)
     }
 
-    /// What one statement returns and which parameters it takes, without running it.
-    /// `Ok(None)`: the text holds no statement.
-    pub async fn describe(&self, principal: &Principal, sql: &str) -> Result<Option<Description>, ExecuteError> {
-        let Some(parsed) = parse_one(sql)? else { return Ok(None) };
-        let command = Command::of(&parsed.statement);
-        let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
-        let count = crate::postgres::parameter_count(&parsed.statement).map_err(fail)?;
+    /// Executes a prepared statement with its `$n` parameters bound to `params` (the PostgreSQL
+    /// protocol's extended query: the text is parsed once, at Parse).
+    pub async fn execute_prepared(
+        &self,
+        session: &mut Session,
+        principal: &Principal,
+        prepared: &ParsedStatement,
+        params: &[ParamValue],
+    ) -> Result<StatementResult, ExecuteError> {
+        let mut statement = prepared.statement.clone();
+        let command = Command::of(&statement);
+        let fail = |source| ExecuteError::new(1, prepared.sql.clone(), source);
+        crate::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
+        let result = self.execute_statement(session, principal, statement).await.map_err(fail)?;
+        Ok(StatementResult { sql: prepared.sql.clone(), command, ..result })
+    }
+
+    /// What a prepared statement returns and which parameters it takes, without running it.
+    pub async fn describe(
+        &self,
+        session: &mut Session,
+        principal: &Principal,
+        prepared: &ParsedStatement,
+    ) -> Result<Description, ExecuteError> {
+        let command = Command::of(&prepared.statement);
+        let fail = |source| ExecuteError::new(1, prepared.sql.clone(), source);
+        let count = crate::postgres::parameter_count(&prepared.statement).map_err(fail)?;
         let mut parameters = vec![None; count];
         let mut columns = None;
-        let plan = match parsed.statement {
-            Statement::DataFusion(s) if command.outcome != Outcome::Status => {
-                let planned = self.ctx.state().statement_to_plan(*s).await;
+        let plan = match prepared.statement.clone() {
+            Statement::DataFusion(mut s) if command.outcome == Outcome::Rows => {
+                if let DFStatement::Statement(st) = s.as_mut() {
+                    if let SqlStatement::ShowVariable { variable } = st.as_ref() {
+                        let name =
+                            settings::canonical_name(&variable.iter().map(|v| v.value.clone()).collect::<Vec<_>>());
+                        if !name.starts_with("datafusion.") {
+                            let (column, _) =
+                                settings::show(session, &name, identity(principal)).unwrap_or((name, String::new()));
+                            let schema = Schema::new(vec![Field::new(column, DataType::Utf8, false)]);
+                            return Ok(Description { command, columns: Some(Arc::new(schema)), parameters });
+                        }
+                    }
+                    if self.session_statement_kind(st.as_ref()) {
+                        return Ok(Description { command, columns: None, parameters });
+                    }
+                    functions::bind_session_functions(st, session, identity(principal), false).map_err(fail)?;
+                }
+                Some(self.context(session).state().statement_to_plan(*s).await.map_err(fail)?)
+            }
+            Statement::DataFusion(s) if command.outcome == Outcome::RowCount => {
                 // An INSERT, UPDATE or DELETE DataFusion cannot plan here (UPDATE ... FROM) still
                 // runs; its parameters are sent as text.
-                if command.outcome == Outcome::Rows { Some(planned.map_err(fail)?) } else { planned.ok() }
+                self.context(session).state().statement_to_plan(*s).await.ok()
             }
             Statement::Topic(TopicStatement::ShowTopics) => Some(self.show_topics_plan().await.map_err(fail)?),
             Statement::Topic(s @ TopicStatement::Consume(_))
@@ -458,25 +465,40 @@ impl Database {
                     .and_then(|p| LogicalPlanBuilder::from(p).explain(verbose, false)?.build())
                     .map_err(fail)?,
             ),
+            Statement::Session(SessionStatement::Fetch { rows: true, cursor, .. }) => {
+                let name = crate::session::cursor_name(&cursor);
+                let Some(schema) = session.cursor_schema(&name) else {
+                    return Err(fail(DataFusionError::Execution(format!("cursor \"{name}\" does not exist"))));
+                };
+                return Ok(Description { command, columns: Some(schema), parameters });
+            }
             _ => None,
         };
         if let Some(plan) = plan {
-            if command.outcome == Outcome::Rows {
-                self.authorize_plan(principal, &plan).map_err(fail)?;
+            let plan = if command.outcome == Outcome::Rows {
+                let plan = self.authorize_plan(principal, plan).map_err(fail)?;
                 columns = Some(Arc::clone(plan.schema().inner()));
-            }
-            for (name, ty) in plan.get_parameter_types().map_err(fail)? {
-                if let Some(slot) = name
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .and_then(|n| n.checked_sub(1))
-                    .and_then(|i| parameters.get_mut(i))
-                {
-                    *slot = ty;
-                }
-            }
+                plan
+            } else {
+                plan
+            };
+            collect_parameter_types(&plan, &mut parameters).map_err(fail)?;
         }
-        Ok(Some(Description { command, columns, parameters }))
+        Ok(Description { command, columns, parameters })
+    }
+
+    /// Whether a statement acts on the session (it returns no rows to describe).
+    fn session_statement_kind(&self, st: &SqlStatement) -> bool {
+        matches!(
+            st,
+            SqlStatement::StartTransaction { .. }
+                | SqlStatement::Commit { .. }
+                | SqlStatement::Rollback { .. }
+                | SqlStatement::Set(_)
+                | SqlStatement::Discard { .. }
+                | SqlStatement::Declare { .. }
+                | SqlStatement::Close { .. }
+        )
     }
 
     async fn show_topics_plan(&self) -> Result<LogicalPlan> {
@@ -505,8 +527,12 @@ impl Database {
         self.authorize(principal, action)
     }
 
-    /// Checks every part of a DataFusion plan (subqueries and EXPLAIN inputs included).
-    fn authorize_plan(&self, principal: &Principal, plan: &LogicalPlan) -> Result<()> {
+    /// Checks every part of a DataFusion plan (subqueries and EXPLAIN inputs included), and
+    /// returns it as the principal may run it. Tables are recognized by what the plan scans
+    /// (its table provider), not by the name written: a session's default schema or search
+    /// path cannot make `users` mean `system.users` past the check. Role `user` sees only
+    /// itself in `pg_catalog.pg_roles`.
+    pub(crate) fn authorize_plan(&self, principal: &Principal, plan: LogicalPlan) -> Result<LogicalPlan> {
         use datafusion::logical_expr::Statement as DFPlanStatement;
         let mut needed = Vec::new();
         plan.apply_with_subqueries(|node| {
@@ -518,26 +544,26 @@ impl Database {
                 LogicalPlan::Statement(DFPlanStatement::SetVariable(_) | DFPlanStatement::ResetVariable(_)) => {
                     needed.push(Action::SetOption)
                 }
-                LogicalPlan::TableScan(scan) => {
-                    if let Ok((schema, table)) = crate::core::reference_parts(scan.table_name.clone())
-                        && schema == crate::catalog::SYSTEM_SCHEMA
-                        && table == "users"
-                    {
-                        needed.push(Action::ReadUsers)
-                    }
+                LogicalPlan::TableScan(scan) if crate::provider::system::is_users_table(scan.source.as_ref()) => {
+                    needed.push(Action::ReadUsers)
                 }
                 _ => {}
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
-        needed.into_iter().try_for_each(|a| self.authorize(principal, a))
+        needed.into_iter().try_for_each(|a| self.authorize(principal, a))?;
+        if principal.role >= crate::users::Role::Dba {
+            return Ok(plan);
+        }
+        crate::postgres::catalog::only_own_role(plan, &principal.name)
     }
 
     async fn execute_statement(
         &self,
+        session: &mut Session,
         principal: &Principal,
         statement: Statement,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    ) -> Result<StatementResult> {
         match &statement {
             Statement::Topic(s) | Statement::ExplainTopic { statement: s, .. } => {
                 self.authorize_topic_statement(principal, s)?
@@ -545,8 +571,10 @@ impl Database {
             Statement::User(UserStatement::Alter(a))
                 if a.name == principal.name && matches!(a.action, AlterUserAction::SetPassword(_)) => {}
             Statement::User(_) => self.authorize(principal, Action::ManageUsers)?,
-            Statement::CopyFrom(_) => self.authorize(principal, Action::FileSystem)?,
-            Statement::DataFusion(_) => {}
+            Statement::Copy(CopyStatement::From(c)) if c.source != CopyEndpoint::Client => {
+                self.authorize(principal, Action::FileSystem)?
+            }
+            Statement::Copy(_) | Statement::DataFusion(_) | Statement::Session(_) => {}
         }
         let plan = match statement {
             Statement::User(s) => {
@@ -557,16 +585,26 @@ impl Database {
                     .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
                 return Ok(status_result(status));
             }
-            Statement::CopyFrom(c) => {
-                return Ok(status_result(crate::copy::copy_from(&self.ctx, &self.core, &c).await?));
+            Statement::Copy(CopyStatement::From(c)) => {
+                if c.source == CopyEndpoint::Client {
+                    let target = crate::copy::copy_in_target(&self.core, &c)?;
+                    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+                    return Ok(StatementResult {
+                        copy: Some(ClientCopy::In(Arc::new(target))),
+                        ..rows_result(schema, vec![])
+                    });
+                }
+                return Ok(status_result(crate::copy::copy_from(self.context(session), &self.core, &c).await?));
             }
+            Statement::Copy(CopyStatement::To(c)) => return self.copy_to(session, principal, c).await,
+            Statement::Session(s) => return self.session_statement(session, principal, s).await,
             Statement::Topic(TopicStatement::ShowTopics) => self.show_topics_plan().await?,
             Statement::Topic(s) => {
                 // Run directly: DataFusion's optimizer and physical planner have nothing to do on
                 // a topic statement but cost every ACK and CONSUME its CPU.
                 let schema = crate::plan::topic_command::output_schema(&s);
                 let batch = crate::exec::topic_command::run_statement(&self.core, &s, Arc::clone(&schema)).await?;
-                return Ok((schema, vec![batch]));
+                return Ok(rows_result(schema, vec![batch]));
             }
             Statement::ExplainTopic { verbose, statement } => {
                 LogicalPlanBuilder::from(extension(statement)?).explain(verbose, false)?.build()?
@@ -574,49 +612,60 @@ impl Database {
             Statement::DataFusion(mut s) => {
                 let mut defaults = Vec::new();
                 let mut planned = None;
-                if let DFStatement::Statement(st) = s.as_mut() {
-                    match st.as_mut() {
-                        // No multi-statement transactions: accepted so that drivers work.
-                        SqlStatement::StartTransaction { .. } | SqlStatement::Commit { .. } => {
-                            return Ok(status_result(
-                                "topicfusion has no multi-statement transactions: every statement commits on its own"
-                                    .into(),
-                            ));
+                match s.as_mut() {
+                    DFStatement::Statement(st) => {
+                        if let Some(result) = self.session_sql(session, principal, st.as_mut()).await? {
+                            return Ok(result);
                         }
-                        // DataFusion keeps them in the session every connection shares, and
-                        // EXECUTE would run a plan authorized for whoever prepared it.
-                        SqlStatement::Prepare { .. }
-                        | SqlStatement::Execute { .. }
-                        | SqlStatement::Deallocate { .. } => {
-                            return datafusion::common::plan_err!(
-                                "PREPARE, EXECUTE and DEALLOCATE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
-                            );
-                        }
-                        SqlStatement::Rollback { .. } => {
-                            return Ok(status_result(
-                                "topicfusion has no multi-statement transactions: every statement since BEGIN has committed on its own and none was rolled back".into(),
-                            ));
-                        }
-                        SqlStatement::Insert(insert) => {
-                            let fast = literal_insert::prepare(&self.core.catalog.read(), insert)?;
-                            if let Some(fast) = fast {
-                                return self.insert_rows(fast).await;
+                        functions::bind_session_functions(st.as_mut(), session, identity(principal), true)?;
+                        match st.as_mut() {
+                            // DataFusion keeps them in the session every connection shares, and
+                            // EXECUTE would run a plan authorized for whoever prepared it.
+                            SqlStatement::Prepare { .. }
+                            | SqlStatement::Execute { .. }
+                            | SqlStatement::Deallocate { .. } => {
+                                return datafusion::common::plan_err!(
+                                    "PREPARE, EXECUTE and DEALLOCATE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
+                                );
                             }
-                        }
-                        SqlStatement::CreateTable(ct) => defaults = column_defaults(ct),
-                        SqlStatement::Update(u) if update_from::has_from(u) => {
-                            if let Some(table) = self.update_target(u) {
-                                planned = Some(update_from::plan(&self.ctx, u.clone(), &table).await?);
+                            SqlStatement::Insert(insert) => {
+                                let fast = literal_insert::prepare(&self.core.catalog.read(), insert)?;
+                                if let Some(fast) = fast {
+                                    let (schema, batches) = self.insert_rows(fast).await?;
+                                    return Ok(rows_result(schema, batches));
+                                }
                             }
+                            SqlStatement::CreateTable(ct) => defaults = column_defaults(ct),
+                            SqlStatement::Update(u) if update_from::has_from(u) => {
+                                if let Some(table) = self.update_target(u) {
+                                    planned = Some(update_from::plan(self.context(session), u.clone(), &table).await?);
+                                }
+                            }
+                            _ => {}
                         }
-                        _ => {}
                     }
+                    DFStatement::Reset(datafusion::sql::parser::ResetStatement::Variable(name))
+                        if !name.to_string().to_ascii_lowercase().starts_with("datafusion.") =>
+                    {
+                        return self.reset(session, &name.to_string());
+                    }
+                    _ => {}
                 }
                 let plan = match planned {
                     Some(plan) => plan,
-                    None => self.ctx.state().statement_to_plan(*s).await?,
+                    None => self.context(session).state().statement_to_plan(*s).await?,
                 };
-                self.authorize_plan(principal, &plan)?;
+                let plan = self.authorize_plan(principal, plan)?;
+                if let LogicalPlan::Statement(
+                    datafusion::logical_expr::Statement::SetVariable(_)
+                    | datafusion::logical_expr::Statement::ResetVariable(_),
+                ) = &plan
+                {
+                    // The session's own copy of the settings, so no other session sees it.
+                    let ctx = session.ctx.get_or_insert_with(|| SessionContext::new_with_state(self.ctx.state()));
+                    ctx.execute_logical_plan(plan).await?.collect().await?;
+                    return Ok(status_result("SET".into()));
+                }
                 if let LogicalPlan::Ddl(ddl) = &plan {
                     let core = &self.core;
                     let status = match ddl {
@@ -626,7 +675,12 @@ impl Database {
                                 input => {
                                     let input = ddl::ctas_input(input.clone())?;
                                     let schema = Arc::clone(input.schema());
-                                    let stream = self.ctx.execute_logical_plan(input).await?.execute_stream().await?;
+                                    let stream = self
+                                        .context(session)
+                                        .execute_logical_plan(input)
+                                        .await?
+                                        .execute_stream()
+                                        .await?;
                                     Some(ddl::InitialRows { schema, stream })
                                 }
                             };
@@ -642,10 +696,11 @@ impl Database {
                 plan
             }
         };
-        let df = self.ctx.execute_logical_plan(plan).await?;
+        let plan = self.authorize_plan(principal, plan)?;
+        let df = self.context(session).execute_logical_plan(plan).await?;
         let schema = Arc::clone(df.schema().inner());
         let batches = df.collect().await?;
-        Ok((schema, batches))
+        Ok(rows_result(schema, batches))
     }
 
     /// The durable table an UPDATE writes, if it is one.
@@ -809,11 +864,35 @@ impl Database {
 fn parse(sql: &str) -> Result<Vec<topicfusion_dialect::ParsedStatement>, ExecuteError> {
     let mut statements = match parse_sql(sql) {
         Ok(statements) => statements,
-        Err(source) => {
-            crate::postgres::parse_catalog_query(sql).ok_or_else(|| ExecuteError::new(0, sql.to_owned(), source))?
+        // Too deep for our parser is too deep for any.
+        Err(source) if source.to_string().contains("expression nesting too deep") => {
+            return Err(ExecuteError::new(0, sql.to_owned(), source));
         }
+        Err(source) => match crate::postgres::parse_catalog_query(sql) {
+            Some(Ok(statements)) => statements,
+            Some(Err(e)) => return Err(ExecuteError::new(0, sql.to_owned(), e)),
+            None => return Err(ExecuteError::new(0, sql.to_owned(), source)),
+        },
     };
-    statements.iter_mut().for_each(crate::postgres::rewrite_catalog_queries);
+    for parsed in &mut statements {
+        crate::postgres::rewrite_catalog_queries(parsed);
+        match &mut parsed.statement {
+            Statement::DataFusion(df) => match df.as_mut() {
+                DFStatement::Statement(st) => crate::postgres::literals::normalize(st),
+                DFStatement::Explain(e) => {
+                    if let DFStatement::Statement(st) = e.statement.as_mut() {
+                        crate::postgres::literals::normalize(st)
+                    }
+                }
+                _ => {}
+            },
+            Statement::Copy(CopyStatement::To(topicfusion_dialect::CopyTo {
+                source: topicfusion_dialect::CopySource::Query(q),
+                ..
+            })) => crate::postgres::literals::normalize_node(q.as_mut()),
+            _ => {}
+        }
+    }
     Ok(statements)
 }
 
@@ -858,9 +937,62 @@ fn extension(statement: TopicStatement) -> Result<LogicalPlan> {
     Ok(LogicalPlan::Extension(Extension { node: Arc::new(TopicCommandNode::new(statement)?) }))
 }
 
-fn status_result(status: String) -> (SchemaRef, Vec<RecordBatch>) {
+/// A statement's rows, before the statement's text and command are filled in.
+pub(crate) fn rows_result(schema: SchemaRef, batches: Vec<RecordBatch>) -> StatementResult {
+    StatementResult {
+        sql: String::new(),
+        command: Command { name: "SELECT", outcome: Outcome::Rows },
+        schema,
+        batches,
+        copy: None,
+    }
+}
+
+/// A one-column `status` result.
+pub(crate) fn status_result(status: String) -> StatementResult {
     let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Utf8, false)]));
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![status]))])
         .expect("one string column");
-    (schema, vec![batch])
+    rows_result(schema, vec![batch])
+}
+
+/// A one-column `count` result.
+pub(crate) fn count_result(count: u64) -> StatementResult {
+    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])
+        .expect("one u64 column");
+    rows_result(schema, vec![batch])
+}
+
+/// Who a principal is, for the run-time parameters and functions that depend on it.
+pub(crate) fn identity(principal: &Principal) -> settings::Identity<'_> {
+    settings::Identity { user: &principal.name, superuser: principal.role == crate::users::Role::System }
+}
+
+/// The types of a plan's `$n` parameters: DataFusion's inference from their context, else the
+/// type a cast gives them (`$1::bigint`).
+fn collect_parameter_types(plan: &LogicalPlan, parameters: &mut [Option<DataType>]) -> Result<()> {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::logical_expr::{Cast, Expr};
+    let slot = |name: &str| name.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1);
+    for (name, ty) in plan.get_parameter_types()? {
+        if let Some(p) = slot(&name).and_then(|i| parameters.get_mut(i)) {
+            *p = ty;
+        }
+    }
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::Cast(Cast { expr, field }) = e
+                    && let Expr::Placeholder(p) = expr.as_ref()
+                    && let Some(slot) = slot(&p.id).and_then(|i| parameters.get_mut(i))
+                    && slot.is_none()
+                {
+                    *slot = Some(field.data_type().clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub mod copy;
 pub mod core;
 pub mod database;
 pub mod ddl;
+pub mod error;
 pub mod exec;
 pub mod groups;
 pub mod literal_insert;
@@ -21,16 +22,20 @@ pub mod planner;
 pub mod postgres;
 pub mod provider;
 pub mod retention;
+pub mod session;
 pub mod topics;
 pub mod types;
 pub mod users;
 pub mod writer;
 
-pub use database::{
-    Command, Database, DatabaseOptions, Description, ErrorKind, ExecuteError, Outcome, StatementResult, one_line,
-};
+pub use database::{ClientCopy, Command, Database, DatabaseOptions, Description, Outcome, StatementResult};
+pub use error::{ErrorKind, ExecuteError, one_line};
 pub use groups::ConsumeRequest;
 pub use postgres::ParamValue;
-pub use topicfusion_dialect::{AckTarget, MAX_EXPR_DEPTH, ParsedStatement, StartPosition, Statements, parse_sql};
+pub use session::Session;
+pub use topicfusion_dialect::{
+    AckTarget, CopyFormat, CopyOptions, MAX_EXPR_DEPTH, MAX_USER_NAME_BYTES, ParsedStatement, SessionStatement,
+    StartPosition, Statement, Statements, parse_sql,
+};
 pub use topicfusion_storage::{Clock, Durability, Message};
 pub use users::{Action, PermissionDenied, Principal, Role, UserMeta};

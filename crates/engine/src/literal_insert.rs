@@ -230,7 +230,7 @@ fn rows_of(table: Arc<Table>, targets: &[usize], cells: &[Literal<'_>]) -> Optio
 
 /// A number literal as DataFusion reads it with `parse_float_as_decimal`: an i64 when it is
 /// one, else an exact decimal `mantissa * 10^-scale`. `None` for anything this path leaves to
-/// DataFusion (exponents, underscores, u64 beyond i64, mantissas not exact in an f64).
+/// DataFusion (exponents, underscores, u64 beyond i64, more than 38 digits).
 fn number(negative: bool, digits: &str) -> Option<(i128, u32, bool)> {
     if !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') || digits.is_empty() {
         return None;
@@ -244,7 +244,7 @@ fn number(negative: bool, digits: &str) -> Option<(i128, u32, bool)> {
             Some((v, 0, true))
         }
         Some((int, frac)) => {
-            if frac.contains('.') || int.len() + frac.len() > 15 || (int.is_empty() && frac.is_empty()) {
+            if frac.contains('.') || int.len() + frac.len() > 38 || (int.is_empty() && frac.is_empty()) {
                 return None;
             }
             let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
@@ -255,6 +255,18 @@ fn number(negative: bool, digits: &str) -> Option<(i128, u32, bool)> {
 
 /// Converts one column's cells to the column type, or `None` when DataFusion should decide.
 fn convert_column(cells: &[&Literal<'_>], ty: ColumnType) -> Option<Vec<Value>> {
+    // Strings for a bytea column: PostgreSQL's bytea input (`'\x0001ff'`), as the planned
+    // path's cast does (`postgres::casts`).
+    if ty == ColumnType::Bytea {
+        return cells
+            .iter()
+            .map(|c| match c {
+                Literal::Null => Some(Value::Null),
+                Literal::String(s) => crate::postgres::casts::bytea_in(s).ok().map(Value::Binary),
+                _ => None,
+            })
+            .collect();
+    }
     // Strings for a non-text column: one Arrow cast of the whole column, as DataFusion's CAST.
     if ty != ColumnType::Text && cells.iter().any(|c| matches!(c, Literal::String(_))) {
         if cells.iter().any(|c| !matches!(c, Literal::String(_) | Literal::Null)) {
@@ -272,24 +284,37 @@ fn convert_column(cells: &[&Literal<'_>], ty: ColumnType) -> Option<Vec<Value>> 
             (Literal::Null, _) => Some(Value::Null),
             (Literal::String(s), ColumnType::Text) => Some(Value::Utf8(s.as_ref().to_owned())),
             (Literal::Boolean(b), ColumnType::Boolean) => Some(Value::Boolean(*b)),
+            // A float column takes the nearest float to the literal's text (exponents too).
+            // (A number literal is a decimal first, which has no negative zero: `-0.0` is 0.)
+            (Literal::Number { negative, digits }, ColumnType::Double) => {
+                float_text(*negative, digits)?.parse::<f64>().ok().map(|v| Value::Float64(v + 0.0))
+            }
+            (Literal::Number { negative, digits }, ColumnType::Real) => {
+                float_text(*negative, digits)?.parse::<f32>().ok().map(|v| Value::Float32(v + 0.0))
+            }
             (Literal::Number { negative, digits }, _) => number_value(number(*negative, digits)?, ty),
             _ => None,
         })
         .collect()
 }
 
+/// A number literal's text for Rust's (correctly rounded) float parsing; `None` for what it
+/// does not read as SQL does (underscores, `inf`).
+fn float_text(negative: bool, digits: &str) -> Option<String> {
+    if !digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        || !digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    {
+        return None;
+    }
+    Some(if negative { format!("-{digits}") } else { digits.to_owned() })
+}
+
 fn number_value((mantissa, scale, integer): (i128, u32, bool), ty: ColumnType) -> Option<Value> {
-    // Arrow's casts: integers with `as`, decimals as mantissa / 10^scale in f64 (exact inputs:
-    // at most 15 digits, so the result does not depend on how VALUES unified the scales).
-    let float = || mantissa as f64 / 10f64.powi(scale as i32);
+    // Integers exactly; decimals scaled to the column's scale when that is exact.
     Some(match ty {
         ColumnType::SmallInt if integer => Value::Int16(i16::try_from(mantissa).ok()?),
         ColumnType::Int if integer => Value::Int32(i32::try_from(mantissa).ok()?),
         ColumnType::BigInt if integer => Value::Int64(i64::try_from(mantissa).ok()?),
-        ColumnType::Real if integer => Value::Float32(mantissa as i64 as f32),
-        ColumnType::Double if integer => Value::Float64(mantissa as i64 as f64),
-        ColumnType::Real => Value::Float32(float() as f32),
-        ColumnType::Double => Value::Float64(float()),
         ColumnType::Decimal { precision, scale: s } if s >= 0 && scale <= s as u32 => {
             let v = mantissa.checked_mul(10i128.checked_pow(s as u32 - scale)?)?;
             if v.unsigned_abs() >= 10u128.checked_pow(precision as u32)? {

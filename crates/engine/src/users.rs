@@ -112,15 +112,35 @@ pub struct UserMeta {
 /// The iteration count of new SCRAM credentials (PostgreSQL's default).
 pub const SCRAM_ITERATIONS: u32 = 4096;
 
-/// What a SCRAM-SHA-256 server needs of a password (RFC 5802): a random salt, the iteration
-/// count and `SaltedPassword = Hi(SASLprep(password), salt, iterations)`, base64-encoded.
-/// Like the password itself it lets its holder log in over the PostgreSQL protocol, so the data
-/// dir must be kept as private as a password file.
+/// What a SCRAM-SHA-256 server needs of a password (RFC 5802), as PostgreSQL stores it: a random
+/// salt, the iteration count, `StoredKey = H(HMAC(SaltedPassword, "Client Key"))` and
+/// `ServerKey = HMAC(SaltedPassword, "Server Key")`, base64-encoded. The keys verify a client's
+/// proof and sign the server's answer, but do not log in: a client needs the password (or the
+/// salted password, which is never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScramCredential {
     pub salt: String,
     pub iterations: u32,
-    pub salted_password: String,
+    #[serde(default)]
+    pub stored_key: String,
+    #[serde(default)]
+    pub server_key: String,
+    /// Data dirs from before this release stored the salted password itself; [`Users::load`]
+    /// replaces it with the keys.
+    #[serde(default, skip_serializing)]
+    pub salted_password: Option<String>,
+}
+
+/// `(StoredKey, ServerKey)` of a salted password.
+fn scram_keys(salted_password: &[u8]) -> ([u8; 32], [u8; 32]) {
+    use hmac::{Hmac, Mac};
+    let hmac = |key: &[u8], message: &[u8]| -> [u8; 32] {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+        m.update(message);
+        m.finalize().into_bytes().into()
+    };
+    let client_key = hmac(salted_password, b"Client Key");
+    (Sha256::digest(client_key).into(), hmac(salted_password, b"Server Key"))
 }
 
 impl ScramCredential {
@@ -133,22 +153,39 @@ impl ScramCredential {
 
     /// The credential for `password` with a given salt (deterministic: for tests).
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> Self {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
         // Clients normalize with SASLprep and fall back to the raw bytes when it fails.
         let normalized = stringprep::saslprep(password).map(|p| p.into_owned()).unwrap_or_else(|_| password.into());
+        Self::from_salted(salt, iterations, &scram_hi(normalized.as_bytes(), salt, iterations))
+    }
+
+    fn from_salted(salt: &[u8], iterations: u32, salted_password: &[u8]) -> Self {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (stored_key, server_key) = scram_keys(salted_password);
         Self {
             salt: b64.encode(salt),
             iterations,
-            salted_password: b64.encode(scram_hi(normalized.as_bytes(), salt, iterations)),
+            stored_key: b64.encode(stored_key),
+            server_key: b64.encode(server_key),
+            salted_password: None,
         }
     }
 
-    /// `(salt, salted password)` as bytes.
-    pub fn decode(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+    /// `(salt, StoredKey, ServerKey)` as bytes.
+    pub fn decode(&self) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        Some((b64.decode(&self.salt).ok()?, b64.decode(&self.salted_password).ok()?))
+        let (salt, stored, server) =
+            (b64.decode(&self.salt).ok()?, b64.decode(&self.stored_key).ok()?, b64.decode(&self.server_key).ok()?);
+        (stored.len() == 32 && server.len() == 32).then_some((salt, stored, server))
+    }
+
+    /// The credential of an older data dir, with its salted password replaced by the keys.
+    fn upgraded(&self) -> Option<Self> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let salted = b64.decode(self.salted_password.as_ref()?).ok()?;
+        Some(Self::from_salted(&b64.decode(&self.salt).ok()?, self.iterations, &salted))
     }
 }
 
@@ -197,11 +234,25 @@ impl Users {
     pub fn load(store: &Store) -> Result<Self> {
         let prefix = keys::catalog_prefix(CatalogKind::User);
         let mut users = BTreeMap::new();
+        let mut upgraded = Vec::new();
         for (_, v) in store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)? {
-            let u: UserMeta = serde_json::from_slice(&v).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let mut u: UserMeta = serde_json::from_slice(&v).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if let Some(scram) = u.scram.as_ref().filter(|c| c.salted_password.is_some()) {
+                u.scram = scram.upgraded();
+                upgraded.push(u.clone());
+            }
             users.insert(u.name.clone(), u);
         }
-        Ok(Self { users: RwLock::new(users), change: Mutex::new(()) })
+        let users = Self { users: RwLock::new(users), change: Mutex::new(()) };
+        // Salted passwords of older data dirs become keys, and the salted passwords leave the
+        // store (they would log in).
+        if !upgraded.is_empty() {
+            for u in upgraded {
+                users.commit(store, Some(&u), None)?;
+            }
+            store.purge_old_versions(&prefix, &keys::prefix_end(&prefix)).map_err(storage_err)?;
+        }
+        Ok(users)
     }
 
     pub fn get(&self, name: &str) -> Option<UserMeta> {
@@ -297,11 +348,12 @@ impl Users {
         let own_password = matches!(stmt, UserStatement::Alter(a) if a.name == principal.name
             && matches!(a.action, AlterUserAction::SetPassword(_)));
         if touches_system && principal.role != Role::System && !own_password {
-            return plan_err!(
-                "permission denied: user {} (role {}) may not manage users with role system; this needs role system",
-                principal.name,
-                principal.role
-            );
+            return Err(DataFusionError::External(Box::new(PermissionDenied {
+                user: principal.name.clone(),
+                role: principal.role,
+                what: "manage users with role system",
+                needs: "system",
+            })));
         }
         match stmt {
             UserStatement::Create(c) => {

@@ -1,6 +1,6 @@
-//! Authentication for the HTTP API: signed login tokens, `Basic` credentials, and the slowdown of
-//! repeated failed logins. Roles and what they allow live in the engine (`users`), so every
-//! interface authorizes the same way.
+//! Authentication: signed login tokens and `Basic` credentials of the HTTP API, and the slowdown
+//! of repeated failed logins both protocols share. Roles and what they allow live in the engine
+//! (`users`), so every interface authorizes the same way.
 //!
 //! A token is `v1.<payload>.<signature>` (base64url): the payload names the user, the expiry and
 //! a tag of the user's password hash; the signature is HMAC-SHA256 with a secret kept in the data
@@ -78,11 +78,13 @@ impl Tokens {
     }
 }
 
-/// Slows down repeated failed logins, per user name and per client address: after
-/// [`FREE_FAILURES_PER_USER`] failures in a row for a user name (or [`FREE_FAILURES_PER_ADDRESS`]
-/// from one address), each attempt waits 100 ms × 2^(failures over the free ones) (at most
-/// [`MAX_DELAY`]) before it is checked. A success resets the user's count; counts are forgotten
-/// after [`FORGET_AFTER`] without a failure.
+/// Slows down repeated failed logins (HTTP and PostgreSQL alike), per user name and per client
+/// address: after [`FREE_FAILURES_PER_USER`] failures in a row for a user name (or
+/// [`FREE_FAILURES_PER_ADDRESS`] from one address), each further failure is answered only
+/// after 100 ms × 2^(failures over the free ones), at most [`MAX_DELAY`]. A correct password is
+/// never delayed; a success resets the user's count; counts are forgotten after
+/// [`FORGET_AFTER`] without a failure. User names are cut to [`MAX_USER_NAME_BYTES`] (no user
+/// has a longer one) before they become keys or appear in a log line.
 #[derive(Default)]
 pub struct LoginThrottle {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
@@ -92,45 +94,58 @@ pub const FREE_FAILURES_PER_USER: u32 = 3;
 pub const FREE_FAILURES_PER_ADDRESS: u32 = 20;
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// The most entries the throttle keeps; beyond, forgotten ones are dropped first.
+const MAX_ENTRIES: usize = 100_000;
+
+/// A user name as logs and the throttle show it: at most the longest name a user can have.
+pub fn shown_user(user: &str) -> &str {
+    let max = topicfusion_engine::MAX_USER_NAME_BYTES;
+    if user.len() <= max {
+        return user;
+    }
+    let mut cut = max;
+    while !user.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &user[..cut]
+}
 
 impl LoginThrottle {
     fn keys(user: &str, ip: IpAddr) -> [(String, u32); 2] {
-        [(format!("user:{user}"), FREE_FAILURES_PER_USER), (format!("ip:{ip}"), FREE_FAILURES_PER_ADDRESS)]
+        [
+            (format!("user:{}", shown_user(user)), FREE_FAILURES_PER_USER),
+            (format!("ip:{ip}"), FREE_FAILURES_PER_ADDRESS),
+        ]
     }
 
-    /// How long to wait before checking this attempt.
-    pub fn delay(&self, user: &str, ip: IpAddr) -> Duration {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let excess = Self::keys(user, ip)
-            .iter()
-            .filter_map(|(k, free)| map.get(k).map(|e| (e, *free)))
-            .filter(|((_, at), _)| at.elapsed() < FORGET_AFTER)
-            .filter_map(|((n, _), free)| n.checked_sub(free))
-            .max();
-        match excess {
-            None => Duration::ZERO,
-            Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
-        }
-    }
-
-    pub fn failed(&self, user: &str, ip: IpAddr) {
+    /// Records a failed login; returns how long to wait before answering it.
+    pub fn failed(&self, user: &str, ip: IpAddr) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 100_000 {
+        if map.len() > MAX_ENTRIES {
             map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+            if map.len() > MAX_ENTRIES {
+                map.clear();
+            }
         }
         let now = Instant::now();
-        for (k, _) in Self::keys(user, ip) {
+        let mut excess = None;
+        for (k, free) in Self::keys(user, ip) {
             let e = map.entry(k).or_insert((0, now));
             if e.1.elapsed() >= FORGET_AFTER {
                 e.0 = 0;
             }
             e.0 = e.0.saturating_add(1);
             e.1 = now;
+            excess = excess.max(e.0.checked_sub(free + 1));
+        }
+        match excess {
+            None => Duration::ZERO,
+            Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
         }
     }
 
     pub fn succeeded(&self, user: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("user:{user}"));
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("user:{}", shown_user(user)));
     }
 }
 

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// A PEM certificate chain and its private key: with both, PostgreSQL clients may use TLS.
     pub pg_tls_cert: Option<PathBuf>,
     pub pg_tls_key: Option<PathBuf>,
+    /// The largest message a logged-in PostgreSQL client may send (a query's text, a Bind's
+    /// parameters, one CopyData); larger ones end the connection with an error. Before login
+    /// the limit is 10,000 bytes.
+    pub pg_max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             pg_listen: "127.0.0.1:5433".into(),
             pg_tls_cert: None,
             pg_tls_key: None,
+            pg_max_message_bytes: 64 << 20,
         }
     }
 }
@@ -188,6 +193,13 @@ impl Config {
                 "server.max_body_bytes",
                 self.server.max_body_bytes.to_string(),
                 "must be between 1024 and 1073741824",
+            );
+        }
+        if self.server.pg_max_message_bytes < 64 << 10 || self.server.pg_max_message_bytes > 1 << 30 {
+            return invalid(
+                "server.pg_max_message_bytes",
+                self.server.pg_max_message_bytes.to_string(),
+                "must be between 65536 and 1073741824",
             );
         }
         if self.server.shutdown_timeout_ms > 600_000 {

@@ -17,6 +17,10 @@ use crate::auth::{LoginThrottle, TOKEN_SECRET, Tokens};
 use crate::config::Config;
 use crate::http::{AppState, app};
 use crate::pg::PgState;
+use crate::pg::auth::Logins;
+
+/// The name of the secret unknown users' SCRAM salts are derived from.
+const SCRAM_SALT_SECRET: &str = "scram_unknown_user_salt";
 
 /// Runs the server until SIGINT or SIGTERM. Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), String> {
@@ -62,35 +66,42 @@ pub fn run(config: Config) -> Result<(), String> {
         );
     }
     let secret = db.secret(TOKEN_SECRET, 32).map_err(|e| format!("cannot read the token secret: {e}"))?;
+    let throttle = Arc::new(LoginThrottle::default());
     let state = Arc::new(AppState {
         db: Arc::clone(&db),
         tokens: Tokens::new(secret, config.auth.token_ttl_seconds),
-        throttle: LoginThrottle::default(),
+        throttle: Arc::clone(&throttle),
+        verifications: tokio::sync::Semaphore::new(cores.max(1)),
         engine: engine_rt.handle().clone(),
         config: config.clone(),
     });
 
     let addr = config.listen_addr().map_err(|e| format!("invalid server.listen: {e}"))?;
     let pg_addr = config.pg_listen_addr().map_err(|e| format!("invalid server.pg_listen: {e}"))?;
-    let pg_state = Arc::new(PgState {
-        db: Arc::clone(&db),
-        engine: engine_rt.handle().clone(),
-        tls: None,
-        cert_pem: None,
-        connections: Default::default(),
-    });
-    let pg_state = match (&config.server.pg_tls_cert, &config.server.pg_tls_key) {
+    let (tls, cert_hash) = match (&config.server.pg_tls_cert, &config.server.pg_tls_key) {
         (Some(cert), Some(key)) => {
             let (tls, cert_pem) = tls_acceptor(cert, key)?;
-            Arc::new(PgState {
-                tls: Some(tls),
-                cert_pem: Some(cert_pem),
-                ..Arc::into_inner(pg_state).expect("unshared")
-            })
+            let hash = crate::pg::auth::certificate_hash(&cert_pem)
+                .map_err(|e| tracing::warn!(error = %e, "SCRAM channel binding is off"))
+                .ok();
+            (Some(tls), hash)
         }
-        _ => pg_state,
+        _ => (None, None),
     };
+    let pg_state = Arc::new(PgState {
+        db: Arc::clone(&db),
+        tls,
+        logins: Arc::new(Logins {
+            db: Arc::clone(&db),
+            throttle,
+            fake_salt_key: db.secret(SCRAM_SALT_SECRET, 32).map_err(|e| format!("cannot read a secret: {e}"))?,
+            cert_hash,
+            connections: Default::default(),
+        }),
+        max_message_bytes: config.server.pg_max_message_bytes,
+    });
     let shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let engine = engine_rt.handle().clone();
     let served = http_rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -108,7 +119,7 @@ pub fn run(config: Config) -> Result<(), String> {
         tracing::info!(%local, data_dir = %data_dir.display(), "serving");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(pg_listener) = pg_listener {
-            tokio::spawn(accept_postgres(pg_listener, pg_state, stop_rx.clone()));
+            tokio::spawn(accept_postgres(pg_listener, pg_state, engine, stop_rx.clone()));
         }
         let signal_db = Arc::clone(&state.db);
         tokio::spawn(async move {
@@ -146,10 +157,12 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts PostgreSQL connections until the server stops; each runs in its own task.
+/// Accepts PostgreSQL connections until the server stops; each runs in its own task on the
+/// engine runtime (its statements run there without a hop between runtimes).
 async fn accept_postgres(
     listener: tokio::net::TcpListener,
     state: Arc<PgState>,
+    engine: tokio::runtime::Handle,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -157,7 +170,7 @@ async fn accept_postgres(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(crate::pg::serve_connection(Arc::clone(&state), socket));
+                    engine.spawn(crate::pg::serve_connection(Arc::clone(&state), socket));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a PostgreSQL connection");

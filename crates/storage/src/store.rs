@@ -698,6 +698,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Flushes the memtable and compacts `[start, end)`, so that overwritten and deleted values
+    /// of the range leave the files (and, with the flush, the write-ahead log). Blocking.
+    pub fn purge_old_versions(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        self.db.flush()?;
+        self.db.compact_range(Some(start), Some(end));
+        Ok(())
+    }
+
     /// Compacts the stored range of a partition's messages below `to` (after a truncate, CLEAR
     /// or DROP) so that the deleted keys and their range tombstones leave the files. Blocking.
     pub fn compact_messages(&self, topic_id: u64, partition: u32, to: Option<u64>) {

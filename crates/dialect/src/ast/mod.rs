@@ -4,6 +4,7 @@
 mod consume;
 mod copy;
 mod group;
+mod session;
 mod topic;
 mod user;
 
@@ -13,11 +14,12 @@ use datafusion_common::Result;
 use datafusion_sql::sqlparser::parser::Parser;
 
 pub use consume::{Consume, ConsumeOption, StartPosition};
-pub use copy::{CopyFormat, CopyFrom};
+pub use copy::{CopyEndpoint, CopyFormat, CopyFrom, CopyOptions, CopySource, CopyStatement, CopyTo};
 pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};
+pub use session::{CursorDirection, SessionStatement};
 pub use topic::{
-    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, PayloadMode, RunRetention, SourceOp,
-    TopicOption,
+    AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, MAX_RETENTION_BYTES,
+    MAX_RETENTION_SECONDS, PayloadMode, RunRetention, SourceOp, TopicOption,
 };
 pub use user::{AlterUser, AlterUserAction, CreateUser, DropUser, MAX_USER_NAME_BYTES, Role, UserStatement};
 

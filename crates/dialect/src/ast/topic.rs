@@ -33,16 +33,27 @@ impl fmt::Display for TopicOption {
     }
 }
 
+/// The longest retention: 1000 years (so that retention's time arithmetic never overflows).
+pub const MAX_RETENTION_SECONDS: u64 = 1000 * 366 * 86_400;
+
+/// The largest byte limit: 2^63 - 1 (a PostgreSQL `bigint`, as `SHOW TOPICS` sends it).
+pub const MAX_RETENTION_BYTES: u64 = i64::MAX as u64;
+
 fn parse_topic_options(p: &mut Parser<'_>, known: &[&str]) -> Result<Vec<TopicOption>, ParserError> {
     parse_options(p, known, |p, name| {
         Ok(match name {
             "alias" => TopicOption::Alias(parse_string(p, "an alias in single quotes")?),
             _ => {
+                let max = if name == "retention_seconds" { MAX_RETENTION_SECONDS } else { MAX_RETENTION_BYTES };
+                let at = p.peek_token();
                 let value = if p.parse_keyword(Keyword::NULL) {
                     None
                 } else {
                     Some(parse_positive(p, &format!("a positive integer or NULL for {name}"))?)
                 };
+                if value.is_some_and(|v| v > max) {
+                    return p.expected(&format!("{name} of at most {max} (or NULL for no limit)"), at);
+                }
                 if name == "retention_seconds" {
                     TopicOption::RetentionSeconds(value)
                 } else {
@@ -386,6 +397,21 @@ mod tests {
                 .contains("option alias specified more than once")
         );
         assert!(parse_error("CREATE TOPIC t WITH (retention_seconds = 0)").contains("found: 0"));
+        // Limits that would wrap in retention's arithmetic or overflow a bigint are refused.
+        for (sql, expected) in [
+            ("CREATE TOPIC t WITH (retention_seconds = 9223372036854775808)", "at most 31622400000"),
+            ("CREATE TOPIC t WITH (retention_seconds = 18446744073709551615)", "at most 31622400000"),
+            (
+                "ALTER TOPIC t SET RETENTION WITH (retention_max_bytes = 9223372036854775808)",
+                "at most 9223372036854775807",
+            ),
+            ("CREATE TOPIC t WITH (retention_seconds = 99999999999999999999999)", "as u64"),
+        ] {
+            assert!(parse_error(sql).contains(expected), "{sql}: {}", parse_error(sql));
+        }
+        verified_stmt(
+            "CREATE TOPIC t WITH (retention_seconds = 31622400000, retention_max_bytes = 9223372036854775807)",
+        );
         assert!(parse_error("CREATE TOPIC t extra").contains("Expected: end of statement, found: extra"));
         assert!(parse_error("CREATE TOPIC").contains("Expected: a topic name, found: EOF"));
     }

@@ -53,6 +53,14 @@ struct SystemTable {
     core: Arc<Core>,
 }
 
+/// Whether a plan's table source is `system.users` (whatever name the statement used for it).
+pub fn is_users_table(source: &dyn datafusion::logical_expr::TableSource) -> bool {
+    source
+        .downcast_ref::<datafusion::datasource::DefaultTableSource>()
+        .and_then(|s| s.table_provider.downcast_ref::<SystemTable>())
+        .is_some_and(|t| t.name == "users")
+}
+
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }

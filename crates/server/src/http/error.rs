@@ -63,11 +63,13 @@ pub struct ApiError {
     pub message: String,
     /// For `/v1/api/sql`: the 1-based number of the failing statement (earlier ones committed).
     pub statement: Option<usize>,
+    /// For `/v1/api/sql`: the results of the statements before the failing one.
+    pub completed: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: one_line(&message.into(), MAX_MESSAGE_CHARS), statement: None }
+        Self { code, message: one_line(&message.into(), MAX_MESSAGE_CHARS), statement: None, completed: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -116,7 +118,11 @@ impl IntoResponse for ApiError {
         if let Some(n) = self.statement {
             error["statement"] = json!(n);
         }
-        let mut response = (self.code.status(), Json(json!({ "error": error }))).into_response();
+        let body = match self.completed {
+            Some(results) => json!({ "error": error, "results": results }),
+            None => json!({ "error": error }),
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
         if self.code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

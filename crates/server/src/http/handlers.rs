@@ -63,18 +63,40 @@ pub async fn sql(
     let started = Instant::now();
     let db = Arc::clone(&state.db);
     let results = state.run(async move { db.execute_as(&principal, &req.sql).await }).await?;
-    let results = results.map_err(ApiError::from_execute)?;
+    let results = match results {
+        Ok(results) => results,
+        Err(mut e) => {
+            // The statements before the failing one committed: their results (a CONSUME's
+            // claimed messages among them) go with the error.
+            let completed = std::mem::take(&mut e.completed);
+            let mut error = ApiError::from_execute(e);
+            if !completed.is_empty() {
+                error.completed = Some(results_json(&completed)?);
+            }
+            return Err(error);
+        }
+    };
     let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(b"{\"results\":[");
+    body.extend_from_slice(b"{\"results\":");
+    body.extend_from_slice(results_json(&results)?.get().as_bytes());
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    body.extend_from_slice(format!(",\"took_ms\":{took_ms:.3}}}").as_bytes());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Statements' results as a JSON array.
+fn results_json(results: &[topicfusion_engine::StatementResult]) -> Result<Box<RawValue>, ApiError> {
+    let mut body = Vec::with_capacity(256);
+    body.push(b'[');
     for (i, r) in results.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         write_result(&mut body, &r.schema, &r.batches).map_err(ApiError::internal)?;
     }
-    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
-    body.extend_from_slice(format!("],\"took_ms\":{took_ms:.3}}}").as_bytes());
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    body.push(b']');
+    let text = String::from_utf8(body).map_err(ApiError::internal)?;
+    RawValue::from_string(text).map_err(ApiError::internal)
 }
 
 /// Where a consume without a stored group position starts.

@@ -30,7 +30,9 @@ pub struct AppState {
     pub db: Arc<Database>,
     pub config: Config,
     pub tokens: Tokens,
-    pub throttle: LoginThrottle,
+    pub throttle: Arc<LoginThrottle>,
+    /// Bounds the argon2 verifications running at once.
+    pub verifications: tokio::sync::Semaphore,
     /// The runtime engine work runs on, so that RocksDB I/O and query execution never occupy
     /// the threads that accept connections and serve other requests.
     pub engine: Handle,
@@ -50,26 +52,31 @@ impl AppState {
         crate::bridge::run_on(&self.engine, work).await.map_err(ApiError::internal)
     }
 
-    /// Checks a user's password, after the throttle's delay; records the outcome.
+    /// Checks a user's password; a failure is answered after the throttle's delay. At most
+    /// one argon2 verification per core runs at a time (they are slow on purpose).
     pub async fn check_password(&self, user: &str, password: &str, peer: IpAddr) -> Result<Principal, ApiError> {
-        let delay = self.throttle.delay(user, peer);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let (db, u, p) = (Arc::clone(&self.db), user.to_owned(), password.to_owned());
-        let loopback = peer.is_loopback();
-        // argon2 is CPU work: run it on the blocking pool.
-        let principal = tokio::task::spawn_blocking(move || db.verify_password(&u, &p, loopback))
-            .await
-            .map_err(ApiError::internal)?;
+        let principal = if user.len() > topicfusion_engine::MAX_USER_NAME_BYTES
+            || password.len() > topicfusion_engine::users::MAX_PASSWORD_BYTES
+        {
+            None
+        } else {
+            let _permit = self.verifications.acquire().await.map_err(ApiError::internal)?;
+            let (db, u, p) = (Arc::clone(&self.db), user.to_owned(), password.to_owned());
+            let loopback = peer.is_loopback();
+            // argon2 is CPU work: run it on the blocking pool.
+            tokio::task::spawn_blocking(move || db.verify_password(&u, &p, loopback))
+                .await
+                .map_err(ApiError::internal)?
+        };
         match principal {
             Some(p) => {
                 self.throttle.succeeded(user);
                 Ok(p)
             }
             None => {
-                self.throttle.failed(user, peer);
-                tracing::warn!(user, %peer, "failed login");
+                let delay = self.throttle.failed(user, peer);
+                tracing::warn!(user = crate::auth::shown_user(user), %peer, "failed login");
+                tokio::time::sleep(delay).await;
                 Err(ApiError::unauthorized("wrong user name or password"))
             }
         }

@@ -189,7 +189,8 @@ async fn the_role_matrix_for_consume_ack_and_sql() {
     let (status, err) = server
         .post("/v1/api/sql", Some(("u_dba", "pw")), json!({"sql": "CREATE USER x WITH PASSWORD 'p' ROLE system"}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(err["error"]["code"], "forbidden", "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("needs role system"), "{err}");
     // Anyone changes their own password; the old one stops working.
     let (status, _) = server
@@ -244,28 +245,35 @@ fn repeated_failed_logins_are_slowed_down() {
     use topicfusion::auth::{FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_USER, LoginThrottle, MAX_DELAY};
     let throttle = LoginThrottle::default();
     let (here, there) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    // The free failures are answered at once.
     for _ in 0..FREE_FAILURES_PER_USER {
-        assert_eq!(throttle.delay("alice", here), Duration::ZERO);
-        throttle.failed("alice", here);
+        assert_eq!(throttle.failed("alice", here), Duration::ZERO);
     }
     // Over the free failures: a delay that doubles, for that user from any address.
-    let first = throttle.delay("alice", there);
+    let first = throttle.failed("alice", there);
     assert!(first > Duration::ZERO);
-    throttle.failed("alice", there);
-    assert_eq!(throttle.delay("alice", here), first * 2);
+    assert_eq!(throttle.failed("alice", here), first * 2);
     for _ in 0..40 {
         throttle.failed("alice", here);
     }
-    assert_eq!(throttle.delay("alice", here), MAX_DELAY);
-    // Another user from the first address is not slowed yet... until the address's own limit.
-    assert!(throttle.delay("bob", there) == Duration::ZERO);
+    assert_eq!(throttle.failed("alice", here), MAX_DELAY);
+    // Another user from the second address is not slowed yet... until the address's own limit.
+    assert_eq!(throttle.failed("bob", there), Duration::ZERO);
     for i in 0..FREE_FAILURES_PER_ADDRESS {
         throttle.failed(&format!("user{i}"), there);
     }
-    assert!(throttle.delay("carol", there) > Duration::ZERO);
+    assert!(throttle.failed("carol", there) > Duration::ZERO);
     // A success resets the user's count.
     throttle.succeeded("alice");
-    assert_eq!(throttle.delay("alice", "10.0.0.3".parse().unwrap()), Duration::ZERO);
+    assert_eq!(throttle.failed("alice", "10.0.0.3".parse().unwrap()), Duration::ZERO);
+    // Names longer than any user's are one key (cut to 63 bytes), not a new entry each.
+    let long = "x".repeat(10_000);
+    for _ in 0..FREE_FAILURES_PER_USER {
+        throttle.failed(&long, "10.0.0.4".parse().unwrap());
+    }
+    let other_long = format!("{}y", "x".repeat(5000));
+    assert!(throttle.failed(&other_long, "10.0.0.5".parse().unwrap()) > Duration::ZERO);
+    assert_eq!(topicfusion::auth::shown_user(&long).len(), topicfusion_engine::MAX_USER_NAME_BYTES);
 }
 
 #[tokio::test]
@@ -725,7 +733,7 @@ async fn boom() -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
     use std::sync::Arc;
-    use topicfusion::auth::{LoginThrottle, Tokens};
+    use topicfusion::auth::Tokens;
     use topicfusion::http::{AppState, routes, with_layers};
 
     let (_dir, db) = crate::open_temp();
@@ -733,7 +741,8 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
         db: Arc::new(db),
         config: topicfusion::config::Config::default(),
         tokens: Tokens::new(vec![7; 32], 60),
-        throttle: LoginThrottle::default(),
+        throttle: Default::default(),
+        verifications: tokio::sync::Semaphore::new(2),
         engine: tokio::runtime::Handle::current(),
     });
     let router = with_layers(routes().route("/boom", axum::routing::get(boom)), Arc::clone(&state));

@@ -6,6 +6,7 @@ mod concurrency;
 mod consume;
 mod crash;
 mod http;
+mod pg_values;
 mod postgres;
 mod retention;
 mod robustness;

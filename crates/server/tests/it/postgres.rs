@@ -295,21 +295,27 @@ async fn psycopg_connects_binds_consumes_and_acks() {
 }
 
 /// RFC 7677's SCRAM-SHA-256 example (user "user", password "pencil", 4096 iterations): the
-/// server signature computed from our stored salted password is the RFC's.
+/// server signature computed from our stored ServerKey is the RFC's, and the client proof of the
+/// example verifies against our StoredKey.
 #[test]
 fn scram_credentials_match_rfc_7677() {
     use base64::Engine;
     use hmac::{Hmac, Mac};
-    use sha2::Sha256;
+    use sha2::{Digest, Sha256};
     let b64 = base64::engine::general_purpose::STANDARD;
     let salt = b64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
     let credential = topicfusion_engine::users::ScramCredential::with_salt("pencil", &salt, 4096);
-    let (_, salted) = credential.decode().unwrap();
-    let mut server_key = Hmac::<Sha256>::new_from_slice(&salted).unwrap();
-    server_key.update(b"Server Key");
-    let server_key = server_key.finalize().into_bytes();
+    let (_, stored_key, server_key) = credential.decode().unwrap();
     let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
     let mut signature = Hmac::<Sha256>::new_from_slice(&server_key).unwrap();
     signature.update(auth_message.as_bytes());
     assert_eq!(b64.encode(signature.finalize().into_bytes()), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+    let proof = b64.decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=").unwrap();
+    let mut client_signature = Hmac::<Sha256>::new_from_slice(&stored_key).unwrap();
+    client_signature.update(auth_message.as_bytes());
+    let client_key: Vec<u8> = proof.iter().zip(client_signature.finalize().into_bytes()).map(|(a, b)| a ^ b).collect();
+    assert_eq!(Sha256::digest(&client_key).as_slice(), stored_key.as_slice());
+    // Nothing that logs in is kept: no salted password.
+    let json = serde_json::to_string(&credential).unwrap();
+    assert!(!json.contains("salted"), "{json}");
 }

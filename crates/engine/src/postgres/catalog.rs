@@ -1,7 +1,5 @@
-//! What the engine does for PostgreSQL clients, independent of the wire: the `pg_catalog`
-//! schema and functions psql and drivers query (datafusion-pg-catalog), the rewrite of their
-//! catalog queries into SQL DataFusion plans, and the binding of `$n` parameters into a parsed
-//! statement as literals (so a bound INSERT takes the same literal fast path as a written one).
+//! The `pg_catalog` schema and functions psql and drivers query (datafusion-pg-catalog), and the
+//! rewrite of their catalog queries into SQL DataFusion plans.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, OnceLock};
@@ -9,10 +7,11 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use datafusion::common::{Result, plan_err};
 use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role as PgRole};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use topicfusion_dialect::sqlparser::ast::{self as sql, CastKind, DataType as SqlDataType, Expr, Value, ValueWithSpan};
+use topicfusion_dialect::sqlparser::ast::{self as sql, Expr};
 use topicfusion_dialect::{ParsedStatement, Role, Statement};
 
 use crate::core::Core;
@@ -61,18 +60,50 @@ fn reads_pg_catalog(sql: &str) -> bool {
     sql.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"pg_"))
 }
 
+/// The most operators and parentheses a catalog query may have before the compatibility
+/// parser sees it. That parser and its rewrites recurse over the tree without the depth limit
+/// of ours, and a long `a + b + ...` or `x::int::int...` chain is as deep as it is long; psql's
+/// and drivers' catalog queries have a few dozen.
+const MAX_CATALOG_QUERY_NESTING_TOKENS: usize = 2000;
+
 /// Parses a catalog query our parser refused (psql writes `OPERATOR(pg_catalog.~)` and
-/// `COLLATE pg_catalog.default`), as one statement; `None` when it is not one.
-pub fn parse_catalog_query(sql: &str) -> Option<Vec<ParsedStatement>> {
+/// `COLLATE pg_catalog.default`), as one statement; `None` when it is not one. A query nested
+/// deeper than [`topicfusion_dialect::MAX_EXPR_DEPTH`] is refused here as by our parser.
+pub fn parse_catalog_query(sql: &str) -> Option<Result<Vec<ParsedStatement>>> {
+    use topicfusion_dialect::sqlparser::dialect::PostgreSqlDialect;
+    use topicfusion_dialect::sqlparser::parser::Parser;
+    use topicfusion_dialect::sqlparser::tokenizer::Token;
     if !reads_pg_catalog(sql) {
         return None;
     }
+    let tokens = Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).ok()?.into_tokens();
+    let nesting = tokens
+        .iter()
+        .filter(|t| {
+            !matches!(t.token, Token::Word(_) | Token::Whitespace(_) | Token::Comma | Token::Period | Token::RParen)
+        })
+        .filter(|t| {
+            !matches!(
+                &t.token,
+                Token::Number(..) | Token::SingleQuotedString(_) | Token::Placeholder(_) | Token::SemiColon
+            )
+        })
+        .count();
+    if nesting > MAX_CATALOG_QUERY_NESTING_TOKENS {
+        return Some(plan_err!(
+            "expression nesting too deep: more than {MAX_CATALOG_QUERY_NESTING_TOKENS} operators and parentheses in a query of pg_catalog"
+        ));
+    }
     let statements = compatibility_parser().parse(sql).ok()?;
     let [statement] = <[_; 1]>::try_from(statements).ok()?;
-    Some(vec![ParsedStatement {
+    let statement = match topicfusion_dialect::check_sql_depth(statement) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok(vec![ParsedStatement {
         statement: Statement::DataFusion(Box::new(DFStatement::Statement(Box::new(statement)))),
         sql: sql.trim().to_owned(),
-    }])
+    }]))
 }
 
 /// Rewrites the SELECTs that read PostgreSQL's catalog into forms DataFusion plans (known psql
@@ -130,101 +161,28 @@ fn rewrite_array_subqueries(statement: &mut sql::Statement) {
     });
 }
 
-/// A parameter value bound to a `$n` placeholder, as a client sent it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ParamValue {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    /// An exact decimal, as text (`-12.340`).
-    Numeric(String),
-    /// Text, and every type sent as text (dates, timestamps, JSON, UUIDs): a string literal,
-    /// cast by the statement's context like any other.
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-impl ParamValue {
-    fn to_expr(&self) -> Expr {
-        let value = |v: Value| Expr::Value(ValueWithSpan::from(v));
-        match self {
-            ParamValue::Null => value(Value::Null),
-            ParamValue::Bool(b) => value(Value::Boolean(*b)),
-            ParamValue::Int(i) => value(Value::Number(i.to_string(), false)),
-            ParamValue::Numeric(n) => value(Value::Number(n.clone(), false)),
-            // A double stays a double (a bare number literal would be an exact decimal).
-            ParamValue::Float(f) => Expr::Cast {
-                kind: CastKind::Cast,
-                expr: Box::new(value(Value::SingleQuotedString(f.to_string()))),
-                data_type: SqlDataType::DoublePrecision,
-                array: false,
-                format: None,
-            },
-            ParamValue::Text(s) => value(Value::SingleQuotedString(s.clone())),
-            ParamValue::Bytes(b) => {
-                value(Value::HexStringLiteral(b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
-            }
+/// `pg_catalog.pg_roles` as role `user` may see it: its own row only (the other users' names
+/// and privileges are for dba and system). Any other plan is returned as it is.
+pub fn only_own_role(plan: LogicalPlan, user: &str) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::{Filter, col, lit};
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+        let is_pg_roles = scan.table_name.table() == "pg_roles"
+            && scan.table_name.schema().is_none_or(|s| s == crate::catalog::PG_CATALOG_SCHEMA)
+            && scan
+                .source
+                .downcast_ref::<datafusion::datasource::DefaultTableSource>()
+                .is_some_and(|s| !s.table_provider.is::<crate::provider::table::UserTable>());
+        if !is_pg_roles {
+            return Ok(Transformed::no(node));
         }
-    }
-}
-
-/// The highest `$n` of a statement (0: none). `$0` and names that are not `$` and a number are
-/// errors.
-pub fn parameter_count(statement: &Statement) -> Result<usize> {
-    let mut max = 0usize;
-    let mut bad = None;
-    let mut check = |v: &Value| {
-        if let Value::Placeholder(p) = v {
-            match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0) {
-                Some(n) => max = max.max(n),
-                None => bad = Some(p.clone()),
-            }
+        if !scan.projected_schema.has_column_with_unqualified_name("rolname") || scan.fetch.is_some() {
+            return plan_err!("permission denied: role user reads pg_roles only through its rolname");
         }
-    };
-    // The topic and user statements take their values as literals.
-    if let Statement::DataFusion(df) = statement
-        && let DFStatement::Statement(st) = df.as_ref()
-    {
-        let _ = sql::visit_expressions(st.as_ref(), |e| {
-            if let Expr::Value(v) = e {
-                check(&v.value);
-            }
-            ControlFlow::<()>::Continue(())
-        });
-    }
-    if let Some(p) = bad {
-        return plan_err!("invalid parameter {p}: parameters are written $1, $2, ...");
-    }
-    Ok(max)
-}
-
-/// Replaces every `$n` of a statement with the literal of `params[n - 1]`. Only SELECT, INSERT,
-/// UPDATE, DELETE and the other statements DataFusion parses take parameters.
-pub fn bind_parameters(statement: &mut Statement, params: &[ParamValue]) -> Result<()> {
-    let needed = parameter_count(statement)?;
-    if needed > params.len() {
-        return plan_err!("the statement has parameter ${needed} but only {} were bound", params.len());
-    }
-    if params.is_empty() {
-        return Ok(());
-    }
-    let Statement::DataFusion(df) = statement else {
-        return plan_err!(
-            "only SELECT, INSERT, UPDATE, DELETE and other standard statements take parameters; write the values of a topic or user statement into its text"
-        );
-    };
-    let DFStatement::Statement(st) = df.as_mut() else {
-        return plan_err!("this statement takes no parameters");
-    };
-    let _ = sql::visit_expressions_mut(st.as_mut(), |e| {
-        if let Expr::Value(v) = e
-            && let Value::Placeholder(p) = &v.value
-            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
-        {
-            *e = params[n - 1].to_expr();
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    Ok(())
+        let column = datafusion::common::Column::new(Some(scan.table_name.clone()), "rolname");
+        let filter = Filter::try_new(col(column).eq(lit(user.to_owned())), Arc::new(node))?;
+        Ok(Transformed::yes(LogicalPlan::Filter(filter)))
+    })
+    .map(|t| t.data)
 }

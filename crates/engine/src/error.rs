@@ -1,0 +1,150 @@
+//! The errors of statements: [`ExecuteError`] (which statement failed, and what the statements
+//! before it returned), and [`ErrorKind`], the one classification every interface maps to its
+//! own codes (HTTP statuses, PostgreSQL SQLSTATEs).
+
+use crate::database::StatementResult;
+use datafusion::common::DataFusionError;
+use topicfusion_storage::StorageError;
+
+use crate::users::PermissionDenied;
+
+/// A statement failed; the statements before it have committed, the ones after it did not run.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct ExecuteError {
+    /// 1-based position of the failing statement in the SQL text (0: the text did not parse).
+    pub statement: usize,
+    pub sql: String,
+    pub kind: ErrorKind,
+    #[source]
+    pub source: DataFusionError,
+    /// The results of the statements before the failing one (they committed): CONSUME's
+    /// messages among them are claimed, so an interface must still hand them to the client.
+    pub completed: Vec<StatementResult>,
+}
+
+/// What kind of failure an error is, for interfaces that map errors to status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The SQL text did not parse.
+    Syntax,
+    /// The caller's role does not allow the statement.
+    PermissionDenied,
+    /// The statement is wrong for the data: unknown names, bad values, constraint violations.
+    InvalidInput,
+    /// A failure of the database itself (storage, a bug): not the caller's fault.
+    Internal,
+    /// A duplicate primary key.
+    UniqueViolation,
+    /// NULL for a NOT NULL column.
+    NotNullViolation,
+    /// An unknown table.
+    UndefinedTable,
+    /// An unknown column.
+    UndefinedColumn,
+    /// An unknown topic, schema, user or consumer group.
+    UndefinedObject,
+    /// A statement waiting for data (CONSUME) was cancelled by its client.
+    Cancelled,
+    /// An unknown cursor.
+    InvalidCursorName,
+    /// A cursor asked to do what it cannot (move backwards).
+    ObjectNotInPrerequisiteState,
+    /// A statement that needs a transaction block (`DECLARE` without `WITH HOLD`) outside one.
+    NoActiveTransaction,
+    /// Something the server does not do (a clear refusal, not a failure).
+    FeatureNotSupported,
+}
+
+impl ErrorKind {
+    /// Classifies an error of a statement that parsed.
+    pub fn of(e: &DataFusionError) -> Self {
+        match e {
+            DataFusionError::Internal(_) | DataFusionError::ExecutionJoin(_) => ErrorKind::Internal,
+            // Files a statement names (COPY FROM, CREATE EXTERNAL TABLE) that cannot be read:
+            // the caller's input, not a failure of the database (its own storage errors are
+            // `StorageError`s).
+            DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::InvalidInput,
+            DataFusionError::External(inner) if let Some(e) = inner.downcast_ref::<StorageError>() => match e {
+                // Storage errors a statement's input causes.
+                StorageError::NullKey => ErrorKind::NotNullViolation,
+                StorageError::UnknownPartition { .. } => ErrorKind::UndefinedObject,
+                _ => ErrorKind::Internal,
+            },
+            DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
+            DataFusionError::Context(_, inner) => ErrorKind::of(inner),
+            DataFusionError::Shared(inner) => ErrorKind::of(inner),
+            DataFusionError::Diagnostic(_, inner) => ErrorKind::of(inner),
+            DataFusionError::SchemaError(e, _)
+                if matches!(e.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) =>
+            {
+                ErrorKind::UndefinedColumn
+            }
+            DataFusionError::Plan(m) | DataFusionError::Execution(m) => Self::of_message(m),
+            _ => ErrorKind::InvalidInput,
+        }
+    }
+
+    /// The engine's own errors (and DataFusion's unknown table) by their fixed openings.
+    fn of_message(message: &str) -> Self {
+        let unknown = |what: &str| message.starts_with(what) && message.contains(" does not exist");
+        if message.starts_with("cursor \"") && message.ends_with("\" does not exist") {
+            ErrorKind::InvalidCursorName
+        } else if message.starts_with("cursor can only scan forward") {
+            ErrorKind::ObjectNotInPrerequisiteState
+        } else if message.contains("can only be used in transaction blocks") {
+            ErrorKind::NoActiveTransaction
+        } else if message.starts_with("unrecognized configuration parameter") {
+            ErrorKind::UndefinedObject
+        } else if message.starts_with("not supported: ") {
+            ErrorKind::FeatureNotSupported
+        } else if message.starts_with("duplicate primary key") {
+            ErrorKind::UniqueViolation
+        } else if message.starts_with("null value in column") {
+            ErrorKind::NotNullViolation
+        } else if unknown("table ") || (message.starts_with("table '") && message.ends_with("' not found")) {
+            ErrorKind::UndefinedTable
+        } else if unknown("topic ") || unknown("schema ") || unknown("user ") || unknown("consumer group ") {
+            ErrorKind::UndefinedObject
+        } else {
+            ErrorKind::InvalidInput
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE of this kind of error.
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "42601",
+            ErrorKind::PermissionDenied => "42501",
+            ErrorKind::InvalidInput => "22023",
+            ErrorKind::Internal => "XX000",
+            ErrorKind::UniqueViolation => "23505",
+            ErrorKind::NotNullViolation => "23502",
+            ErrorKind::UndefinedTable => "42P01",
+            ErrorKind::UndefinedColumn => "42703",
+            ErrorKind::UndefinedObject => "42704",
+            ErrorKind::Cancelled => "57014",
+            ErrorKind::InvalidCursorName => "34000",
+            ErrorKind::ObjectNotInPrerequisiteState => "55000",
+            ErrorKind::NoActiveTransaction => "25P01",
+            ErrorKind::FeatureNotSupported => "0A000",
+        }
+    }
+}
+
+impl ExecuteError {
+    pub(crate) fn new(statement: usize, sql: String, source: DataFusionError) -> Self {
+        let kind = if statement == 0 { ErrorKind::Syntax } else { ErrorKind::of(&source) };
+        Self { statement, sql, kind, source, completed: Vec::new() }
+    }
+}
+
+/// Text on one line (runs of whitespace, newlines included, become one space), cut after
+/// `max_chars` characters with `...`: for error messages, which can quote megabytes of input.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &flat[..cut]),
+        None => flat,
+    }
+}

@@ -1,0 +1,152 @@
+//! A client's session: what one PostgreSQL connection (or one HTTP request, or one embedded
+//! caller) keeps between its statements, and nothing another client can see or change:
+//! - its DataFusion settings: the database's shared state until the session runs `SET
+//!   datafusion...`, then a copy of its own (so one client's `SET` never reaches another);
+//! - its PostgreSQL run-time parameters (`SET application_name`, `SHOW TimeZone`,
+//!   `current_setting(...)`: [`crate::postgres::settings`]);
+//! - whether a driver opened a transaction block (`BEGIN` ... `COMMIT`);
+//! - its open cursors (`DECLARE` / `FETCH` / `MOVE` / `CLOSE`), each a running query whose rows
+//!   are read as they are fetched.
+//!
+//! A session is used by one caller at a time (`&mut`); it is `Send`, so a connection's task can
+//! hold it across awaits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionContext;
+use futures::StreamExt;
+
+mod statements;
+
+pub use statements::cursor_name;
+
+/// The most cursors a session may hold open at once.
+pub const MAX_OPEN_CURSORS: usize = 256;
+
+#[derive(Default)]
+pub struct Session {
+    /// The session's own DataFusion context, once it has changed a setting.
+    pub(crate) ctx: Option<SessionContext>,
+    /// PostgreSQL run-time parameters set in this session (lowercase name → value).
+    pub(crate) settings: BTreeMap<String, String>,
+    /// Inside `BEGIN` ... `COMMIT`/`ROLLBACK` (statements still commit one by one).
+    pub(crate) in_transaction: bool,
+    pub(crate) cursors: BTreeMap<String, Cursor>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("own_settings", &self.ctx.is_some())
+            .field("settings", &self.settings)
+            .field("in_transaction", &self.in_transaction)
+            .field("cursors", &self.cursors.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a driver has opened a transaction block (`BEGIN`) and not ended it.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// The result columns of an open cursor (what a `FETCH` from it returns).
+    pub fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.cursors.get(name).map(|c| c.schema.clone())
+    }
+
+    /// `COMMIT` / `ROLLBACK`: the block ends and its cursors without `WITH HOLD` close.
+    pub(crate) fn end_transaction(&mut self) {
+        self.in_transaction = false;
+        self.cursors.retain(|_, c| c.hold);
+    }
+
+    /// `DISCARD ALL` / `RESET ALL`'s part: back to the state of a new session.
+    pub(crate) fn reset(&mut self) {
+        self.ctx = None;
+        self.settings.clear();
+    }
+
+    pub(crate) fn declare(&mut self, name: String, cursor: Cursor) -> Result<()> {
+        if self.cursors.contains_key(&name) {
+            return plan_err!("cursor \"{name}\" already exists");
+        }
+        if self.cursors.len() >= MAX_OPEN_CURSORS {
+            return plan_err!("too many open cursors (at most {MAX_OPEN_CURSORS}): CLOSE some first");
+        }
+        self.cursors.insert(name, cursor);
+        Ok(())
+    }
+
+    pub(crate) fn cursor(&mut self, name: &str) -> Result<&mut Cursor> {
+        match self.cursors.get_mut(name) {
+            Some(c) => Ok(c),
+            None => exec_err!("cursor \"{name}\" does not exist"),
+        }
+    }
+
+    pub(crate) fn close(&mut self, name: Option<&str>) -> Result<()> {
+        match name {
+            None => self.cursors.clear(),
+            Some(name) if self.cursors.remove(name).is_none() => return exec_err!("cursor \"{name}\" does not exist"),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// An open cursor: a running query, read forward as it is fetched.
+pub(crate) struct Cursor {
+    pub schema: SchemaRef,
+    stream: crate::database::RowStream,
+    /// Rows read from the stream and not yet fetched.
+    pending: Option<RecordBatch>,
+    /// `WITH HOLD`: stays open after the transaction block ends.
+    pub hold: bool,
+    done: bool,
+}
+
+impl Cursor {
+    pub fn new(schema: SchemaRef, stream: SendableRecordBatchStream, hold: bool) -> Self {
+        Self { schema, stream: crate::database::RowStream::new(stream), pending: None, hold, done: false }
+    }
+
+    /// The next `n` rows (fewer at the end; `u64::MAX`: all the rest). `keep`: whether to
+    /// return them (FETCH) or only count them (MOVE). Returns the rows and their count.
+    pub async fn read(&mut self, n: u64, keep: bool) -> Result<(Vec<RecordBatch>, u64)> {
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        while count < n {
+            let batch = match self.pending.take() {
+                Some(b) => b,
+                None if self.done => break,
+                None => match self.stream.get_mut().next().await {
+                    Some(b) => b?,
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                },
+            };
+            let want = (n - count).min(batch.num_rows() as u64) as usize;
+            if want < batch.num_rows() {
+                self.pending = Some(batch.slice(want, batch.num_rows() - want));
+            }
+            count += want as u64;
+            if keep && want > 0 {
+                out.push(batch.slice(0, want));
+            }
+        }
+        Ok((out, count))
+    }
+}

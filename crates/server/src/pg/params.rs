@@ -1,0 +1,88 @@
+//! Bound parameters of the extended protocol: each `$n` value, in text or binary form, as a
+//! value for the engine ([`ParamValue`]), read by its PostgreSQL type as PostgreSQL would read it.
+
+use pgwire::api::Type;
+use pgwire::api::portal::Portal;
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use topicfusion_engine::ParamValue;
+
+use super::copy::numeric_text;
+use super::query::Prepared;
+
+fn bad(i: usize, what: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "22P02".into(),
+        format!("parameter ${}: {what}", i + 1),
+    )))
+}
+
+/// Whether text is a PostgreSQL numeric literal (`-1.5`, `1E-10`, `.5`, `NaN`).
+fn is_numeric_text(s: &str) -> bool {
+    let s = s.trim();
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if s.eq_ignore_ascii_case("nan") || s.eq_ignore_ascii_case("infinity") {
+        return true;
+    }
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    (!int.is_empty() || !frac.is_empty())
+        && digits(int)
+        && digits(frac)
+        && exp.is_none_or(|e| {
+            let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+            !e.is_empty() && digits(e)
+        })
+}
+
+/// Parameter `i` of a portal as a value for the engine, by its type.
+pub fn decode_parameter(portal: &Portal<Prepared>, i: usize, ty: &Type) -> PgWireResult<ParamValue> {
+    let Some(raw) = portal.parameters.get(i).cloned().flatten() else { return Ok(ParamValue::Null) };
+    let binary = portal.parameter_format.is_binary(i);
+    macro_rules! get {
+        ($t:ty) => {
+            portal.parameter::<$t>(i, ty).map_err(|e| bad(i, &format!("invalid {} value: {e}", ty.name())))?
+        };
+    }
+    let text = || String::from_utf8(raw.to_vec()).map_err(|_| bad(i, "not UTF-8 text"));
+    let value = match *ty {
+        Type::BOOL => get!(bool).map(ParamValue::Bool),
+        Type::INT2 => get!(i16).map(|v| ParamValue::Int(v.into())),
+        Type::INT4 => get!(i32).map(|v| ParamValue::Int(v.into())),
+        Type::INT8 => get!(i64).map(ParamValue::Int),
+        Type::FLOAT4 => get!(f32).map(|v| ParamValue::Float(v.into())),
+        Type::FLOAT8 => get!(f64).map(ParamValue::Float),
+        // Numeric text in any form PostgreSQL reads (exponents: `1E-10`), binary of any size.
+        Type::NUMERIC if binary => Some(ParamValue::Numeric(numeric_text(&raw).map_err(|e| bad(i, &e))?)),
+        Type::NUMERIC => {
+            let t = text()?;
+            if !is_numeric_text(&t) {
+                return Err(bad(i, &format!("invalid input syntax for type numeric: \"{t}\"")));
+            }
+            Some(ParamValue::Numeric(t.trim().to_owned()))
+        }
+        // bytea text is PostgreSQL's bytea input (`\x0001ff`), as a bytea literal is.
+        Type::BYTEA if !binary => Some(ParamValue::Text(text()?)),
+        Type::BYTEA => Some(ParamValue::Bytes(raw.to_vec())),
+        Type::DATE => get!(chrono::NaiveDate).map(|d| ParamValue::Text(d.to_string())),
+        Type::TIMESTAMP => {
+            get!(chrono::NaiveDateTime).map(|t| ParamValue::Text(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()))
+        }
+        Type::TIMESTAMPTZ => get!(chrono::DateTime<chrono::FixedOffset>).map(|t| ParamValue::Text(t.to_rfc3339())),
+        Type::JSON | Type::JSONB if binary => get!(serde_json::Value).map(|v| ParamValue::Text(v.to_string())),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON | Type::JSONB
+            if !binary =>
+        {
+            Some(ParamValue::Text(text()?))
+        }
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => get!(String).map(ParamValue::Text),
+        // Other types sent as text go in as text literals, cast by their context.
+        _ if !binary => Some(ParamValue::Text(text()?)),
+        _ => return Err(bad(i, &format!("type {} is not supported in binary format; send it as text", ty.name()))),
+    };
+    Ok(value.unwrap_or(ParamValue::Null))
+}

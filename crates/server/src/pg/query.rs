@@ -1,0 +1,517 @@
+//! The statements of one PostgreSQL connection: the simple query protocol (several statements
+//! per message), the extended protocol (Parse/Describe/Bind/Execute, with suspended portals),
+//! and COPY with the client, all in the connection's own engine [`Session`] (its settings,
+//! transaction block and cursors).
+//!
+//! A statement runs as the logged-in user with their current role. In the simple protocol a
+//! failing statement answers with the results of the statements before it (they committed, and
+//! a CONSUME among them has claimed its messages) and then the error.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::{MemPortalStore, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, METADATA_USER, PgWireConnectionState, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyOutResponse};
+use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use tokio::sync::Mutex;
+use topicfusion_engine::copy::CopyIn;
+use topicfusion_engine::{
+    ClientCopy, CopyFormat, Database, ExecuteError, Outcome, ParamValue, ParsedStatement, Principal, Session,
+    StatementResult,
+};
+
+use super::copy::{CopyDecoder, CopyEncoder};
+use super::encode::{DataRows, wire_fields};
+use super::params::decode_parameter;
+
+/// A statement error as PostgreSQL reports it, with its SQLSTATE.
+pub fn statement_error(e: &ExecuteError) -> PgWireError {
+    let message = match e.kind {
+        topicfusion_engine::ErrorKind::Internal => {
+            tracing::error!(error = %e.source, "internal error");
+            "internal error: see the server log".to_owned()
+        }
+        _ => e.source.to_string(),
+    };
+    user_error(e.kind.sqlstate(), message)
+}
+
+fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
+}
+
+/// The user a connection logged in as, with their current role (a role change applies to the
+/// next statement; a dropped user's connection can run nothing more).
+fn principal<C: ClientInfo>(db: &Database, client: &C) -> PgWireResult<Principal> {
+    let name = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+    db.principal(&name).ok_or_else(|| fatal("28000", format!("user {name} does not exist any more")))
+}
+
+/// A prepared statement: parsed once (at Parse), and what Describe says of it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    parsed: Option<Arc<ParsedStatement>>,
+    /// The parameter types: the client's where it gave them, else inferred, else text.
+    parameters: Vec<Type>,
+    columns: Option<datafusion::arrow::datatypes::SchemaRef>,
+}
+
+/// A COPY FROM STDIN in progress.
+struct CopyInProgress {
+    decoder: CopyDecoder,
+    writer: CopyIn,
+}
+
+/// What one connection's handlers share.
+pub struct Queries {
+    db: Arc<Database>,
+    session: Arc<Mutex<Session>>,
+    copy_in: Mutex<Option<CopyInProgress>>,
+}
+
+impl Queries {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db, session: Arc::new(Mutex::new(Session::new())), copy_in: Mutex::new(None) }
+    }
+
+    /// Starts a COPY FROM STDIN: its handler takes the client's data from here on.
+    async fn start_copy_in(&self, target: Arc<topicfusion_engine::copy::CopyInTarget>) -> (i8, usize) {
+        let writer = self.db.copy_in(Arc::clone(&target));
+        let types = writer.column_types();
+        let columns = types.len();
+        let decoder = CopyDecoder::new(target.format, &target.options, types);
+        *self.copy_in.lock().await = Some(CopyInProgress { decoder, writer });
+        (if target.format == CopyFormat::Binary { 1 } else { 0 }, columns)
+    }
+
+    /// A statement's result as a response of the extended protocol.
+    async fn response(&self, result: StatementResult, format: &Format) -> PgWireResult<Response> {
+        let name = result.command.name;
+        match result.copy {
+            Some(ClientCopy::Out { rows, format, options }) => {
+                let rows = rows.into_inner();
+                let encoder = Arc::new(CopyEncoder::new(Arc::clone(&result.schema), format, &options)?);
+                let start = stream::iter(encoder.start().map(Ok));
+                let e = Arc::clone(&encoder);
+                let rows = rows.flat_map(move |batch| {
+                    let out = match batch {
+                        Ok(b) => e.rows(&b).map(|rows| rows.into_iter().map(Ok).collect::<Vec<_>>()),
+                        Err(err) => Err(user_error("XX000", err.to_string())),
+                    };
+                    stream::iter(out.unwrap_or_else(|e| vec![Err(e)]))
+                });
+                return Ok(Response::CopyOut(CopyResponse::new(
+                    encoder.format_code(),
+                    encoder.columns(),
+                    start.chain(rows),
+                )));
+            }
+            Some(ClientCopy::In(target)) => {
+                let (format, columns) = self.start_copy_in(target).await;
+                return Ok(Response::CopyIn(CopyResponse::new(format, columns, stream::empty())));
+            }
+            None => {}
+        }
+        match name {
+            "BEGIN" => return Ok(Response::TransactionStart(Tag::new(name))),
+            "COMMIT" | "ROLLBACK" => return Ok(Response::TransactionEnd(Tag::new(name))),
+            _ => {}
+        }
+        Ok(match result.command.outcome {
+            Outcome::Rows => {
+                let fields = Arc::new(wire_fields(&result.schema, format)?);
+                let mut response =
+                    QueryResponse::new(Arc::clone(&fields), stream::iter(DataRows::new(fields, result.batches)));
+                if name == "FETCH" || name == "SHOW" {
+                    response.set_command_tag(name);
+                }
+                Response::Query(response)
+            }
+            Outcome::RowCount => {
+                let rows = row_count(&result);
+                let tag = if name == "INSERT" { Tag::new(name).with_oid(0) } else { Tag::new(name) };
+                Response::Execution(tag.with_rows(rows))
+            }
+            Outcome::Status => Response::Execution(Tag::new(name)),
+        })
+    }
+
+    /// `MOVE` on a portal of the extended protocol (asyncpg's `cursor.forward(n)`), which
+    /// PostgreSQL allows since its portals and cursors share names. `None`: the text is not that.
+    async fn move_portal<C>(&self, client: &mut C, text: &str) -> PgWireResult<Option<u64>>
+    where
+        C: ClientInfo + ClientPortalStore + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+    {
+        let first = text.trim_start().split(|c: char| c.is_whitespace()).next().unwrap_or("");
+        if !first.eq_ignore_ascii_case("move") {
+            return Ok(None);
+        }
+        let Ok(mut statements) = topicfusion_engine::parse_sql(text) else { return Ok(None) };
+        let Some(topicfusion_engine::ParsedStatement {
+            statement:
+                topicfusion_engine::Statement::Session(topicfusion_engine::SessionStatement::Fetch {
+                    rows: false,
+                    direction,
+                    cursor,
+                }),
+            ..
+        }) = statements.pop()
+        else {
+            return Ok(None);
+        };
+        let name = topicfusion_engine::session::cursor_name(&cursor);
+        if self.session.lock().await.cursor_schema(&name).is_some() {
+            return Ok(None);
+        }
+        let store = client.portal_store().as_any().downcast_ref::<MemPortalStore<Prepared>>();
+        let Some(portal) = store.and_then(|s| s.get_portal(&cursor.value)).and_then(|e| e.value().cloned()) else {
+            return Ok(None);
+        };
+        let Some(n) = direction.forward_rows() else {
+            return Err(user_error("55000", format!("cursor can only scan forward: {direction}")));
+        };
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        let mut fetched = portal.fetch(if n == u64::MAX { 0 } else { n as usize }).await?;
+        let mut count = 0;
+        while let Some(row) = fetched.response.data_rows().next().await {
+            row?;
+            count += 1;
+        }
+        Ok(Some(count))
+    }
+}
+
+fn row_count(result: &StatementResult) -> usize {
+    use datafusion::arrow::array::UInt64Array;
+    result
+        .batches
+        .iter()
+        .filter_map(|b| b.columns().first()?.as_any().downcast_ref::<UInt64Array>().cloned())
+        .flat_map(|a| a.iter().flatten().collect::<Vec<_>>())
+        .sum::<u64>() as usize
+}
+
+fn status_text(result: &StatementResult) -> String {
+    use datafusion::arrow::array::StringArray;
+    result
+        .batches
+        .iter()
+        .filter_map(|b| {
+            b.columns().first()?.as_any().downcast_ref::<StringArray>()?.iter().flatten().next().map(str::to_owned)
+        })
+        .next()
+        .unwrap_or_default()
+}
+
+async fn cancel_receiver<C: ClientInfo>(client: &C) -> Option<futures::channel::oneshot::Receiver<()>> {
+    let handle = client.session_extensions().get::<Arc<ConnectionHandle>>()?;
+    Some(handle.start_query().await)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    /// Runs a simple query and sends every message of its answer: the rows or tags of each
+    /// statement in order (COPY's data included), the error that stopped them, ReadyForQuery.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let text = query.query;
+        let mut failed = false;
+        if text.chars().all(|c| c == ';' || c.is_whitespace()) {
+            client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?;
+        } else {
+            let cancel = cancel_receiver(client).await;
+            let run = self.run_simple(client, &text);
+            let outcome = match cancel {
+                Some(cancel) => tokio::select! {
+                    r = run => r,
+                    _ = cancel => Err(PgWireError::QueryCanceled),
+                },
+                None => run.await,
+            };
+            match outcome {
+                Ok(f) => failed = f,
+                Err(e) => return Err(e),
+            }
+        }
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            let status = self.transaction_status(failed).await;
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            client.set_transaction_status(status);
+            client.send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status))).await?;
+        }
+        Ok(())
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, _query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        unreachable!("on_query runs simple queries")
+    }
+}
+
+impl Queries {
+    /// The transaction status a ReadyForQuery reports: in a block (failed if a statement of it
+    /// failed), or idle.
+    async fn transaction_status(&self, failed: bool) -> TransactionStatus {
+        match (self.session.lock().await.in_transaction(), failed) {
+            (true, true) => TransactionStatus::Error,
+            (true, false) => TransactionStatus::Transaction,
+            (false, _) => TransactionStatus::Idle,
+        }
+    }
+
+    /// Runs the statements of a simple query; returns whether one failed (its error sent).
+    async fn run_simple<C>(&self, client: &mut C, text: &str) -> PgWireResult<bool>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let principal = principal(&self.db, client)?;
+        if let Some(count) = self.move_portal(client, text).await? {
+            send_execution_response(client, Tag::new("MOVE").with_rows(count as usize)).await?;
+            return Ok(false);
+        }
+        let outcome = {
+            let mut session = self.session.lock().await;
+            self.db.execute_in(&mut session, &principal, text).await
+        };
+        let (results, error) = match outcome {
+            Ok(results) => (results, None),
+            Err(mut e) => (std::mem::take(&mut e.completed), Some(e)),
+        };
+        for result in results {
+            self.send_simple(client, result).await?;
+        }
+        if let Some(e) = &error {
+            let info: ErrorInfo = statement_error(e).into();
+            client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+        }
+        Ok(error.is_some())
+    }
+
+    /// Sends one statement's answer in the simple protocol.
+    async fn send_simple<C>(&self, client: &mut C, result: StatementResult) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if result.command.name == "ROLLBACK" {
+            let warning = ErrorInfo::new("WARNING".into(), "25P01".into(), status_text(&result));
+            client.feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(warning))).await?;
+        }
+        match result.copy {
+            Some(ClientCopy::Out { rows, format, options }) => {
+                let mut rows = rows.into_inner();
+                // PostgreSQL's order: CopyOutResponse, a CopyData per row, CopyDone, then the tag.
+                let encoder = CopyEncoder::new(Arc::clone(&result.schema), format, &options)?;
+                let formats = vec![encoder.format_code() as i16; encoder.columns()];
+                let response = CopyOutResponse::new(encoder.format_code(), encoder.columns() as i16, formats);
+                client.send(PgWireBackendMessage::CopyOutResponse(response)).await?;
+                if let Some(start) = encoder.start() {
+                    client.feed(PgWireBackendMessage::CopyData(start)).await?;
+                }
+                let mut count = 0usize;
+                while let Some(batch) = rows.next().await {
+                    let batch = match batch {
+                        Ok(b) => b,
+                        Err(e) => {
+                            client.send(PgWireBackendMessage::CopyFail(CopyFail::new(e.to_string()))).await?;
+                            return Err(user_error("XX000", e.to_string()));
+                        }
+                    };
+                    for row in encoder.rows(&batch)? {
+                        client.feed(PgWireBackendMessage::CopyData(row)).await?;
+                        count += 1;
+                    }
+                    client.flush().await?;
+                }
+                if format == CopyFormat::Binary {
+                    client.feed(PgWireBackendMessage::CopyData(CopyData::new(vec![0xFF, 0xFF].into()))).await?;
+                }
+                client.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+                send_execution_response(client, Tag::new("COPY").with_rows(count)).await
+            }
+            Some(ClientCopy::In(target)) => {
+                let (format, columns) = self.start_copy_in(target).await;
+                let response = CopyInResponse::new(format, columns as i16, vec![format as i16; columns]);
+                client.send(PgWireBackendMessage::CopyInResponse(response)).await?;
+                client.set_state(PgWireConnectionState::CopyInProgress(false));
+                Ok(())
+            }
+            None => match self.response(result, &Format::UnifiedText).await? {
+                Response::Query(rows) => send_query_response(client, rows, true).await,
+                Response::Execution(tag) | Response::TransactionStart(tag) | Response::TransactionEnd(tag) => {
+                    send_execution_response(client, tag).await
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Queries {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.copy_in.lock().await;
+        let Some(copy) = guard.as_mut() else { return Ok(()) };
+        let result = async {
+            for rows in copy.decoder.push(&data.data)? {
+                copy.writer.write(rows).await.map_err(|e| user_error("22P04", e.to_string()))?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // The COPY ends here; the rest of the client's data is ignored.
+            guard.take();
+        }
+        result
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(mut copy) = self.copy_in.lock().await.take() else { return Ok(()) };
+        for rows in copy.decoder.finish()? {
+            copy.writer.write(rows).await.map_err(|e| user_error("22P04", e.to_string()))?;
+        }
+        let count = copy.writer.finish().await.map_err(|e| user_error("22P04", e.to_string()))?;
+        send_execution_response(client, Tag::new("COPY").with_rows(count as usize)).await
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Rows of full chunks have committed (COPY commits in chunks); the rest is dropped.
+        self.copy_in.lock().await.take();
+        user_error("57014", format!("COPY from stdin failed: {}", fail.message))
+    }
+}
+
+/// Parses and describes statements of the extended protocol.
+pub struct Describer {
+    db: Arc<Database>,
+    session: Arc<Mutex<Session>>,
+}
+
+#[async_trait]
+impl QueryParser for Describer {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let principal = principal(&self.db, client)?;
+        let parsed = self.db.prepare(sql).map_err(|e| statement_error(&e))?;
+        let Some(parsed) = parsed else { return Ok(None) };
+        let described = {
+            let mut session = self.session.lock().await;
+            self.db.describe(&mut session, &principal, &parsed).await.map_err(|e| statement_error(&e))?
+        };
+        let parameters = (0..described.parameters.len().max(types.len()))
+            .map(|i| {
+                let declared = types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+                let inferred = described
+                    .parameters
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|t| arrow_pg::datatypes::into_pg_type(&t).ok());
+                declared.or(inferred).unwrap_or(Type::TEXT)
+            })
+            .collect();
+        Ok(Some(Prepared { parsed: Some(Arc::new(parsed)), parameters, columns: described.columns }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.parameters.clone())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.columns {
+            Some(schema) => wire_fields(schema, format.unwrap_or(&Format::UnifiedText)),
+            None => Ok(vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Describer;
+
+    fn query_parser(&self) -> Arc<Describer> {
+        Arc::new(Describer { db: Arc::clone(&self.db), session: Arc::clone(&self.session) })
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let Some(parsed) = &prepared.parsed else { return Ok(Response::EmptyQuery) };
+        let params = (0..portal.parameters.len())
+            .map(|i| decode_parameter(portal, i, prepared.parameters.get(i).unwrap_or(&Type::TEXT)))
+            .collect::<PgWireResult<Vec<ParamValue>>>()?;
+        let principal = principal(&self.db, client)?;
+        let result = {
+            let mut session = self.session.lock().await;
+            self.db.execute_prepared(&mut session, &principal, parsed, &params).await
+        };
+        let result = result.map_err(|e| statement_error(&e))?;
+        if result.command.name == "ROLLBACK" {
+            let warning = ErrorInfo::new("WARNING".into(), "25P01".into(), status_text(&result));
+            client.feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(warning))).await?;
+        }
+        self.response(result, &portal.result_column_format).await
+    }
+}
