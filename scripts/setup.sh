@@ -3,7 +3,8 @@
 # crate), a C++ compiler (RocksDB itself) and a C compiler (mimalloc). The Rust toolchain comes
 # from rust-toolchain.toml.
 # With --tests, also the real clients the tests drive: psql (postgresql-client), openssl (a
-# certificate for the TLS test) and Python's psycopg.
+# certificate for the TLS test) and Python's PostgreSQL drivers (psycopg, psycopg2, asyncpg,
+# pg8000, SQLAlchemy).
 # The libclang check looks for the files clang-sys loads (libclang.so, libclang-N.so,
 # libclang.so.N, libclang-N.so.N), never libclang-cpp, which is a different library.
 set -euo pipefail
@@ -36,15 +37,26 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [ "${1:-}" = "--tests" ]; then
   command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
-  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 has_libclang || { echo "setup: libclang still missing after installing libclang-dev" >&2; exit 1; }
 
-if [ "${1:-}" = "--tests" ] && ! python3 -c 'import psycopg' 2>/dev/null; then
-  echo "setup: installing psycopg (pip)" >&2
-  python3 -m pip install -q 'psycopg[binary]' 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages 'psycopg[binary]' 2>/dev/null \
-    || apt_install python3-psycopg
-  python3 -c 'import psycopg' || { echo "setup: psycopg still missing" >&2; exit 1; }
+# The PostgreSQL drivers the protocol is tested with (tests/it/drivers/): module name, pip
+# requirement.
+drivers=("psycopg:psycopg[binary]" "psycopg2:psycopg2-binary" "asyncpg:asyncpg" "pg8000:pg8000" "sqlalchemy:sqlalchemy>=2")
+if [ "${1:-}" = "--tests" ]; then
+  missing=()
+  for d in "${drivers[@]}"; do
+    python3 -c "import ${d%%:*}" 2>/dev/null || missing+=("${d#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} (pip)" >&2
+    python3 -m pip install -q "${missing[@]}" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "${missing[@]}"
+  fi
+  for d in "${drivers[@]}"; do
+    python3 -c "import ${d%%:*}" || { echo "setup: ${d%%:*} still missing" >&2; exit 1; }
+  done
 fi

@@ -244,9 +244,23 @@ impl CopyIn {
                     }
                     let text: StringArray = rows.iter().map(|r| r[j].as_deref()).collect();
                     let options = CastOptions { safe: false, ..Default::default() };
-                    match cast_with_options(&text, &ty.arrow(), &options) {
-                        Ok(a) => a,
-                        Err(e) => return exec_err!("column {}: {e}", columns[i].name),
+                    if ty == ColumnType::Bytea {
+                        // PostgreSQL's bytea input (`\x00ff`), as for a bytea literal.
+                        let bytes = text
+                            .iter()
+                            .map(|v| v.map(crate::postgres::casts::bytea_in).transpose())
+                            .collect::<std::result::Result<Vec<_>, _>>();
+                        match bytes {
+                            Ok(b) => {
+                                Arc::new(b.into_iter().collect::<datafusion::arrow::array::BinaryArray>()) as ArrayRef
+                            }
+                            Err(e) => return exec_err!("column {}: {e}", columns[i].name),
+                        }
+                    } else {
+                        match cast_with_options(&text, &ty.arrow(), &options) {
+                            Ok(a) => a,
+                            Err(e) => return exec_err!("column {}: {e}", columns[i].name),
+                        }
                     }
                 }
                 CopyRows::Values(rows) => {

@@ -88,6 +88,13 @@ impl PostgresCasts {
         if let Some(inner) = Self::double_cast_to_decimal(&e, schema)? {
             return Ok(inner);
         }
+        // The coercion's widening of a decimal (which can overflow: 24 digits to (38, 15)).
+        if let Expr::Cast(Cast { expr, field }) = &e
+            && field.data_type().is_decimal()
+            && expr.get_type(schema)?.is_decimal()
+        {
+            return self.as_double((**expr).clone(), schema);
+        }
         Ok(match e.get_type(schema)? {
             DataType::Decimal128(..) | DataType::Decimal256(..) => {
                 Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&self.to_double), vec![e]))

@@ -11,6 +11,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role as PgRole};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use topicfusion_dialect::sqlparser::ast::helpers::attached_token::AttachedToken;
 use topicfusion_dialect::sqlparser::ast::{self as sql, Expr};
 use topicfusion_dialect::{ParsedStatement, Role, Statement};
 
@@ -121,7 +122,216 @@ pub fn rewrite_catalog_queries(parsed: &mut ParsedStatement) {
             None => **st = compatibility_parser().rewrite((**st).clone()),
         }
         rewrite_array_subqueries(st.as_mut());
+        rewrite_generate_subscripts(st.as_mut());
+        no_sequences(st.as_mut());
+        hoist_outer_conditions(st.as_mut());
+        aggregate_scalar_subqueries(st.as_mut());
     }
+}
+
+fn function(name: &str, args: Vec<Expr>) -> Expr {
+    use sql::{FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments};
+    Expr::Function(sql::Function {
+        name: sql::ObjectName::from(vec![sql::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args.into_iter().map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a))).collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// The plain arguments of a function call, when it is a call of `name`.
+fn call_args<'a>(e: &'a Expr, name: &str) -> Option<Vec<&'a Expr>> {
+    use sql::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let Expr::Function(f) = e else { return None };
+    if !f.name.0.last()?.as_ident()?.value.eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else { return None };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `generate_subscripts(a, 1)` (SQLAlchemy pairs it with `unnest(a)` to number key columns) as
+/// `unnest(range(1, array_length(a, 1) + 1))`: DataFusion unnests several lists of one
+/// projection in lockstep, as PostgreSQL runs set-returning functions.
+fn rewrite_generate_subscripts(statement: &mut sql::Statement) {
+    let _ = sql::visit_expressions_mut(statement, |e| {
+        if let Some([array, dim]) = call_args(e, "generate_subscripts").as_deref() {
+            let (array, dim) = ((*array).clone(), (*dim).clone());
+            let one = Expr::Value(sql::ValueWithSpan::from(sql::Value::Number("1".into(), false)));
+            let length = Expr::Cast {
+                kind: sql::CastKind::Cast,
+                expr: Box::new(function("array_length", vec![array, dim])),
+                data_type: sql::DataType::BigInt(None),
+                array: false,
+                format: None,
+            };
+            let stop =
+                Expr::BinaryOp { left: Box::new(length), op: sql::BinaryOperator::Plus, right: Box::new(one.clone()) };
+            *e = function("unnest", vec![function("range", vec![one, stop])]);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// There are no sequences: a subquery that looks one up by `pg_get_serial_sequence(...)` (the
+/// compatibility parser turns SQLAlchemy's `::regclass` of it into one, nested in another
+/// correlated subquery DataFusion cannot plan) finds nothing.
+fn no_sequences(statement: &mut sql::Statement) {
+    let _ = sql::visit_expressions_mut(statement, |e| {
+        if let Expr::Subquery(q) = e {
+            let uses = sql::visit_expressions(q.as_ref(), |inner| {
+                if call_args(inner, "pg_get_serial_sequence").is_some() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if uses.is_break() {
+                *e = Expr::Value(sql::ValueWithSpan::from(sql::Value::Null));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The names a SELECT's FROM gives its relations (table names and aliases), lowercased.
+fn relation_names(select: &sql::Select) -> Vec<String> {
+    use sql::TableFactor;
+    let mut names = Vec::new();
+    let mut add = |f: &TableFactor| {
+        if let TableFactor::Table { name, alias, .. } = f {
+            if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                names.push(last.value.to_lowercase());
+            }
+            if let Some(a) = alias {
+                names.push(a.name.value.to_lowercase());
+            }
+        }
+    };
+    for t in &select.from {
+        add(&t.relation);
+        t.joins.iter().for_each(|j| add(&j.relation));
+    }
+    names
+}
+
+/// Whether an expression reads only columns of relations other than `inner` (all of its
+/// column references qualified, none by an inner name): a condition on the outer row.
+fn outer_only(e: &Expr, inner: &[String]) -> bool {
+    let mut columns = 0;
+    let flow = sql::visit_expressions(e, |x| match x {
+        Expr::Identifier(_) | Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+            ControlFlow::Break(())
+        }
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            columns += 1;
+            let qualifier = parts[parts.len() - 2].value.to_lowercase();
+            if inner.contains(&qualifier) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    flow.is_continue() && columns > 0
+}
+
+fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::BinaryOp { left, op: sql::BinaryOperator::And, right } => {
+            conjuncts(*left, out);
+            conjuncts(*right, out);
+        }
+        Expr::Nested(inner) if matches!(inner.as_ref(), Expr::BinaryOp { op: sql::BinaryOperator::And, .. }) => {
+            conjuncts(*inner, out)
+        }
+        e => out.push(e),
+    }
+}
+
+fn and_all(mut items: Vec<Expr>) -> Option<Expr> {
+    let first = items.pop()?;
+    Some(items.into_iter().rev().fold(first, |acc, e| Expr::BinaryOp {
+        left: Box::new(e),
+        op: sql::BinaryOperator::And,
+        right: Box::new(acc),
+    }))
+}
+
+/// A scalar subquery whose WHERE tests the outer row alone (SQLAlchemy's `(SELECT ... FROM
+/// pg_attrdef WHERE pg_attribute.atthasdef AND ...)`), which DataFusion cannot decorrelate, as
+/// `CASE WHEN <those tests> THEN (SELECT ... WHERE <the rest>) END`: the same value.
+fn hoist_outer_conditions(statement: &mut sql::Statement) {
+    use sql::SetExpr;
+    let _ = sql::visit_expressions_mut(statement, |e| {
+        let Expr::Subquery(q) = e else { return ControlFlow::<()>::Continue(()) };
+        let SetExpr::Select(select) = q.body.as_mut() else { return ControlFlow::Continue(()) };
+        let Some(selection) = select.selection.take() else { return ControlFlow::Continue(()) };
+        let inner = relation_names(select);
+        let mut parts = Vec::new();
+        conjuncts(selection, &mut parts);
+        let (outer, rest): (Vec<Expr>, Vec<Expr>) = parts.into_iter().partition(|c| outer_only(c, &inner));
+        select.selection = and_all(rest);
+        if let Some(condition) = and_all(outer) {
+            let subquery = std::mem::replace(e, Expr::Value(sql::ValueWithSpan::from(sql::Value::Null)));
+            *e = Expr::Case {
+                case_token: AttachedToken::empty(),
+                end_token: AttachedToken::empty(),
+                operand: None,
+                conditions: vec![sql::CaseWhen { condition, result: subquery }],
+                else_result: None,
+            };
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+/// Aggregate functions a catalog subquery may already use.
+const AGGREGATES: &[&str] =
+    &["array_agg", "count", "sum", "min", "max", "avg", "bool_and", "bool_or", "string_agg", "first_value", "json_agg"];
+
+/// A scalar subquery of a catalog query that is not aggregated (`(SELECT pg_get_expr(...)
+/// FROM pg_attrdef WHERE ...)`) returns at most one row in PostgreSQL's catalogs; DataFusion
+/// plans a correlated one only aggregated, so its single column becomes `first_value(...)`.
+fn aggregate_scalar_subqueries(statement: &mut sql::Statement) {
+    use sql::{GroupByExpr, SelectItem, SetExpr};
+    let _ = sql::visit_expressions_mut(statement, |e| {
+        if let Expr::Subquery(q) = e
+            && let SetExpr::Select(select) = q.body.as_mut()
+            && matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty())
+            && select.having.is_none()
+            && let [item] = select.projection.as_mut_slice()
+        {
+            let aggregated = sql::visit_expressions(&*item, |inner| {
+                if AGGREGATES.iter().any(|a| call_args(inner, a).is_some()) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if aggregated.is_continue() {
+                match item {
+                    SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => {
+                        let inner = std::mem::replace(x, Expr::Value(sql::ValueWithSpan::from(sql::Value::Null)));
+                        *x = function("first_value", vec![inner]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// `ARRAY(SELECT x FROM ...)` (psql's `\du` lists role memberships so) as the scalar subquery

@@ -41,6 +41,31 @@ pub fn install(ctx: &SessionContext) {
         Volatility::Volatile,
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Null))),
     ));
+    // There are no sequences (SQLAlchemy reflects a column's with it).
+    ctx.register_udf(create_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    ));
+    // Every collation is visible (there is one).
+    ctx.register_udf(create_udf(
+        "pg_collation_is_visible",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    ));
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::default()));
+    // There are no indexes beyond primary keys, and no expression indexes.
+    ctx.register_udf(create_udf(
+        "pg_get_indexdef",
+        vec![DataType::Int64, DataType::Int64, DataType::Boolean],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    ));
     for (name, args) in [
         ("current_setting", vec![DataType::Utf8]),
         ("set_config", vec![DataType::Utf8, DataType::Utf8, DataType::Boolean]),
@@ -192,5 +217,71 @@ pub fn bind_session_functions(
     match error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `json_build_object(key, value, ...)`: a JSON object as text (SQLAlchemy's reflection
+/// builds its identity and collation options with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl Default for JsonBuildObject {
+    fn default() -> Self {
+        Self { signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable) }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: datafusion::logical_expr::ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringBuilder};
+        if !args.args.len().is_multiple_of(2) {
+            return exec_err!("json_build_object() takes key/value pairs, got {} arguments", args.args.len());
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let rows = args.number_rows;
+        let mut out = StringBuilder::new();
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?.to_string();
+                let value = ScalarValue::try_from_array(&pair[1], row)?;
+                let json = if pair[1].is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    match value {
+                        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(b),
+                        ScalarValue::Utf8(Some(s))
+                        | ScalarValue::LargeUtf8(Some(s))
+                        | ScalarValue::Utf8View(Some(s)) => serde_json::Value::String(s),
+                        v if v.data_type().is_numeric() => {
+                            serde_json::from_str(&v.to_string()).unwrap_or(serde_json::Value::String(v.to_string()))
+                        }
+                        v => serde_json::Value::String(v.to_string()),
+                    }
+                };
+                object.insert(key, json);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        let array = out.finish();
+        Ok(if args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+        } else {
+            ColumnarValue::Array(Arc::new(array))
+        })
     }
 }

@@ -21,6 +21,8 @@ pub enum ParamValue {
     /// cast by the statement's context like any other.
     Text(String),
     Bytes(Vec<u8>),
+    /// An array (`ARRAY[...]`), one dimension.
+    Array(Vec<ParamValue>),
 }
 
 impl ParamValue {
@@ -30,6 +32,16 @@ impl ParamValue {
             ParamValue::Null => value(Value::Null),
             ParamValue::Bool(b) => value(Value::Boolean(*b)),
             ParamValue::Int(i) => value(Value::Number(i.to_string(), false)),
+            // PostgreSQL's numeric NaN and infinities exist only as doubles here.
+            ParamValue::Numeric(n) if n.trim_start_matches(['-', '+']).starts_with(['N', 'n', 'I', 'i']) => {
+                Expr::Cast {
+                    kind: CastKind::Cast,
+                    expr: Box::new(value(Value::SingleQuotedString(n.clone()))),
+                    data_type: SqlDataType::DoublePrecision,
+                    array: false,
+                    format: None,
+                }
+            }
             ParamValue::Numeric(n) => match n.strip_prefix('-') {
                 Some(digits) => Expr::UnaryOp {
                     op: sql::UnaryOperator::Minus,
@@ -48,6 +60,9 @@ impl ParamValue {
             ParamValue::Text(s) => value(Value::SingleQuotedString(s.clone())),
             ParamValue::Bytes(b) => {
                 value(Value::HexStringLiteral(b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+            }
+            ParamValue::Array(items) => {
+                Expr::Array(sql::Array { elem: items.iter().map(ParamValue::to_expr).collect(), named: true })
             }
         }
     }

@@ -63,6 +63,7 @@ impl CatalogProvider for DurableCatalog {
 
     fn register_schema(&self, name: &str, schema: Arc<dyn SchemaProvider>) -> Result<Option<Arc<dyn SchemaProvider>>> {
         if name == PG_CATALOG_SCHEMA {
+            let schema = Arc::new(crate::provider::pg_catalog::PgCatalogSchema::new(schema, Arc::clone(&self.core)));
             return Ok(self.pg_catalog.write().unwrap_or_else(|e| e.into_inner()).replace(schema));
         }
         not_impl_err!("schema {name} must be created with CREATE SCHEMA")

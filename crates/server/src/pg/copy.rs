@@ -575,6 +575,8 @@ pub struct CopyEncoder {
     quote: u8,
     escape: u8,
     header: bool,
+    /// Whether the start (binary header, header line) is still to be sent.
+    start_pending: bool,
     fields: Arc<Vec<FieldInfo>>,
     schema: SchemaRef,
 }
@@ -589,6 +591,7 @@ impl CopyEncoder {
             quote: options.quote() as u8,
             escape: options.escape() as u8,
             header: options.header(),
+            start_pending: true,
             fields: Arc::new(wire_fields(&schema, &wire)?),
             schema,
         })
@@ -604,29 +607,36 @@ impl CopyEncoder {
     }
 
     /// What goes before the first row: the binary header, or the csv/text header line.
-    pub fn start(&self) -> Option<CopyData> {
+    fn start(&self) -> BytesMut {
+        let mut b = BytesMut::new();
         if self.format == CopyFormat::Binary {
-            let mut b = BytesMut::from(BINARY_SIGNATURE);
+            b.put_slice(BINARY_SIGNATURE);
             b.put_i32(0);
             b.put_i32(0);
-            return Some(CopyData::new(b.freeze()));
-        }
-        if !self.header {
-            return None;
-        }
-        let mut line = BytesMut::new();
-        for (i, f) in self.schema.fields().iter().enumerate() {
-            if i > 0 {
-                line.put_u8(self.delimiter);
+        } else if self.header {
+            for (i, f) in self.schema.fields().iter().enumerate() {
+                if i > 0 {
+                    b.put_u8(self.delimiter);
+                }
+                self.put_text(&mut b, Some(f.name().as_bytes()));
             }
-            self.put_text(&mut line, Some(f.name().as_bytes()));
+            b.put_u8(b'\n');
         }
-        line.put_u8(b'\n');
-        Some(CopyData::new(line.freeze()))
+        b
     }
 
-    /// The rows of a batch, one CopyData each.
-    pub fn rows(&self, batch: &RecordBatch) -> PgWireResult<Vec<CopyData>> {
+    /// The start, if no row has carried it (a COPY of no rows).
+    pub fn leftover_start(&mut self) -> Option<CopyData> {
+        if !std::mem::take(&mut self.start_pending) {
+            return None;
+        }
+        let start = self.start();
+        (!start.is_empty()).then(|| CopyData::new(start.freeze()))
+    }
+
+    /// The rows of a batch, one CopyData each; the first row of the COPY carries the start
+    /// (as PostgreSQL sends it: clients read the binary header with the first row).
+    pub fn rows(&mut self, batch: &RecordBatch) -> PgWireResult<Vec<CopyData>> {
         let mut out = Vec::with_capacity(batch.num_rows());
         let mut cells = CellEncoder { cells: Vec::new(), binary: self.format == CopyFormat::Binary };
         for row in 0..batch.num_rows() {
@@ -634,7 +644,7 @@ impl CopyEncoder {
             for (i, column) in batch.columns().iter().enumerate() {
                 encode_cell(&mut cells, column, row, self.schema.field(i), &self.fields[i])?;
             }
-            let mut line = BytesMut::new();
+            let mut line = if std::mem::take(&mut self.start_pending) { self.start() } else { BytesMut::new() };
             if self.format == CopyFormat::Binary {
                 line.put_i16(cells.cells.len() as i16);
                 for c in &cells.cells {
@@ -691,7 +701,7 @@ impl CopyEncoder {
                 b'\\' => out.put_slice(b"\\\\"),
                 b'\n' => out.put_slice(b"\\n"),
                 b'\r' => out.put_slice(b"\\r"),
-                b'\t' if self.delimiter != b'\t' => out.put_slice(b"\\t"),
+                b'\t' => out.put_slice(b"\\t"),
                 b if b == self.delimiter => {
                     out.put_u8(b'\\');
                     out.put_u8(b);

@@ -34,6 +34,9 @@ use postgres_types::{IsNull, ToSql, to_sql_checked};
 
 /// The PostgreSQL type of an Arrow field: arrow-pg's mapping, with `UInt64` as `int8`.
 fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
+    if field.metadata().contains_key(super::introspection::PG_OID_ARRAY_KEY) {
+        return Ok(Type::OID_ARRAY);
+    }
     match field.data_type() {
         DataType::UInt64 => Ok(Type::INT8),
         DataType::Decimal256(..) => Ok(Type::NUMERIC),

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod copy;
 pub mod encode;
+pub mod introspection;
 pub mod limits;
 pub mod params;
 pub mod query;
@@ -149,10 +150,17 @@ pub async fn serve_connection(state: Arc<PgState>, socket: tokio::net::TcpStream
             Arc::clone(&cancel),
         )
         .await;
-        if let Err(e) = processed
-            && process_error(&mut socket, e, extended_query).await.is_err()
-        {
-            break;
+        if let Err(e) = processed {
+            let info: ErrorInfo = e.into();
+            if info.is_fatal() {
+                // A FATAL error (a failed login) ends the connection: the error and nothing
+                // after it (pgwire would send ReadyForQuery first, which asyncpg trips over).
+                let _ = socket.send(PgWireBackendMessage::ErrorResponse(info.into())).await;
+                break;
+            }
+            if process_error(&mut socket, PgWireError::UserError(Box::new(info)), extended_query).await.is_err() {
+                break;
+            }
         }
         if logging_in
             && !matches!(

@@ -14,14 +14,17 @@ use async_trait::async_trait;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response};
-use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response, send_query_response,
+};
+use pgwire::api::results::{CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{MemPortalStore, PortalStore};
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, METADATA_USER, PgWireConnectionState, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyOutResponse};
+use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_PORTAL};
 use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use tokio::sync::Mutex;
@@ -33,6 +36,7 @@ use topicfusion_engine::{
 
 use super::copy::{CopyDecoder, CopyEncoder};
 use super::encode::{DataRows, wire_fields};
+use super::introspection;
 use super::params::decode_parameter;
 
 /// A statement error as PostgreSQL reports it, with its SQLSTATE.
@@ -66,6 +70,8 @@ fn principal<C: ClientInfo>(db: &Database, client: &C) -> PgWireResult<Principal
 #[derive(Debug, Clone)]
 pub struct Prepared {
     parsed: Option<Arc<ParsedStatement>>,
+    /// asyncpg's type introspection query, answered by [`super::introspection`].
+    asyncpg_types: bool,
     /// The parameter types: the client's where it gave them, else inferred, else text.
     parameters: Vec<Type>,
     columns: Option<datafusion::arrow::datatypes::SchemaRef>,
@@ -104,22 +110,9 @@ impl Queries {
         let name = result.command.name;
         match result.copy {
             Some(ClientCopy::Out { rows, format, options }) => {
-                let rows = rows.into_inner();
-                let encoder = Arc::new(CopyEncoder::new(Arc::clone(&result.schema), format, &options)?);
-                let start = stream::iter(encoder.start().map(Ok));
-                let e = Arc::clone(&encoder);
-                let rows = rows.flat_map(move |batch| {
-                    let out = match batch {
-                        Ok(b) => e.rows(&b).map(|rows| rows.into_iter().map(Ok).collect::<Vec<_>>()),
-                        Err(err) => Err(user_error("XX000", err.to_string())),
-                    };
-                    stream::iter(out.unwrap_or_else(|e| vec![Err(e)]))
-                });
-                return Ok(Response::CopyOut(CopyResponse::new(
-                    encoder.format_code(),
-                    encoder.columns(),
-                    start.chain(rows),
-                )));
+                let encoder = CopyEncoder::new(Arc::clone(&result.schema), format, &options)?;
+                let (code, columns) = (encoder.format_code(), encoder.columns());
+                return Ok(Response::CopyOut(CopyResponse::new(code, columns, copy_out(encoder, rows.into_inner()))));
             }
             Some(ClientCopy::In(target)) => {
                 let (format, columns) = self.start_copy_in(target).await;
@@ -197,6 +190,25 @@ impl Queries {
         }
         Ok(Some(count))
     }
+}
+
+/// The CopyData messages of a `COPY ... TO STDOUT` as a stream (the extended protocol's
+/// response; pgwire adds the binary trailer).
+fn copy_out(
+    encoder: CopyEncoder,
+    rows: datafusion::execution::SendableRecordBatchStream,
+) -> impl futures::Stream<Item = PgWireResult<CopyData>> + Send + 'static {
+    stream::unfold(Some((encoder, rows)), |state| async move {
+        let (mut encoder, mut rows) = state?;
+        let out = match rows.next().await {
+            Some(Ok(batch)) => encoder.rows(&batch).map(|r| r.into_iter().map(Ok).collect::<Vec<_>>()),
+            Some(Err(e)) => Err(user_error("XX000", e.to_string())),
+            None => return encoder.leftover_start().map(|s| (vec![Ok(s)], None)),
+        };
+        let out = out.unwrap_or_else(|e| vec![Err(e)]);
+        Some((out, Some((encoder, rows))))
+    })
+    .flat_map(stream::iter)
 }
 
 fn row_count(result: &StatementResult) -> usize {
@@ -337,13 +349,10 @@ impl Queries {
             Some(ClientCopy::Out { rows, format, options }) => {
                 let mut rows = rows.into_inner();
                 // PostgreSQL's order: CopyOutResponse, a CopyData per row, CopyDone, then the tag.
-                let encoder = CopyEncoder::new(Arc::clone(&result.schema), format, &options)?;
+                let mut encoder = CopyEncoder::new(Arc::clone(&result.schema), format, &options)?;
                 let formats = vec![encoder.format_code() as i16; encoder.columns()];
                 let response = CopyOutResponse::new(encoder.format_code(), encoder.columns() as i16, formats);
                 client.send(PgWireBackendMessage::CopyOutResponse(response)).await?;
-                if let Some(start) = encoder.start() {
-                    client.feed(PgWireBackendMessage::CopyData(start)).await?;
-                }
                 let mut count = 0usize;
                 while let Some(batch) = rows.next().await {
                     let batch = match batch {
@@ -358,6 +367,9 @@ impl Queries {
                         count += 1;
                     }
                     client.flush().await?;
+                }
+                if let Some(start) = encoder.leftover_start() {
+                    client.feed(PgWireBackendMessage::CopyData(start)).await?;
                 }
                 if format == CopyFormat::Binary {
                     client.feed(PgWireBackendMessage::CopyData(CopyData::new(vec![0xFF, 0xFF].into()))).await?;
@@ -448,6 +460,14 @@ impl QueryParser for Describer {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let principal = principal(&self.db, client)?;
+        if introspection::is_asyncpg_type_query(sql) {
+            return Ok(Some(Prepared {
+                parsed: None,
+                asyncpg_types: true,
+                parameters: vec![Type::OID_ARRAY],
+                columns: Some(introspection::schema()),
+            }));
+        }
         let parsed = self.db.prepare(sql).map_err(|e| statement_error(&e))?;
         let Some(parsed) = parsed else { return Ok(None) };
         let described = {
@@ -466,7 +486,12 @@ impl QueryParser for Describer {
                 declared.or(inferred).unwrap_or(Type::TEXT)
             })
             .collect();
-        Ok(Some(Prepared { parsed: Some(Arc::new(parsed)), parameters, columns: described.columns }))
+        Ok(Some(Prepared {
+            parsed: Some(Arc::new(parsed)),
+            asyncpg_types: false,
+            parameters,
+            columns: described.columns,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -490,6 +515,26 @@ impl ExtendedQueryHandler for Queries {
         Arc::new(Describer { db: Arc::clone(&self.db), session: Arc::clone(&self.session) })
     }
 
+    /// Describe: also of a cursor declared with SQL (`DECLARE c CURSOR ...`), which PostgreSQL
+    /// describes as a portal of the same name (psycopg's server-side cursors ask so).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if message.target_type == TARGET_TYPE_BYTE_PORTAL
+            && let Some(name) = message.name.as_deref()
+            && client.portal_store().get_portal(name).is_none()
+            && let Some(schema) = self.session.lock().await.cursor_schema(name)
+        {
+            let fields = wire_fields(&schema, &Format::UnifiedText)?;
+            return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+        }
+        self._on_describe(client, message).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -498,6 +543,18 @@ impl ExtendedQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        if prepared.asyncpg_types {
+            let raw = portal.parameters.first().cloned().flatten();
+            let oids = introspection::oids(raw.as_deref(), portal.parameter_format.is_binary(0))?;
+            let principal = principal(&self.db, client)?;
+            let batch = {
+                let mut session = self.session.lock().await;
+                introspection::answer(&self.db, &mut session, &principal, &oids).await?
+            };
+            let fields = Arc::new(wire_fields(&batch.schema(), &portal.result_column_format)?);
+            let rows = DataRows::new(Arc::clone(&fields), vec![batch]);
+            return Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))));
+        }
         let Some(parsed) = &prepared.parsed else { return Ok(Response::EmptyQuery) };
         let params = (0..portal.parameters.len())
             .map(|i| decode_parameter(portal, i, prepared.parameters.get(i).unwrap_or(&Type::TEXT)))

@@ -1,0 +1,120 @@
+"""psycopg2 against topicfusion's PostgreSQL protocol (run by tests/it/postgres.rs): parameters
+interpolated into the SQL text (psycopg2's way: floats as repr, bytes as '\\x..'::bytea, NaN as
+'NaN'::float), results in text, COPY with copy_expert/copy_from/copy_to, named (server-side)
+cursors, a pool, and the topic flow.
+
+Usage: psycopg2_client.py HOST:PORT ROOT_PASSWORD. Exits non-zero on the first failed check.
+"""
+import io
+import sys
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.pool
+
+from values import COLUMNS, EXACT_DOUBLES, ROWS, TABLE, check_rows
+
+host, port = sys.argv[1].rsplit(":", 1)
+root_password = sys.argv[2]
+
+
+def connect(user, password):
+    return psycopg2.connect(host=host, port=port, user=user, password=password, dbname="topicfusion", connect_timeout=10)
+
+
+try:
+    connect("u_service", "wrong")
+    raise SystemExit("a wrong password logged in")
+except psycopg2.OperationalError as e:
+    assert "password authentication failed" in str(e), e
+
+root = connect("root", root_password)
+cur = root.cursor()
+cur.execute("SELECT version()")
+assert cur.fetchone()[0].startswith("PostgreSQL 15.0 (topicfusion ")
+
+# Every type both ways: literals in the text, results in text; in a driver transaction.
+cur.execute(TABLE.format(name="app.vals"))
+cur.executemany(f"INSERT INTO app.vals VALUES ({', '.join(['%s'] * len(COLUMNS))})", ROWS)
+root.commit()
+cur.execute(f"SELECT {', '.join(COLUMNS)} FROM app.vals ORDER BY id")
+check_rows(cur.fetchall(), "psycopg2 text")
+# Floats written as Python's repr are stored as exactly that double, in a table and in a query.
+cur.execute("CREATE TABLE app.doubles (id INT PRIMARY KEY, d DOUBLE)")
+for i, v in enumerate(EXACT_DOUBLES):
+    cur.execute("INSERT INTO app.doubles VALUES (%s, %s)", (i, v))
+    cur.execute("SELECT %s::float8, %s = d FROM app.doubles WHERE id = %s", (v, v, i))
+    assert cur.fetchone() == (v, True), v
+# A mixed VALUES list: decimals with 'NaN'::float unify as double.
+cur.execute("CREATE TABLE app.mixed AS VALUES ('a', %s, %s), ('b', %s, %s)", (1.25, 2.5, 2.0, float("nan")))
+cur.execute("SELECT column2, column3 FROM app.mixed ORDER BY column1")
+got = cur.fetchall()
+assert got[0] == (1.25, 2.5) and got[1][0] == 2.0 and got[1][1] != got[1][1], got
+cur.execute("SELECT 1e30, n0 FROM app.vals WHERE id = 2")
+assert cur.fetchone() == (10**30, -(10**38 - 1))
+root.commit()
+
+# COPY in and out: csv with a header, psycopg2's text format, a query out.
+cur.execute("CREATE TABLE copied (id BIGINT PRIMARY KEY, t TEXT, d DOUBLE, by BYTEA)")
+cur.copy_expert("COPY copied FROM STDIN WITH CSV HEADER",
+                io.StringIO('id,t,d,by\n1,"a,""b""",1.5,\\x00ff\n2,,,\n3,"",2e300,\\x\n'))
+assert cur.rowcount == 3, cur.rowcount
+cur.copy_from(io.StringIO("4\tt\\tab\\\\\t0.5\t\\\\x01\n5\t\\N\t\\N\t\\N\n"), "copied", columns=("id", "t", "d", "by"))
+root.commit()
+cur.execute("SELECT id, t, d, by FROM copied ORDER BY id")
+got = [(r[0], r[1], r[2], None if r[3] is None else bytes(r[3])) for r in cur.fetchall()]
+assert got == [(1, 'a,"b"', 1.5, b"\x00\xff"), (2, None, None, None), (3, "", 2e300, b""),
+               (4, "t\tab\\", 0.5, b"\x01"), (5, None, None, None)], got
+out = io.StringIO()
+cur.copy_expert("COPY (SELECT id, t FROM copied ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+assert out.getvalue() == 'id,t\n1,"a,""b"""\n2,\n3,""\n4,t\tab\\\n5,\n', repr(out.getvalue())
+out = io.StringIO()
+cur.copy_to(out, "copied", columns=("id", "t"))
+assert out.getvalue() == '1\ta,"b"\n2\t\\N\n3\t\n4\tt\\tab\\\\\n5\t\\N\n', repr(out.getvalue())
+# A COPY row that does not fit fails the COPY with a clear error; the connection goes on.
+try:
+    cur.copy_expert("COPY copied (id, d) FROM STDIN WITH CSV", io.StringIO("9,not a number\n"))
+    raise SystemExit("a bad COPY row was accepted")
+except psycopg2.DataError as e:
+    assert "column d" in str(e), e
+root.rollback()
+
+# A named (server-side) cursor: DECLARE ... FETCH FORWARD n ... CLOSE, in the transaction.
+named = root.cursor("big_scan")
+named.itersize = 2
+named.execute("SELECT id FROM app.vals ORDER BY id")
+assert [r[0] for r in named] == [1, 2, 3, 4, 5, 6, 7]
+named.close()
+root.commit()
+
+# A pool hands connections out and takes them back.
+pool = psycopg2.pool.SimpleConnectionPool(1, 2, host=host, port=port, user="u_user", password="pw", dbname="x")
+c = pool.getconn()
+with c.cursor() as pc:
+    pc.execute("INSERT INTO app.t VALUES (%s, %s)", (200, "from psycopg2"))
+c.commit()
+pool.putconn(c)
+c = pool.getconn()
+c.autocommit = True  # as pgbouncer resets a server connection: outside a transaction block
+with c.cursor() as pc:
+    pc.execute("DISCARD ALL")
+c.autocommit = False
+pool.putconn(c)
+pool.closeall()
+
+# The topic flow as role service, and role user refused with its SQLSTATE.
+service = connect("u_service", "pw")
+service.autocommit = True
+sc = service.cursor()
+sc.execute("CONSUME FROM app.ev GROUP 'psycopg2' FROM EARLIEST LIMIT 10")
+messages = sc.fetchall()
+assert len(messages) == 1 and '"from psycopg2"' in messages[0][7], messages
+sc.execute(f"ACK app.ev GROUP 'psycopg2' PARTITION 0 UPTO OFFSET {messages[0][2]}")
+assert f"up to offset {messages[0][2]}" in sc.fetchone()[0]
+user = connect("u_user", "pw")
+try:
+    user.cursor().execute("CONSUME FROM app.ev GROUP 'g'")
+    raise SystemExit("role user consumed")
+except psycopg2.errors.InsufficientPrivilege:
+    pass
+print("psycopg2: all checks passed")
