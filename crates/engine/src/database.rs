@@ -277,6 +277,7 @@ impl Database {
         let users = Users::load(&store)?;
         // Every data dir has root (role system); the server gives it its password.
         users.ensure_root(&store, None)?;
+        let jobs = retention::Jobs::load(&store)?;
         let core = Arc::new(Core {
             store,
             catalog,
@@ -285,7 +286,7 @@ impl Database {
             ddl_lock: Arc::new(tokio::sync::RwLock::new(())),
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
-            jobs: Default::default(),
+            jobs,
             commit_threads: crate::commit_threads::CommitThreads::start(options.commit_threads)?,
         });
         let mut config = SessionConfig::new()
@@ -716,6 +717,7 @@ impl Database {
     async fn insert_rows(&self, insert: LiteralInsert) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         self.literal_inserts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = insert.table;
+        writer::check_rows_size(&insert.rows, self.core.limits.max_statement_bytes, &table)?;
         let changes = async { writer::insert_changes(&table, insert.rows) };
         let count = writer::write_statement(&self.core, &table, false, changes).await?;
         let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));

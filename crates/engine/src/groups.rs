@@ -53,7 +53,15 @@ pub struct ConsumeRequest {
     pub max_deliveries: Option<u64>,
     /// `[schema.]name` of the dead-letter topic (SQL name rules).
     pub dead_letter_topic: Option<String>,
+    /// The most bytes of messages returned (at least one message); default
+    /// [`DEFAULT_CONSUME_MAX_BYTES`].
+    pub max_bytes: Option<u64>,
 }
+
+/// The default of a CONSUME's `max_bytes`: 16 MiB of messages.
+pub const DEFAULT_CONSUME_MAX_BYTES: u64 = 16 << 20;
+/// The largest `max_bytes`: 256 MiB (as the default `max_statement_bytes`).
+pub const MAX_CONSUME_MAX_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Claim {
@@ -267,6 +275,10 @@ impl Groups {
         if req.timeout_ms > MAX_TIMEOUT_MS {
             return plan_err!("timeout_ms {} is above the maximum of {MAX_TIMEOUT_MS}", req.timeout_ms);
         }
+        let max_bytes = req.max_bytes.unwrap_or(DEFAULT_CONSUME_MAX_BYTES);
+        if max_bytes == 0 || max_bytes > MAX_CONSUME_MAX_BYTES {
+            return plan_err!("max_bytes must be between 1 and {MAX_CONSUME_MAX_BYTES}, got {max_bytes}");
+        }
         let visibility = req.visibility_timeout_ms.unwrap_or(self.default_visibility_timeout_ms);
         if visibility == 0 || visibility > MAX_VISIBILITY_TIMEOUT_MS {
             return plan_err!(
@@ -316,14 +328,16 @@ impl Groups {
                         named_partition: req.partition,
                         start: &start,
                         limit: req.limit,
+                        max_bytes,
                         visibility_ms: visibility,
                         dead_letter: dead_letter.as_ref(),
                     };
                     crate::core::blocking(|| self.claim(store, topic, &claim))?
                 }
-                (None, Some(from)) => {
-                    (crate::core::blocking(|| read_from(store, topic_id, &partitions, from, req.limit))?, None)
-                }
+                (None, Some(from)) => (
+                    crate::core::blocking(|| read_from(store, topic_id, &partitions, from, req.limit, max_bytes))?,
+                    None,
+                ),
                 (None, None) => unreachable!("stateless reads resolve their start"),
             };
             let now = tokio::time::Instant::now();
@@ -392,7 +406,7 @@ impl Groups {
         let mut dead: Vec<(u32, Message, u32)> = Vec::new();
         // Where the next read of each partition continues (fair_fill reads a partition twice).
         let mut resume: Vec<u64> = vec![0; req.partitions.len()];
-        let messages = fair_fill(req.partitions, req.limit, |i, want| {
+        let messages = fair_fill(req.partitions, req.limit, req.max_bytes, |i, want, bytes| {
             let p = req.partitions[i];
             let Some(state) = store.partition_state(topic_id, p) else { return Ok(Vec::new()) };
             let pg = g
@@ -417,7 +431,13 @@ impl Groups {
                     break;
                 }
                 if offset > from {
-                    let more = store.read_messages(topic_id, p, from, offset, want - got.len()).map_err(storage_err)?;
+                    let left = bytes.saturating_sub(got.iter().map(message_bytes).sum());
+                    if left == 0 && !got.is_empty() {
+                        break;
+                    }
+                    let more = store
+                        .read_messages_within(topic_id, p, from, offset, want - got.len(), left.max(1))
+                        .map_err(storage_err)?;
                     if let Some(last) = more.last() {
                         resume[i] = last.offset + 1;
                     }
@@ -760,10 +780,18 @@ impl Groups {
     }
 }
 
-fn read_from(store: &Store, topic_id: u64, partitions: &[u32], from: &[u64], limit: u64) -> Result<Vec<Message>> {
+fn read_from(
+    store: &Store,
+    topic_id: u64,
+    partitions: &[u32],
+    from: &[u64],
+    limit: u64,
+    max_bytes: u64,
+) -> Result<Vec<Message>> {
     let mut next: Vec<u64> = from.to_vec();
-    fair_fill(partitions, limit, |i, want| {
-        let got = store.read_messages(topic_id, partitions[i], next[i], u64::MAX, want).map_err(storage_err)?;
+    fair_fill(partitions, limit, max_bytes, |i, want, bytes| {
+        let got =
+            store.read_messages_within(topic_id, partitions[i], next[i], u64::MAX, want, bytes).map_err(storage_err)?;
         if let Some(last) = got.last() {
             next[i] = last.offset + 1;
         }
@@ -771,27 +799,50 @@ fn read_from(store: &Store, topic_id: u64, partitions: &[u32], from: &[u64], lim
     })
 }
 
-/// Shares `limit` between partitions so that none starves: first each partition gets up to
-/// `max(limit / partitions, 1)` messages, then what is left of the limit is filled in partition
-/// order. `read(i, want)` returns up to `want` further messages of partition `i` (later calls
-/// continue after earlier ones). The result is ordered by partition, then offset.
+/// The bytes a message counts for in a CONSUME's `max_bytes` (as in its partition's size).
+fn message_bytes(m: &Message) -> u64 {
+    topicfusion_storage::message::message_size(&m.source_table, &m.key, &m.payload)
+}
+
+/// Shares `limit` messages and `max_bytes` bytes between partitions so that none starves:
+/// first each partition gets up to `max(limit / partitions, 1)` messages, then what is left is
+/// filled in partition order; the bytes stop it early (after one message at least).
+/// `read(i, want, bytes)` returns up to `want` further messages of partition `i` of about
+/// `bytes` (later calls continue after earlier ones). The result is ordered by partition, then
+/// offset.
 fn fair_fill(
     partitions: &[u32],
     limit: u64,
-    mut read: impl FnMut(usize, usize) -> Result<Vec<Message>>,
+    max_bytes: u64,
+    mut read: impl FnMut(usize, usize, u64) -> Result<Vec<Message>>,
 ) -> Result<Vec<Message>> {
     let limit = limit as usize;
     let quota = (limit / partitions.len().max(1)).max(1);
     let mut per_partition: Vec<Vec<Message>> = vec![Vec::new(); partitions.len()];
-    let mut total = 0;
+    let (mut total, mut bytes) = (0, 0u64);
     for cap in [quota, limit] {
         for (i, got) in per_partition.iter_mut().enumerate() {
             let want = (limit - total).min(cap.saturating_sub(got.len()));
-            if want == 0 {
+            if want == 0 || (bytes >= max_bytes && total > 0) {
                 continue;
             }
-            let more = read(i, want)?;
+            let more = read(i, want, if total == 0 { max_bytes } else { max_bytes.saturating_sub(bytes).max(1) })?;
+            // A partition past the budget (its first message alone) still counts.
+            let more: Vec<Message> = if total > 0 {
+                let mut left = max_bytes.saturating_sub(bytes);
+                more.into_iter()
+                    .take_while(|m| {
+                        let b = message_bytes(m);
+                        let fits = b <= left;
+                        left = left.saturating_sub(b);
+                        fits
+                    })
+                    .collect()
+            } else {
+                more
+            };
             total += more.len();
+            bytes += more.iter().map(message_bytes).sum::<u64>();
             got.extend(more);
         }
     }
@@ -805,6 +856,7 @@ struct ClaimRequest<'a> {
     named_partition: Option<u32>,
     start: &'a StartPosition,
     limit: u64,
+    max_bytes: u64,
     visibility_ms: u64,
     dead_letter: Option<&'a DeadLetter>,
 }

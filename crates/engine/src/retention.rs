@@ -29,11 +29,12 @@ pub const STEP_MESSAGES: usize = 50_000;
 /// How many job records `system.jobs` keeps.
 pub const KEPT_JOBS: usize = 1000;
 
-/// One run of a background job on one topic.
-#[derive(Debug, Clone)]
+/// One run of a background job on one topic (kept in the store: `system.jobs` survives
+/// restarts).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub job_id: u64,
-    pub kind: &'static str,
+    pub kind: String,
     pub topic: String,
     pub messages_deleted: u64,
     pub bytes_freed: u64,
@@ -60,18 +61,49 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// The job records of a data dir (the last [`KEPT_JOBS`]).
+    pub fn load(store: &Store) -> Result<Self> {
+        let prefix = [topicfusion_storage::keys::JOB_PREFIX];
+        let end = topicfusion_storage::keys::prefix_end(&prefix);
+        let mut recent = VecDeque::new();
+        let mut last = 0;
+        for (k, v) in store.scan(&prefix, &end, usize::MAX).map_err(storage_err)? {
+            last = topicfusion_storage::keys::decode_job_key(&k).map_err(storage_err)?;
+            match serde_json::from_slice::<JobRecord>(&v) {
+                Ok(r) => recent.push_back(r),
+                // A record this version cannot read is skipped, not a reason to refuse the data dir.
+                Err(e) => tracing::warn!(job_id = last, error = %e, "a job record is unreadable and skipped"),
+            }
+            if recent.len() > KEPT_JOBS {
+                recent.pop_front();
+            }
+        }
+        Ok(Self { next_id: AtomicU64::new(last), recent: Mutex::new(recent), ..Default::default() })
+    }
+
     /// The recent runs, oldest first.
     pub fn recent(&self) -> Vec<JobRecord> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
-    fn record(&self, mut record: JobRecord) {
-        record.job_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Keeps a run's record: in the store (one commit, which also drops the record
+    /// [`KEPT_JOBS`] runs older) and in memory.
+    fn record(&self, store: &Store, mut record: JobRecord) -> Result<()> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        record.job_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut commit = Commit::default();
+        let json =
+            serde_json::to_vec(&record).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        commit.batch.put(topicfusion_storage::keys::job_key(record.job_id), json);
+        if let Some(old) = record.job_id.checked_sub(KEPT_JOBS as u64) {
+            commit.batch.delete(topicfusion_storage::keys::job_key(old));
+        }
+        store.commit(commit).map_err(storage_err)?;
         if recent.len() >= KEPT_JOBS {
             recent.pop_front();
         }
         recent.push_back(record);
+        Ok(())
     }
 
     /// Asks the executor to compact the message ranges of partitions whose messages were all
@@ -113,7 +145,7 @@ pub fn run(core: &Core, only: Option<u64>) -> Vec<JobRecord> {
         };
         let record = JobRecord {
             job_id: 0,
-            kind: "retention",
+            kind: "retention".to_owned(),
             topic: topic.qualified_name(),
             messages_deleted: outcome.messages_deleted,
             bytes_freed: outcome.bytes_freed,
@@ -123,7 +155,10 @@ pub fn run(core: &Core, only: Option<u64>) -> Vec<JobRecord> {
         };
         // The background runs record only what did something; RUN RETENTION records every topic.
         if only.is_some() || record.messages_deleted > 0 || record.error.is_some() {
-            core.jobs.record(record.clone());
+            if let Err(e) = core.jobs.record(&core.store, record.clone()) {
+                // The run itself is done; only its record is lost.
+                tracing::warn!(error = %e, "cannot keep the record of a retention run");
+            }
         }
         out.push(record);
     }

@@ -185,15 +185,38 @@ pub async fn read_changes(
         let batch = batch?;
         bytes += batch.get_array_memory_size();
         if bytes > limit {
-            return exec_err!(
-                "the statement changes more than {} MiB of rows in {} (limit max_statement_bytes): split it, e.g. by key ranges",
-                limit >> 20,
-                table.meta.qualified_name()
-            );
+            return Err(too_large(limit, table));
         }
         add_batch(&mut changes, table, op, &batch)?;
     }
     Ok(changes)
+}
+
+/// The error of a statement that changes more row data than `max_statement_bytes`.
+pub fn too_large(limit: usize, table: &Table) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Execution(format!(
+        "the statement changes more than {} MiB of rows in {} (limit max_statement_bytes): split it, e.g. by key ranges",
+        limit >> 20,
+        table.meta.qualified_name()
+    ))
+}
+
+/// Checks full rows of an INSERT against `max_statement_bytes` (each value counted as its
+/// bytes plus 16).
+pub fn check_rows_size(rows: &[Vec<Value>], limit: usize, table: &Table) -> Result<()> {
+    let mut bytes = 0usize;
+    for v in rows.iter().flatten() {
+        bytes += 16
+            + match v {
+                Value::Utf8(s) => s.len(),
+                Value::Binary(b) => b.len(),
+                _ => 0,
+            };
+        if bytes > limit {
+            return Err(too_large(limit, table));
+        }
+    }
+    Ok(())
 }
 
 /// Adds the changes of a DML operator's output batch. Layouts (n = number of table columns):

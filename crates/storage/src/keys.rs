@@ -11,6 +11,7 @@
 //! | `0x05` | group     | `05 topic_id:u64 group_len:u16 group:utf8 partition:u32`     | `position:u64 updated_ms:i64 (start:u64 end:u64)*` (acknowledged ranges above the position) |
 //! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
 //! | `0x07` | message batch | `07 topic_id:u64 partition:u32 last_offset:u64`         | the messages of one commit to one partition ([`crate::message`]) |
+//! | `0x08` | job       | `08 job_id:u64`                                              | JSON record of a background job's run (the last 1000 are kept) |
 //!
 //! `0x03` held one message per key (`03 topic_id partition offset`) before message batches;
 //! [`crate::store::Store::open`] moves such keys into `0x07` batches of one.
@@ -33,6 +34,8 @@ pub const PARTITION_PREFIX: u8 = 0x04;
 pub const GROUP_PREFIX: u8 = 0x05;
 /// Monotonic counters (ids).
 pub const SEQUENCE_PREFIX: u8 = 0x06;
+/// Records of background job runs (`system.jobs`).
+pub const JOB_PREFIX: u8 = 0x08;
 
 /// Kinds of catalog entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +234,22 @@ pub fn decode_group_key(key: &[u8]) -> Result<(u64, String, u32)> {
     Ok((u64_at(key, 1), group.to_owned(), u32_at(key, 11 + len)))
 }
 
+/// The key of a job record.
+pub fn job_key(job_id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = JOB_PREFIX;
+    k[1..].copy_from_slice(&job_id.to_be_bytes());
+    k
+}
+
+/// The job id of a job record's key.
+pub fn decode_job_key(key: &[u8]) -> Result<u64> {
+    if key.len() != 9 || key[0] != JOB_PREFIX {
+        return Err(StorageError::BadKey { what: "job", key: Hex(key.to_vec()) });
+    }
+    Ok(u64_at(key, 1))
+}
+
 pub fn sequence_key(kind: SequenceKind, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(10);
     k.push(SEQUENCE_PREFIX);
@@ -268,6 +287,18 @@ impl fmt::Debug for Hex {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn job_keys_round_trip_in_id_order_and_refuse_malformed_ones() {
+        for id in [0, 1, 999, u64::MAX] {
+            assert_eq!(decode_job_key(&job_key(id)).unwrap(), id);
+        }
+        assert!(job_key(9) < job_key(10));
+        assert!(job_key(u64::MAX).as_slice() < prefix_end(&[JOB_PREFIX]).as_slice());
+        for bad in [&job_key(1)[..8], &[SEQUENCE_PREFIX, 0, 0, 0, 0, 0, 0, 0, 1][..], &[][..]] {
+            assert!(decode_job_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

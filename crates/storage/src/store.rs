@@ -656,12 +656,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, i64, u64)>> {
         self.scan_messages(topic_id, partition, from, u64::MAX, limit, |offset, timestamp_ms, e| {
-            (offset, timestamp_ms, e.size())
+            Some((offset, timestamp_ms, e.size()))
         })
     }
 
     /// `map` of up to `limit` stored messages of a partition with offsets in `[from, until)`, in
-    /// offset order: the one walk over message batches (a batch holding `from` is entered at it).
+    /// offset order, until `map` answers `None`: the one walk over message batches (a batch
+    /// holding `from` is entered at it).
     fn scan_messages<T>(
         &self,
         topic_id: u64,
@@ -669,7 +670,7 @@ impl Store {
         from: u64,
         until: u64,
         limit: usize,
-        mut map: impl FnMut(u64, i64, &Entry<'_>) -> T,
+        mut map: impl FnMut(u64, i64, &Entry<'_>) -> Option<T>,
     ) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(limit.min(until.saturating_sub(from) as usize).min(4096));
         // No fixed readahead: a CONSUME of 1000 messages reads a few compressed blocks, and a
@@ -689,7 +690,8 @@ impl Store {
             let mut offset = first.max(from);
             while offset < until && out.len() < limit {
                 let Some(e) = reader.next_entry()? else { break };
-                out.push(map(offset, timestamp_ms, &e));
+                let Some(item) = map(offset, timestamp_ms, &e) else { return Ok(out) };
+                out.push(item);
                 offset += 1;
             }
             it.next();
@@ -811,6 +813,21 @@ impl Store {
         until: u64,
         limit: usize,
     ) -> Result<Vec<Message>> {
+        self.read_messages_within(topic_id, partition, from, until, limit, u64::MAX)
+    }
+
+    /// [`Store::read_messages`], also stopping before the messages' sizes ([`message_size`],
+    /// what a partition's byte count holds) pass `max_bytes`; the first message is read
+    /// whatever its size, so that a large message can always be consumed.
+    pub fn read_messages_within(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Message>> {
         let Some(state) = self.partition_state(topic_id, partition) else {
             return Err(StorageError::UnknownPartition { topic_id, partition });
         };
@@ -819,8 +836,11 @@ impl Store {
         if from >= until || limit == 0 {
             return Ok(Vec::new());
         }
+        let mut bytes = 0u64;
         self.scan_messages(topic_id, partition, from, until, limit, |offset, timestamp_ms, e| {
-            e.to_message(topic_id, partition, offset, timestamp_ms)
+            let first = bytes == 0;
+            bytes = bytes.saturating_add(e.size());
+            (first || bytes <= max_bytes).then(|| e.to_message(topic_id, partition, offset, timestamp_ms))
         })
     }
 

@@ -65,6 +65,8 @@ pub enum ConsumeOption {
     MaxDeliveries(u64),
     /// Where messages that reached `max_deliveries` go.
     DeadLetterTopic(String),
+    /// The most bytes of messages one CONSUME returns (at least one message).
+    MaxBytes(u64),
 }
 
 impl fmt::Display for ConsumeOption {
@@ -74,6 +76,7 @@ impl fmt::Display for ConsumeOption {
             ConsumeOption::VisibilityTimeoutMs(n) => write!(f, "visibility_timeout_ms = {n}"),
             ConsumeOption::MaxDeliveries(n) => write!(f, "max_deliveries = {n}"),
             ConsumeOption::DeadLetterTopic(t) => write!(f, "dead_letter_topic = {}", Quoted(t)),
+            ConsumeOption::MaxBytes(n) => write!(f, "max_bytes = {n}"),
         }
     }
 }
@@ -82,7 +85,7 @@ impl fmt::Display for ConsumeOption {
 /// CONSUME FROM <topic> [GROUP '<g>'] [PARTITION <n>]
 ///     [FROM EARLIEST | FROM LATEST | FROM OFFSET <n> | FROM <n> | FROM TIMESTAMP '<rfc3339>']
 ///     [LIMIT <n>] [WITH (timeout_ms = <n>, visibility_timeout_ms = <n>,
-///                        max_deliveries = <n>, dead_letter_topic = '<topic>')]
+///                        max_deliveries = <n>, dead_letter_topic = '<topic>', max_bytes = <n>)]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub struct Consume {
@@ -105,7 +108,7 @@ impl Consume {
         let start = if p.parse_keyword(Keyword::FROM) { Some(StartPosition::parse(p, true)?) } else { None };
         let limit = if p.parse_keyword(Keyword::LIMIT) { Some(parse_uint(p, "a row limit")?) } else { None };
         let options = if p.parse_keyword(Keyword::WITH) {
-            let known = ["timeout_ms", "visibility_timeout_ms", "max_deliveries", "dead_letter_topic"];
+            let known = ["timeout_ms", "visibility_timeout_ms", "max_deliveries", "dead_letter_topic", "max_bytes"];
             parse_options(p, &known, |p, name| {
                 Ok(match name {
                     "dead_letter_topic" => {
@@ -114,6 +117,7 @@ impl Consume {
                     "max_deliveries" => {
                         ConsumeOption::MaxDeliveries(parse_positive(p, "a positive number of deliveries")?)
                     }
+                    "max_bytes" => ConsumeOption::MaxBytes(parse_positive(p, "a positive number of bytes")?),
                     "timeout_ms" => {
                         ConsumeOption::TimeoutMs(parse_uint(p, &format!("a number of milliseconds for {name}"))?)
                     }
@@ -146,6 +150,13 @@ impl Consume {
     pub fn max_deliveries(&self) -> Option<u64> {
         self.options.iter().find_map(|o| match o {
             ConsumeOption::MaxDeliveries(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.options.iter().find_map(|o| match o {
+            ConsumeOption::MaxBytes(n) => Some(*n),
             _ => None,
         })
     }
@@ -199,6 +210,10 @@ mod tests {
         verified_stmt("CONSUME FROM t GROUP 'g' FROM LATEST LIMIT 1");
         verified_stmt("CONSUME FROM t FROM TIMESTAMP '2026-01-01T00:00:00Z'");
         verified_stmt("CONSUME FROM t GROUP 'it''s'");
+        let s = verified_stmt("CONSUME FROM t WITH (max_bytes = 65536)");
+        let TopicStatement::Consume(c) = s else { panic!() };
+        assert_eq!(c.max_bytes(), Some(65536));
+        assert!(parse_error("CONSUME FROM t WITH (max_bytes = 0)").contains("a positive number of bytes"));
         let s = verified_stmt("CONSUME FROM t GROUP 'g' WITH (max_deliveries = 3, dead_letter_topic = 'app.dlq')");
         let TopicStatement::Consume(c) = s else { panic!() };
         assert_eq!((c.max_deliveries(), c.dead_letter_topic()), (Some(3), Some("app.dlq")));

@@ -173,6 +173,7 @@ async fn consume(core: &Core, c: &Consume) -> Result<Vec<Message>> {
         visibility_timeout_ms: c.visibility_timeout_ms(),
         max_deliveries: c.max_deliveries(),
         dead_letter_topic: c.dead_letter_topic().map(str::to_owned),
+        max_bytes: c.max_bytes(),
     };
     core.groups.consume(core, &topic, &req).await
 }

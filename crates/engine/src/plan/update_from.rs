@@ -59,18 +59,21 @@ pub async fn plan(ctx: &SessionContext, update: Update, table: &Table) -> Result
         }
         values[i] = Some(a.value);
     }
+    // Each value under a name of its own: a value may be another column of the row
+    // (`SET c = t.a` beside the unchanged `a`), which DataFusion would see as two `t.a`.
     let projection = table
         .meta
         .columns
         .iter()
         .zip(values)
-        .map(|(c, v)| {
+        .enumerate()
+        .map(|(i, (c, v))| {
             let expr = v.unwrap_or_else(|| {
                 let mut parts = qualifier.clone();
                 parts.push(Ident::with_quote('"', &c.name));
                 Expr::CompoundIdentifier(parts)
             });
-            SelectItem::UnnamedExpr(expr)
+            SelectItem::ExprWithAlias { expr, alias: Ident::with_quote('"', format!("__update_value_{i}")) }
         })
         .collect();
     let from = match update.from {

@@ -164,7 +164,7 @@ impl SystemTable {
                 let jobs = core.jobs.recent();
                 vec![
                     Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.job_id))),
-                    Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.kind))),
+                    Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.kind.as_str()))),
                     Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.topic.as_str()))),
                     Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.messages_deleted))),
                     Arc::new(UInt64Array::from_iter_values(jobs.iter().map(|j| j.bytes_freed))),

@@ -121,6 +121,7 @@ pub struct ConsumeBody {
     visibility_timeout_ms: Option<u64>,
     max_deliveries: Option<u64>,
     dead_letter_topic: Option<String>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -166,6 +167,7 @@ pub async fn consume(
         timeout_ms,
         visibility_timeout_ms: body.visibility_timeout_ms,
         max_deliveries: body.max_deliveries,
+        max_bytes: body.max_bytes,
         dead_letter_topic: body.dead_letter_topic,
     };
     let db = Arc::clone(&state.db);

@@ -253,3 +253,26 @@ async fn the_background_job_enforces_retention_on_its_interval() {
     }
     panic!("the background job did not run within 10 s");
 }
+
+/// `system.jobs` keeps the last 1000 runs, in the store: the oldest go as new ones come, and a
+/// reopened database shows the same records and goes on numbering after them.
+#[tokio::test]
+async fn job_records_are_durable_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicI64::new(T0));
+    {
+        let db = open_at(dir.path(), &now, 0);
+        setup(&db, "retention_seconds = 3600").await;
+        for _ in 0..1003 {
+            db.execute("RUN RETENTION ON ev").await.unwrap();
+        }
+        assert_eq!(
+            query(&db, "SELECT count(*), min(job_id), max(job_id) FROM system.jobs").await,
+            [["1000", "4", "1003"]]
+        );
+    }
+    let db = open_at(dir.path(), &now, 0);
+    assert_eq!(query(&db, "SELECT count(*), min(job_id), max(job_id) FROM system.jobs").await, [["1000", "4", "1003"]]);
+    db.execute("RUN RETENTION ON ev").await.unwrap();
+    assert_eq!(query(&db, "SELECT count(*), min(job_id), max(job_id) FROM system.jobs").await, [["1000", "5", "1004"]]);
+}

@@ -220,6 +220,13 @@ async fn a_statement_above_max_statement_bytes_fails_and_changes_nothing() {
     assert!(err.contains("more than 1 MiB of rows in public.t (limit max_statement_bytes)"), "{err}");
     let err = db.execute("INSERT INTO t SELECT value, 'z' FROM generate_series(100001, 300000)").await.unwrap_err();
     assert!(err.to_string().contains("max_statement_bytes"), "{err}");
+    // A literal INSERT (the fast path) is bounded the same way, and so is its prepared form.
+    let rows: Vec<String> = (500_000..520_000).map(|i| format!("({i}, '{}')", "w".repeat(60))).collect();
+    let big_literal = format!("INSERT INTO t VALUES {}", rows.join(", "));
+    let before = db.literal_inserts();
+    let err = db.execute(&big_literal).await.unwrap_err().to_string();
+    assert!(err.contains("more than 1 MiB of rows in public.t (limit max_statement_bytes)"), "{err}");
+    assert_eq!(db.literal_inserts(), before + 1, "the INSERT took the literal path");
     assert_eq!(query(&db, "SELECT count(*), max(v) FROM t").await, [["20000", "xxxxxxxxxxxxxxxxxxxx"]]);
     // A bounded UPDATE goes through.
     assert_eq!(query(&db, "UPDATE t SET v = 'y' WHERE id <= 1000").await, [["1000"]]);
