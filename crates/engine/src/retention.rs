@@ -154,11 +154,11 @@ pub fn run(core: &Core, only: Option<u64>) -> Vec<JobRecord> {
             error,
         };
         // The background runs record only what did something; RUN RETENTION records every topic.
-        if only.is_some() || record.messages_deleted > 0 || record.error.is_some() {
-            if let Err(e) = core.jobs.record(&core.store, record.clone()) {
-                // The run itself is done; only its record is lost.
-                tracing::warn!(error = %e, "cannot keep the record of a retention run");
-            }
+        if (only.is_some() || record.messages_deleted > 0 || record.error.is_some())
+            && let Err(e) = core.jobs.record(&core.store, record.clone())
+        {
+            // The run itself is done; only its record is lost.
+            tracing::warn!(error = %e, "cannot keep the record of a retention run");
         }
         out.push(record);
     }
