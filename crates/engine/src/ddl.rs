@@ -81,8 +81,9 @@ pub async fn drop_schema(core: &Core, d: &DropCatalogSchema) -> Result<String> {
     }
     delete_schema(&mut commit, &mut next, &name);
     let topic_ids: Vec<u64> = topics.iter().map(|t| t.meta.id).collect();
-    let _claims = core.groups.forget_topics(&mut commit, &topic_ids);
+    let forgotten = core.groups.forget_topics(&mut commit, &topic_ids);
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
+    forgotten.committed();
     *st = next;
     for topic in &topics {
         core.jobs.request_compaction(topic.meta.id, 0..topic.meta.partitions);

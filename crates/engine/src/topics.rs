@@ -112,8 +112,9 @@ pub async fn drop_topic(core: &Core, stmt: &DropTopic) -> Result<String> {
     delete_topic(&mut commit, &mut next, &topic.meta);
     commit.partition_ops =
         (0..topic.meta.partitions).map(|p| PartitionOp::Drop { topic_id: topic.meta.id, partition: p }).collect();
-    let _claims = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
+    let forgotten = core.groups.forget_topics(&mut commit, &[topic.meta.id]);
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
+    forgotten.committed();
     *st = next;
     core.jobs.request_compaction(topic.meta.id, 0..topic.meta.partitions);
     Ok(format!("dropped topic {}", topic.meta.qualified_name()))

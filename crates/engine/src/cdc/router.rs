@@ -213,6 +213,9 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange], out: &
                     );
                 }
             };
+            // With PARTITION BY, where the old keys' messages went, for every change at once
+            // (computed at the first key change of the statement).
+            let mut old_partitions: Option<Vec<u32>> = None;
             for (i, change) in changes.iter().enumerate() {
                 if let Some(mask) = &mask
                     && !(mask.is_valid(i) && mask.value(i))
@@ -231,7 +234,10 @@ pub fn route(table: &Table, topics: &[Arc<Topic>], changes: &[RowChange], out: &
                             rows_to_batch(&table.schema, &table.meta.columns, &all, &rows).map_err(|e| e.to_string())
                         });
                         let before = before.as_ref().map_err(|e| DataFusionError::Execution(e.clone()))?;
-                        partitions_of(route, Some(before), changes, topic.meta.partitions)?[i]
+                        if old_partitions.is_none() {
+                            old_partitions = Some(partitions_of(route, Some(before), changes, topic.meta.partitions)?);
+                        }
+                        old_partitions.as_ref().expect("computed above")[i]
                     } else {
                         partitions_of(route, None, std::slice::from_ref(&delete), topic.meta.partitions)?[0]
                     };

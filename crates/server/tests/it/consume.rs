@@ -127,6 +127,94 @@ async fn synced_competing_consumers_acknowledge_everything_durably() {
     assert!(db.consume("ev", &group_request("g", 100, 0, 600_000)).await.unwrap().is_empty());
 }
 
+/// A position stuck below hundreds of thousands of acknowledged offsets (one message nobody
+/// acknowledges): the acknowledged offsets, sent in scattered lists, are kept as ranges, survive a
+/// reopen, are skipped by CONSUME, and the position jumps over all of them once the stuck
+/// message is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_position_below_many_acknowledged_offsets_stays_readable() {
+    const N: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+    db.execute(&format!(
+        "CREATE TABLE t (id BIGINT PRIMARY KEY); CREATE TOPIC ev PARTITIONS 1;
+         ALTER TOPIC ev ADD SOURCE t ON INSERT WITH (payload = 'key');
+         INSERT INTO t SELECT value FROM generate_series(1, {N})"
+    ))
+    .await
+    .unwrap();
+    let root = Principal::root();
+    // Odd offsets first, then the even ones above 0, in lists of 10,000 from the top down.
+    let mut offsets: Vec<u64> = (1..N).filter(|o| o % 2 == 1).collect();
+    offsets.extend((2..N).rev().filter(|o| o % 2 == 0));
+    for chunk in offsets.chunks(10_000) {
+        db.ack_as(&root, "ev", "g", Some(0), &AckTarget::Offsets(chunk.to_vec())).await.unwrap();
+    }
+    let state = "SELECT position, acked_above, lag FROM system.topic_offsets WHERE group_id = 'g'";
+    assert_eq!(query(&db, state).await, vec![vec!["0".to_owned(), (N - 1).to_string(), "1".to_owned()]]);
+    drop(db);
+    let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+    assert_eq!(query(&db, state).await, vec![vec!["0".to_owned(), (N - 1).to_string(), "1".to_owned()]]);
+    let got = db.consume("ev", &group_request("g", 100, 0, 60_000)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0]);
+    db.ack_as(&root, "ev", "g", Some(0), &AckTarget::Offsets(vec![0])).await.unwrap();
+    assert_eq!(query(&db, state).await, vec![vec![N.to_string(), "0".to_owned(), "0".to_owned()]]);
+}
+
+/// DROP TOPIC while consumers create groups, claim and acknowledge on it: whichever way they
+/// interleave, no group row outlives the topic, and the consumers get a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drop_topic_racing_consumers_leaves_no_group_rows() {
+    use topicfusion_storage::{Durability as StoreDurability, Store, keys};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).unwrap());
+    db.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
+    let root = Principal::root();
+    for round in 0..300u64 {
+        db.execute(&format!(
+            "CREATE TOPIC ev PARTITIONS 2; ALTER TOPIC ev ADD SOURCE t ON INSERT WITH (payload = 'key');
+             INSERT INTO t SELECT value FROM generate_series({}, {})",
+            round * 1000,
+            round * 1000 + 199
+        ))
+        .await
+        .unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..3 {
+            let (db, root) = (Arc::clone(&db), root.clone());
+            tasks.push(tokio::spawn(async move {
+                for k in 0.. {
+                    // A new group each time: each CONSUME loads and creates one.
+                    let group = format!("g{c}_{k}");
+                    let msgs = match db.consume("ev", &group_request(&group, 5, 0, 60_000)).await {
+                        Ok(m) => m,
+                        Err(e) => return e.to_string(),
+                    };
+                    for m in msgs {
+                        let target = AckTarget::Offsets(vec![m.offset]);
+                        if let Err(e) = db.ack_as(&root, "ev", &group, Some(m.partition), &target).await {
+                            return e.to_string();
+                        }
+                    }
+                }
+                unreachable!()
+            }));
+        }
+        tokio::time::sleep(Duration::from_micros(200 * (round % 20))).await;
+        db.execute("DROP TOPIC ev").await.unwrap();
+        for t in tasks {
+            let err = t.await.unwrap();
+            assert!(err.contains("does not exist") || err.contains("was dropped"), "{err}");
+        }
+    }
+    drop(Arc::try_unwrap(db).ok().expect("the tasks ended"));
+    let store = Store::open(dir.path(), StoreDurability::Process).unwrap();
+    let prefix = keys::groups_prefix();
+    let rows = store.scan(&prefix, &keys::prefix_end(&prefix), 10).unwrap();
+    assert!(rows.is_empty(), "{} group row(s) outlived their topic", rows.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_redelivered_to_another_consumer() {
     let (_dir, db) = topic_with_rows(10, 1).await;

@@ -14,7 +14,11 @@
 //! lock; every change is written to the store before the cache is updated (an ACK awaits its
 //! fsync after releasing the lock; the others commit under it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+mod acked;
+
+use acked::AckedRanges;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,7 +77,7 @@ struct Claim {
 #[derive(Debug, Clone, Default)]
 struct PartitionGroup {
     position: u64,
-    acked: BTreeSet<u64>,
+    acked: AckedRanges,
     claims: BTreeMap<u64, Claim>,
     updated_ms: i64,
 }
@@ -83,10 +87,10 @@ impl PartitionGroup {
     /// every acknowledged offset at it; drops what fell below.
     fn compact(&mut self, floor: u64) {
         self.position = self.position.max(floor);
-        while self.acked.remove(&self.position) {
-            self.position += 1;
+        self.acked.drop_below(self.position);
+        while let Some(end) = self.acked.take_run_at(self.position) {
+            self.position = end;
         }
-        self.acked = self.acked.split_off(&self.position);
         self.claims = self.claims.split_off(&self.position);
     }
 
@@ -96,19 +100,7 @@ impl PartitionGroup {
         let mut v = Vec::with_capacity(16);
         v.extend_from_slice(&self.position.to_be_bytes());
         v.extend_from_slice(&self.updated_ms.to_be_bytes());
-        let mut run: Option<(u64, u64)> = None;
-        for &o in &self.acked {
-            run = match run {
-                Some((s, e)) if e == o => Some((s, o + 1)),
-                Some((s, e)) => {
-                    v.extend_from_slice(&s.to_be_bytes());
-                    v.extend_from_slice(&e.to_be_bytes());
-                    Some((o, o + 1))
-                }
-                None => Some((o, o + 1)),
-            };
-        }
-        if let Some((s, e)) = run {
+        for (s, e) in self.acked.iter() {
             v.extend_from_slice(&s.to_be_bytes());
             v.extend_from_slice(&e.to_be_bytes());
         }
@@ -120,13 +112,13 @@ impl PartitionGroup {
             return exec_err!("corrupt group position ({} bytes)", v.len());
         }
         let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
-        let mut acked = BTreeSet::new();
+        let mut acked = AckedRanges::default();
         for i in (16..v.len()).step_by(16) {
             let (s, e) = (u(i), u(i + 8));
-            if e <= s || e - s > 10_000_000 {
+            if e <= s {
                 return exec_err!("corrupt group position: range {s}..{e}");
             }
-            acked.extend(s..e);
+            acked.insert_range(s, e);
         }
         Ok(Self { position: u(0), acked, claims: BTreeMap::new(), updated_ms: u(8) as i64 })
     }
@@ -136,6 +128,17 @@ impl PartitionGroup {
 #[derive(Debug, Default)]
 struct GroupState {
     partitions: BTreeMap<u32, PartitionGroup>,
+    /// Set under this lock by DROP TOPIC / DROP SCHEMA before their commit: a caller that got the
+    /// handle earlier must not write the group again (its rows would outlive the topic).
+    dropped: bool,
+}
+
+/// The cached groups, and the topics dropped since the start (ids are never reused): a caller
+/// that looked the topic up before the drop must not load and recreate one of its groups.
+#[derive(Debug, Default)]
+struct GroupMap {
+    groups: HashMap<GroupKey, Arc<Mutex<GroupState>>>,
+    dropped_topics: HashSet<u64>,
 }
 
 type GroupKey = (u64, String);
@@ -168,7 +171,7 @@ pub struct ClaimRow {
 /// Consumer-group state: one lock per (topic, group), so groups never wait on each other.
 #[derive(Debug)]
 pub struct Groups {
-    groups: Mutex<HashMap<GroupKey, Arc<Mutex<GroupState>>>>,
+    groups: Mutex<GroupMap>,
     pub default_visibility_timeout_ms: u64,
     /// Set when the database shuts down: long polls return what they have at once.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -229,10 +232,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Locks a group to change it, unless its topic was dropped since the caller looked it up.
+fn lock_live(handle: &Mutex<GroupState>) -> Result<MutexGuard<'_, GroupState>> {
+    let g = lock(handle);
+    if g.dropped {
+        return topic_dropped();
+    }
+    Ok(g)
+}
+
+fn topic_dropped<T>() -> Result<T> {
+    plan_err!("the topic was dropped while this statement ran")
+}
+
+/// The groups' map, held by DROP TOPIC / DROP SCHEMA from staging the removal of their groups
+/// until the commit.
+pub struct TopicsForgotten<'a> {
+    map: MutexGuard<'a, GroupMap>,
+    topic_ids: Vec<u64>,
+}
+
+impl TopicsForgotten<'_> {
+    /// The drop committed: no group of these topics is loaded or created again.
+    pub fn committed(mut self) {
+        let ids = std::mem::take(&mut self.topic_ids);
+        self.map.dropped_topics.extend(ids);
+    }
+}
+
 impl Groups {
     pub fn new(default_visibility_timeout_ms: u64) -> Self {
         Self {
-            groups: Mutex::new(HashMap::new()),
+            groups: Mutex::new(GroupMap::default()),
             default_visibility_timeout_ms,
             shutdown: tokio::sync::watch::channel(false).0,
             changes: tokio::sync::watch::channel(0).0,
@@ -252,8 +283,14 @@ impl Groups {
     /// The state of a group, loaded from the store at first use.
     fn group(&self, store: &Store, topic_id: u64, group: &str) -> Result<Arc<Mutex<GroupState>>> {
         let key = (topic_id, group.to_owned());
-        if let Some(g) = lock(&self.groups).get(&key) {
-            return Ok(Arc::clone(g));
+        {
+            let map = lock(&self.groups);
+            if map.dropped_topics.contains(&topic_id) {
+                return topic_dropped();
+            }
+            if let Some(g) = map.groups.get(&key) {
+                return Ok(Arc::clone(g));
+            }
         }
         let prefix = keys::group_prefix(topic_id, group);
         let mut state = GroupState::default();
@@ -261,8 +298,13 @@ impl Groups {
             let (_, _, p) = keys::decode_group_key(&k).map_err(storage_err)?;
             state.partitions.insert(p, PartitionGroup::decode(&v)?);
         }
-        // Another caller may have loaded it meanwhile: keep the first.
-        Ok(Arc::clone(lock(&self.groups).entry(key).or_insert_with(|| Arc::new(Mutex::new(state)))))
+        // Another caller may have loaded it meanwhile: keep the first. A drop that committed
+        // meanwhile deleted what was read.
+        let mut map = lock(&self.groups);
+        if map.dropped_topics.contains(&topic_id) {
+            return topic_dropped();
+        }
+        Ok(Arc::clone(map.groups.entry(key).or_insert_with(|| Arc::new(Mutex::new(state)))))
     }
 
     /// Reads (CONSUME). Waits up to `timeout_ms` on the partitions' commit signals when nothing
@@ -399,7 +441,7 @@ impl Groups {
     fn claim(&self, store: &Store, topic: &Topic, req: &ClaimRequest<'_>) -> Result<(Vec<Message>, Option<i64>)> {
         let topic_id = topic.meta.id;
         let group = self.group(store, topic_id, req.group)?;
-        let mut g = lock(&group);
+        let mut g = lock_live(&group)?;
         self.ensure_group(store, topic, req.group, &mut g, req.named_partition, req.start, &StartPosition::Latest)?;
         let now = now_ms();
         let mut next_expiry: Option<i64> = None;
@@ -414,19 +456,19 @@ impl Groups {
                 .entry(p)
                 .or_insert_with(|| PartitionGroup { position: state.log_start, ..Default::default() });
             pg.compact(state.log_start);
-            // Offsets not to hand out: acknowledged, or claimed and the claim still live.
-            let mut blocked: Vec<u64> = pg.acked.iter().copied().collect();
+            // Offsets not to hand out: acknowledged (ranges), or claimed and the claim still
+            // live; in order, as ranges.
+            let mut blocked: Vec<(u64, u64)> = pg.acked.iter().collect();
             for (&o, c) in &pg.claims {
                 if c.deadline_ms > now {
-                    blocked.push(o);
+                    blocked.push((o, o + 1));
                     next_expiry = Some(next_expiry.map_or(c.deadline_ms, |e| e.min(c.deadline_ms)));
                 }
             }
             blocked.sort_unstable();
-            blocked.dedup();
             let mut from = pg.position.max(resume[i]);
             let mut got: Vec<Message> = Vec::new();
-            for offset in blocked.into_iter().chain(std::iter::once(u64::MAX)) {
+            for (offset, end) in blocked.into_iter().chain(std::iter::once((u64::MAX, u64::MAX))) {
                 if got.len() >= want {
                     break;
                 }
@@ -449,7 +491,7 @@ impl Groups {
                         }
                     }
                 }
-                from = from.max(offset.saturating_add(1)).max(resume[i]);
+                from = from.max(end).max(resume[i]);
             }
             Ok(got)
         })?;
@@ -613,40 +655,64 @@ impl Groups {
         // Under the group's lock: write the new state (if it changes) and apply it. The fsync is
         // awaited after the lock is released.
         let (position, pending) = {
-            let mut g = lock(&handle);
+            let mut g = lock_live(&handle)?;
             // A group an ACK creates starts at EARLIEST: nothing is skipped unacknowledged.
             let earliest = &StartPosition::Earliest;
             self.ensure_group(store, topic, group, &mut g, None, earliest, earliest)?;
-            let mut pg = g
-                .partitions
-                .get(&partition)
-                .cloned()
-                .unwrap_or(PartitionGroup { position: state.log_start, ..Default::default() });
-            let before = (pg.position, pg.acked.clone());
-            match target {
-                AckTarget::Upto(n) => pg.position = pg.position.max(n + 1),
-                AckTarget::Offsets(list) => pg.acked.extend(list.iter().copied().filter(|&o| o >= pg.position)),
-            }
-            pg.compact(state.log_start);
             let exists = g.partitions.contains_key(&partition);
-            let pending = if !exists || before != (pg.position, pg.acked.clone()) {
-                pg.updated_ms = now_ms();
+            let pg = g
+                .partitions
+                .entry(partition)
+                .or_insert_with(|| PartitionGroup { position: state.log_start, ..Default::default() });
+            // The new position and acknowledged ranges, written before the cache changes (the
+            // claims stay where they are: only the acknowledged offsets' claims go).
+            let mut next = PartitionGroup {
+                position: pg.position,
+                acked: pg.acked.clone(),
+                claims: BTreeMap::new(),
+                updated_ms: pg.updated_ms,
+            };
+            let mut changed = match target {
+                AckTarget::Upto(n) => {
+                    let moved = n.saturating_add(1) > next.position;
+                    next.position = next.position.max(n.saturating_add(1));
+                    moved
+                }
+                AckTarget::Offsets(list) => {
+                    let mut added = false;
+                    for &o in list.iter().filter(|&&o| o >= next.position) {
+                        added |= next.acked.insert(o);
+                    }
+                    added
+                }
+            };
+            next.compact(state.log_start);
+            changed |= next.position != pg.position;
+            let pending = if !exists || changed {
+                next.updated_ms = now_ms();
                 let mut commit = Commit::default();
-                commit.batch.put(keys::group_key(topic.meta.id, group, partition), pg.encode());
-                crate::core::blocking(|| store.write(commit)).map_err(storage_err)?
+                commit.batch.put(keys::group_key(topic.meta.id, group, partition), next.encode());
+                let pending = crate::core::blocking(|| store.write(commit));
+                if pending.is_err() && !exists {
+                    g.partitions.remove(&partition);
+                }
+                pending.map_err(storage_err)?
             } else {
                 // Nothing to write, but what this ACK repeats may be another ACK's write still
                 // waiting for its fsync: it returns once that is durable too.
                 store.written()
             };
+            let pg = g.partitions.get_mut(&partition).expect("inserted above");
+            pg.position = next.position;
+            pg.acked = next.acked;
+            pg.updated_ms = next.updated_ms;
+            pg.claims = pg.claims.split_off(&pg.position);
             if let AckTarget::Offsets(list) = target {
                 for o in list {
                     pg.claims.remove(o);
                 }
             }
-            let position = pg.position;
-            g.partitions.insert(partition, pg);
-            (position, pending)
+            (pg.position, pending)
         };
         store.durable(pending).await.map_err(storage_err)?;
         Ok(position)
@@ -663,7 +729,7 @@ impl Groups {
         to: &StartPosition,
     ) -> Result<()> {
         let handle = self.group(store, topic.meta.id, group)?;
-        let mut g = lock(&handle);
+        let mut g = lock_live(&handle)?;
         let partitions: Vec<u32> = match partition {
             Some(p) => vec![p],
             None => (0..topic.meta.partitions).collect(),
@@ -697,7 +763,7 @@ impl Groups {
     /// DROP CONSUMER GROUP.
     pub fn drop_group(&self, store: &Store, topic: &Topic, group: &str) -> Result<()> {
         let handle = self.group(store, topic.meta.id, group)?;
-        let mut g = lock(&handle);
+        let mut g = lock_live(&handle)?;
         if g.partitions.is_empty() {
             return plan_err!("consumer group '{group}' does not exist on topic {}", topic.meta.qualified_name());
         }
@@ -712,18 +778,26 @@ impl Groups {
     }
 
     /// Stages the removal of every group of these topics (DROP TOPIC, DROP SCHEMA) and forgets
-    /// their cached state; returns the lock guard, so the caller commits before any group call
-    /// runs.
+    /// their cached state. Each cached group is marked dropped under its own lock, so a write
+    /// already under way (an ACK, a CONSUME creating its group) is staged before this commit and
+    /// deleted by it, and a later one fails. The returned guard holds the groups' map until the
+    /// caller commits; [`TopicsForgotten::committed`] then refuses the topics for good.
     #[must_use = "hold the guard until the commit"]
-    pub fn forget_topics(&self, commit: &mut Commit, topic_ids: &[u64]) -> impl Drop + '_ {
-        let mut groups = lock(&self.groups);
+    pub fn forget_topics(&self, commit: &mut Commit, topic_ids: &[u64]) -> TopicsForgotten<'_> {
+        let mut map = lock(&self.groups);
         for &topic_id in topic_ids {
             let prefix = keys::topic_groups_prefix(topic_id);
             commit.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
         }
-        groups.retain(|(t, _), _| !topic_ids.contains(t));
+        map.groups.retain(|(t, _), handle| {
+            let keep = !topic_ids.contains(t);
+            if !keep {
+                lock(handle).dropped = true;
+            }
+            keep
+        });
         self.notify_change();
-        groups
+        TopicsForgotten { map, topic_ids: topic_ids.to_vec() }
     }
 
     /// Every stored group position (for `system.topic_offsets`); positions below the log start
@@ -742,7 +816,7 @@ impl Groups {
                     group,
                     partition,
                     position: pg.position,
-                    acked_above: pg.acked.len() as u64,
+                    acked_above: pg.acked.count(),
                     next_offset: state.next_offset,
                     updated_at_ms: pg.updated_ms,
                 })
@@ -753,13 +827,13 @@ impl Groups {
     /// Every live or expired-but-unacknowledged claim (for `system.topic_claims`).
     pub fn claims(&self) -> Vec<ClaimRow> {
         let handles: Vec<(GroupKey, Arc<Mutex<GroupState>>)> =
-            lock(&self.groups).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+            lock(&self.groups).groups.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let mut rows = Vec::new();
         for ((topic_id, group), handle) in handles {
             let g = lock(&handle);
             for (&partition, pg) in &g.partitions {
                 for (&offset, c) in &pg.claims {
-                    if offset < pg.position || pg.acked.contains(&offset) {
+                    if offset < pg.position || pg.acked.contains(offset) {
                         continue;
                     }
                     rows.push(ClaimRow {
