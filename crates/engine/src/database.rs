@@ -536,11 +536,14 @@ impl Database {
     pub(crate) fn authorize_plan(&self, principal: &Principal, plan: LogicalPlan) -> Result<LogicalPlan> {
         use datafusion::logical_expr::Statement as DFPlanStatement;
         let mut needed = Vec::new();
+        let mut copy_targets = Vec::new();
         plan.apply_with_subqueries(|node| {
             match node {
-                LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) | LogicalPlan::Copy(_) => {
-                    needed.push(Action::FileSystem)
+                LogicalPlan::Copy(copy) => {
+                    needed.push(Action::FileSystem);
+                    copy_targets.push(copy.output_url.clone());
                 }
+                LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) => needed.push(Action::FileSystem),
                 LogicalPlan::Ddl(_) => needed.push(Action::Ddl),
                 LogicalPlan::Statement(DFPlanStatement::SetVariable(_) | DFPlanStatement::ResetVariable(_)) => {
                     needed.push(Action::SetOption)
@@ -553,6 +556,7 @@ impl Database {
             Ok(TreeNodeRecursion::Continue)
         })?;
         needed.into_iter().try_for_each(|a| self.authorize(principal, a))?;
+        copy_targets.iter().try_for_each(|t| prepare_copy_target(t))?;
         if principal.role >= crate::users::Role::Dba {
             return Ok(plan);
         }
@@ -997,4 +1001,27 @@ fn collect_parameter_types(plan: &LogicalPlan, parameters: &mut [Option<DataType
         })
     })?;
     Ok(())
+}
+
+/// Creates the directory a `COPY ... TO '<path>'` writes into, so that a path that cannot be
+/// written is a clear error naming it (DataFusion reports a failed write as an internal error
+/// after the fact). Object-store URLs are left to DataFusion.
+fn prepare_copy_target(url: &str) -> Result<()> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.contains("://") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(path);
+    // A path with an extension is one file; otherwise DataFusion writes files into the directory.
+    let dir = match path.extension() {
+        Some(_) => path.parent().filter(|p| !p.as_os_str().is_empty()),
+        None => Some(path),
+    };
+    let Some(dir) = dir else { return Ok(()) };
+    // A probe file: an existing directory may still refuse writes (a read-only mount, /proc).
+    let probe = dir.join(format!(".topicfusion-copy-probe-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::File::create(&probe))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .or_else(|e| datafusion::common::plan_err!("COPY cannot write {url}: {e}"))
 }

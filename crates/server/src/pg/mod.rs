@@ -95,12 +95,16 @@ pub async fn serve_connection(state: Arc<PgState>, socket: tokio::net::TcpStream
     };
     // The message limit watches every byte after the negotiation (and those already read).
     let limit = Arc::new(AtomicUsize::new(PRE_LOGIN_MAX_MESSAGE_BYTES));
-    let old = framed.into_parts();
     let mut watcher = MessageLimit::new(Arc::clone(&limit));
-    if let Err(e) = watcher.observe(&old.read_buf) {
+    let mut framed = framed;
+    if let Err(e) = watcher.observe(framed.read_buffer()) {
+        // The startup packet's header, already read, announces too much: say so, then close.
         tracing::debug!(error = %e, "postgres connection refused");
+        let info: ErrorInfo = fatal("54000", e.to_string()).into();
+        let _ = framed.send(PgWireBackendMessage::ErrorResponse(info.into())).await;
         return;
     }
+    let old = framed.into_parts();
     let mut parts = FramedParts::new(LimitedIo::new(old.io, watcher), old.codec);
     parts.read_buf = old.read_buf;
     parts.write_buf = old.write_buf;

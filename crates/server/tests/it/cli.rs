@@ -41,6 +41,22 @@ fn a_failing_statement_exits_non_zero_and_is_named() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "n\n0\n");
 }
 
+/// Text that does not parse runs nothing, even when its first statement would: a missing `;`
+/// between two statements is a syntax error of the whole request, as in PostgreSQL.
+#[test]
+fn a_missing_semicolon_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(sql(dir.path(), &[], "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)").status.success());
+    for text in ["INSERT INTO t VALUES (2) SELECT 2", "DELETE FROM t WHERE id = 1 DROP TABLE t"] {
+        let out = sql(dir.path(), &[], text);
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.to_lowercase().contains("syntax") || stderr.contains("Expected"), "{stderr}");
+    }
+    let out = sql(dir.path(), &["--format", "csv"], "SELECT id FROM t ORDER BY id");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "id\n1\n");
+}
+
 #[test]
 fn file_and_stdin_input_and_json_output() {
     let dir = tempfile::tempdir().unwrap();

@@ -412,9 +412,30 @@ async fn bad_requests_get_clear_errors_never_500() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "statement_failed");
     assert_eq!(body["error"]["statement"], 2);
-    // ... and statement 1 committed.
+    // ... and statement 1 committed; the error carries the results of the statements that
+    // completed.
+    assert_eq!(body["results"][0]["row_count"], 1, "{body}");
     let body = server.sql("SELECT count(*) FROM app.t WHERE id = 5").await;
     assert_eq!(body["results"][0]["rows"], json!([[1]]));
+    // A CONSUME followed by a failing statement: its messages are in `results` (they are
+    // claimed for the group), so nothing is lost to the client.
+    let (status, body) = server
+        .post(
+            "/v1/api/sql",
+            Some(root),
+            json!({"sql": "CONSUME FROM app.ev GROUP 'g' FROM EARLIEST LIMIT 1; SELECT * FROM nope"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["statement"], 2);
+    assert_eq!(body["results"][0]["rows"].as_array().map(Vec::len), Some(1), "{body}");
+    // Files a statement names that cannot be written or read: 400 naming the path.
+    for sql in ["COPY app.t TO '/proc/nope/x.csv'", "COPY app.t FROM '/nonexistent/x.csv'"] {
+        let (status, body) = server.post("/v1/api/sql", Some(root), json!({ "sql": sql })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("/nonexistent/x.csv") || message.contains("/proc/nope/x.csv"), "{message}");
+    }
     // Unknown endpoint: 404 in the same shape; the server is still fine.
     let resp = client.get(server.url("/v1/api/nope")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);

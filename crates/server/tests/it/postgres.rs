@@ -183,6 +183,226 @@ async fn scram_logins_and_the_role_matrix() {
     assert_eq!(sqlstate(&late.simple_query("CONSUME FROM app.ev GROUP 'z'").await.unwrap_err()), "42501");
 }
 
+/// Each connection has its own session: a `SET` in one is not seen by another, and a user who
+/// points the default schema at `system` still cannot read `system.users` (authorization follows
+/// the table as planned). `pg_roles` shows a role `user` only itself.
+#[tokio::test]
+async fn sessions_are_per_connection_and_a_user_sees_only_itself() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let dba = connect(&server, "u_dba", "pw").await.unwrap();
+    let other = connect(&server, "u_dba", "pw").await.unwrap();
+    dba.batch_execute("SET datafusion.catalog.default_schema = 'app'; SET TIME ZONE 'Asia/Tokyo'").await.unwrap();
+    assert_eq!(simple_rows(&dba, "SELECT count(*) FROM t").await, [["0"]]);
+    assert_eq!(simple_rows(&dba, "SHOW TIME ZONE").await, [["Asia/Tokyo"]]);
+    // The other connection of the same user still resolves `t` in public, and keeps its zone.
+    assert_eq!(sqlstate(&other.simple_query("SELECT count(*) FROM t").await.unwrap_err()), "42P01");
+    assert_ne!(simple_rows(&other, "SHOW TIME ZONE").await, [["Asia/Tokyo"]]);
+    assert_eq!(simple_rows(&other, "SELECT count(*) FROM app.t").await, [["0"]]);
+    // A dba's default schema does not leak into a user's connection, and the user's own SET
+    // does not open system.users.
+    dba.batch_execute("SET datafusion.catalog.default_schema = 'system'").await.unwrap();
+    assert!(!simple_rows(&dba, "SELECT name FROM users").await.is_empty());
+    let user = connect(&server, "u_user", "pw").await.unwrap();
+    assert_eq!(sqlstate(&user.simple_query("SELECT * FROM system.users").await.unwrap_err()), "42501");
+    let e = user.batch_execute("SET datafusion.catalog.default_schema = 'system'").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    // search_path is accepted for drivers but does not resolve names: `users` stays unknown.
+    user.batch_execute("SET search_path TO system").await.unwrap();
+    let code = sqlstate(&user.simple_query("SELECT * FROM users").await.unwrap_err());
+    assert!(code == "42P01" || code == "42501", "{code}");
+    // pg_roles: a user sees itself; a dba sees everyone.
+    let roles = "SELECT rolname FROM pg_catalog.pg_roles ORDER BY 1";
+    assert_eq!(simple_rows(&user, roles).await, [["u_user"]]);
+    let all = simple_rows(&dba, roles).await;
+    assert!(all.len() >= 5 && all.iter().any(|r| r[0] == "root"), "{all:?}");
+}
+
+/// A simple query whose CONSUME is followed by a failing statement: the CONSUME's rows reach the
+/// client before the error (their claims are the client's), as HTTP returns them in `results`.
+#[tokio::test]
+async fn consumed_rows_reach_the_client_when_a_later_statement_fails() {
+    use futures::StreamExt;
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'a'), (2, 'b')").await;
+    let root = connect(&server, "root", ROOT_PASSWORD).await.unwrap();
+    let stream = root
+        .simple_query_raw("CONSUME FROM app.ev GROUP 'g' FROM EARLIEST LIMIT 1; SELECT * FROM no_such_table")
+        .await
+        .unwrap();
+    let items: Vec<_> = stream.collect().await;
+    let rows = items.iter().filter(|m| matches!(m, Ok(SimpleQueryMessage::Row(_)))).count();
+    assert_eq!(rows, 1, "{items:?}");
+    let err = items.iter().find_map(|m| m.as_ref().err()).expect("the second statement fails");
+    assert_eq!(sqlstate(err), "42P01", "{err}");
+    // The delivered message is claimed (not handed out again at once); the next one is next.
+    let next = simple_rows(&root, "CONSUME FROM app.ev GROUP 'g' LIMIT 10").await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(next[0].iter().any(|c| c.contains("\"id\":2")), "{next:?}");
+}
+
+/// Reads one backend message: (type, body).
+async fn read_message(socket: &mut tokio::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let kind = socket.read_u8().await?;
+    let len = socket.read_u32().await? as usize;
+    let mut body = vec![0; len - 4];
+    socket.read_exact(&mut body).await?;
+    Ok((kind, body))
+}
+
+fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "topicfusion"] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// Starts a SCRAM login for `user` and returns the server-first message.
+async fn scram_server_first(server: &Server, user: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(&server.pg).await.unwrap();
+    socket.write_all(&startup_packet(user)).await.unwrap();
+    let (kind, body) = read_message(&mut socket).await.unwrap();
+    assert_eq!((kind, &body[..4]), (b'R', &10u32.to_be_bytes()[..]), "AuthenticationSASL");
+    let client_first = b"n,,n=,r=rOprNGfwEbeRWgbNEkqO";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(client_first.len() as u32).to_be_bytes());
+    body.extend_from_slice(client_first);
+    let mut message = vec![b'p'];
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend(body);
+    socket.write_all(&message).await.unwrap();
+    let (kind, body) = read_message(&mut socket).await.unwrap();
+    assert_eq!((kind, &body[..4]), (b'R', &11u32.to_be_bytes()[..]), "AuthenticationSASLContinue");
+    String::from_utf8(body[4..].to_vec()).unwrap()
+}
+
+/// An unknown user cannot be told from a known one by the SCRAM exchange: a salt as long,
+/// the same on every attempt, the same iteration count, and the same error at the end.
+#[tokio::test]
+async fn unknown_users_look_like_known_ones() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    let salt = |first: &str| -> (String, String) {
+        let field = |k: &str| first.split(',').find_map(|f| f.strip_prefix(k)).unwrap().to_owned();
+        (field("s="), field("i="))
+    };
+    let known = salt(&scram_server_first(&server, "u_user").await);
+    let unknown = salt(&scram_server_first(&server, "nobody").await);
+    assert_eq!(unknown, salt(&scram_server_first(&server, "nobody").await), "the same salt each time");
+    assert_ne!(unknown.0, salt(&scram_server_first(&server, "somebody").await).0, "a salt per name");
+    assert_eq!((known.0.len(), &known.1), (unknown.0.len(), &unknown.1));
+    assert_eq!(known, salt(&scram_server_first(&server, "u_user").await));
+    let wrong = connect(&server, "u_user", "wrong").await.unwrap_err();
+    let missing = connect(&server, "nobody", "wrong").await.unwrap_err();
+    assert_eq!(sqlstate(&wrong), "28P01");
+    assert_eq!(
+        wrong.as_db_error().unwrap().message().replace("u_user", "?"),
+        missing.as_db_error().unwrap().message().replace("nobody", "?")
+    );
+}
+
+/// Message limits: before login a message over 10,000 bytes is refused at its header (never
+/// read into memory); after login, a message over `pg_max_message_bytes` ends the connection
+/// with SQLSTATE 54000, and the server goes on serving.
+#[tokio::test]
+async fn messages_over_the_limits_are_refused() {
+    use tokio::io::AsyncWriteExt;
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "pg_max_message_bytes = 65536\n");
+    setup(&server).await;
+    // A startup packet announcing 1 GiB: refused before any of it is sent.
+    let mut socket = tokio::net::TcpStream::connect(&server.pg).await.unwrap();
+    let mut header = (1u32 << 30).to_be_bytes().to_vec();
+    header.extend_from_slice(&196_608u32.to_be_bytes());
+    socket.write_all(&header).await.unwrap();
+    let (kind, body) = read_message(&mut socket).await.unwrap();
+    assert_eq!(kind, b'E', "an error response");
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("54000"), "{text}");
+    assert!(read_message(&mut socket).await.is_err(), "then the connection ends");
+    // A SCRAM message of 20,000 bytes from a client that has not logged in.
+    let mut socket = tokio::net::TcpStream::connect(&server.pg).await.unwrap();
+    socket.write_all(&startup_packet("u_user")).await.unwrap();
+    read_message(&mut socket).await.unwrap();
+    let mut message = vec![b'p'];
+    message.extend_from_slice(&20_004u32.to_be_bytes());
+    message.extend(vec![b'x'; 20_000]);
+    let _ = socket.write_all(&message).await;
+    let (kind, body) = read_message(&mut socket).await.unwrap();
+    assert_eq!(kind, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("54000"));
+    // After login: 60 KB passes, 100 KB ends the connection.
+    let client = connect(&server, "u_user", "pw").await.unwrap();
+    let fits = format!("SELECT '{}' AS v", "a".repeat(60_000));
+    assert_eq!(simple_rows(&client, &fits).await[0][0].len(), 60_000);
+    let over = format!("SELECT '{}' AS v", "a".repeat(100_000));
+    let e = client.simple_query(&over).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "54000", "{e}");
+    assert!(client.simple_query("SELECT 1").await.is_err(), "the connection is closed");
+    let again = connect(&server, "u_user", "pw").await.unwrap();
+    assert_eq!(simple_rows(&again, "SELECT 1").await, [["1"]]);
+}
+
+/// A data dir from before SCRAM keys stored each user's salted password (enough to log in if
+/// stolen): at the open it becomes StoredKey/ServerKey, the salted password leaves every file of
+/// the data dir, and the user still logs in with the password.
+#[tokio::test]
+async fn salted_passwords_of_an_older_data_dir_become_scram_keys() {
+    use topicfusion_storage::keys::{CatalogKind, catalog_key};
+    use topicfusion_storage::{Commit, Durability, Store};
+    // RFC 7677's example: password "pencil", this salt, 4096 iterations; SaltedPassword =
+    // PBKDF2-HMAC-SHA-256 (Python's hashlib.pbkdf2_hmac gives the same).
+    const SALT: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
+    const SALTED: &str = "xKSVEDI6tPlSysH6mUQZOeeOp01r6B3fcJbodRPcYV0=";
+    let (_tmp, data) = data_dir();
+    {
+        let server = Server::start(&data, "");
+        server.sql("CREATE USER old_u WITH PASSWORD 'pencil' ROLE user").await;
+    }
+    {
+        let store = Store::open(&data, Durability::Sync).unwrap();
+        let key = catalog_key(CatalogKind::User, "old_u");
+        let mut meta: serde_json::Value = serde_json::from_slice(&store.get(&key).unwrap().unwrap()).unwrap();
+        meta["scram"] = serde_json::json!({ "salt": SALT, "iterations": 4096, "salted_password": SALTED });
+        let mut c = Commit::default();
+        c.batch.put(&key, serde_json::to_vec(&meta).unwrap());
+        store.commit(c).unwrap();
+    }
+    {
+        let server = Server::start(&data, "");
+        let client = connect(&server, "old_u", "pencil").await.unwrap();
+        assert_eq!(simple_rows(&client, "SELECT current_user").await, [["old_u"]]);
+        assert!(connect(&server, "old_u", "wrong").await.is_err());
+    }
+    let store = Store::open(&data, Durability::Sync).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&store.get(&catalog_key(CatalogKind::User, "old_u")).unwrap().unwrap()).unwrap();
+    assert_eq!(meta["scram"]["salt"], SALT);
+    assert!(meta["scram"]["stored_key"].as_str().is_some_and(|k| !k.is_empty()), "{meta}");
+    assert!(meta["scram"].get("salted_password").is_none(), "{meta}");
+    drop(store);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(SALTED.len()).any(|w| w == SALTED.as_bytes()),
+            "the salted password is still in {}",
+            path.display()
+        );
+    }
+}
+
 fn psql(server: &Server, user: &str, password: &str, args: &[&str]) -> (bool, String) {
     let (host, port) = server.pg.rsplit_once(':').unwrap();
     let out = Command::new("psql")

@@ -42,6 +42,10 @@ async fn deep_expressions_get_a_clear_error_at_every_interface() {
         format!("UPDATE t SET v = {} WHERE id = 1", chain("v", " * ", 3000)),
         format!("SELECT * FROM t WHERE id IN (SELECT {})", chain("1", " - ", 3000)),
         format!("EXPLAIN SELECT {}", chain("1", " + ", 3000)),
+        // Statements naming `pg_` go through the PostgreSQL-compatibility parser: the same limit.
+        format!("SELECT pg_typeof({})", chain("1", " + ", 5000)),
+        format!("SELECT 1{} FROM pg_catalog.pg_type", "::int".repeat(5000)),
+        format!("SELECT typname FROM pg_catalog.pg_type WHERE {deep_or}"),
     ] {
         let err = db.execute(&sql).await.unwrap_err().to_string();
         assert!(err.contains("expression nesting too deep"), "{}: {err}", &sql[..60]);
