@@ -4,9 +4,10 @@
 # end. Compare ratios between lines of one run, never figures from different runs.
 # Usage: scripts/bench.sh [anchor ...]   (default anchors: redis postgres rocksdb; "none" skips them)
 # BENCH_FILTER="http_ consume_l1000" runs only topicfusion's metrics whose names contain a word.
-# Also runs pgbench against topicfusion's PostgreSQL protocol the way the PostgreSQL anchor runs it
-# against PostgreSQL (single-row INSERTs into a routed table, synced, 1 and 16 clients; skip with
-# PGBENCH=0): `topicfusion.pgbench.*` lines beside `anchor.pg.sync_commit_on.insert_single_*`.
+# Also runs the same pgbench script against topicfusion's PostgreSQL protocol and against a fresh
+# PostgreSQL 15 with a logical slot (synced single-row INSERTs; 1, 16, 64 clients and 16 with
+# -M prepared; skip with PGBENCH=0): `topicfusion.pgbench.*`, `postgres.pgbench.*` and
+# `ratio.pgbench.*` lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,8 +22,27 @@ if [ "${anchors[0]}" != "none" ] && [ -x ../shared/anchors/run_all.sh ]; then
 fi
 "${CARGO_TARGET_DIR:-target}/release/bench" "${BENCH_FILTER[@]}" >> "$out"
 
+# The protocol comparison: the same pgbench script (a synced single-row INSERT into a table that
+# feeds a topic / a logical slot, random 62-bit keys) against topicfusion and against a fresh
+# PostgreSQL cluster (wal_level = logical, a test_decoding slot, fsync and synchronous_commit
+# on), at 1, 16 and 64 clients and 16 clients with -M prepared. Prints each side's figure and
+# topicfusion/PostgreSQL ratios.
+PGBENCH_RUNS=("c1:1:simple" "c16:16:simple" "c64:64:simple" "c16_prepared:16:prepared")
+
+pgbench_script() {
+  printf '\\set id random(1, 4611686018427387904)\nINSERT INTO anchor_t (id, status, amount) VALUES (:id, '"'"'new'"'"', 42.5);\n' > "$1"
+}
+
+# run_pgbench <label> <clients> <mode> <script> <psql connection args...>: prints tps.
+run_pgbench() {
+  local clients="$2" mode="$3" script="$4"
+  shift 4
+  pgbench -n -M "$mode" -c "$clients" -j "$(( clients < 2 ? 1 : 2 ))" -T "${SINGLE_SECS:-5}" -f "$script" "$@" 2>/dev/null \
+    | awk '/^tps = /{print $3; exit}'
+}
+
 pgbench_topicfusion() {
-  local dir log port secs="${SINGLE_SECS:-5}" server
+  local dir log port server
   dir="$(mktemp -d)"
   log="$dir/serve.log"
   printf '[server]\nlisten = "127.0.0.1:0"\npg_listen = "127.0.0.1:0"\n[storage]\nsync_writes = true\n' > "$dir/tf.toml"
@@ -33,23 +53,55 @@ pgbench_topicfusion() {
   port="$(sed -n 's|^listening on postgres://127.0.0.1:||p' "$log")"
   export PGPASSWORD=bench
   local conn=(-h 127.0.0.1 -p "$port" -U root)
-  # Random 62-bit keys: a duplicate among a few hundred thousand rows has odds below 1e-8.
-  printf '\\set id random(1, 4611686018427387904)\nINSERT INTO anchor_t (id, status, amount) VALUES (:id, '"'"'new'"'"', 42.5);\n' > "$dir/insert.sql"
-  for c in 1 16; do
+  pgbench_script "$dir/insert.sql"
+  for run in "${PGBENCH_RUNS[@]}"; do
+    IFS=: read -r label clients mode <<< "$run"
     psql "${conn[@]}" -d topicfusion -X -q -v ON_ERROR_STOP=1 \
       -c "DROP TOPIC IF EXISTS anchor_ev" -c "DROP TABLE IF EXISTS anchor_t" \
       -c "CREATE TABLE anchor_t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)" \
       -c "CREATE TOPIC anchor_ev" -c "ALTER TOPIC anchor_ev ADD SOURCE anchor_t ON INSERT"
     local tps
-    tps="$(pgbench -n -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "$secs" -f "$dir/insert.sql" "${conn[@]}" topicfusion 2>"$dir/pgbench.err" \
-      | awk '/^tps = /{print $3; exit}')"
-    [ -n "$tps" ] || { cat "$dir/pgbench.err" >&2; break; }
-    echo "METRIC topicfusion.pgbench.insert_single_sync_c${c}_one_route $tps stmts/s"
+    tps="$(run_pgbench "$label" "$clients" "$mode" "$dir/insert.sql" "${conn[@]}" topicfusion)"
+    echo "METRIC topicfusion.pgbench.insert_sync_$label ${tps:-0} stmts/s"
   done
   kill "$server"; wait "$server" || true
   rm -rf "$dir"
 }
+
+pgbench_postgres() {
+  local pgbin=/usr/lib/postgresql/15/bin dir port=5498
+  [ -x "$pgbin/initdb" ] || { echo "PostgreSQL 15 is not installed: no pgbench comparison" >&2; return; }
+  dir="$(mktemp -d /tmp/tf_pgbench.XXXXXX)"
+  chown postgres:postgres "$dir"
+  runuser -u postgres -- "$pgbin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-locale > /dev/null
+  printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nwal_level = logical\nfsync = on\nsynchronous_commit = on\nmax_replication_slots = 4\nmax_connections = 200\n" \
+    "$port" "$dir" >> "$dir/data/postgresql.conf"
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w -t 60 start > /dev/null
+  local conn=(-h 127.0.0.1 -p "$port" -U postgres)
+  pgbench_script "$dir/insert.sql"
+  psql "${conn[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 \
+    -c "SELECT pg_create_logical_replication_slot('anchor_slot', 'test_decoding')" > /dev/null
+  for run in "${PGBENCH_RUNS[@]}"; do
+    IFS=: read -r label clients mode <<< "$run"
+    psql "${conn[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS anchor_t" \
+      -c "CREATE TABLE anchor_t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE PRECISION)"
+    local tps
+    tps="$(run_pgbench "$label" "$clients" "$mode" "$dir/insert.sql" "${conn[@]}" postgres)"
+    echo "METRIC postgres.pgbench.insert_sync_slot_$label ${tps:-0} stmts/s"
+  done
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -m fast stop > /dev/null
+  rm -rf "$dir"
+}
+
 if [ "${PGBENCH:-1}" != 0 ] && command -v pgbench >/dev/null 2>&1; then
   pgbench_topicfusion >> "$out"
+  pgbench_postgres >> "$out"
+  for run in "${PGBENCH_RUNS[@]}"; do
+    label="${run%%:*}"
+    awk -v l="$label" '
+      $2 == "topicfusion.pgbench.insert_sync_" l { tf = $3 }
+      $2 == "postgres.pgbench.insert_sync_slot_" l { pg = $3 }
+      END { if (tf > 0 && pg > 0) printf "METRIC ratio.pgbench.insert_sync_%s %.2f topicfusion/postgres\n", l, tf / pg }' "$out" >> "$out"
+  done
 fi
 grep '^METRIC ' "$out"

@@ -344,9 +344,21 @@ impl Database {
         self.execute_as(&Principal::root(), sql).await
     }
 
-    /// Executes every statement of `sql` in order as `principal`, in a session of its own.
+    /// Executes every statement of `sql` in order as `principal`, in a session of its own, for
+    /// a caller without a client data stream (HTTP, the CLI): a COPY with the client is an
+    /// error there.
     pub async fn execute_as(&self, principal: &Principal, sql: &str) -> Result<Vec<StatementResult>, ExecuteError> {
-        self.execute_in(&mut Session::new(), principal, sql).await
+        let mut results = self.execute_in(&mut Session::new(), principal, sql).await?;
+        // A COPY with the client is always the last statement (execute_in checks it).
+        if results.last().is_some_and(|r| r.copy.is_some()) {
+            let copy = results.pop().expect("checked above");
+            let e = DataFusionError::Plan(
+                "COPY ... FROM STDIN and COPY ... TO STDOUT move rows between the server and a PostgreSQL client: run them over the PostgreSQL protocol (here, INSERT or SELECT the rows)".into(),
+            );
+            let statement = results.len() + 1;
+            return Err(ExecuteError { completed: results, ..ExecuteError::new(statement, copy.sql, e) });
+        }
+        Ok(results)
     }
 
     /// Executes every statement of `sql` in order as `principal` in `session`, each checked

@@ -429,6 +429,12 @@ async fn bad_requests_get_clear_errors_never_500() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["statement"], 2);
     assert_eq!(body["results"][0]["rows"].as_array().map(Vec::len), Some(1), "{body}");
+    // A COPY with the client has no client stream over HTTP: a clear error, nothing copied.
+    for sql in ["COPY app.t FROM STDIN", "SELECT 1; COPY app.t TO STDOUT"] {
+        let (status, body) = server.post("/v1/api/sql", Some(root), json!({ "sql": sql })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("PostgreSQL protocol"), "{body}");
+    }
     // Files a statement names that cannot be written or read: 400 naming the path.
     for sql in ["COPY app.t TO '/proc/nope/x.csv'", "COPY app.t FROM '/nonexistent/x.csv'"] {
         let (status, body) = server.post("/v1/api/sql", Some(root), json!({ "sql": sql })).await;
