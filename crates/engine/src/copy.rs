@@ -4,8 +4,8 @@
 //! table's columns, fill the columns the COPY does not name with their DEFAULT (or NULL), and go
 //! through the table write path, so topic routes see every row as an INSERT.
 //!
-//! A COPY commits in chunks of [`COPY_CHUNK_ROWS`] rows, so its memory is bounded whatever the
-//! input's size: each chunk is atomic (rows and their topic messages together), and a failure
+//! A COPY commits in chunks of [`COPY_CHUNK_ROWS`] rows or [`COPY_CHUNK_BYTES`] of row data,
+//! whichever comes first, so its memory is bounded whatever the input's size: each chunk is atomic (rows and their topic messages together), and a failure
 //! (a bad value, a duplicate key) leaves the chunks before it committed and says how many rows
 //! those hold.
 
@@ -28,8 +28,10 @@ use crate::core::{Core, resolve_name};
 use crate::types::{ColumnType, build_array};
 use crate::writer::{self, Changes};
 
-/// Rows per commit of a COPY.
+/// Rows per commit of a COPY, at most.
 pub const COPY_CHUNK_ROWS: usize = 65_536;
+/// Bytes of row data (Arrow's in-memory size) per commit of a COPY, about at most.
+pub const COPY_CHUNK_BYTES: usize = 32 << 20;
 
 /// The table a COPY writes and the positions of the columns its input holds, in input order.
 fn target(core: &Core, c: &CopyFrom) -> Result<(Arc<Table>, Vec<usize>)> {
@@ -58,12 +60,13 @@ struct Chunks {
     table: Arc<Table>,
     chunk: Changes,
     rows: usize,
+    bytes: usize,
     committed: u64,
 }
 
 impl Chunks {
     fn new(table: Arc<Table>) -> Self {
-        Self { table, chunk: Changes::default(), rows: 0, committed: 0 }
+        Self { table, chunk: Changes::default(), rows: 0, bytes: 0, committed: 0 }
     }
 
     /// The error of a COPY that stopped: what committed before it, and why.
@@ -79,10 +82,11 @@ impl Chunks {
     /// Adds a batch of full table rows; commits when the chunk is full.
     async fn add(&mut self, core: &Core, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
         if let Err(e) = writer::add_batch(&mut self.chunk, &self.table, ChangeOp::Insert, batch) {
             return Err(self.stopped(e));
         }
-        if self.rows >= COPY_CHUNK_ROWS { self.flush(core).await } else { Ok(()) }
+        if self.rows >= COPY_CHUNK_ROWS || self.bytes >= COPY_CHUNK_BYTES { self.flush(core).await } else { Ok(()) }
     }
 
     async fn flush(&mut self, core: &Core) -> Result<()> {
@@ -91,6 +95,7 @@ impl Chunks {
         }
         let changes = std::mem::take(&mut self.chunk);
         self.rows = 0;
+        self.bytes = 0;
         match writer::write_statement(core, &self.table, false, async { Ok(changes) }).await {
             Ok(n) => {
                 self.committed += n;
@@ -213,7 +218,7 @@ impl CopyIn {
         self.target.column_types()
     }
 
-    /// Adds rows; commits a chunk whenever [`COPY_CHUNK_ROWS`] are pending.
+    /// Adds rows; commits a chunk whenever [`COPY_CHUNK_ROWS`] or [`COPY_CHUNK_BYTES`] are pending.
     pub async fn write(&mut self, rows: CopyRows) -> Result<()> {
         let batch = self.batch(rows).map_err(|e| self.chunks.stopped(e))?;
         self.chunks.add(&self.core, &batch).await

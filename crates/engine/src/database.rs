@@ -178,7 +178,16 @@ impl Command {
                     SqlStatement::Set(_) => ("SET", Outcome::Status),
                     SqlStatement::StartTransaction { .. } => ("BEGIN", Outcome::Status),
                     SqlStatement::Commit { .. } => ("COMMIT", Outcome::Status),
+                    SqlStatement::Rollback { savepoint: Some(_), .. } => ("ROLLBACK TO SAVEPOINT", Outcome::Status),
                     SqlStatement::Rollback { .. } => ("ROLLBACK", Outcome::Status),
+                    SqlStatement::Savepoint { .. } => ("SAVEPOINT", Outcome::Status),
+                    SqlStatement::ReleaseSavepoint { .. } => ("RELEASE", Outcome::Status),
+                    SqlStatement::Deallocate { name, .. }
+                        if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") =>
+                    {
+                        ("DEALLOCATE ALL", Outcome::Status)
+                    }
+                    SqlStatement::Deallocate { .. } => ("DEALLOCATE", Outcome::Status),
                     SqlStatement::ShowVariable { .. } => ("SHOW", Outcome::Rows),
                     SqlStatement::Discard { .. } => ("DISCARD ALL", Outcome::Status),
                     SqlStatement::Declare { .. } => ("DECLARE CURSOR", Outcome::Status),
@@ -507,6 +516,9 @@ impl Database {
             SqlStatement::StartTransaction { .. }
                 | SqlStatement::Commit { .. }
                 | SqlStatement::Rollback { .. }
+                | SqlStatement::Savepoint { .. }
+                | SqlStatement::ReleaseSavepoint { .. }
+                | SqlStatement::Deallocate { .. }
                 | SqlStatement::Set(_)
                 | SqlStatement::Discard { .. }
                 | SqlStatement::Declare { .. }
@@ -638,11 +650,9 @@ impl Database {
                         match st.as_mut() {
                             // DataFusion keeps them in the session every connection shares, and
                             // EXECUTE would run a plan authorized for whoever prepared it.
-                            SqlStatement::Prepare { .. }
-                            | SqlStatement::Execute { .. }
-                            | SqlStatement::Deallocate { .. } => {
+                            SqlStatement::Prepare { .. } | SqlStatement::Execute { .. } => {
                                 return datafusion::common::plan_err!(
-                                    "PREPARE, EXECUTE and DEALLOCATE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
+                                    "PREPARE and EXECUTE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
                                 );
                             }
                             SqlStatement::Insert(insert) => {

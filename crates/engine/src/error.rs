@@ -3,6 +3,7 @@
 //! own codes (HTTP statuses, PostgreSQL SQLSTATEs).
 
 use crate::database::StatementResult;
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::DataFusionError;
 use topicfusion_storage::StorageError;
 
@@ -54,6 +55,22 @@ pub enum ErrorKind {
     NoActiveTransaction,
     /// Something the server does not do (a clear refusal, not a failure).
     FeatureNotSupported,
+    /// A division or modulo by zero.
+    DivisionByZero,
+    /// A value beyond its type's range (an overflowing sum or cast).
+    NumericOutOfRange,
+    /// Text that is not a value of the type it is cast to (`'abc'::int`).
+    InvalidTextRepresentation,
+    /// CREATE of a table or schema that exists.
+    DuplicateTable,
+    /// CREATE of a topic, user or cursor that exists.
+    DuplicateObject,
+    /// A function that does not exist (or not for these argument types).
+    UndefinedFunction,
+    /// RELEASE or ROLLBACK TO a savepoint that does not exist.
+    InvalidSavepoint,
+    /// DEALLOCATE of a prepared statement that does not exist.
+    InvalidStatementName,
 }
 
 impl ErrorKind {
@@ -80,6 +97,23 @@ impl ErrorKind {
             {
                 ErrorKind::UndefinedColumn
             }
+            DataFusionError::ArrowError(e, _) => match e.as_ref() {
+                ArrowError::DivideByZero => ErrorKind::DivisionByZero,
+                ArrowError::ArithmeticOverflow(_) => ErrorKind::NumericOutOfRange,
+                ArrowError::CastError(m) | ArrowError::ParseError(m) if m.contains("Cannot cast string") => {
+                    ErrorKind::InvalidTextRepresentation
+                }
+                ArrowError::CastError(m)
+                    if m.contains("overflow") || m.contains("out of range") || m.starts_with("Can't cast value") =>
+                {
+                    ErrorKind::NumericOutOfRange
+                }
+                ArrowError::InvalidArgumentError(m) if m.contains("is too large to store") => {
+                    ErrorKind::NumericOutOfRange
+                }
+                _ => ErrorKind::InvalidInput,
+            },
+            DataFusionError::NotImplemented(_) => ErrorKind::FeatureNotSupported,
             DataFusionError::Plan(m) | DataFusionError::Execution(m) => Self::of_message(m),
             _ => ErrorKind::InvalidInput,
         }
@@ -98,6 +132,24 @@ impl ErrorKind {
             ErrorKind::UndefinedObject
         } else if message.starts_with("not supported: ") {
             ErrorKind::FeatureNotSupported
+        } else if message.starts_with("savepoint \"") && message.ends_with("\" does not exist") {
+            ErrorKind::InvalidSavepoint
+        } else if message.starts_with("prepared statement \"") && message.ends_with("\" does not exist") {
+            ErrorKind::InvalidStatementName
+        } else if (message.starts_with("table ") || message.starts_with("schema "))
+            && message.ends_with(" already exists")
+        {
+            ErrorKind::DuplicateTable
+        } else if message.ends_with(" already exists")
+            && ["topic ", "user ", "cursor \""].iter().any(|w| message.starts_with(w))
+        {
+            ErrorKind::DuplicateObject
+        } else if message.starts_with("Invalid function '") {
+            ErrorKind::UndefinedFunction
+        } else if message.contains("Arithmetic overflow") {
+            ErrorKind::NumericOutOfRange
+        } else if message.starts_with("Divide by zero") {
+            ErrorKind::DivisionByZero
         } else if message.starts_with("duplicate primary key") {
             ErrorKind::UniqueViolation
         } else if message.starts_with("null value in column") {
@@ -128,6 +180,14 @@ impl ErrorKind {
             ErrorKind::ObjectNotInPrerequisiteState => "55000",
             ErrorKind::NoActiveTransaction => "25P01",
             ErrorKind::FeatureNotSupported => "0A000",
+            ErrorKind::DivisionByZero => "22012",
+            ErrorKind::NumericOutOfRange => "22003",
+            ErrorKind::InvalidTextRepresentation => "22P02",
+            ErrorKind::DuplicateTable => "42P07",
+            ErrorKind::DuplicateObject => "42710",
+            ErrorKind::UndefinedFunction => "42883",
+            ErrorKind::InvalidSavepoint => "3B001",
+            ErrorKind::InvalidStatementName => "26000",
         }
     }
 }

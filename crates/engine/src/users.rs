@@ -326,7 +326,14 @@ impl Users {
     /// loopback connection. Returns the principal, or `None` for a wrong name or password.
     /// Slow on purpose (argon2): call it off the async workers.
     pub fn verify(&self, name: &str, password: &str, loopback: bool) -> Option<Principal> {
-        let user = self.get(name)?;
+        let Some(user) = self.get(name) else {
+            // An unknown user costs the same argon2 verification as a known one, so the time
+            // of the answer does not tell which names exist.
+            static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
+                std::sync::LazyLock::new(|| hash_password("the password of no user").unwrap_or_default());
+            verify_hash(&UNKNOWN_USER_HASH, password);
+            return None;
+        };
         let ok = if user.password_hash.is_empty() {
             loopback && password.is_empty()
         } else {

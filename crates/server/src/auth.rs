@@ -79,23 +79,54 @@ impl Tokens {
 }
 
 /// Slows down repeated failed logins (HTTP and PostgreSQL alike), per user name and per client
-/// address: after [`FREE_FAILURES_PER_USER`] failures in a row for a user name (or
-/// [`FREE_FAILURES_PER_ADDRESS`] from one address), each further failure is answered only
-/// after 100 ms × 2^(failures over the free ones), at most [`MAX_DELAY`]. A correct password is
-/// never delayed; a success resets the user's count; counts are forgotten after
-/// [`FORGET_AFTER`] without a failure. User names are cut to [`MAX_USER_NAME_BYTES`] (no user
-/// has a longer one) before they become keys or appear in a log line.
+/// address. After [`FREE_FAILURES_PER_USER`] failures in a row for a user name (or
+/// [`FREE_FAILURES_PER_ADDRESS`] from one address) the name (address) is throttled: its login
+/// attempts are spaced 100 ms × 2^(failures over the free ones) apart, at most [`MAX_DELAY`].
+///
+/// The spacing applies *before* the password is checked ([`LoginThrottle::admit`]), to every
+/// attempt, the correct password included: a guesser learns nothing sooner by guessing right,
+/// and attempts made in parallel queue one delay apart instead of sharing one wait. An attempt
+/// that would queue longer than [`MAX_QUEUE`] is refused at once without a check. A success
+/// resets the name's count; counts are forgotten after [`FORGET_AFTER`] without a failure.
+/// When the table is full ([`MAX_ENTRIES`]), entries that throttle nobody are dropped first;
+/// throttled ones are never dropped to make room (a flood of new names or addresses cannot
+/// reset a targeted count): new keys then share one overflow entry, throttled like an address.
+/// User names are cut to [`MAX_USER_NAME_BYTES`](topicfusion_engine::MAX_USER_NAME_BYTES) (no
+/// user has a longer one) before they become keys or appear in a log line.
 #[derive(Default)]
 pub struct LoginThrottle {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// The failures of one user name or address.
+struct Entry {
+    failures: u32,
+    last_failure: Instant,
+    /// When the next attempt may be checked.
+    next_slot: Instant,
 }
 
 pub const FREE_FAILURES_PER_USER: u32 = 3;
 pub const FREE_FAILURES_PER_ADDRESS: u32 = 20;
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
+/// The longest an attempt waits for its turn; beyond, it is refused.
+pub const MAX_QUEUE: Duration = Duration::from_secs(30);
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// The most entries the throttle keeps; beyond, forgotten ones are dropped first.
-const MAX_ENTRIES: usize = 100_000;
+/// The most entries the throttle keeps.
+pub const MAX_ENTRIES: usize = 100_000;
+/// The key new names and addresses share while the table is full of throttled entries.
+const OVERFLOW_KEY: &str = "overflow";
+
+/// A login attempt refused without checking its password: the name or address has too many
+/// attempts queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyAttempts;
+
+impl std::fmt::Display for TooManyAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many failed logins for this user or address: try again later")
+    }
+}
 
 /// A user name as logs and the throttle show it: at most the longest name a user can have.
 pub fn shown_user(user: &str) -> &str {
@@ -110,6 +141,20 @@ pub fn shown_user(user: &str) -> &str {
     &user[..cut]
 }
 
+impl Entry {
+    /// The spacing of this key's attempts, given its free failures.
+    fn delay(&self, free: u32) -> Duration {
+        match self.failures.checked_sub(free + 1) {
+            None => Duration::ZERO,
+            Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
+        }
+    }
+
+    fn forgotten(&self) -> bool {
+        self.last_failure.elapsed() >= FORGET_AFTER
+    }
+}
+
 impl LoginThrottle {
     fn keys(user: &str, ip: IpAddr) -> [(String, u32); 2] {
         [
@@ -118,34 +163,88 @@ impl LoginThrottle {
         ]
     }
 
-    /// Records a failed login; returns how long to wait before answering it.
-    pub fn failed(&self, user: &str, ip: IpAddr) -> Duration {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > MAX_ENTRIES {
-            map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
-            if map.len() > MAX_ENTRIES {
-                map.clear();
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before a password is checked: how long this attempt waits for its turn (it reserves the
+    /// turn, so attempts in parallel queue), or a refusal when the queue is too long.
+    pub fn admit(&self, user: &str, ip: IpAddr) -> Result<Duration, TooManyAttempts> {
+        let mut map = self.lock();
         let now = Instant::now();
-        let mut excess = None;
-        for (k, free) in Self::keys(user, ip) {
-            let e = map.entry(k).or_insert((0, now));
-            if e.1.elapsed() >= FORGET_AFTER {
-                e.0 = 0;
+        let mut turns = Vec::new();
+        for (key, free) in Self::keys(user, ip) {
+            // A key the full table could not hold counted its failures in the overflow entry.
+            let (key, free) = match map.contains_key(&key) {
+                true => (key, free),
+                false if map.len() >= MAX_ENTRIES => (OVERFLOW_KEY.to_owned(), FREE_FAILURES_PER_ADDRESS),
+                false => continue,
+            };
+            let Some(e) = map.get(&key) else { continue };
+            let delay = e.delay(free);
+            if e.forgotten() || delay.is_zero() {
+                continue;
             }
-            e.0 = e.0.saturating_add(1);
-            e.1 = now;
-            excess = excess.max(e.0.checked_sub(free + 1));
+            let turn = e.next_slot.max(now);
+            if turn - now > MAX_QUEUE {
+                return Err(TooManyAttempts);
+            }
+            turns.push((key, turn, delay));
         }
-        match excess {
-            None => Duration::ZERO,
-            Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
+        let mut wait = Duration::ZERO;
+        for (key, turn, delay) in turns {
+            if let Some(e) = map.get_mut(&key) {
+                e.next_slot = turn + delay;
+            }
+            wait = wait.max(turn - now);
         }
+        Ok(wait)
+    }
+
+    /// Records a failed login; returns the spacing of the next attempts of its name or address
+    /// (zero while within the free failures).
+    pub fn failed(&self, user: &str, ip: IpAddr) -> Duration {
+        let mut map = self.lock();
+        let now = Instant::now();
+        let mut spacing = Duration::ZERO;
+        for (key, free) in Self::keys(user, ip) {
+            let key = if map.contains_key(&key) || Self::make_room(&mut map) { key } else { OVERFLOW_KEY.to_owned() };
+            let free = if key == OVERFLOW_KEY { FREE_FAILURES_PER_ADDRESS } else { free };
+            let e = map.entry(key).or_insert(Entry { failures: 0, last_failure: now, next_slot: now });
+            if e.forgotten() {
+                e.failures = 0;
+            }
+            e.failures = e.failures.saturating_add(1);
+            e.last_failure = now;
+            let delay = e.delay(free);
+            e.next_slot = e.next_slot.max(now + delay);
+            spacing = spacing.max(delay);
+        }
+        spacing
+    }
+
+    /// Whether a new key fits: drops forgotten entries, then ones that throttle nobody.
+    fn make_room(map: &mut HashMap<String, Entry>) -> bool {
+        if map.len() < MAX_ENTRIES {
+            return true;
+        }
+        map.retain(|k, e| k == OVERFLOW_KEY || !e.forgotten());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|k, e| {
+                let free = if k.starts_with("user:") { FREE_FAILURES_PER_USER } else { FREE_FAILURES_PER_ADDRESS };
+                k == OVERFLOW_KEY || !e.delay(free).is_zero()
+            });
+        }
+        map.len() < MAX_ENTRIES
+    }
+
+    /// The failures counted for a user name now (0 when none or forgotten).
+    pub fn user_failures(&self, user: &str) -> u32 {
+        self.lock().get(&format!("user:{}", shown_user(user))).filter(|e| !e.forgotten()).map_or(0, |e| e.failures)
     }
 
     pub fn succeeded(&self, user: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("user:{}", shown_user(user)));
+        self.lock().remove(&format!("user:{}", shown_user(user)));
     }
 }
 

@@ -880,7 +880,9 @@ fn message_bytes(m: &Message) -> u64 {
 
 /// Shares `limit` messages and `max_bytes` bytes between partitions so that none starves:
 /// first each partition gets up to `max(limit / partitions, 1)` messages, then what is left is
-/// filled in partition order; the bytes stop it early (after one message at least).
+/// filled in partition order; the bytes stop it early (after one message at least). A message
+/// that does not fit the bytes left ends its partition's share: nothing after it in that
+/// partition is read, so no message overtakes an earlier one of its partition.
 /// `read(i, want, bytes)` returns up to `want` further messages of partition `i` of about
 /// `bytes` (later calls continue after earlier ones). The result is ordered by partition, then
 /// offset.
@@ -893,25 +895,31 @@ fn fair_fill(
     let limit = limit as usize;
     let quota = (limit / partitions.len().max(1)).max(1);
     let mut per_partition: Vec<Vec<Message>> = vec![Vec::new(); partitions.len()];
+    // Partitions whose read returned a message that did not fit: read no further.
+    let mut ended = vec![false; partitions.len()];
     let (mut total, mut bytes) = (0, 0u64);
     for cap in [quota, limit] {
         for (i, got) in per_partition.iter_mut().enumerate() {
             let want = (limit - total).min(cap.saturating_sub(got.len()));
-            if want == 0 || (bytes >= max_bytes && total > 0) {
+            if want == 0 || ended[i] || (bytes >= max_bytes && total > 0) {
                 continue;
             }
             let more = read(i, want, if total == 0 { max_bytes } else { max_bytes.saturating_sub(bytes).max(1) })?;
             // A partition past the budget (its first message alone) still counts.
             let more: Vec<Message> = if total > 0 {
+                let read = more.len();
                 let mut left = max_bytes.saturating_sub(bytes);
-                more.into_iter()
+                let fitting: Vec<Message> = more
+                    .into_iter()
                     .take_while(|m| {
                         let b = message_bytes(m);
                         let fits = b <= left;
                         left = left.saturating_sub(b);
                         fits
                     })
-                    .collect()
+                    .collect();
+                ended[i] = fitting.len() < read;
+                fitting
             } else {
                 more
             };

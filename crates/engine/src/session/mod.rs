@@ -37,6 +37,8 @@ pub struct Session {
     /// Inside `BEGIN` ... `COMMIT`/`ROLLBACK` (statements still commit one by one).
     pub(crate) in_transaction: bool,
     pub(crate) cursors: BTreeMap<String, Cursor>,
+    /// The savepoints of the transaction block, oldest first.
+    pub(crate) savepoints: Vec<String>,
 }
 
 impl fmt::Debug for Session {
@@ -68,7 +70,23 @@ impl Session {
     /// `COMMIT` / `ROLLBACK`: the block ends and its cursors without `WITH HOLD` close.
     pub(crate) fn end_transaction(&mut self) {
         self.in_transaction = false;
+        self.savepoints.clear();
         self.cursors.retain(|_, c| c.hold);
+    }
+
+    /// `RELEASE` / `ROLLBACK TO` a savepoint: forgets the savepoints made after it (it stays
+    /// last), or fails if the transaction block has none of that name.
+    pub(crate) fn back_to_savepoint(&mut self, name: &str, what: &str) -> datafusion::common::Result<()> {
+        if !self.in_transaction {
+            return datafusion::common::plan_err!("{what} can only be used in transaction blocks");
+        }
+        match self.savepoints.iter().rposition(|s| s == name) {
+            Some(at) => {
+                self.savepoints.truncate(at + 1);
+                Ok(())
+            }
+            None => datafusion::common::plan_err!("savepoint \"{name}\" does not exist"),
+        }
     }
 
     /// `DISCARD ALL` / `RESET ALL`'s part: back to the state of a new session.

@@ -88,6 +88,35 @@ impl Database {
                     "topicfusion has no multi-statement transactions: every statement commits on its own".into(),
                 )
             }
+            // Savepoints are names in the transaction block; nothing is undone by ROLLBACK TO
+            // (every statement has committed), as ROLLBACK says too.
+            SqlStatement::Savepoint { name } => {
+                if !session.in_transaction {
+                    return plan_err!("SAVEPOINT can only be used in transaction blocks");
+                }
+                session.savepoints.push(cursor_name(name));
+                status_result("SAVEPOINT".into())
+            }
+            SqlStatement::ReleaseSavepoint { name } => {
+                session.back_to_savepoint(&cursor_name(name), "RELEASE SAVEPOINT")?;
+                session.savepoints.pop();
+                status_result("RELEASE".into())
+            }
+            SqlStatement::Rollback { savepoint: Some(name), .. } => {
+                session.back_to_savepoint(&cursor_name(name), "ROLLBACK TO SAVEPOINT")?;
+                status_result(
+                    "topicfusion has no multi-statement transactions: every statement since the savepoint has committed on its own and none was rolled back".into(),
+                )
+            }
+            // Over HTTP there are no protocol-level prepared statements to drop (the PostgreSQL
+            // interface drops a named one before it gets here).
+            SqlStatement::Deallocate { name, .. } => {
+                if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                    status_result("DEALLOCATE ALL".into())
+                } else {
+                    return plan_err!("prepared statement \"{}\" does not exist", name.value);
+                }
+            }
             SqlStatement::Rollback { .. } => {
                 session.end_transaction();
                 status_result(

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     NotFound,
     /// The body is over `max_body_bytes`.
     PayloadTooLarge,
+    /// Too many failed logins queued for a user name or address.
+    TooManyRequests,
     /// A failure of the server itself.
     Internal,
 }
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
         }
     }

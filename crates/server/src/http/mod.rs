@@ -52,9 +52,17 @@ impl AppState {
         crate::bridge::run_on(&self.engine, work).await.map_err(ApiError::internal)
     }
 
-    /// Checks a user's password; a failure is answered after the throttle's delay. At most
-    /// one argon2 verification per core runs at a time (they are slow on purpose).
+    /// Checks a user's password, after the throttle's wait for a name or address with failed
+    /// logins (or refuses with 429 when too many attempts are queued). At most one argon2
+    /// verification per core runs at a time (they are slow on purpose).
     pub async fn check_password(&self, user: &str, password: &str, peer: IpAddr) -> Result<Principal, ApiError> {
+        match self.throttle.admit(user, peer) {
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(refused) => {
+                tracing::warn!(user = crate::auth::shown_user(user), %peer, "login refused: {refused}");
+                return Err(ApiError::new(ErrorCode::TooManyRequests, refused.to_string()));
+            }
+        }
         let principal = if user.len() > topicfusion_engine::MAX_USER_NAME_BYTES
             || password.len() > topicfusion_engine::users::MAX_PASSWORD_BYTES
         {
@@ -74,9 +82,8 @@ impl AppState {
                 Ok(p)
             }
             None => {
-                let delay = self.throttle.failed(user, peer);
+                self.throttle.failed(user, peer);
                 tracing::warn!(user = crate::auth::shown_user(user), %peer, "failed login");
-                tokio::time::sleep(delay).await;
                 Err(ApiError::unauthorized("wrong user name or password"))
             }
         }

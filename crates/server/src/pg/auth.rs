@@ -8,7 +8,8 @@
 //! A login with an unknown user name runs the same exchange with a salt derived from the name
 //! (the same at every attempt, like a real user's) and keys that match nothing, and fails with
 //! the same message and the same delay. Failed logins are slowed down by the throttle HTTP uses
-//! ([`crate::auth::LoginThrottle`]); a correct password never waits.
+//! ([`crate::auth::LoginThrottle`]): a throttled name's or address's attempts wait their turn
+//! before the proof is checked, whatever the proof.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -273,12 +274,21 @@ impl StartupHandler for ScramLogin {
                 let signature = hmac(&credential.stored_key, auth_message.as_bytes());
                 let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
                 let ip = client.socket_addr().ip();
+                // A name or address with failed logins waits its turn before the proof is
+                // checked, whatever the proof.
+                match self.logins.throttle.admit(&user, ip) {
+                    Ok(wait) => tokio::time::sleep(wait).await,
+                    Err(refused) => {
+                        tracing::warn!(user = shown_user(&user), peer = %ip, "PostgreSQL login refused: {refused}");
+                        return Err(fatal("28000", refused.to_string()));
+                    }
+                }
                 let valid = proof.len() == signature.len() && {
                     let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
                     Sha256::digest(&client_key).as_slice() == credential.stored_key.as_slice()
                 };
                 if !valid {
-                    return Err(self.failed(&user, ip).await);
+                    return Err(self.failed(&user, ip));
                 }
                 self.logins.throttle.succeeded(&user);
                 let verifier = B64.encode(hmac(&credential.server_key, auth_message.as_bytes()));
@@ -320,11 +330,10 @@ fn parts_authzid(text: &str) -> &str {
 }
 
 impl ScramLogin {
-    /// A failed login: logged, counted, and answered after the throttle's delay.
-    async fn failed(&self, user: &str, ip: IpAddr) -> PgWireError {
-        let delay = self.logins.throttle.failed(user, ip);
+    /// A failed login: logged and counted by the throttle.
+    fn failed(&self, user: &str, ip: IpAddr) -> PgWireError {
+        self.logins.throttle.failed(user, ip);
         tracing::warn!(user = shown_user(user), peer = %ip, "failed PostgreSQL login");
-        tokio::time::sleep(delay).await;
         // Every data dir has root, so saying why root cannot log in reveals nothing.
         if user == topicfusion_engine::users::ROOT_USER
             && self.logins.db.user(user).is_some_and(|u| u.password_hash.is_empty())

@@ -31,8 +31,10 @@ const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// would otherwise buffer everything the client sends).
 pub const MAX_ROW_BYTES: usize = 64 << 20;
 
-/// Rows handed to the engine at a time.
+/// Rows handed to the engine at a time: at most this many rows, and no more than about
+/// [`BYTES_PER_WRITE`] of their data (memory per write stays bounded whatever the rows' size).
 const ROWS_PER_WRITE: usize = 4096;
+const BYTES_PER_WRITE: usize = 4 << 20;
 
 fn bad_copy(message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "22P04".into(), message)))
@@ -60,6 +62,8 @@ pub struct CopyDecoder {
     line: u64,
     text_rows: Vec<Vec<Option<String>>>,
     value_rows: Vec<Vec<Value>>,
+    /// The input bytes of the rows not yet handed out.
+    pending_bytes: usize,
 }
 
 impl CopyDecoder {
@@ -80,6 +84,7 @@ impl CopyDecoder {
             line: 0,
             text_rows: Vec::new(),
             value_rows: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
@@ -119,11 +124,15 @@ impl CopyDecoder {
 
     fn take(&mut self, all: bool) -> Vec<CopyRows> {
         let mut out = Vec::new();
-        if self.text_rows.len() >= ROWS_PER_WRITE || (all && !self.text_rows.is_empty()) {
+        let full = |rows: usize| rows >= ROWS_PER_WRITE || (rows > 0 && self.pending_bytes >= BYTES_PER_WRITE);
+        if full(self.text_rows.len()) || (all && !self.text_rows.is_empty()) {
             out.push(CopyRows::Text(std::mem::take(&mut self.text_rows)));
         }
-        if self.value_rows.len() >= ROWS_PER_WRITE || (all && !self.value_rows.is_empty()) {
+        if full(self.value_rows.len()) || (all && !self.value_rows.is_empty()) {
             out.push(CopyRows::Values(std::mem::take(&mut self.value_rows)));
+        }
+        if !out.is_empty() {
+            self.pending_bytes = 0;
         }
         out
     }
@@ -136,9 +145,16 @@ impl CopyDecoder {
             let b = self.buf[i];
             if self.format == CopyFormat::Csv {
                 if self.in_quotes {
-                    if b == self.escape && self.escape != self.quote && self.buf.get(i + 1) == Some(&self.quote) {
-                        i += 2;
-                        continue;
+                    if b == self.escape && self.escape != self.quote {
+                        match self.buf.get(i + 1) {
+                            // The escaped character is in the next chunk: resume here then.
+                            None => break,
+                            Some(&next) if next == self.quote || next == self.escape => {
+                                i += 2;
+                                continue;
+                            }
+                            Some(_) => {}
+                        }
                     }
                     if b == self.quote {
                         self.in_quotes = false;
@@ -171,7 +187,7 @@ impl CopyDecoder {
             i += 1;
         }
         self.buf.drain(..start);
-        self.scan = self.buf.len();
+        self.scan = i - start;
         Ok(())
     }
 
@@ -197,6 +213,7 @@ impl CopyDecoder {
             };
             return Err(bad_copy(format!("{what} in line {} (COPY expects {} columns)", self.line, self.types.len())));
         }
+        self.pending_bytes += line.len();
         self.text_rows.push(fields);
         Ok(())
     }
@@ -281,8 +298,13 @@ impl CopyDecoder {
                             None => {
                                 return Err(bad_copy(format!("unterminated CSV quoted field in line {}", self.line)));
                             }
-                            Some(&b) if b == self.escape && line.get(i + 1) == Some(&self.quote) => {
-                                value.push(self.quote);
+                            // As PostgreSQL: inside quotes the escape character makes a quote
+                            // or the escape character itself literal.
+                            Some(&b)
+                                if b == self.escape
+                                    && line.get(i + 1).is_some_and(|&n| n == self.quote || n == self.escape) =>
+                            {
+                                value.push(line[i + 1]);
                                 i += 2;
                             }
                             Some(&b) if b == self.quote => {
@@ -390,6 +412,7 @@ impl CopyDecoder {
                 })
                 .collect::<PgWireResult<Vec<_>>>()?;
             self.value_rows.push(row);
+            self.pending_bytes += end - pos;
             pos = end;
         }
         self.buf.drain(..pos);
@@ -488,9 +511,11 @@ pub fn binary_numeric(b: &[u8], precision: u8, scale: i8) -> Result<i128, String
     if ndigits < 0 || b.len() != 8 + 2 * ndigits as usize {
         return Err("a numeric whose length does not match its digits".into());
     }
-    // value = sum(digit_i * 10000^(weight - i)); scaled by 10^scale.
+    // value = sum(digit_i * 10000^(weight - i)); scaled by 10^scale, rounded half away
+    // from zero at the column's scale as PostgreSQL (and the text form) do.
+    let overflow = || "numeric out of range".to_owned();
     let mut acc: i128 = 0;
-    let mut exact = true;
+    let mut round_up = false;
     let pow10 = |e: i64| -> Option<i128> { u32::try_from(e).ok().and_then(|e| 10i128.checked_pow(e)) };
     for i in 0..ndigits as usize {
         let digit = be16(8 + 2 * i) as i128;
@@ -499,19 +524,17 @@ pub fn binary_numeric(b: &[u8], precision: u8, scale: i8) -> Result<i128, String
         }
         let exp = 4 * (weight as i64 - i as i64) + scale as i64;
         if exp >= 0 {
-            let term =
-                pow10(exp).and_then(|p| digit.checked_mul(p)).ok_or_else(|| "numeric out of range".to_owned())?;
-            acc = acc.checked_add(term).ok_or_else(|| "numeric out of range".to_owned())?;
-        } else {
-            let p = pow10(-exp).unwrap_or(i128::MAX);
-            if digit % p != 0 {
-                exact = false;
-            }
-            acc += digit / p;
+            let term = pow10(exp).and_then(|p| digit.checked_mul(p)).ok_or_else(overflow)?;
+            acc = acc.checked_add(term).ok_or_else(overflow)?;
+        } else if exp >= -4 {
+            // This group holds the first digit below the scale: it decides the rounding.
+            let p = pow10(-exp).expect("at most 10^4");
+            acc = acc.checked_add(digit / p).ok_or_else(overflow)?;
+            round_up = (digit % p) / (p / 10) >= 5;
         }
     }
-    if !exact {
-        return Err(format!("a value with more than {scale} decimal places"));
+    if round_up {
+        acc = acc.checked_add(1).ok_or_else(overflow)?;
     }
     let limit = 10i128.checked_pow(precision as u32).unwrap_or(i128::MAX);
     if acc >= limit {

@@ -33,7 +33,7 @@ use pgwire::types::format::FormatOptions;
 use postgres_types::{IsNull, ToSql, to_sql_checked};
 
 /// The PostgreSQL type of an Arrow field: arrow-pg's mapping, with `UInt64` as `int8`.
-fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
+pub fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
     if field.metadata().contains_key(super::introspection::PG_OID_ARRAY_KEY) {
         return Ok(Type::OID_ARRAY);
     }

@@ -82,7 +82,9 @@ pub fn oids(raw: Option<&[u8]>, binary: bool) -> PgWireResult<Vec<i64>> {
     }
     let len = int(12).ok_or_else(bad)?;
     let mut at = 20;
-    let mut out = Vec::with_capacity(len.max(0) as usize);
+    // Every element takes at least its 4-byte length: a claimed count beyond what the
+    // message holds fails below, and never sizes an allocation.
+    let mut out = Vec::with_capacity((len.max(0) as usize).min(raw.len() / 4));
     for _ in 0..len {
         let n = int(at).ok_or_else(bad)?;
         at += 4;

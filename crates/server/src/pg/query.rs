@@ -123,6 +123,7 @@ impl Queries {
         match name {
             "BEGIN" => return Ok(Response::TransactionStart(Tag::new(name))),
             "COMMIT" | "ROLLBACK" => return Ok(Response::TransactionEnd(Tag::new(name))),
+            "ROLLBACK TO SAVEPOINT" => return Ok(Response::Execution(Tag::new("ROLLBACK"))),
             _ => {}
         }
         Ok(match result.command.outcome {
@@ -192,6 +193,34 @@ impl Queries {
     }
 }
 
+/// `DEALLOCATE [PREPARE] name` of a statement the client prepared with the extended protocol
+/// (psycopg 3 evicting one from its cache): drops it and returns true. Anything else (`ALL`,
+/// an unknown name) is left to the engine.
+fn deallocate_statement<C>(client: &mut C, text: &str) -> bool
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+    let first = text.trim_start().split(|c: char| c.is_whitespace()).next().unwrap_or("");
+    if !first.eq_ignore_ascii_case("deallocate") {
+        return false;
+    }
+    let Ok(mut statements) = topicfusion_engine::parse_sql(text) else { return false };
+    let (Some(parsed), true) = (statements.pop(), statements.is_empty()) else { return false };
+    let topicfusion_engine::Statement::DataFusion(df) = parsed.statement else { return false };
+    let DFStatement::Statement(st) = *df else { return false };
+    let SqlStatement::Deallocate { name, .. } = *st else { return false };
+    let name = topicfusion_engine::session::cursor_name(&name);
+    let store = client.portal_store();
+    if name.is_empty() || store.get_statement(&name).is_none() {
+        return false;
+    }
+    store.rm_statement(&name);
+    true
+}
+
 /// The CopyData messages of a `COPY ... TO STDOUT` as a stream (the extended protocol's
 /// response; pgwire adds the binary trailer).
 fn copy_out(
@@ -209,6 +238,11 @@ fn copy_out(
         Some((out, Some((encoder, rows))))
     })
     .flat_map(stream::iter)
+}
+
+/// The PostgreSQL types of a result's columns, as a client decodes them.
+fn wire_types(schema: &datafusion::arrow::datatypes::SchemaRef) -> Vec<Option<Type>> {
+    schema.fields().iter().map(|f| super::encode::pg_type(f).ok()).collect()
 }
 
 fn row_count(result: &StatementResult) -> usize {
@@ -316,6 +350,10 @@ impl Queries {
             send_execution_response(client, Tag::new("MOVE").with_rows(count as usize)).await?;
             return Ok(false);
         }
+        if deallocate_statement(client, text) {
+            send_execution_response(client, Tag::new("DEALLOCATE")).await?;
+            return Ok(false);
+        }
         let outcome = {
             let mut session = self.session.lock().await;
             self.db.execute_in(&mut session, &principal, text).await
@@ -341,7 +379,7 @@ impl Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if result.command.name == "ROLLBACK" {
+        if result.command.name == "ROLLBACK" || result.command.name == "ROLLBACK TO SAVEPOINT" {
             let warning = ErrorInfo::new("WARNING".into(), "25P01".into(), status_text(&result));
             client.feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(warning))).await?;
         }
@@ -368,11 +406,15 @@ impl Queries {
                     }
                     client.flush().await?;
                 }
-                if let Some(start) = encoder.leftover_start() {
-                    client.feed(PgWireBackendMessage::CopyData(start)).await?;
-                }
+                // The binary trailer; with no rows, in the same message as the header (as
+                // PostgreSQL sends it: psycopg 3 reads the header with what follows it).
+                let start = encoder.leftover_start();
                 if format == CopyFormat::Binary {
-                    client.feed(PgWireBackendMessage::CopyData(CopyData::new(vec![0xFF, 0xFF].into()))).await?;
+                    let mut end = start.map(|s| s.data.to_vec()).unwrap_or_default();
+                    end.extend_from_slice(&[0xFF, 0xFF]);
+                    client.feed(PgWireBackendMessage::CopyData(CopyData::new(end.into()))).await?;
+                } else if let Some(start) = start {
+                    client.feed(PgWireBackendMessage::CopyData(start)).await?;
                 }
                 client.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
                 send_execution_response(client, Tag::new("COPY").with_rows(count)).await
@@ -565,7 +607,17 @@ impl ExtendedQueryHandler for Queries {
             self.db.execute_prepared(&mut session, &principal, parsed, &params).await
         };
         let result = result.map_err(|e| statement_error(&e))?;
-        if result.command.name == "ROLLBACK" {
+        // The client decodes rows by the columns it was told at Describe: a table changed since
+        // (ALTER, DROP and CREATE) must not send rows of other types under them.
+        if let Some(described) = &prepared.columns
+            && !described.fields().is_empty()
+            && result.command.outcome == Outcome::Rows
+            && result.copy.is_none()
+            && wire_types(described) != wire_types(&result.schema)
+        {
+            return Err(user_error("0A000", "cached plan must not change result type".into()));
+        }
+        if result.command.name == "ROLLBACK" || result.command.name == "ROLLBACK TO SAVEPOINT" {
             let warning = ErrorInfo::new("WARNING".into(), "25P01".into(), status_text(&result));
             client.feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(warning))).await?;
         }

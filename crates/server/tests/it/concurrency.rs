@@ -171,7 +171,9 @@ async fn commit_threads_run_every_queued_job_in_order_even_without_its_caller() 
     let threads = CommitThreads::start(1).unwrap();
     // The first job holds the only thread until released, so the next ones queue.
     let (release, wait) = std::sync::mpsc::channel::<()>();
-    let first = threads.run(move || wait.recv().is_ok());
+    let mut first = Box::pin(threads.run(move || wait.recv().is_ok()));
+    // (`run` queues its job when first polled.)
+    assert!(futures::poll!(&mut first).is_pending());
     let order = Arc::new(Mutex::new(Vec::new()));
     let o = Arc::clone(&order);
     let abandoned = threads.run(move || o.lock().unwrap().push("abandoned"));

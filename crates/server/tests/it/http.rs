@@ -276,6 +276,64 @@ fn repeated_failed_logins_are_slowed_down() {
     assert_eq!(topicfusion::auth::shown_user(&long).len(), topicfusion_engine::MAX_USER_NAME_BYTES);
 }
 
+#[test]
+fn throttled_attempts_wait_their_turn_before_the_check_and_queue_in_parallel() {
+    use topicfusion::auth::{FREE_FAILURES_PER_USER, LoginThrottle, MAX_QUEUE, TooManyAttempts};
+    let throttle = LoginThrottle::default();
+    let ip = |i: u8| std::net::IpAddr::from([10, 1, 0, i]);
+    // Not throttled: attempts are checked at once.
+    assert_eq!(throttle.admit("alice", ip(1)), Ok(Duration::ZERO));
+    for _ in 0..FREE_FAILURES_PER_USER {
+        assert_eq!(throttle.failed("alice", ip(1)), Duration::ZERO);
+        assert_eq!(throttle.admit("alice", ip(1)), Ok(Duration::ZERO));
+    }
+    let spacing = throttle.failed("alice", ip(1));
+    assert!(spacing > Duration::ZERO);
+    // Every further attempt (whatever its password: this is before the check) waits, and
+    // attempts in parallel take turns one spacing apart, from any address.
+    // (turn i is i spacings after turn 0; the wait is the turn less the time it is asked at.)
+    let asked = std::time::Instant::now();
+    let waits: Vec<Duration> = (0..5).map(|i| throttle.admit("alice", ip(10 + i)).unwrap()).collect();
+    let elapsed = asked.elapsed();
+    for (i, wait) in waits.iter().enumerate() {
+        assert!(*wait <= waits[0] + spacing * i as u32, "{waits:?}");
+        assert!(*wait + elapsed >= waits[0] + spacing * i as u32, "{waits:?}");
+    }
+    assert!(waits[0] > Duration::ZERO, "the first throttled attempt waits too: {waits:?}");
+    // Another name from a fresh address is not held up.
+    assert_eq!(throttle.admit("bob", ip(99)), Ok(Duration::ZERO));
+    // A long queue is refused outright, without a check.
+    let refused = (0..10_000).map(|_| throttle.admit("alice", ip(2))).find(|r| r.is_err());
+    assert_eq!(refused, Some(Err(TooManyAttempts)));
+    assert!(MAX_QUEUE >= spacing);
+    // A success clears the name.
+    throttle.succeeded("alice");
+    assert_eq!(throttle.admit("alice", ip(3)), Ok(Duration::ZERO));
+}
+
+#[test]
+fn a_flood_of_new_names_does_not_reset_a_throttled_one() {
+    use topicfusion::auth::{FREE_FAILURES_PER_USER, LoginThrottle, MAX_ENTRIES};
+    let throttle = LoginThrottle::default();
+    let victim_ip = std::net::IpAddr::from([10, 2, 0, 1]);
+    for _ in 0..=FREE_FAILURES_PER_USER {
+        throttle.failed("target", victim_ip);
+    }
+    // More throttled names than the table holds, from one address.
+    let flood_ip = std::net::IpAddr::from([10, 2, 0, 2]);
+    for i in 0..MAX_ENTRIES + 20 {
+        for _ in 0..=FREE_FAILURES_PER_USER {
+            throttle.failed(&format!("n{i}"), flood_ip);
+        }
+    }
+    // The targeted count is still there, and goes on...
+    assert_eq!(throttle.user_failures("target"), FREE_FAILURES_PER_USER + 1);
+    throttle.failed("target", victim_ip);
+    assert_eq!(throttle.user_failures("target"), FREE_FAILURES_PER_USER + 2);
+    // ...and a name new to the full table is throttled through the shared overflow entry.
+    assert!(throttle.failed("fresh-name", std::net::IpAddr::from([10, 3, 0, 1])) > Duration::ZERO);
+}
+
 #[tokio::test]
 async fn root_without_a_password_logs_in_from_loopback_only() {
     let (_tmp, data) = data_dir();

@@ -59,15 +59,107 @@ fn numeric_in_text_and_binary_for_the_whole_decimal128_range() {
             assert_eq!(binary_numeric(&buf, 38, scale).unwrap(), unscaled, "{text}");
         }
     }
-    // A value with more decimals than the column's scale, or more digits than its precision,
-    // is an error, not a silently different number.
-    let mut buf = BytesMut::new();
-    Numeric { unscaled: 12345, scale: 3 }.to_sql(&postgres_types::Type::NUMERIC, &mut buf).unwrap();
-    assert!(binary_numeric(&buf, 10, 2).unwrap_err().contains("decimal places"));
+    // More decimals than the column's scale round half away from zero (as PostgreSQL and the
+    // text form do); more digits than its precision is an error, not a different number.
+    let binary = |unscaled: i128, scale: i8| {
+        let mut buf = BytesMut::new();
+        Numeric { unscaled, scale }.to_sql(&postgres_types::Type::NUMERIC, &mut buf).unwrap();
+        buf
+    };
+    let buf = binary(12345, 3);
+    assert_eq!(binary_numeric(&buf, 10, 2).unwrap(), 1235);
+    assert_eq!(binary_numeric(&binary(-12345, 3), 10, 2).unwrap(), -1235);
+    assert_eq!(binary_numeric(&binary(12344, 3), 10, 2).unwrap(), 1234);
+    assert_eq!(binary_numeric(&binary(99_999, 4), 10, 0).unwrap(), 10);
+    assert_eq!(binary_numeric(&binary(4_9999, 5), 10, 0).unwrap(), 0);
     assert!(binary_numeric(&buf, 3, 3).unwrap_err().contains("overflow"));
     assert_eq!(binary_numeric(&buf, 10, 5).unwrap(), 1_234_500);
+    // Digits a client crafted past i128 are an error, whichever group carries them over.
+    let groups = |weight: i16, digits: &[i16]| {
+        let mut b = Vec::new();
+        for v in [digits.len() as i16, weight, 0, 0].into_iter().chain(digits.iter().copied()) {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b
+    };
+    assert!(binary_numeric(&groups(9, &[9999; 11]), 38, 0).unwrap_err().contains("out of range"));
+    let near_max = binary(i128::MAX, 1);
+    assert!(binary_numeric(&near_max, 38, 1).unwrap_err().contains("overflow"));
     // Truncated or malformed input is an error.
     for bad in [&buf[..5], &buf[..buf.len() - 1]] {
         assert!(numeric_text(bad).is_err());
     }
+}
+
+/// The rows a decoder produces for `data` fed in pieces cut at `cuts`.
+fn decode_in_pieces(
+    format: topicfusion_engine::CopyFormat,
+    options: &topicfusion_engine::CopyOptions,
+    data: &[u8],
+    cuts: &[usize],
+) -> Vec<Vec<Option<String>>> {
+    use topicfusion::pg::copy::CopyDecoder;
+    use topicfusion_engine::copy::CopyRows;
+    use topicfusion_engine::types::ColumnType;
+    let mut decoder = CopyDecoder::new(format, options, vec![ColumnType::Text, ColumnType::Text]);
+    let mut batches = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain([data.len()].iter()) {
+        batches.extend(decoder.push(&data[at..cut]).unwrap());
+        at = cut;
+    }
+    batches.extend(decoder.finish().unwrap());
+    batches
+        .into_iter()
+        .flat_map(|b| match b {
+            CopyRows::Text(rows) => rows,
+            CopyRows::Values(_) => panic!("text rows expected"),
+        })
+        .collect()
+}
+
+#[test]
+fn csv_with_an_escape_character_reads_the_same_wherever_the_chunks_split() {
+    let options = topicfusion_engine::CopyOptions { escape: Some('\\'), ..Default::default() };
+    // A quote escaped inside quotes, an escaped escape, a newline inside quotes, an empty
+    // unquoted field (NULL) and an empty quoted one.
+    let data = b"\"a\\\"b\",\"c\\\\\"\n\"two\nlines\",\n,\"\"\n";
+    let expected = vec![
+        vec![Some("a\"b".to_owned()), Some("c\\".to_owned())],
+        vec![Some("two\nlines".to_owned()), None],
+        vec![None, Some(String::new())],
+    ];
+    let format = topicfusion_engine::CopyFormat::Csv;
+    assert_eq!(decode_in_pieces(format, &options, data, &[]), expected);
+    for cut in 1..data.len() {
+        assert_eq!(decode_in_pieces(format, &options, data, &[cut]), expected, "cut at {cut}");
+    }
+    let every_byte: Vec<usize> = (1..data.len()).collect();
+    assert_eq!(decode_in_pieces(format, &options, data, &every_byte), expected);
+}
+
+#[test]
+fn copy_rows_are_handed_out_by_size_as_well_as_by_count() {
+    use topicfusion::pg::copy::CopyDecoder;
+    use topicfusion_engine::copy::CopyRows;
+    use topicfusion_engine::types::ColumnType;
+    let options = topicfusion_engine::CopyOptions::default();
+    let format = topicfusion_engine::CopyFormat::Text;
+    let mut decoder = CopyDecoder::new(format, &options, vec![ColumnType::Text]);
+    // 1 MiB rows, one message each: a write's worth of rows goes out well before 4,096 rows.
+    let row = format!("{}\n", "x".repeat(1 << 20));
+    let mut handed_out = 0;
+    for i in 0..10 {
+        for batch in decoder.push(row.as_bytes()).unwrap() {
+            let CopyRows::Text(rows) = batch else { panic!("text rows expected") };
+            assert!(rows.len() <= 4, "{} rows of 1 MiB held at once", rows.len());
+            handed_out += rows.len();
+        }
+        assert!(i + 1 - handed_out <= 4, "row {i}: {} rows pending", i + 1 - handed_out);
+    }
+    for batch in decoder.finish().unwrap() {
+        let CopyRows::Text(rows) = batch else { panic!("text rows expected") };
+        handed_out += rows.len();
+    }
+    assert_eq!(handed_out, 10);
 }

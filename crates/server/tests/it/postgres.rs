@@ -85,6 +85,24 @@ async fn prepared_statements_with_parameters_and_typed_results() {
     assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
     let e = client.query("CONSUME FROM app.missing", &[]).await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_OBJECT), "{e}");
+    // The classes drivers branch on, as PostgreSQL gives them.
+    for (sql, code) in [
+        ("SELECT 1 / 0", SqlState::DIVISION_BY_ZERO),
+        ("SELECT CAST(id AS INT) / 0 FROM app.t", SqlState::DIVISION_BY_ZERO),
+        ("SELECT CAST('abc' AS INT)", SqlState::INVALID_TEXT_REPRESENTATION),
+        ("SELECT CAST(300 AS TINYINT)", SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
+        ("CREATE TABLE app.t (id BIGINT PRIMARY KEY)", SqlState::DUPLICATE_TABLE),
+        ("SELECT no_such_function(1)", SqlState::UNDEFINED_FUNCTION),
+        ("ROLLBACK TO SAVEPOINT nowhere", SqlState::NO_ACTIVE_SQL_TRANSACTION),
+        ("DEALLOCATE nothing_prepared", SqlState::INVALID_SQL_STATEMENT_NAME),
+    ] {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.code(), Some(&code), "{sql}: {e}");
+    }
+    client.batch_execute("BEGIN").await.unwrap();
+    let e = client.simple_query("RELEASE SAVEPOINT nowhere").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::S_E_INVALID_SPECIFICATION), "{e}");
+    client.batch_execute("COMMIT").await.unwrap();
     // A parameter declared text that cannot be compared with the column is refused by the
     // server (a bound string stays a string), and the connection goes on.
     let e = client

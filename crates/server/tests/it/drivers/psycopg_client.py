@@ -84,4 +84,54 @@ assert f"up to offset {woken[0][2]}" in ack[0], ack
 
 # An empty wait returns no rows at its timeout.
 assert service.execute("CONSUME FROM app.item_events GROUP 'g' WITH (timeout_ms = 200)").fetchall() == []
+
+# Prepared statements (psycopg 3 prepares a query from its 5th run): a table dropped and created
+# again with other column types is refused with SQLSTATE 0A000, not answered with rows the client
+# decodes as the old types; DROP makes psycopg clear its cache with DEALLOCATE ALL, and the same
+# query then works again.
+root.execute("CREATE TABLE app.shape (id BIGINT PRIMARY KEY, v BIGINT)")
+root.execute("INSERT INTO app.shape VALUES (1, 10)")
+for _ in range(6):
+    assert root.execute("SELECT v FROM app.shape WHERE id = %s", (1,)).fetchone() == (10,)
+root.execute("DROP TABLE app.shape")
+root.execute("CREATE TABLE app.shape (id BIGINT PRIMARY KEY, v TEXT)")
+root.execute("INSERT INTO app.shape VALUES (1, 'ten')")
+assert root.execute("SELECT v FROM app.shape WHERE id = %s", (1,)).fetchone() == ("ten",)
+# Without the DDL in between (another connection changed the table), the stale plan is refused.
+other = connect("root", root_password)
+for _ in range(6):
+    assert other.execute("SELECT v FROM app.shape WHERE id = %s", (1,)).fetchone() == ("ten",)
+root.execute("DROP TABLE app.shape")
+root.execute("CREATE TABLE app.shape (id BIGINT PRIMARY KEY, v DOUBLE)")
+root.execute("INSERT INTO app.shape VALUES (1, 2.5)")
+try:
+    other.execute("SELECT v FROM app.shape WHERE id = %s", (1,)).fetchone()
+    raise SystemExit("a prepared statement returned rows of a changed type")
+except errors.FeatureNotSupported as e:
+    assert "cached plan must not change result type" in str(e), e
+other.execute("DEALLOCATE ALL")
+assert other.execute("SELECT v FROM app.shape WHERE id = %s", (1,), prepare=False).fetchone() == (2.5,)
+
+# Nested transactions are savepoints: accepted (every statement still commits on its own).
+nested = connect("u_user", "pw", autocommit=False)
+with nested.transaction():
+    nested.execute("INSERT INTO app.items (id, name) VALUES (%s, %s)", (20, "outer"))
+    with nested.transaction():
+        nested.execute("INSERT INTO app.items (id, name) VALUES (%s, %s)", (21, "inner"))
+nested.commit()
+assert root.execute("SELECT count(*) FROM app.items WHERE id IN (20, 21)").fetchone() == (2,)
+
+# Binary COPY: a query of no rows reads as no rows; decimals with more places than the column
+# round as in PostgreSQL.
+with root.cursor() as cur:
+    with cur.copy("COPY (SELECT id FROM app.items WHERE id < 0) TO STDOUT (FORMAT BINARY)") as copy:
+        copy.set_types(["int8"])
+        assert list(copy.rows()) == []
+    with cur.copy("COPY app.items (id, price) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "numeric"])
+        copy.write_row((30, decimal.Decimal("1.255")))
+        copy.write_row((31, decimal.Decimal("-1.254")))
+prices = root.execute("SELECT id, price FROM app.items WHERE id IN (30, 31) ORDER BY id").fetchall()
+assert prices == [(30, decimal.Decimal("1.26")), (31, decimal.Decimal("-1.25"))], prices
+
 print("psycopg: all checks passed")
