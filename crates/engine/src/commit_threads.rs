@@ -1,7 +1,8 @@
 //! The table writers' commit threads: a few long-lived threads that run the blocking part of
-//! every DML statement (key check, routing, the RocksDB write) in arrival order, except large
-//! statements, which go to tokio's blocking pool so that small ones never queue behind them
-//! (`writer::write_statement`).
+//! DML statements (key check, routing, the RocksDB write) in arrival order, except large
+//! statements, which go to tokio's blocking pool so that small ones never queue behind them,
+//! and one small statement at a time while none is queued, which takes the short path on its
+//! own thread ([`CommitThreads::short_path`], `writer::write_statement`).
 //!
 //! Why not `spawn_blocking`: with many concurrent writers, tokio's blocking pool gives each
 //! statement a thread of its own, woken for it and parked after it, and those threads then queue
@@ -11,6 +12,7 @@
 //! nearly uncontended.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use datafusion::common::{DataFusionError, Result};
@@ -33,6 +35,17 @@ struct Shared {
 pub struct CommitThreads {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// A statement writes on its own thread ([`CommitThreads::short_path`]).
+    short_path_taken: AtomicBool,
+}
+
+/// The short path, taken: dropping it frees it.
+pub struct ShortPath<'a>(&'a AtomicBool);
+
+impl Drop for ShortPath<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl CommitThreads {
@@ -55,7 +68,20 @@ impl CommitThreads {
                 .spawn(move || run(&shared))?;
             threads.push(thread);
         }
-        Ok(Self { shared, threads })
+        Ok(Self { shared, threads, short_path_taken: AtomicBool::new(false) })
+    }
+
+    /// Lets one small statement at a time write on its caller's thread instead of a commit
+    /// thread, while no job is queued (a lone writer then needs no thread hand-off; under load
+    /// the commit threads keep the writers few). `None`: submit to the threads.
+    pub fn short_path(&self) -> Option<ShortPath<'_>> {
+        if !self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).jobs.is_empty() {
+            return None;
+        }
+        self.short_path_taken
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| ShortPath(&self.short_path_taken))
     }
 
     /// Queues `job` for the next free commit thread. It runs to its end whatever its caller

@@ -61,9 +61,13 @@ pub enum ErrorKind {
     NumericOutOfRange,
     /// Text that is not a value of the type it is cast to (`'abc'::int`).
     InvalidTextRepresentation,
-    /// CREATE of a table or schema that exists.
+    /// CREATE of a table that exists.
     DuplicateTable,
-    /// CREATE of a topic, user or cursor that exists.
+    /// CREATE of a schema that exists.
+    DuplicateSchema,
+    /// DECLARE of a cursor that exists.
+    DuplicateCursor,
+    /// CREATE of a topic or user that exists.
     DuplicateObject,
     /// A function that does not exist (or not for these argument types).
     UndefinedFunction,
@@ -136,18 +140,16 @@ impl ErrorKind {
             ErrorKind::InvalidSavepoint
         } else if message.starts_with("prepared statement \"") && message.ends_with("\" does not exist") {
             ErrorKind::InvalidStatementName
-        } else if (message.starts_with("table ") || message.starts_with("schema "))
-            && message.ends_with(" already exists")
-        {
+        } else if message.starts_with("table ") && message.ends_with(" already exists") {
             ErrorKind::DuplicateTable
-        } else if message.ends_with(" already exists")
-            && ["topic ", "user ", "cursor \""].iter().any(|w| message.starts_with(w))
-        {
+        } else if message.starts_with("schema ") && message.ends_with(" already exists") {
+            ErrorKind::DuplicateSchema
+        } else if message.starts_with("cursor \"") && message.ends_with("\" already exists") {
+            ErrorKind::DuplicateCursor
+        } else if message.ends_with(" already exists") && ["topic ", "user "].iter().any(|w| message.starts_with(w)) {
             ErrorKind::DuplicateObject
         } else if message.starts_with("Invalid function '") {
             ErrorKind::UndefinedFunction
-        } else if message.contains("Arithmetic overflow") {
-            ErrorKind::NumericOutOfRange
         } else if message.starts_with("Divide by zero") {
             ErrorKind::DivisionByZero
         } else if message.starts_with("duplicate primary key") {
@@ -158,6 +160,9 @@ impl ErrorKind {
             ErrorKind::UndefinedTable
         } else if unknown("topic ") || unknown("schema ") || unknown("user ") || unknown("consumer group ") {
             ErrorKind::UndefinedObject
+        } else if message.contains(" out of range") && message.contains(": Arithmetic overflow: ") {
+            // The write path's checked integer arithmetic (`BIGINT out of range for column v`).
+            ErrorKind::NumericOutOfRange
         } else {
             ErrorKind::InvalidInput
         }
@@ -184,6 +189,8 @@ impl ErrorKind {
             ErrorKind::NumericOutOfRange => "22003",
             ErrorKind::InvalidTextRepresentation => "22P02",
             ErrorKind::DuplicateTable => "42P07",
+            ErrorKind::DuplicateSchema => "42P06",
+            ErrorKind::DuplicateCursor => "42P03",
             ErrorKind::DuplicateObject => "42710",
             ErrorKind::UndefinedFunction => "42883",
             ErrorKind::InvalidSavepoint => "3B001",

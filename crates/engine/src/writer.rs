@@ -1,8 +1,10 @@
 //! The table write path: turns the rows a DML statement produced into row changes (with the
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
 //! messages, and writes rows and messages in one write batch on a commit thread
-//! ([`crate::commit_threads`]); the statement is answered once the batch is durable and visible
-//! (`Store::when_durable`), after the locks are released.
+//! ([`crate::commit_threads`]), or for a lone small statement on its own thread (the short
+//! path, which also fsyncs there when no fsync is running: `Store::sync_here`); the statement
+//! is answered once the batch is durable and visible (`Store::when_durable`), after the locks
+//! are released.
 //!
 //! [`write_statement`] is the one entry: the DataFusion operator (`TableWriteExec`), the literal
 //! INSERT fast path and COPY go through it. Locking: the DDL lock (read) from the statement's
@@ -122,9 +124,27 @@ where
     // commit durable (one fsync of the WAL-sync thread shared with concurrent commits in --sync mode,
     // whose thread then answers) and visible. A later writer's commit is after this one in the WAL,
     // so it is never durable without it. If the statement is cancelled, the commit still completes.
+    let large = changes.changes.len() > LARGE_STATEMENT_ROWS;
+    // The short path, for one small statement at a time: it writes on its own thread and, when
+    // no fsync is running, fsyncs there too: no hand-off to a commit thread or the WAL-sync
+    // thread and back (each a thread wake-up: most of a lone synced INSERT's time besides its
+    // fsync). Nothing in it awaits, so it cannot be cancelled half-way.
+    if !large && let Some(_slot) = core.commit_threads.short_path() {
+        let written =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&core.store, table, &topics, changes)))
+                .unwrap_or_else(|_| exec_err!("internal: writing the statement panicked"));
+        drop(guard);
+        drop(ddl);
+        drop(_slot);
+        let (count, pending) = written?;
+        let committed = match core.store.sync_here(pending) {
+            Ok(done) => done,
+            Err(pending) => core.store.durable(pending).await,
+        };
+        return committed.map(|_| count).map_err(storage_err);
+    }
     let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let large = changes.changes.len() > LARGE_STATEMENT_ROWS;
     let job = move || {
         match write(&store, &table, &topics, changes) {
             // Asks for the fsync (Sync mode) before the locks are released.

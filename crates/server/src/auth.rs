@@ -78,43 +78,61 @@ impl Tokens {
     }
 }
 
-/// Slows down repeated failed logins (HTTP and PostgreSQL alike), per user name and per client
-/// address. After [`FREE_FAILURES_PER_USER`] failures in a row for a user name (or
-/// [`FREE_FAILURES_PER_ADDRESS`] from one address) the name (address) is throttled: its login
-/// attempts are spaced 100 ms × 2^(failures over the free ones) apart, at most [`MAX_DELAY`].
+/// Slows down repeated failed logins (HTTP and PostgreSQL alike). Every login attempt counts,
+/// before its password is checked ([`LoginThrottle::admit`]), against three keys: the client's
+/// address (an IPv6 address by its /64), the user name from that address, and the user name
+/// from anywhere; a success ([`LoginThrottle::succeeded`]) takes it back. A key with more
+/// counted attempts than its free ones ([`FREE_ATTEMPTS_PER_USER`], [`FREE_ATTEMPTS_PER_ADDRESS`])
+/// is throttled: its attempts take turns 100 ms × 2^(attempts over the free ones) apart, at most
+/// [`MAX_DELAY`], each waiting for its turn *before* its password is checked, the right one
+/// included, so a guesser learns nothing sooner by guessing right, and attempts sent in parallel
+/// queue instead of sharing one wait (they count as they start, not as they fail). An attempt
+/// that would wait longer than [`MAX_QUEUE`] is refused at once, unchecked.
 ///
-/// The spacing applies *before* the password is checked ([`LoginThrottle::admit`]), to every
-/// attempt, the correct password included: a guesser learns nothing sooner by guessing right,
-/// and attempts made in parallel queue one delay apart instead of sharing one wait. An attempt
-/// that would queue longer than [`MAX_QUEUE`] is refused at once without a check. A success
-/// resets the name's count; counts are forgotten after [`FORGET_AFTER`] without a failure.
-/// When the table is full ([`MAX_ENTRIES`]), entries that throttle nobody are dropped first;
-/// throttled ones are never dropped to make room (a flood of new names or addresses cannot
-/// reset a targeted count): new keys then share one overflow entry, throttled like an address.
-/// User names are cut to [`MAX_USER_NAME_BYTES`](topicfusion_engine::MAX_USER_NAME_BYTES) (no
-/// user has a longer one) before they become keys or appear in a log line.
+/// Guessing one user's password from many addresses throttles the user name everywhere, except
+/// from the addresses the user logged in from lately ([`TRUST_FOR`]): an attacker cannot lock
+/// the user out of those. Counts are forgotten after [`FORGET_AFTER`] without an attempt. The
+/// table holds at most [`MAX_ENTRIES`] keys: when full, keys that throttle nobody are dropped
+/// (never the attempt's own, never a throttled one, so a flood of new names cannot reset a
+/// targeted count), and new keys that find no room share one overflow key, throttled like an
+/// address. User names are cut to [`MAX_USER_NAME_BYTES`](topicfusion_engine::MAX_USER_NAME_BYTES)
+/// (no user has a longer one) before they become keys or appear in a log line.
 #[derive(Default)]
 pub struct LoginThrottle {
-    entries: Mutex<HashMap<String, Entry>>,
+    state: Mutex<ThrottleState>,
 }
 
-/// The failures of one user name or address.
+#[derive(Default)]
+struct ThrottleState {
+    entries: HashMap<String, Entry>,
+    /// Per user name, the addresses it logged in from lately (at most [`TRUSTED_PER_USER`]).
+    trusted: HashMap<String, Vec<(String, Instant)>>,
+    /// When the table was last swept for room.
+    last_sweep: Option<Instant>,
+}
+
+/// The attempts of one key.
 struct Entry {
-    failures: u32,
-    last_failure: Instant,
+    /// Attempts counted and not taken back by a success.
+    attempts: u32,
+    last_attempt: Instant,
     /// When the next attempt may be checked.
     next_slot: Instant,
+    free: u32,
 }
 
-pub const FREE_FAILURES_PER_USER: u32 = 3;
-pub const FREE_FAILURES_PER_ADDRESS: u32 = 20;
+pub const FREE_ATTEMPTS_PER_USER: u32 = 3;
+pub const FREE_ATTEMPTS_PER_ADDRESS: u32 = 20;
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// The longest an attempt waits for its turn; beyond, it is refused.
 pub const MAX_QUEUE: Duration = Duration::from_secs(30);
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// The most entries the throttle keeps.
+/// How long an address a user logged in from is exempt from the user name's own throttle.
+pub const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+const TRUSTED_PER_USER: usize = 16;
+/// The most keys the throttle keeps.
 pub const MAX_ENTRIES: usize = 100_000;
-/// The key new names and addresses share while the table is full of throttled entries.
+/// The key new keys share while the table is full of throttled entries.
 const OVERFLOW_KEY: &str = "overflow";
 
 /// A login attempt refused without checking its password: the name or address has too many
@@ -141,110 +159,133 @@ pub fn shown_user(user: &str) -> &str {
     &user[..cut]
 }
 
+/// An address as the throttle counts it: IPv4 as it is, IPv6 by its /64 (one host's share).
+fn address_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 impl Entry {
-    /// The spacing of this key's attempts, given its free failures.
-    fn delay(&self, free: u32) -> Duration {
-        match self.failures.checked_sub(free + 1) {
+    /// The spacing of this key's attempts after its counted ones.
+    fn delay(&self) -> Duration {
+        match self.attempts.checked_sub(self.free) {
             None => Duration::ZERO,
             Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
         }
     }
 
     fn forgotten(&self) -> bool {
-        self.last_failure.elapsed() >= FORGET_AFTER
+        self.last_attempt.elapsed() >= FORGET_AFTER
+    }
+}
+
+impl ThrottleState {
+    fn trusts(&self, user: &str, address: &str) -> bool {
+        self.trusted.get(user).is_some_and(|a| a.iter().any(|(a, at)| a == address && at.elapsed() < TRUST_FOR))
+    }
+
+    /// Room for `needed` new keys, keeping `keep`: drops forgotten entries, then ones that
+    /// throttle nobody (at most one sweep a second: a flood does not make every attempt scan).
+    fn make_room(&mut self, keep: &[String], needed: usize) -> bool {
+        if self.entries.len() + needed <= MAX_ENTRIES {
+            return true;
+        }
+        let now = Instant::now();
+        if self.last_sweep.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return false;
+        }
+        self.last_sweep = Some(now);
+        let kept = |k: &String| k == OVERFLOW_KEY || keep.contains(k);
+        self.entries.retain(|k, e| kept(k) || (!e.forgotten() && !e.delay().is_zero()));
+        self.trusted.retain(|_, a| {
+            a.retain(|(_, at)| at.elapsed() < TRUST_FOR);
+            !a.is_empty()
+        });
+        self.entries.len() + needed <= MAX_ENTRIES
     }
 }
 
 impl LoginThrottle {
-    fn keys(user: &str, ip: IpAddr) -> [(String, u32); 2] {
-        [
-            (format!("user:{}", shown_user(user)), FREE_FAILURES_PER_USER),
-            (format!("ip:{ip}"), FREE_FAILURES_PER_ADDRESS),
-        ]
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Before a password is checked: how long this attempt waits for its turn (it reserves the
-    /// turn, so attempts in parallel queue), or a refusal when the queue is too long.
+    /// An attempt to log in as `user` from `ip`, before its password is checked: counts it
+    /// (a success takes it back) and returns how long it waits for its turn, or a refusal when
+    /// the queue is too long (then nothing is counted).
     pub fn admit(&self, user: &str, ip: IpAddr) -> Result<Duration, TooManyAttempts> {
-        let mut map = self.lock();
-        let now = Instant::now();
-        let mut turns = Vec::new();
-        for (key, free) in Self::keys(user, ip) {
-            // A key the full table could not hold counted its failures in the overflow entry.
-            let (key, free) = match map.contains_key(&key) {
-                true => (key, free),
-                false if map.len() >= MAX_ENTRIES => (OVERFLOW_KEY.to_owned(), FREE_FAILURES_PER_ADDRESS),
-                false => continue,
+        let mut st = self.lock();
+        let (user, address) = (shown_user(user), address_key(ip));
+        let mut keys = vec![
+            (format!("addr:{address}"), FREE_ATTEMPTS_PER_ADDRESS),
+            (format!("name-from:{user}@{address}"), FREE_ATTEMPTS_PER_USER),
+        ];
+        if !st.trusts(user, &address) {
+            keys.push((format!("name:{user}"), FREE_ATTEMPTS_PER_USER));
+        }
+        let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        let missing = keys.iter().filter(|(k, _)| !st.entries.contains_key(k)).count();
+        let room = st.make_room(&names, missing);
+        let mut counted: Vec<(String, u32)> = Vec::new();
+        for (key, free) in keys {
+            let (key, free) = if room || st.entries.contains_key(&key) {
+                (key, free)
+            } else {
+                (OVERFLOW_KEY.to_owned(), FREE_ATTEMPTS_PER_ADDRESS)
             };
-            let Some(e) = map.get(&key) else { continue };
-            let delay = e.delay(free);
-            if e.forgotten() || delay.is_zero() {
-                continue;
+            if !counted.iter().any(|(k, _)| *k == key) {
+                counted.push((key, free));
             }
-            let turn = e.next_slot.max(now);
-            if turn - now > MAX_QUEUE {
-                return Err(TooManyAttempts);
-            }
-            turns.push((key, turn, delay));
         }
-        let mut wait = Duration::ZERO;
-        for (key, turn, delay) in turns {
-            if let Some(e) = map.get_mut(&key) {
-                e.next_slot = turn + delay;
-            }
-            wait = wait.max(turn - now);
-        }
-        Ok(wait)
-    }
-
-    /// Records a failed login; returns the spacing of the next attempts of its name or address
-    /// (zero while within the free failures).
-    pub fn failed(&self, user: &str, ip: IpAddr) -> Duration {
-        let mut map = self.lock();
         let now = Instant::now();
-        let mut spacing = Duration::ZERO;
-        for (key, free) in Self::keys(user, ip) {
-            let key = if map.contains_key(&key) || Self::make_room(&mut map) { key } else { OVERFLOW_KEY.to_owned() };
-            let free = if key == OVERFLOW_KEY { FREE_FAILURES_PER_ADDRESS } else { free };
-            let e = map.entry(key).or_insert(Entry { failures: 0, last_failure: now, next_slot: now });
-            if e.forgotten() {
-                e.failures = 0;
+        let mut turn = now;
+        for (key, _) in &counted {
+            if let Some(e) = st.entries.get(key).filter(|e| !e.forgotten() && !e.delay().is_zero()) {
+                turn = turn.max(e.next_slot);
             }
-            e.failures = e.failures.saturating_add(1);
-            e.last_failure = now;
-            let delay = e.delay(free);
-            e.next_slot = e.next_slot.max(now + delay);
-            spacing = spacing.max(delay);
         }
-        spacing
+        if turn - now > MAX_QUEUE {
+            return Err(TooManyAttempts);
+        }
+        for (key, free) in counted {
+            let e = st.entries.entry(key).or_insert(Entry { attempts: 0, last_attempt: now, next_slot: now, free });
+            if e.forgotten() {
+                e.attempts = 0;
+            }
+            e.attempts = e.attempts.saturating_add(1);
+            e.last_attempt = now;
+            e.next_slot = e.next_slot.max(turn) + e.delay();
+        }
+        Ok(turn - now)
     }
 
-    /// Whether a new key fits: drops forgotten entries, then ones that throttle nobody.
-    fn make_room(map: &mut HashMap<String, Entry>) -> bool {
-        if map.len() < MAX_ENTRIES {
-            return true;
+    /// The attempt admitted for `user` from `ip` logged in: the user name's counts are cleared,
+    /// the address's attempt is taken back, and the address is trusted for the user.
+    pub fn succeeded(&self, user: &str, ip: IpAddr) {
+        let mut st = self.lock();
+        let (user, address) = (shown_user(user), address_key(ip));
+        st.entries.remove(&format!("name:{user}"));
+        st.entries.remove(&format!("name-from:{user}@{address}"));
+        if let Some(e) = st.entries.get_mut(&format!("addr:{address}")) {
+            e.attempts = e.attempts.saturating_sub(1);
         }
-        map.retain(|k, e| k == OVERFLOW_KEY || !e.forgotten());
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|k, e| {
-                let free = if k.starts_with("user:") { FREE_FAILURES_PER_USER } else { FREE_FAILURES_PER_ADDRESS };
-                k == OVERFLOW_KEY || !e.delay(free).is_zero()
-            });
+        let trusted = st.trusted.entry(user.to_owned()).or_default();
+        trusted.retain(|(a, _)| *a != address);
+        if trusted.len() >= TRUSTED_PER_USER {
+            trusted.remove(0);
         }
-        map.len() < MAX_ENTRIES
+        trusted.push((address, Instant::now()));
     }
 
-    /// The failures counted for a user name now (0 when none or forgotten).
-    pub fn user_failures(&self, user: &str) -> u32 {
-        self.lock().get(&format!("user:{}", shown_user(user))).filter(|e| !e.forgotten()).map_or(0, |e| e.failures)
-    }
-
-    pub fn succeeded(&self, user: &str) {
-        self.lock().remove(&format!("user:{}", shown_user(user)));
+    /// The attempts counted now for a user name from anywhere (0 when none or forgotten).
+    pub fn user_attempts(&self, user: &str) -> u32 {
+        let st = self.lock();
+        st.entries.get(&format!("name:{}", shown_user(user))).filter(|e| !e.forgotten()).map_or(0, |e| e.attempts)
     }
 }
 

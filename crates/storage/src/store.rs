@@ -194,6 +194,9 @@ struct SyncState {
     failed: Option<String>,
     /// The thread is waiting for work (so a request must wake it).
     idle: bool,
+    /// An fsync is running (on the WAL-sync thread, or on a writer's own thread through
+    /// [`Store::sync_here`]): one at a time.
+    syncing: bool,
     shutdown: bool,
     /// Async waiters ([`Store::when_durable`]) and the commit each waits for, in the order they
     /// came; each has asked for a sync through its commit, so the thread serves all of them
@@ -208,70 +211,94 @@ impl WalSync {
 
     /// Asks the thread to sync through commit `seq`; returns the state, still locked.
     fn request(&self, seq: u64) -> Result<MutexGuard<'_, SyncState>> {
+        let st = self.request_quietly(seq)?;
+        if st.requested > st.synced && st.idle && !st.syncing {
+            self.work.notify_one();
+        }
+        Ok(st)
+    }
+
+    /// [`WalSync::request`] without waking the thread (for a writer that may fsync itself).
+    fn request_quietly(&self, seq: u64) -> Result<MutexGuard<'_, SyncState>> {
         let mut st = self.lock();
         if let Some(reason) = &st.failed {
             return Err(StorageError::WalSync(reason.clone()));
         }
-        if st.requested < seq {
-            st.requested = seq;
-            if st.idle {
-                self.work.notify_one();
-            }
-        }
+        st.requested = st.requested.max(seq);
         Ok(st)
     }
 }
 
-/// The WAL-sync thread: fsyncs whenever commits wait, publishes the watermarks of the commits
-/// each fsync covered (in commit order), then wakes their writers. Returns on shutdown once no
-/// commit waits, or after a failed fsync.
+/// The WAL-sync thread: fsyncs whenever commits wait and no writer is fsyncing on its own
+/// thread ([`Store::sync_here`]). Returns on shutdown once no commit waits, or after a failed
+/// fsync.
 fn wal_sync_loop(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) {
     loop {
         let mut st = sync.lock();
-        while st.requested <= st.synced && !st.shutdown {
+        loop {
+            // After a failed fsync nothing is synced again (see `failed`).
+            if st.failed.is_some() {
+                return;
+            }
+            if st.requested > st.synced && !st.syncing {
+                break;
+            }
+            if st.shutdown && st.requested <= st.synced && !st.syncing {
+                return;
+            }
             st.idle = true;
             st = sync.work.wait(st).unwrap_or_else(|e| e.into_inner());
             st.idle = false;
         }
-        if st.requested <= st.synced {
-            return;
-        }
+        st.syncing = true;
         drop(st);
-        // Every commit written before this read is covered by the fsync below.
-        let target = read.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
-        let result = db.flush_wal(true);
-        if result.is_ok() {
-            // Consumers wake right after the fsync, before the writers: they do not wait for
-            // each writer to be scheduled again.
-            let mut read = read.lock().unwrap_or_else(|e| e.into_inner());
-            while read.unpublished.front().is_some_and(|(s, _)| *s <= target) {
-                if let Some((_, appended)) = read.unpublished.pop_front() {
-                    publish(&mut read, &appended);
-                }
-            }
-        }
-        let mut st = sync.lock();
-        match result {
-            Ok(()) => st.synced = st.synced.max(target),
-            Err(e) => st.failed = Some(e.to_string()),
-        }
-        let failed = st.failed.clone();
-        let synced = st.synced;
-        let (done, waiting) =
-            std::mem::take(&mut st.waiters).into_iter().partition(|(seq, _)| failed.is_some() || *seq <= synced);
-        st.waiters = waiting;
-        sync.done.notify_all();
-        drop(st);
-        for (_, on_durable) in done {
-            on_durable(match &failed {
-                Some(reason) => Err(StorageError::WalSync(reason.clone())),
-                None => Ok(()),
-            });
-        }
-        if failed.is_some() {
+        if !sync_round(db, read, sync) {
             return;
         }
     }
+}
+
+/// One fsync covering every commit written so far (the caller has set `syncing`): publishes
+/// the watermarks of the commits it covered (in commit order), then tells their writers.
+/// Returns false if the fsync failed.
+fn sync_round(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) -> bool {
+    // Every commit written before this read is covered by the fsync below.
+    let target = read.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
+    let result = db.flush_wal(true);
+    if result.is_ok() {
+        // Consumers wake right after the fsync, before the writers: they do not wait for
+        // each writer to be scheduled again.
+        let mut read = read.lock().unwrap_or_else(|e| e.into_inner());
+        while read.unpublished.front().is_some_and(|(s, _)| *s <= target) {
+            if let Some((_, appended)) = read.unpublished.pop_front() {
+                publish(&mut read, &appended);
+            }
+        }
+    }
+    let mut st = sync.lock();
+    match result {
+        Ok(()) => st.synced = st.synced.max(target),
+        Err(e) => st.failed = Some(e.to_string()),
+    }
+    st.syncing = false;
+    let failed = st.failed.clone();
+    let synced = st.synced;
+    let (done, waiting) =
+        std::mem::take(&mut st.waiters).into_iter().partition(|(seq, _)| failed.is_some() || *seq <= synced);
+    st.waiters = waiting;
+    sync.done.notify_all();
+    // Commits that came during this fsync (or a shutdown): the thread takes them.
+    if (st.requested > st.synced || st.shutdown) && st.idle {
+        sync.work.notify_one();
+    }
+    drop(st);
+    for (_, on_durable) in done {
+        on_durable(match &failed {
+            Some(reason) => Err(StorageError::WalSync(reason.clone())),
+            None => Ok(()),
+        });
+    }
+    failed.is_none()
 }
 
 /// A commit written to RocksDB but, with [`Durability::Sync`], not yet fsynced: pass it to
@@ -585,6 +612,37 @@ impl Store {
             let _ = tx.send(result);
         });
         rx.await.unwrap_or_else(|_| Err(StorageError::WalSync("the store was closed".to_owned())))
+    }
+
+    /// The short path of a lone writer: makes a written commit durable on the calling thread
+    /// when no fsync is running (it runs the fsync itself, covering every commit written so
+    /// far, instead of handing it to the WAL-sync thread and waiting to be woken). Returns
+    /// the commit back when an fsync is already running: wait for it with [`Store::durable`]
+    /// (this call has asked for the next one). Blocks for one fsync: call it where a short
+    /// block is acceptable.
+    pub fn sync_here(&self, pending: Pending) -> std::result::Result<Result<Committed>, Pending> {
+        if self.durability == Durability::Process {
+            return Ok(Ok(pending.committed));
+        }
+        let mut st = match self.wal_sync.request_quietly(pending.seq) {
+            Ok(st) => st,
+            Err(e) => return Ok(Err(e)),
+        };
+        if st.synced >= pending.seq {
+            return Ok(Ok(pending.committed));
+        }
+        if st.syncing {
+            // The running fsync's end hands this request to the thread.
+            return Err(pending);
+        }
+        st.syncing = true;
+        drop(st);
+        sync_round(&self.db, &self.read, &self.wal_sync);
+        let st = self.wal_sync.lock();
+        match &st.failed {
+            Some(reason) => Ok(Err(StorageError::WalSync(reason.clone()))),
+            None => Ok(Ok(pending.committed)),
+        }
     }
 
     /// Calls `on_durable` once the written commit is durable and visible (at once with
@@ -1509,6 +1567,54 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Sync).unwrap();
         let got = store.read_messages(1, 0, 0, u64::MAX, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    /// Writers that fsync on their own thread (`sync_here`) and writers that wait for the WAL-sync
+    /// thread, interleaved: every commit is acknowledged once, durable and visible in offset
+    /// order, and the store still closes.
+    #[test]
+    fn writers_syncing_on_their_own_threads_and_through_the_wal_sync_thread_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Sync).unwrap());
+        create_partition(&store);
+        let (threads, per_thread) = (8u64, 150u64);
+        let acknowledged: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let store = Arc::clone(&store);
+                    scope.spawn(move || {
+                        let mut offsets = Vec::new();
+                        for i in 0..per_thread {
+                            let commit =
+                                Commit { messages: vec![msg(1, 0, &format!("{t}-{i}"))].into(), ..Default::default() };
+                            let pending = store.write(commit).unwrap();
+                            let committed = if (t + i) % 2 == 0 {
+                                match store.sync_here(pending) {
+                                    Ok(done) => done.unwrap(),
+                                    Err(pending) => store.finish(pending).unwrap(),
+                                }
+                            } else {
+                                store.finish(pending).unwrap()
+                            };
+                            // Acknowledged means visible to readers.
+                            let offset = committed.offsets[0];
+                            assert!(store.partition_state(1, 0).unwrap().next_offset > offset);
+                            offsets.push(offset);
+                        }
+                        offsets
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = acknowledged.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..threads * per_thread).collect::<Vec<_>>(), "gap-free, each offset once");
+        assert_eq!(store.read_messages(1, 0, 0, u64::MAX, 10_000).unwrap().len() as u64, threads * per_thread);
+        let Ok(store) = Arc::try_unwrap(store) else { panic!("the only reference") };
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Sync).unwrap();
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, threads * per_thread);
     }
 
     #[test]

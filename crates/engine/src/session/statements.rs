@@ -22,6 +22,9 @@ use crate::database::{ClientCopy, Database, StatementResult, count_result, ident
 use crate::postgres::settings;
 use crate::users::Principal;
 
+/// The most savepoints one transaction block holds (they cost memory and undo nothing).
+const MAX_SAVEPOINTS: usize = 10_000;
+
 /// The name a cursor is known by: unquoted names are lowercased, as PostgreSQL does.
 pub fn cursor_name(ident: &sql::Ident) -> String {
     if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
@@ -93,6 +96,9 @@ impl Database {
             SqlStatement::Savepoint { name } => {
                 if !session.in_transaction {
                     return plan_err!("SAVEPOINT can only be used in transaction blocks");
+                }
+                if session.savepoints.len() >= MAX_SAVEPOINTS {
+                    return plan_err!("not supported: more than {MAX_SAVEPOINTS} savepoints in one transaction block");
                 }
                 session.savepoints.push(cursor_name(name));
                 status_result("SAVEPOINT".into())

@@ -78,11 +78,10 @@ impl AppState {
         };
         match principal {
             Some(p) => {
-                self.throttle.succeeded(user);
+                self.throttle.succeeded(user, peer);
                 Ok(p)
             }
             None => {
-                self.throttle.failed(user, peer);
                 tracing::warn!(user = crate::auth::shown_user(user), %peer, "failed login");
                 Err(ApiError::unauthorized("wrong user name or password"))
             }

@@ -290,7 +290,7 @@ impl StartupHandler for ScramLogin {
                 if !valid {
                     return Err(self.failed(&user, ip));
                 }
-                self.logins.throttle.succeeded(&user);
+                self.logins.throttle.succeeded(&user, ip);
                 let verifier = B64.encode(hmac(&credential.server_key, auth_message.as_bytes()));
                 client
                     .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(
@@ -330,9 +330,8 @@ fn parts_authzid(text: &str) -> &str {
 }
 
 impl ScramLogin {
-    /// A failed login: logged and counted by the throttle.
+    /// A failed login, logged (the throttle counted it when it was admitted).
     fn failed(&self, user: &str, ip: IpAddr) -> PgWireError {
-        self.logins.throttle.failed(user, ip);
         tracing::warn!(user = shown_user(user), peer = %ip, "failed PostgreSQL login");
         // Every data dir has root, so saying why root cannot log in reveals nothing.
         if user == topicfusion_engine::users::ROOT_USER

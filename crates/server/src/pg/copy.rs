@@ -88,21 +88,34 @@ impl CopyDecoder {
         }
     }
 
-    /// Takes in a chunk of data; returns the rows it completed, in batches.
-    pub fn push(&mut self, data: &[u8]) -> PgWireResult<Vec<CopyRows>> {
-        if self.finished {
-            // PostgreSQL ignores what follows the end-of-data marker.
-            return Ok(Vec::new());
+    /// Takes in a chunk of data (one CopyData message); then [`CopyDecoder::next_batch`] hands
+    /// out the rows it completes.
+    pub fn push(&mut self, data: &[u8]) {
+        if !self.finished {
+            // (PostgreSQL ignores what follows the end-of-data marker.)
+            self.buf.extend_from_slice(data);
         }
-        self.buf.extend_from_slice(data);
-        match self.format {
-            CopyFormat::Binary => self.binary_rows()?,
-            _ => self.text_rows()?,
+    }
+
+    /// The next batch of rows (a write's worth: [`ROWS_PER_WRITE`] rows or about
+    /// [`BYTES_PER_WRITE`] of them), decoded from the data pushed so far; `None` once what is
+    /// left is less than a batch (kept for the next data, or for [`CopyDecoder::finish`]). Rows
+    /// are decoded a batch at a time, so one large message never becomes all its rows at once.
+    pub fn next_batch(&mut self) -> PgWireResult<Option<CopyRows>> {
+        if !self.finished {
+            match self.format {
+                CopyFormat::Binary => self.binary_rows()?,
+                _ => self.text_rows()?,
+            }
         }
-        if self.buf.len() > MAX_ROW_BYTES {
+        if !self.batch_full() && !self.finished && self.buf.len() > MAX_ROW_BYTES {
             return Err(bad_copy(format!("a COPY row is longer than {} MiB", MAX_ROW_BYTES >> 20)));
         }
-        Ok(self.take(false))
+        Ok(self.take(false).pop())
+    }
+
+    fn batch_full(&self) -> bool {
+        self.text_rows.len() + self.value_rows.len() >= ROWS_PER_WRITE || self.pending_bytes >= BYTES_PER_WRITE
     }
 
     /// The end of the data (CopyDone): the last row, even without a final newline.
@@ -182,6 +195,9 @@ impl CopyDecoder {
                     self.scan = 0;
                     return Ok(());
                 }
+                if self.batch_full() {
+                    break;
+                }
                 continue;
             }
             i += 1;
@@ -213,7 +229,8 @@ impl CopyDecoder {
             };
             return Err(bad_copy(format!("{what} in line {} (COPY expects {} columns)", self.line, self.types.len())));
         }
-        self.pending_bytes += line.len();
+        // The input and what each field costs in memory besides it.
+        self.pending_bytes += line.len() + 32 * (fields.len() + 1);
         self.text_rows.push(fields);
         Ok(())
     }
@@ -221,7 +238,7 @@ impl CopyDecoder {
     /// PostgreSQL's text format: delimiter-separated, backslash escapes, the NULL text as is.
     fn text_fields(&self, line: &[u8]) -> PgWireResult<Vec<Option<String>>> {
         let mut fields = Vec::with_capacity(self.types.len());
-        for raw in split_unescaped(line, self.delimiter) {
+        for raw in split_unescaped(line, self.delimiter, self.types.len() + 1) {
             if raw == self.null.as_slice() {
                 fields.push(None);
                 continue;
@@ -332,7 +349,8 @@ impl CopyDecoder {
                 )
             };
             fields.push(field);
-            if i >= line.len() {
+            // More fields than columns is an error already: stop splitting the rest.
+            if i >= line.len() || fields.len() > self.types.len() {
                 break;
             }
             i += 1; // the delimiter
@@ -412,8 +430,11 @@ impl CopyDecoder {
                 })
                 .collect::<PgWireResult<Vec<_>>>()?;
             self.value_rows.push(row);
-            self.pending_bytes += end - pos;
+            self.pending_bytes += end - pos + 32 * (self.types.len() + 1);
             pos = end;
+            if self.batch_full() {
+                break;
+            }
         }
         self.buf.drain(..pos);
         Ok(())
@@ -421,11 +442,11 @@ impl CopyDecoder {
 }
 
 /// Splits a text-format line at unescaped delimiters.
-fn split_unescaped(line: &[u8], delimiter: u8) -> Vec<&[u8]> {
+fn split_unescaped(line: &[u8], delimiter: u8, max: usize) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
-    while i < line.len() {
+    while i < line.len() && out.len() < max {
         if line[i] == b'\\' {
             i += 2;
             continue;

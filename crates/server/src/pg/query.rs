@@ -14,17 +14,24 @@ use async_trait::async_trait;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{
-    ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response, send_query_response,
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
+    Response, Tag,
 };
-use pgwire::api::results::{CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::{MemPortalStore, PortalStore};
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, METADATA_USER, PgWireConnectionState, Type};
+use pgwire::api::stmt::StoredStatement;
+use pgwire::api::store::{Entry, MemPortalStore, PortalStore};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, METADATA_USER, PgWireConnectionState, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyOutResponse};
-use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_PORTAL};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Close, CloseComplete, Describe, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use tokio::sync::Mutex;
@@ -88,11 +95,18 @@ pub struct Queries {
     db: Arc<Database>,
     session: Arc<Mutex<Session>>,
     copy_in: Mutex<Option<CopyInProgress>>,
+    /// The names of the statements the client prepared (Parse), for `DEALLOCATE ALL`.
+    statement_names: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Queries {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db, session: Arc::new(Mutex::new(Session::new())), copy_in: Mutex::new(None) }
+        Self {
+            db,
+            session: Arc::new(Mutex::new(Session::new())),
+            copy_in: Mutex::new(None),
+            statement_names: Default::default(),
+        }
     }
 
     /// Starts a COPY FROM STDIN: its handler takes the client's data from here on.
@@ -145,6 +159,34 @@ impl Queries {
         })
     }
 
+    /// `DEALLOCATE` of statements the client prepared with the extended protocol (psycopg 3
+    /// evicting one from its cache, or all after DDL): drops them and returns the tag. `None`
+    /// for anything else, which the engine answers (an unknown name is `26000` there).
+    fn deallocate<C>(&self, client: &mut C, target: Option<Option<String>>) -> Option<Tag>
+    where
+        C: ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        let mut names = self.statement_names.lock().unwrap_or_else(|e| e.into_inner());
+        let store = client.portal_store();
+        match target? {
+            None => {
+                for name in names.drain() {
+                    store.rm_statement(&name);
+                }
+                Some(Tag::new("DEALLOCATE ALL"))
+            }
+            Some(name) => {
+                if name.is_empty() || store.get_statement(&name).is_none() {
+                    return None;
+                }
+                store.rm_statement(&name);
+                names.remove(&name);
+                Some(Tag::new("DEALLOCATE"))
+            }
+        }
+    }
+
     /// `MOVE` on a portal of the extended protocol (asyncpg's `cursor.forward(n)`), which
     /// PostgreSQL allows since its portals and cursors share names. `None`: the text is not that.
     async fn move_portal<C>(&self, client: &mut C, text: &str) -> PgWireResult<Option<u64>>
@@ -193,32 +235,24 @@ impl Queries {
     }
 }
 
-/// `DEALLOCATE [PREPARE] name` of a statement the client prepared with the extended protocol
-/// (psycopg 3 evicting one from its cache): drops it and returns true. Anything else (`ALL`,
-/// an unknown name) is left to the engine.
-fn deallocate_statement<C>(client: &mut C, text: &str) -> bool
-where
-    C: ClientPortalStore,
-    C::PortalStore: PortalStore,
-{
+/// What a `DEALLOCATE [PREPARE] name | ALL` text drops: `Some(None)` for ALL, `Some(Some(name))`
+/// for one statement, `None` when the text is not one DEALLOCATE.
+fn deallocate_target(text: &str) -> Option<Option<String>> {
     use datafusion::sql::parser::Statement as DFStatement;
     use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
     let first = text.trim_start().split(|c: char| c.is_whitespace()).next().unwrap_or("");
     if !first.eq_ignore_ascii_case("deallocate") {
-        return false;
+        return None;
     }
-    let Ok(mut statements) = topicfusion_engine::parse_sql(text) else { return false };
-    let (Some(parsed), true) = (statements.pop(), statements.is_empty()) else { return false };
-    let topicfusion_engine::Statement::DataFusion(df) = parsed.statement else { return false };
-    let DFStatement::Statement(st) = *df else { return false };
-    let SqlStatement::Deallocate { name, .. } = *st else { return false };
-    let name = topicfusion_engine::session::cursor_name(&name);
-    let store = client.portal_store();
-    if name.is_empty() || store.get_statement(&name).is_none() {
-        return false;
+    let mut statements = topicfusion_engine::parse_sql(text).ok()?;
+    let (Some(parsed), true) = (statements.pop(), statements.is_empty()) else { return None };
+    let topicfusion_engine::Statement::DataFusion(df) = parsed.statement else { return None };
+    let DFStatement::Statement(st) = *df else { return None };
+    let SqlStatement::Deallocate { name, .. } = *st else { return None };
+    if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+        return Some(None);
     }
-    store.rm_statement(&name);
-    true
+    Some(Some(topicfusion_engine::session::cursor_name(&name)))
 }
 
 /// The CopyData messages of a `COPY ... TO STDOUT` as a stream (the extended protocol's
@@ -240,9 +274,95 @@ fn copy_out(
     .flat_map(stream::iter)
 }
 
-/// The PostgreSQL types of a result's columns, as a client decodes them.
-fn wire_types(schema: &datafusion::arrow::datatypes::SchemaRef) -> Vec<Option<Type>> {
-    schema.fields().iter().map(|f| super::encode::pg_type(f).ok()).collect()
+/// The client decodes a prepared SELECT's rows by the columns Describe gave. Execute plans the
+/// statement again with the bound values, which can widen a column (`int_col + $1` is described
+/// as int4, a bound integer literal makes it int8): such a column is cast back to the described
+/// type (an error if a value does not fit). A column of another kind of type (a table dropped
+/// and created again with other types) is PostgreSQL's `0A000`: the rows are not sent under the
+/// old description. A column described without a type (`SELECT $1`) is sent as it is.
+fn conform_to_description(
+    described: &datafusion::arrow::datatypes::SchemaRef,
+    result: &mut StatementResult,
+) -> PgWireResult<()> {
+    use datafusion::arrow::compute::{CastOptions, cast_with_options};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let changed = || user_error("0A000", "cached plan must not change result type".into());
+    let (want, have) = (described.fields(), result.schema.fields());
+    if want.len() != have.len() {
+        return Err(changed());
+    }
+    let family = |t: &DataType| {
+        if t.is_integer() {
+            1
+        } else if t.is_floating() {
+            2
+        } else if matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+            3
+        } else if matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
+            4
+        } else {
+            0
+        }
+    };
+    let mut casts = Vec::new();
+    for (i, (w, h)) in want.iter().zip(have.iter()).enumerate() {
+        let same_on_the_wire = super::encode::pg_type(w).ok() == super::encode::pg_type(h).ok();
+        if same_on_the_wire || w.data_type() == &DataType::Null {
+            continue;
+        }
+        let (fw, fh) = (family(w.data_type()), family(h.data_type()));
+        if fw == 0 || fw != fh {
+            return Err(changed());
+        }
+        casts.push((i, w.data_type().clone()));
+    }
+    if casts.is_empty() {
+        return Ok(());
+    }
+    let mut fields: Vec<Field> = have.iter().map(|f| f.as_ref().clone()).collect();
+    for (i, ty) in &casts {
+        fields[*i] = fields[*i].clone().with_data_type(ty.clone()).with_nullable(true);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options = CastOptions { safe: false, ..Default::default() };
+    let mut batches = Vec::with_capacity(result.batches.len());
+    for batch in &result.batches {
+        let mut columns = batch.columns().to_vec();
+        for (i, ty) in &casts {
+            columns[*i] = cast_with_options(&columns[*i], ty, &options)
+                .map_err(|e| user_error("22003", format!("a result value does not fit its described type: {e}")))?;
+        }
+        batches.push(
+            datafusion::arrow::record_batch::RecordBatch::try_new(Arc::clone(&schema), columns)
+                .map_err(|e| user_error("XX000", e.to_string()))?,
+        );
+    }
+    result.schema = schema;
+    result.batches = batches;
+    Ok(())
+}
+
+/// pgwire's `send_describe_response`, feeding the messages instead of flushing each: the
+/// client's Sync (or Flush) sends them with the rest of the answer in one write.
+async fn feed_describe_response<C, R>(client: &mut C, response: &R) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    R: DescribeResponse,
+{
+    use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+    if let Some(types) = response.parameters() {
+        let oids = types.iter().map(|t| t.oid()).collect();
+        client.feed(PgWireBackendMessage::ParameterDescription(ParameterDescription::new(oids))).await?;
+    }
+    if response.is_no_data() {
+        client.feed(PgWireBackendMessage::NoData(NoData::new())).await?;
+    } else {
+        let fields = response.fields().iter().map(Into::into).collect();
+        client.feed(PgWireBackendMessage::RowDescription(RowDescription::new(fields))).await?;
+    }
+    Ok(())
 }
 
 fn row_count(result: &StatementResult) -> usize {
@@ -350,8 +470,8 @@ impl Queries {
             send_execution_response(client, Tag::new("MOVE").with_rows(count as usize)).await?;
             return Ok(false);
         }
-        if deallocate_statement(client, text) {
-            send_execution_response(client, Tag::new("DEALLOCATE")).await?;
+        if let Some(tag) = self.deallocate(client, deallocate_target(text)) {
+            send_execution_response(client, tag).await?;
             return Ok(false);
         }
         let outcome = {
@@ -448,7 +568,8 @@ impl CopyHandler for Queries {
         let mut guard = self.copy_in.lock().await;
         let Some(copy) = guard.as_mut() else { return Ok(()) };
         let result = async {
-            for rows in copy.decoder.push(&data.data)? {
+            copy.decoder.push(&data.data);
+            while let Some(rows) = copy.decoder.next_batch()? {
                 copy.writer.write(rows).await.map_err(|e| user_error("22P04", e.to_string()))?;
             }
             Ok(())
@@ -557,6 +678,81 @@ impl ExtendedQueryHandler for Queries {
         Arc::new(Describer { db: Arc::clone(&self.db), session: Arc::clone(&self.session) })
     }
 
+    /// Parse, as pgwire does it, remembering the statement's name for `DEALLOCATE ALL`.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if !name.is_empty() && name != DEFAULT_NAME {
+            self.statement_names.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+        }
+        client.feed(PgWireBackendMessage::ParseComplete(ParseComplete::new())).await?;
+        Ok(())
+    }
+
+    /// Bind, as pgwire does it, but BindComplete waits in the buffer for the Execute's answer
+    /// and the Sync's flush: one socket write per statement, not one per message.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(user_error(
+                        "08P01",
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement {statement_name:?} requires 0",
+                            message.parameters.len()
+                        ),
+                    ));
+                }
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client.feed(PgWireBackendMessage::BindComplete(BindComplete::new())).await?;
+        Ok(())
+    }
+
+    /// Close of a statement also forgets its name.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                self.statement_names.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client.feed(PgWireBackendMessage::CloseComplete(CloseComplete::new())).await?;
+        Ok(())
+    }
+
     /// Describe: also of a cursor declared with SQL (`DECLARE c CURSOR ...`), which PostgreSQL
     /// describes as a portal of the same name (psycopg's server-side cursors ask so).
     async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
@@ -572,9 +768,29 @@ impl ExtendedQueryHandler for Queries {
             && let Some(schema) = self.session.lock().await.cursor_schema(name)
         {
             let fields = wire_fields(&schema, &Format::UnifiedText)?;
-            return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+            return feed_describe_response(client, &DescribePortalResponse::new(fields)).await;
         }
-        self._on_describe(client, message).await
+        // pgwire's own, with the answer fed (the Sync or Flush after it sends it).
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+                Some(Entry::Value(stmt)) => {
+                    let response = self.do_describe_statement(client, &stmt).await?;
+                    feed_describe_response(client, &response).await
+                }
+                Some(Entry::Empty) => feed_describe_response(client, &DescribeStatementResponse::no_data()).await,
+                None => Err(PgWireError::StatementNotFound(name.to_owned())),
+            },
+            TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => {
+                    let response = self.do_describe_portal(client, &portal).await?;
+                    feed_describe_response(client, &response).await
+                }
+                Some(Entry::Empty) => feed_describe_response(client, &DescribePortalResponse::no_data()).await,
+                None => Err(PgWireError::PortalNotFound(name.to_owned())),
+            },
+            other => Err(PgWireError::InvalidTargetType(other)),
+        }
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
@@ -598,6 +814,9 @@ impl ExtendedQueryHandler for Queries {
             return Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))));
         }
         let Some(parsed) = &prepared.parsed else { return Ok(Response::EmptyQuery) };
+        if let Some(tag) = self.deallocate(client, deallocate_target(&parsed.sql)) {
+            return Ok(Response::Execution(tag));
+        }
         let params = (0..portal.parameters.len())
             .map(|i| decode_parameter(portal, i, prepared.parameters.get(i).unwrap_or(&Type::TEXT)))
             .collect::<PgWireResult<Vec<ParamValue>>>()?;
@@ -606,16 +825,12 @@ impl ExtendedQueryHandler for Queries {
             let mut session = self.session.lock().await;
             self.db.execute_prepared(&mut session, &principal, parsed, &params).await
         };
-        let result = result.map_err(|e| statement_error(&e))?;
-        // The client decodes rows by the columns it was told at Describe: a table changed since
-        // (ALTER, DROP and CREATE) must not send rows of other types under them.
+        let mut result = result.map_err(|e| statement_error(&e))?;
         if let Some(described) = &prepared.columns
-            && !described.fields().is_empty()
-            && result.command.outcome == Outcome::Rows
+            && result.command.name == "SELECT"
             && result.copy.is_none()
-            && wire_types(described) != wire_types(&result.schema)
         {
-            return Err(user_error("0A000", "cached plan must not change result type".into()));
+            conform_to_description(described, &mut result)?;
         }
         if result.command.name == "ROLLBACK" || result.command.name == "ROLLBACK TO SAVEPOINT" {
             let warning = ErrorInfo::new("WARNING".into(), "25P01".into(), status_text(&result));

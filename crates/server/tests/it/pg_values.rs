@@ -83,6 +83,12 @@ fn numeric_in_text_and_binary_for_the_whole_decimal128_range() {
         b
     };
     assert!(binary_numeric(&groups(9, &[9999; 11]), 38, 0).unwrap_err().contains("out of range"));
+    // 17014118346046923173168730371588410572.75 at scale 1: i128::MAX tenths from the whole
+    // groups and the straddling one, then the rounding carries it past.
+    let straddling = groups(9, &[17, 141, 1834, 6046, 9231, 7316, 8730, 3715, 8841, 572, 7500]);
+    assert!(binary_numeric(&straddling, 38, 1).unwrap_err().contains("out of range"));
+    let fits = groups(9, &[17, 141, 1834, 6046, 9231, 7316, 8730, 3715, 8841, 572, 7400]);
+    assert!(binary_numeric(&fits, 38, 1).unwrap_err().contains("overflow"));
     let near_max = binary(i128::MAX, 1);
     assert!(binary_numeric(&near_max, 38, 1).unwrap_err().contains("overflow"));
     // Truncated or malformed input is an error.
@@ -105,7 +111,10 @@ fn decode_in_pieces(
     let mut batches = Vec::new();
     let mut at = 0;
     for &cut in cuts.iter().chain([data.len()].iter()) {
-        batches.extend(decoder.push(&data[at..cut]).unwrap());
+        decoder.push(&data[at..cut]);
+        while let Some(batch) = decoder.next_batch().unwrap() {
+            batches.push(batch);
+        }
         at = cut;
     }
     batches.extend(decoder.finish().unwrap());
@@ -150,7 +159,8 @@ fn copy_rows_are_handed_out_by_size_as_well_as_by_count() {
     let row = format!("{}\n", "x".repeat(1 << 20));
     let mut handed_out = 0;
     for i in 0..10 {
-        for batch in decoder.push(row.as_bytes()).unwrap() {
+        decoder.push(row.as_bytes());
+        while let Some(batch) = decoder.next_batch().unwrap() {
             let CopyRows::Text(rows) = batch else { panic!("text rows expected") };
             assert!(rows.len() <= 4, "{} rows of 1 MiB held at once", rows.len());
             handed_out += rows.len();
@@ -162,4 +172,26 @@ fn copy_rows_are_handed_out_by_size_as_well_as_by_count() {
         handed_out += rows.len();
     }
     assert_eq!(handed_out, 10);
+    // One message of a million short rows is decoded a batch at a time, none over the bounds.
+    let mut decoder = CopyDecoder::new(format, &options, vec![ColumnType::Text]);
+    decoder.push("a\n".repeat(1_000_000).as_bytes());
+    let mut batches = 0;
+    let mut total = 0;
+    while let Some(batch) = decoder.next_batch().unwrap() {
+        let CopyRows::Text(rows) = batch else { panic!("text rows expected") };
+        assert!(rows.len() <= 4096);
+        total += rows.len();
+        batches += 1;
+    }
+    for batch in decoder.finish().unwrap() {
+        let CopyRows::Text(rows) = batch else { panic!("text rows expected") };
+        total += rows.len();
+    }
+    assert_eq!(total, 1_000_000);
+    assert!(batches >= 1_000_000 / 4096, "{batches} batches");
+    // A line of a million delimiters is refused without splitting it all.
+    let mut decoder = CopyDecoder::new(format, &options, vec![ColumnType::Text, ColumnType::Text]);
+    decoder.push(format!("{}\n", "\t".repeat(1_000_000)).as_bytes());
+    let e = decoder.next_batch().unwrap_err();
+    assert!(e.to_string().contains("extra data after last expected column"), "{e}");
 }

@@ -92,6 +92,7 @@ async fn prepared_statements_with_parameters_and_typed_results() {
         ("SELECT CAST('abc' AS INT)", SqlState::INVALID_TEXT_REPRESENTATION),
         ("SELECT CAST(300 AS TINYINT)", SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
         ("CREATE TABLE app.t (id BIGINT PRIMARY KEY)", SqlState::DUPLICATE_TABLE),
+        ("CREATE SCHEMA app", SqlState::DUPLICATE_SCHEMA),
         ("SELECT no_such_function(1)", SqlState::UNDEFINED_FUNCTION),
         ("ROLLBACK TO SAVEPOINT nowhere", SqlState::NO_ACTIVE_SQL_TRANSACTION),
         ("DEALLOCATE nothing_prepared", SqlState::INVALID_SQL_STATEMENT_NAME),
@@ -114,6 +115,33 @@ async fn prepared_statements_with_parameters_and_typed_results() {
     // BEGIN/COMMIT are accepted (each statement commits on its own).
     client.batch_execute("BEGIN; INSERT INTO app.t VALUES (5, 'five'); COMMIT").await.unwrap();
     assert_eq!(simple_rows(&client, "SELECT v FROM app.t WHERE id = 5").await, [["five"]]);
+    // A result column that widens with the bound values (int4 + a bound integer) comes back
+    // as described, binary included; a table created again with other types is 0A000.
+    client
+        .batch_execute("CREATE TABLE app.n (id BIGINT PRIMARY KEY, v INT); INSERT INTO app.n VALUES (1, 41)")
+        .await
+        .unwrap();
+    let widened = client.prepare("SELECT v + $1 FROM app.n WHERE id = 1").await.unwrap();
+    assert_eq!(widened.columns()[0].type_(), &tokio_postgres::types::Type::INT4);
+    assert_eq!(client.query_one(&widened, &[&1i32]).await.unwrap().get::<_, i32>(0), 42);
+    let stale = client.prepare("SELECT v FROM app.n WHERE id = 1").await.unwrap();
+    client
+        .batch_execute(
+            "DROP TABLE app.n; CREATE TABLE app.n (id BIGINT PRIMARY KEY, v TEXT); INSERT INTO app.n VALUES (1, 'x')",
+        )
+        .await
+        .unwrap();
+    let e = client.query(&stale, &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e}");
+    // DEALLOCATE ALL drops the protocol's prepared statements (psycopg's test drops one by
+    // name); using one afterwards is an error, and the connection goes on.
+    let e = client.execute("DEALLOCATE no_such_statement", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME), "{e}");
+    let (a, b) = (client.prepare("SELECT 1").await.unwrap(), client.prepare("SELECT 2").await.unwrap());
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert!(client.query(&a, &[]).await.is_err());
+    assert!(client.query(&b, &[]).await.is_err());
+    assert_eq!(simple_rows(&client, "SELECT count(*) FROM app.t").await, [["3"]]);
 }
 
 #[tokio::test]

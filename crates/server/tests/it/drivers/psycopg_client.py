@@ -112,6 +112,32 @@ except errors.FeatureNotSupported as e:
 other.execute("DEALLOCATE ALL")
 assert other.execute("SELECT v FROM app.shape WHERE id = %s", (1,), prepare=False).fetchone() == (2.5,)
 
+# Execute plans a prepared statement again with its values: a column that widens with them
+# (int + a bound integer) is sent as described, in text and binary; a bare parameter too.
+root.execute("CREATE TABLE app.ints (id BIGINT PRIMARY KEY, v INT)")
+root.execute("INSERT INTO app.ints VALUES (1, 41)")
+binary = root.cursor(binary=True)
+for _ in range(7):
+    assert root.execute("SELECT v + %s FROM app.ints WHERE id = %s", (1, 1)).fetchone() == (42,)
+    assert binary.execute("SELECT v + %s FROM app.ints WHERE id = %s", (1, 1)).fetchone() == (42,)
+    assert root.execute("SELECT %s", ("bare",)).fetchone() == ("bare",)
+    # (A bare parameter in the select list is described as text unless cast, see postgres.md.)
+    assert root.execute("SELECT %s AS n", (7,)).fetchone() == ("7",)
+    assert root.execute("SELECT %s::int AS n", (7,)).fetchone() == (7,)
+
+# DEALLOCATE of one of psycopg's statements by name (sent with the extended protocol, as
+# psycopg sends everything): dropped, then unknown.
+dealloc = connect("root", root_password)
+for _ in range(6):
+    dealloc.execute("SELECT count(*) FROM app.items WHERE id > %s", (0,))
+dealloc.execute("DEALLOCATE _pg3_0")
+try:
+    dealloc.execute("DEALLOCATE _pg3_0")
+    raise SystemExit("a deallocated statement was deallocated again")
+except errors.InvalidSqlStatementName:
+    pass
+dealloc.close()
+
 # Nested transactions are savepoints: accepted (every statement still commits on its own).
 nested = connect("u_user", "pw", autocommit=False)
 with nested.transaction():
