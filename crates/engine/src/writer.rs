@@ -125,11 +125,13 @@ where
     // whose thread then answers) and visible. A later writer's commit is after this one in the WAL,
     // so it is never durable without it. If the statement is cancelled, the commit still completes.
     let large = changes.changes.len() > LARGE_STATEMENT_ROWS;
-    // The short path, for one small statement at a time: it writes on its own thread and, when
+    // The short path, for one small statement (at most SHORT_PATH_ROWS rows) at a time: it writes
+    // on its own thread and, when
     // no fsync is running, fsyncs there too: no hand-off to a commit thread or the WAL-sync
     // thread and back (each a thread wake-up: most of a lone synced INSERT's time besides its
     // fsync). Nothing in it awaits, so it cannot be cancelled half-way.
-    if !large && let Some(_slot) = core.commit_threads.short_path() {
+    let short = changes.changes.len() <= SHORT_PATH_ROWS;
+    if short && let Some(_slot) = core.commit_threads.short_path() {
         let written =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&core.store, table, &topics, changes)))
                 .unwrap_or_else(|_| exec_err!("internal: writing the statement panicked"));
@@ -165,6 +167,10 @@ where
     }
     rx.await.unwrap_or_else(|_| exec_err!("internal: the thread writing the statement stopped"))
 }
+
+/// Statements of at most this many rows may take the short path: it blocks a tokio worker for
+/// the write (and one fsync), which must stay small.
+const SHORT_PATH_ROWS: usize = 64;
 
 /// Statements changing more rows than this write on tokio's blocking pool instead of the commit
 /// threads, so that small statements never queue behind them for a whole large write (two

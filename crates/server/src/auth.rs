@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -78,25 +78,29 @@ impl Tokens {
     }
 }
 
-/// Slows down repeated failed logins (HTTP and PostgreSQL alike). Every login attempt counts,
-/// before its password is checked ([`LoginThrottle::admit`]), against three keys: the client's
-/// address (an IPv6 address by its /64), the user name from that address, and the user name
-/// from anywhere; a success ([`LoginThrottle::succeeded`]) takes it back. A key with more
-/// counted attempts than its free ones ([`FREE_ATTEMPTS_PER_USER`], [`FREE_ATTEMPTS_PER_ADDRESS`])
-/// is throttled: its attempts take turns 100 ms × 2^(attempts over the free ones) apart, at most
-/// [`MAX_DELAY`], each waiting for its turn *before* its password is checked, the right one
-/// included, so a guesser learns nothing sooner by guessing right, and attempts sent in parallel
-/// queue instead of sharing one wait (they count as they start, not as they fail). An attempt
-/// that would wait longer than [`MAX_QUEUE`] is refused at once, unchecked.
+/// Slows down repeated failed logins (HTTP and PostgreSQL alike). An attempt
+/// ([`LoginThrottle::admit`], before its password is checked) is counted against three keys:
+/// the client's address (an IPv6 address by its /64), the user name from that address, and the
+/// user name from anywhere. A key with failures is throttled once its failures, plus the
+/// attempts still being checked, pass its free ones ([`FREE_FAILURES_PER_USER`],
+/// [`FREE_FAILURES_PER_ADDRESS`]): its attempts then take turns 100 ms × 2^(count over the free
+/// ones) apart, at most [`MAX_DELAY`], each waiting for its turn *before* its password is
+/// checked, the right one included (a guesser learns nothing sooner by guessing right), and
+/// attempts sent in parallel count as they start, so they queue instead of sharing one wait.
+/// Attempts of a key without failures are never held up, however many run at once (a pool
+/// opening connections). An attempt that would wait longer than [`MAX_QUEUE`] is refused at
+/// once, unchecked.
 ///
-/// Guessing one user's password from many addresses throttles the user name everywhere, except
-/// from the addresses the user logged in from lately ([`TRUST_FOR`]): an attacker cannot lock
-/// the user out of those. Counts are forgotten after [`FORGET_AFTER`] without an attempt. The
-/// table holds at most [`MAX_ENTRIES`] keys: when full, keys that throttle nobody are dropped
-/// (never the attempt's own, never a throttled one, so a flood of new names cannot reset a
-/// targeted count), and new keys that find no room share one overflow key, throttled like an
-/// address. User names are cut to [`MAX_USER_NAME_BYTES`](topicfusion_engine::MAX_USER_NAME_BYTES)
-/// (no user has a longer one) before they become keys or appear in a log line.
+/// A success ([`Attempt::succeeded`]) clears the failures of the name from that address and
+/// trusts the address for the name: addresses a user logged in from lately ([`TRUST_FOR`], kept
+/// in memory) are exempt from the name-wide key, so guessing from elsewhere cannot lock the
+/// user out of them. A key's failures are forgotten [`FORGET_AFTER`] after its last failure.
+/// The table holds at most [`MAX_ENTRIES`] keys: when full, keys that throttle nobody are
+/// dropped (never the attempt's own, never a throttled one: a flood of new names cannot reset a
+/// targeted count); new keys that find no room share one overflow key, throttled like an
+/// address, except for trusted addresses, which then go uncounted. User names are cut to
+/// [`MAX_USER_NAME_BYTES`](topicfusion_engine::MAX_USER_NAME_BYTES) (no user has a longer one)
+/// before they become keys or appear in a log line.
 #[derive(Default)]
 pub struct LoginThrottle {
     state: Mutex<ThrottleState>,
@@ -111,18 +115,30 @@ struct ThrottleState {
     last_sweep: Option<Instant>,
 }
 
-/// The attempts of one key.
+/// The failures and running attempts of one key.
 struct Entry {
-    /// Attempts counted and not taken back by a success.
-    attempts: u32,
-    last_attempt: Instant,
+    failures: u32,
+    /// Attempts admitted and not yet ended.
+    in_flight: u32,
+    last_failure: Instant,
     /// When the next attempt may be checked.
     next_slot: Instant,
     free: u32,
 }
 
-pub const FREE_ATTEMPTS_PER_USER: u32 = 3;
-pub const FREE_ATTEMPTS_PER_ADDRESS: u32 = 20;
+/// A login attempt admitted by [`LoginThrottle::admit`]: end it with [`Attempt::succeeded`] or
+/// [`Attempt::failed`]; dropped unended (the client went away before the check), it only
+/// stops counting as running.
+pub struct Attempt {
+    throttle: Arc<LoginThrottle>,
+    keys: Vec<String>,
+    user: String,
+    address: String,
+    ended: bool,
+}
+
+pub const FREE_FAILURES_PER_USER: u32 = 3;
+pub const FREE_FAILURES_PER_ADDRESS: u32 = 20;
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// The longest an attempt waits for its turn; beyond, it is refused.
 pub const MAX_QUEUE: Duration = Duration::from_secs(30);
@@ -171,16 +187,21 @@ fn address_key(ip: IpAddr) -> String {
 }
 
 impl Entry {
-    /// The spacing of this key's attempts after its counted ones.
+    /// What the key's throttle counts: its failures and, once it has some, its running attempts.
+    fn counted(&self) -> u32 {
+        if self.failures == 0 { 0 } else { self.failures.saturating_add(self.in_flight) }
+    }
+
+    /// The spacing of this key's attempts now.
     fn delay(&self) -> Duration {
-        match self.attempts.checked_sub(self.free) {
+        match self.counted().checked_sub(self.free) {
             None => Duration::ZERO,
             Some(n) => (Duration::from_millis(100) * 2u32.pow(n.min(16))).min(MAX_DELAY),
         }
     }
 
     fn forgotten(&self) -> bool {
-        self.last_attempt.elapsed() >= FORGET_AFTER
+        self.in_flight == 0 && self.last_failure.elapsed() >= FORGET_AFTER
     }
 }
 
@@ -201,7 +222,7 @@ impl ThrottleState {
         }
         self.last_sweep = Some(now);
         let kept = |k: &String| k == OVERFLOW_KEY || keep.contains(k);
-        self.entries.retain(|k, e| kept(k) || (!e.forgotten() && !e.delay().is_zero()));
+        self.entries.retain(|k, e| kept(k) || e.in_flight > 0 || (!e.forgotten() && !e.delay().is_zero()));
         self.trusted.retain(|_, a| {
             a.retain(|(_, at)| at.elapsed() < TRUST_FOR);
             !a.is_empty()
@@ -215,28 +236,30 @@ impl LoginThrottle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An attempt to log in as `user` from `ip`, before its password is checked: counts it
-    /// (a success takes it back) and returns how long it waits for its turn, or a refusal when
-    /// the queue is too long (then nothing is counted).
-    pub fn admit(&self, user: &str, ip: IpAddr) -> Result<Duration, TooManyAttempts> {
+    /// An attempt to log in as `user` from `ip`, before its password is checked: how long it
+    /// waits for its turn, and the attempt to end once checked; or a refusal when the queue is
+    /// too long (then nothing is counted).
+    pub fn admit(self: &Arc<Self>, user: &str, ip: IpAddr) -> Result<(Duration, Attempt), TooManyAttempts> {
         let mut st = self.lock();
         let (user, address) = (shown_user(user), address_key(ip));
+        let trusted = st.trusts(user, &address);
         let mut keys = vec![
-            (format!("addr:{address}"), FREE_ATTEMPTS_PER_ADDRESS),
-            (format!("name-from:{user}@{address}"), FREE_ATTEMPTS_PER_USER),
+            (format!("addr:{address}"), FREE_FAILURES_PER_ADDRESS),
+            (format!("name-from:{user}@{address}"), FREE_FAILURES_PER_USER),
         ];
-        if !st.trusts(user, &address) {
-            keys.push((format!("name:{user}"), FREE_ATTEMPTS_PER_USER));
+        if !trusted {
+            keys.push((format!("name:{user}"), FREE_FAILURES_PER_USER));
         }
         let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
         let missing = keys.iter().filter(|(k, _)| !st.entries.contains_key(k)).count();
         let room = st.make_room(&names, missing);
         let mut counted: Vec<(String, u32)> = Vec::new();
         for (key, free) in keys {
-            let (key, free) = if room || st.entries.contains_key(&key) {
-                (key, free)
-            } else {
-                (OVERFLOW_KEY.to_owned(), FREE_ATTEMPTS_PER_ADDRESS)
+            let (key, free) = match room || st.entries.contains_key(&key) {
+                true => (key, free),
+                // A trusted address is not made to queue with strangers.
+                false if trusted => continue,
+                false => (OVERFLOW_KEY.to_owned(), FREE_FAILURES_PER_ADDRESS),
             };
             if !counted.iter().any(|(k, _)| *k == key) {
                 counted.push((key, free));
@@ -252,40 +275,84 @@ impl LoginThrottle {
         if turn - now > MAX_QUEUE {
             return Err(TooManyAttempts);
         }
-        for (key, free) in counted {
-            let e = st.entries.entry(key).or_insert(Entry { attempts: 0, last_attempt: now, next_slot: now, free });
+        for (key, free) in &counted {
+            let e = st.entries.entry(key.clone()).or_insert(Entry {
+                failures: 0,
+                in_flight: 0,
+                last_failure: now,
+                next_slot: now,
+                free: *free,
+            });
             if e.forgotten() {
-                e.attempts = 0;
+                e.failures = 0;
             }
-            e.attempts = e.attempts.saturating_add(1);
-            e.last_attempt = now;
+            e.in_flight = e.in_flight.saturating_add(1);
             e.next_slot = e.next_slot.max(turn) + e.delay();
         }
-        Ok(turn - now)
+        let attempt = Attempt {
+            throttle: Arc::clone(self),
+            keys: counted.into_iter().map(|(k, _)| k).collect(),
+            user: user.to_owned(),
+            address,
+            ended: false,
+        };
+        Ok((turn - now, attempt))
     }
 
-    /// The attempt admitted for `user` from `ip` logged in: the user name's counts are cleared,
-    /// the address's attempt is taken back, and the address is trusted for the user.
-    pub fn succeeded(&self, user: &str, ip: IpAddr) {
-        let mut st = self.lock();
-        let (user, address) = (shown_user(user), address_key(ip));
-        st.entries.remove(&format!("name:{user}"));
-        st.entries.remove(&format!("name-from:{user}@{address}"));
-        if let Some(e) = st.entries.get_mut(&format!("addr:{address}")) {
-            e.attempts = e.attempts.saturating_sub(1);
+    /// The failures counted now for a user name from anywhere (0 when none or forgotten).
+    pub fn user_failures(&self, user: &str) -> u32 {
+        let st = self.lock();
+        st.entries.get(&format!("name:{}", shown_user(user))).filter(|e| !e.forgotten()).map_or(0, |e| e.failures)
+    }
+}
+
+impl Attempt {
+    /// Ends the attempt: no longer running, and with `f` applied to each of its keys.
+    fn end(&mut self, mut f: impl FnMut(&str, &mut Entry)) {
+        self.ended = true;
+        let mut st = self.throttle.lock();
+        for key in &self.keys {
+            if let Some(e) = st.entries.get_mut(key) {
+                e.in_flight = e.in_flight.saturating_sub(1);
+                f(key, e);
+            }
         }
-        let trusted = st.trusted.entry(user.to_owned()).or_default();
-        trusted.retain(|(a, _)| *a != address);
+    }
+
+    /// The password was right: the name's failures from this address are cleared and the
+    /// address is trusted for the name.
+    pub fn succeeded(mut self) {
+        let from = format!("name-from:{}@{}", self.user, self.address);
+        self.end(|key, e| {
+            if key == from {
+                e.failures = 0;
+            }
+        });
+        let mut st = self.throttle.lock();
+        let trusted = st.trusted.entry(self.user.clone()).or_default();
+        trusted.retain(|(a, _)| *a != self.address);
         if trusted.len() >= TRUSTED_PER_USER {
             trusted.remove(0);
         }
-        trusted.push((address, Instant::now()));
+        trusted.push((self.address.clone(), Instant::now()));
     }
 
-    /// The attempts counted now for a user name from anywhere (0 when none or forgotten).
-    pub fn user_attempts(&self, user: &str) -> u32 {
-        let st = self.lock();
-        st.entries.get(&format!("name:{}", shown_user(user))).filter(|e| !e.forgotten()).map_or(0, |e| e.attempts)
+    /// The password was wrong: a failure for each of the attempt's keys.
+    pub fn failed(mut self) {
+        let now = Instant::now();
+        self.end(|_, e| {
+            e.failures = e.failures.saturating_add(1);
+            e.last_failure = now;
+            e.next_slot = e.next_slot.max(now + e.delay());
+        });
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(|_, _| {});
+        }
     }
 }
 

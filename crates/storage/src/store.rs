@@ -637,12 +637,11 @@ impl Store {
         }
         st.syncing = true;
         drop(st);
-        sync_round(&self.db, &self.read, &self.wal_sync);
-        let st = self.wal_sync.lock();
-        match &st.failed {
-            Some(reason) => Ok(Err(StorageError::WalSync(reason.clone()))),
-            None => Ok(Ok(pending.committed)),
+        if sync_round(&self.db, &self.read, &self.wal_sync) {
+            return Ok(Ok(pending.committed));
         }
+        let reason = self.wal_sync.lock().failed.clone().unwrap_or_default();
+        Ok(Err(StorageError::WalSync(reason)))
     }
 
     /// Calls `on_durable` once the written commit is durable and visible (at once with

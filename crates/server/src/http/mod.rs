@@ -56,13 +56,16 @@ impl AppState {
     /// logins (or refuses with 429 when too many attempts are queued). At most one argon2
     /// verification per core runs at a time (they are slow on purpose).
     pub async fn check_password(&self, user: &str, password: &str, peer: IpAddr) -> Result<Principal, ApiError> {
-        match self.throttle.admit(user, peer) {
-            Ok(wait) => tokio::time::sleep(wait).await,
+        let attempt = match self.throttle.admit(user, peer) {
+            Ok((wait, attempt)) => {
+                tokio::time::sleep(wait).await;
+                attempt
+            }
             Err(refused) => {
                 tracing::warn!(user = crate::auth::shown_user(user), %peer, "login refused: {refused}");
                 return Err(ApiError::new(ErrorCode::TooManyRequests, refused.to_string()));
             }
-        }
+        };
         let principal = if user.len() > topicfusion_engine::MAX_USER_NAME_BYTES
             || password.len() > topicfusion_engine::users::MAX_PASSWORD_BYTES
         {
@@ -78,10 +81,11 @@ impl AppState {
         };
         match principal {
             Some(p) => {
-                self.throttle.succeeded(user, peer);
+                attempt.succeeded();
                 Ok(p)
             }
             None => {
+                attempt.failed();
                 tracing::warn!(user = crate::auth::shown_user(user), %peer, "failed login");
                 Err(ApiError::unauthorized("wrong user name or password"))
             }

@@ -276,21 +276,25 @@ impl StartupHandler for ScramLogin {
                 let ip = client.socket_addr().ip();
                 // A name or address with failed logins waits its turn before the proof is
                 // checked, whatever the proof.
-                match self.logins.throttle.admit(&user, ip) {
-                    Ok(wait) => tokio::time::sleep(wait).await,
+                let attempt = match self.logins.throttle.admit(&user, ip) {
+                    Ok((wait, attempt)) => {
+                        tokio::time::sleep(wait).await;
+                        attempt
+                    }
                     Err(refused) => {
                         tracing::warn!(user = shown_user(&user), peer = %ip, "PostgreSQL login refused: {refused}");
                         return Err(fatal("28000", refused.to_string()));
                     }
-                }
+                };
                 let valid = proof.len() == signature.len() && {
                     let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
                     Sha256::digest(&client_key).as_slice() == credential.stored_key.as_slice()
                 };
                 if !valid {
+                    attempt.failed();
                     return Err(self.failed(&user, ip));
                 }
-                self.logins.throttle.succeeded(&user, ip);
+                attempt.succeeded();
                 let verifier = B64.encode(hmac(&credential.server_key, auth_message.as_bytes()));
                 client
                     .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(
@@ -330,7 +334,7 @@ fn parts_authzid(text: &str) -> &str {
 }
 
 impl ScramLogin {
-    /// A failed login, logged (the throttle counted it when it was admitted).
+    /// A failed login, logged (the throttle counts it through its attempt).
     fn failed(&self, user: &str, ip: IpAddr) -> PgWireError {
         tracing::warn!(user = shown_user(user), peer = %ip, "failed PostgreSQL login");
         // Every data dir has root, so saying why root cannot log in reveals nothing.

@@ -49,8 +49,10 @@ pub struct CopyDecoder {
     escape: u8,
     header_pending: bool,
     types: Vec<ColumnType>,
-    /// Bytes not yet part of a complete row.
+    /// Data not yet handed out: `buf[consumed..]` (the decoded prefix is dropped once it is at
+    /// least half the buffer, so a large message costs linear time, not one move per batch).
     buf: Vec<u8>,
+    consumed: usize,
     /// Csv: where the scan for the end of the current row resumes, and whether it is inside
     /// quotes there.
     scan: usize,
@@ -77,6 +79,7 @@ impl CopyDecoder {
             header_pending: options.header() && format != CopyFormat::Binary,
             types,
             buf: Vec::new(),
+            consumed: 0,
             scan: 0,
             in_quotes: false,
             binary_started: false,
@@ -108,10 +111,18 @@ impl CopyDecoder {
                 _ => self.text_rows()?,
             }
         }
-        if !self.batch_full() && !self.finished && self.buf.len() > MAX_ROW_BYTES {
+        if !self.batch_full() && !self.finished && self.buf.len() - self.consumed > MAX_ROW_BYTES {
             return Err(bad_copy(format!("a COPY row is longer than {} MiB", MAX_ROW_BYTES >> 20)));
         }
         Ok(self.take(false).pop())
+    }
+
+    /// Drops the decoded prefix of the buffer once it is at least half of it.
+    fn compact(&mut self) {
+        if self.consumed > 0 && self.consumed >= self.buf.len() / 2 {
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        }
     }
 
     fn batch_full(&self) -> bool {
@@ -120,14 +131,16 @@ impl CopyDecoder {
 
     /// The end of the data (CopyDone): the last row, even without a final newline.
     pub fn finish(&mut self) -> PgWireResult<Vec<CopyRows>> {
-        if !self.finished && !self.buf.is_empty() {
+        if !self.finished && self.buf.len() > self.consumed {
             match self.format {
                 CopyFormat::Binary => return Err(bad_copy("the binary COPY data ends in the middle of a row".into())),
                 _ => {
                     if self.in_quotes {
                         return Err(bad_copy(format!("unterminated CSV quoted field in line {}", self.line + 1)));
                     }
-                    let line = std::mem::take(&mut self.buf);
+                    let line = self.buf.split_off(self.consumed);
+                    self.buf.clear();
+                    self.consumed = 0;
                     self.row(&line)?;
                 }
             }
@@ -152,8 +165,8 @@ impl CopyDecoder {
 
     /// Text and csv: every complete line (a csv line ends at a newline outside quotes).
     fn text_rows(&mut self) -> PgWireResult<()> {
-        let mut start = 0;
-        let mut i = self.scan;
+        let mut start = self.consumed;
+        let mut i = self.consumed + self.scan;
         while i < self.buf.len() {
             let b = self.buf[i];
             if self.format == CopyFormat::Csv {
@@ -192,6 +205,7 @@ impl CopyDecoder {
                 self.row(&line)?;
                 if self.finished {
                     self.buf.clear();
+                    self.consumed = 0;
                     self.scan = 0;
                     return Ok(());
                 }
@@ -202,8 +216,9 @@ impl CopyDecoder {
             }
             i += 1;
         }
-        self.buf.drain(..start);
+        self.consumed = start;
         self.scan = i - start;
+        self.compact();
         Ok(())
     }
 
@@ -360,7 +375,7 @@ impl CopyDecoder {
 
     /// Binary: the header, then tuples until the trailer.
     fn binary_rows(&mut self) -> PgWireResult<()> {
-        let mut pos = 0;
+        let mut pos = self.consumed;
         if !self.binary_started {
             if self.buf.len() < BINARY_SIGNATURE.len() + 8 {
                 return Ok(());
@@ -436,7 +451,8 @@ impl CopyDecoder {
                 break;
             }
         }
-        self.buf.drain(..pos);
+        self.consumed = pos;
+        self.compact();
         Ok(())
     }
 }

@@ -827,7 +827,8 @@ impl ExtendedQueryHandler for Queries {
         };
         let mut result = result.map_err(|e| statement_error(&e))?;
         if let Some(described) = &prepared.columns
-            && result.command.name == "SELECT"
+            && !described.fields().is_empty()
+            && result.command.outcome == Outcome::Rows
             && result.copy.is_none()
         {
             conform_to_description(described, &mut result)?;

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -240,99 +241,114 @@ async fn login_tokens_and_their_end() {
     assert_eq!(body["error"]["code"], "unauthorized");
 }
 
+/// One failed attempt: admitted (its wait not slept: the throttle only computes it), then failed.
+fn fail(throttle: &Arc<topicfusion::auth::LoginThrottle>, user: &str, ip: std::net::IpAddr) -> Option<Duration> {
+    let (wait, attempt) = throttle.admit(user, ip).ok()?;
+    attempt.failed();
+    Some(wait)
+}
+
 #[test]
 fn repeated_failed_logins_are_slowed_down() {
     use std::time::Instant;
-    use topicfusion::auth::{FREE_ATTEMPTS_PER_ADDRESS, FREE_ATTEMPTS_PER_USER, LoginThrottle, TooManyAttempts};
-    let throttle = LoginThrottle::default();
+    use topicfusion::auth::{FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_USER, LoginThrottle};
+    let throttle = Arc::new(LoginThrottle::default());
     let ip = |i: u8| std::net::IpAddr::from([10, 1, 0, i]);
-    // The free attempts are checked at once.
-    for _ in 0..FREE_ATTEMPTS_PER_USER {
-        assert_eq!(throttle.admit("alice", ip(1)), Ok(Duration::ZERO));
+    // Without failures, attempts running together are never held up (a pool connecting).
+    let running: Vec<_> = (0..10).map(|_| throttle.admit("pool", ip(1)).unwrap()).collect();
+    assert!(running.iter().all(|(wait, _)| wait.is_zero()));
+    running.into_iter().for_each(|(_, attempt)| attempt.succeeded());
+    // The free failures are answered at once.
+    for _ in 0..FREE_FAILURES_PER_USER {
+        assert_eq!(fail(&throttle, "alice", ip(1)), Some(Duration::ZERO));
     }
     // Then the name is throttled from any address: every attempt (whatever its password: this
-    // is before the check) waits for its turn; turns are 100 ms after the last free attempt,
-    // then 200, 400, 800 ms apart; attempts sent in parallel queue one turn after another.
+    // is before the check) waits for its turn; turns are 100 ms after the last failure, then
+    // 200, 400, 800 ms apart, as attempts running in parallel count as they start.
     let asked = Instant::now();
-    let waits: Vec<Duration> = (0..5).map(|i| throttle.admit("alice", ip(10 + i)).unwrap()).collect();
+    let attempts: Vec<_> = (0..5).map(|i| throttle.admit("alice", ip(10 + i)).unwrap()).collect();
     let elapsed = asked.elapsed();
+    let waits: Vec<Duration> = attempts.iter().map(|(wait, _)| *wait).collect();
     assert!(waits[0] > Duration::ZERO && waits[0] <= Duration::from_millis(100), "{waits:?}");
     for i in 1..waits.len() {
         let step = Duration::from_millis(100 << i);
         assert!(waits[i] <= waits[i - 1] + step, "{waits:?}");
         assert!(waits[i] + elapsed >= waits[i - 1] + step, "{waits:?}");
     }
-    // A long queue is refused outright, unchecked and uncounted.
-    let counted = throttle.user_attempts("alice");
-    let refused = (0..100).map(|_| throttle.admit("alice", ip(2))).find(|r| r.is_err());
-    assert_eq!(refused, Some(Err(TooManyAttempts)));
-    assert!(throttle.user_attempts("alice") > counted);
-    // Another name from a fresh address is not held up.
-    assert_eq!(throttle.admit("bob", ip(99)), Ok(Duration::ZERO));
-    // A success clears the name's count.
-    throttle.succeeded("bob", ip(99));
-    assert_eq!(throttle.user_attempts("bob"), 0);
-    // One address trying many names is throttled after its own free attempts; an IPv6 address
+    // Dropped before their check (the clients left), they count no failure.
+    drop(attempts);
+    assert_eq!(throttle.user_failures("alice"), FREE_FAILURES_PER_USER);
+    // A long queue is refused outright, unchecked.
+    let queued: Vec<_> = (0..100).map(|_| throttle.admit("alice", ip(2))).collect();
+    assert!(queued.iter().any(|r| r.is_err()));
+    drop(queued);
+    // A success clears the name's failures from that address, and trusts the address for it.
+    fail(&throttle, "bob", ip(99));
+    fail(&throttle, "bob", ip(99));
+    throttle.admit("bob", ip(99)).unwrap().1.succeeded();
+    assert_eq!(throttle.user_failures("bob"), 2, "the name-wide count stays");
+    assert_eq!(throttle.admit("bob", ip(99)).unwrap().0, Duration::ZERO);
+    // One address trying many names is throttled after its own free failures; an IPv6 address
     // counts by its /64.
-    for i in 0..FREE_ATTEMPTS_PER_ADDRESS {
-        assert_eq!(throttle.admit(&format!("user{i}"), ip(50)), Ok(Duration::ZERO));
+    for i in 0..FREE_FAILURES_PER_ADDRESS {
+        assert_eq!(fail(&throttle, &format!("user{i}"), ip(50)), Some(Duration::ZERO));
     }
-    assert!(throttle.admit("dave", ip(50)).unwrap() > Duration::ZERO);
+    assert!(throttle.admit("dave", ip(50)).unwrap().0 > Duration::ZERO);
     let v6 = |last: u16| std::net::IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
-    for i in 0..FREE_ATTEMPTS_PER_ADDRESS as u16 {
-        assert_eq!(throttle.admit(&format!("v6user{i}"), v6(i)), Ok(Duration::ZERO));
+    for i in 0..FREE_FAILURES_PER_ADDRESS as u16 {
+        assert_eq!(fail(&throttle, &format!("v6user{i}"), v6(i)), Some(Duration::ZERO));
     }
-    assert!(throttle.admit("erin", v6(999)).unwrap() > Duration::ZERO);
+    assert!(throttle.admit("erin", v6(999)).unwrap().0 > Duration::ZERO);
     let other_64 = std::net::IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
-    assert_eq!(throttle.admit("erin2", other_64), Ok(Duration::ZERO));
+    assert_eq!(throttle.admit("erin2", other_64).unwrap().0, Duration::ZERO);
     // Names longer than any user's are one key (cut to 63 bytes), not a new entry each.
     let long = "x".repeat(10_000);
-    for i in 0..FREE_ATTEMPTS_PER_USER {
-        throttle.admit(&long, ip(60 + i as u8)).unwrap();
+    for i in 0..FREE_FAILURES_PER_USER {
+        fail(&throttle, &long, ip(60 + i as u8));
     }
     let other_long = format!("{}y", "x".repeat(5000));
-    assert!(throttle.admit(&other_long, ip(70)).unwrap() > Duration::ZERO);
+    assert!(throttle.admit(&other_long, ip(70)).unwrap().0 > Duration::ZERO);
     assert_eq!(topicfusion::auth::shown_user(&long).len(), topicfusion_engine::MAX_USER_NAME_BYTES);
 }
 
 #[test]
 fn guessing_from_many_addresses_does_not_lock_a_user_out_of_addresses_it_logged_in_from() {
     use topicfusion::auth::LoginThrottle;
-    let throttle = LoginThrottle::default();
+    let throttle = Arc::new(LoginThrottle::default());
     let home = std::net::IpAddr::from([192, 168, 1, 7]);
-    assert_eq!(throttle.admit("carol", home), Ok(Duration::ZERO));
-    throttle.succeeded("carol", home);
+    throttle.admit("carol", home).unwrap().1.succeeded();
     // Guesses from 200 other addresses throttle the name (and fill its queue)...
     for i in 0..200u8 {
-        let _ = throttle.admit("carol", std::net::IpAddr::from([172, 16, 0, i]));
+        fail(&throttle, "carol", std::net::IpAddr::from([172, 16, 0, i]));
     }
-    assert!(throttle.user_attempts("carol") > 3);
+    assert!(throttle.user_failures("carol") > 3);
     let stranger = throttle.admit("carol", std::net::IpAddr::from([172, 17, 0, 1]));
-    assert!(stranger.is_err() || stranger.unwrap() > Duration::ZERO);
+    assert!(stranger.as_ref().is_err() || stranger.as_ref().unwrap().0 > Duration::ZERO);
+    drop(stranger);
     // ...but carol's own address is not held up, and logs in.
-    assert_eq!(throttle.admit("carol", home), Ok(Duration::ZERO));
-    throttle.succeeded("carol", home);
-    assert_eq!(throttle.user_attempts("carol"), 0);
+    let (wait, attempt) = throttle.admit("carol", home).unwrap();
+    assert_eq!(wait, Duration::ZERO);
+    attempt.succeeded();
 }
 
 #[test]
 fn a_flood_of_new_names_does_not_reset_a_throttled_one() {
-    use topicfusion::auth::{FREE_ATTEMPTS_PER_USER, LoginThrottle, MAX_ENTRIES};
-    let throttle = LoginThrottle::default();
+    use topicfusion::auth::{FREE_FAILURES_PER_USER, LoginThrottle, MAX_ENTRIES};
+    let throttle = Arc::new(LoginThrottle::default());
     let victim_ip = std::net::IpAddr::from([10, 2, 0, 1]);
-    for _ in 0..=FREE_ATTEMPTS_PER_USER {
-        throttle.admit("target", victim_ip).unwrap();
+    for _ in 0..=FREE_FAILURES_PER_USER {
+        fail(&throttle, "target", victim_ip);
     }
-    // More throttled names (and their addresses) than the table holds.
+    // More throttled names (and their addresses) than the table holds. (Once it is full, new
+    // keys share the overflow entry, which soon refuses.)
     for i in 0..(MAX_ENTRIES as u32 / 2) {
         let ip = std::net::IpAddr::from((0x0B00_0000 + i).to_be_bytes());
-        for _ in 0..=FREE_ATTEMPTS_PER_USER {
-            // (Once the table is full, new keys share the overflow entry, which soon refuses.)
-            let _ = throttle.admit(&format!("n{i}"), ip);
+        for _ in 0..=FREE_FAILURES_PER_USER {
+            fail(&throttle, &format!("n{i}"), ip);
         }
     }
     // The targeted count is still there.
-    assert_eq!(throttle.user_attempts("target"), FREE_ATTEMPTS_PER_USER + 1);
+    assert_eq!(throttle.user_failures("target"), FREE_FAILURES_PER_USER + 1);
 }
 
 #[tokio::test]
