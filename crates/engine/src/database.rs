@@ -81,6 +81,14 @@ impl Default for DatabaseOptions {
     }
 }
 
+/// A statement of the PostgreSQL protocol's extended query, parsed once at Parse; a plain
+/// INSERT of parameters and literals also keeps its [`literal_insert::InsertTemplate`].
+#[derive(Debug)]
+pub struct PreparedStatement {
+    pub parsed: ParsedStatement,
+    insert: Option<literal_insert::InsertTemplate>,
+}
+
 /// The result of one statement.
 #[derive(Debug)]
 pub struct StatementResult {
@@ -417,8 +425,19 @@ impl Database {
 
     /// Parses the text of a prepared statement (at most one statement). `Ok(None)`: the text
     /// holds no statement.
-    pub fn prepare(&self, sql: &str) -> Result<Option<ParsedStatement>, ExecuteError> {
-        parse_one(sql)
+    pub fn prepare(&self, sql: &str) -> Result<Option<PreparedStatement>, ExecuteError> {
+        let Some(parsed) = parse_one(sql)? else { return Ok(None) };
+        let insert = match &parsed.statement {
+            Statement::DataFusion(df) => match df.as_ref() {
+                DFStatement::Statement(st) => match st.as_ref() {
+                    SqlStatement::Insert(insert) => literal_insert::template(&self.core.catalog.read(), insert),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(Some(PreparedStatement { parsed, insert }))
     }
 
     /// Executes a prepared statement with its `$n` parameters bound to `params` (the PostgreSQL
@@ -427,15 +446,22 @@ impl Database {
         &self,
         session: &mut Session,
         principal: &Principal,
-        prepared: &ParsedStatement,
+        prepared: &PreparedStatement,
         params: &[ParamValue],
     ) -> Result<StatementResult, ExecuteError> {
-        let mut statement = prepared.statement.clone();
+        let PreparedStatement { parsed, insert } = prepared;
+        let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
+        let rows = insert.as_ref().and_then(|t| t.rows(&self.core.catalog.read(), params));
+        if let Some(rows) = rows {
+            let command = Command { name: "INSERT", outcome: Outcome::RowCount };
+            let (schema, batches) = self.insert_rows(rows).await.map_err(fail)?;
+            return Ok(StatementResult { sql: parsed.sql.clone(), command, schema, batches, copy: None });
+        }
+        let mut statement = parsed.statement.clone();
         let command = Command::of(&statement);
-        let fail = |source| ExecuteError::new(1, prepared.sql.clone(), source);
         crate::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
         let result = self.execute_statement(session, principal, statement).await.map_err(fail)?;
-        Ok(StatementResult { sql: prepared.sql.clone(), command, ..result })
+        Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
     }
 
     /// What a prepared statement returns and which parameters it takes, without running it.

@@ -28,7 +28,9 @@ pub mod types;
 pub mod users;
 pub mod writer;
 
-pub use database::{ClientCopy, Command, Database, DatabaseOptions, Description, Outcome, StatementResult};
+pub use database::{
+    ClientCopy, Command, Database, DatabaseOptions, Description, Outcome, PreparedStatement, StatementResult,
+};
 pub use error::{ErrorKind, ExecuteError, one_line};
 pub use groups::ConsumeRequest;
 pub use postgres::ParamValue;

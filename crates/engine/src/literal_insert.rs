@@ -12,11 +12,18 @@
 //!
 //! It also expands column DEFAULTs in the AST (`DEFAULT` cells and `INSERT ... DEFAULT VALUES`),
 //! for both paths: DataFusion 55 plans neither.
+//!
+//! A prepared INSERT (the PostgreSQL protocol's extended query) whose cells are parameters and
+//! literals becomes an [`InsertTemplate`] at Parse: each Execute converts the bound values
+//! straight into rows by the same conversion ([`convert_column`]), instead of binding them into a
+//! copy of the syntax tree and reading it again.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use std::borrow::Cow;
+
 use datafusion::common::{Result, plan_err};
 use topicfusion_dialect::sqlparser::ast::{
     Expr, Ident, Insert, ObjectName, Parens, Query, SetExpr, TableObject, Value as SqlValue, Values,
@@ -26,6 +33,7 @@ use topicfusion_storage::Value;
 
 use crate::catalog::{CatalogState, Table};
 use crate::core::resolve_name;
+use crate::postgres::ParamValue;
 use crate::types::{ColumnType, value_at};
 
 /// An INSERT of literal rows, converted to full table rows.
@@ -153,6 +161,18 @@ fn expand_defaults(table: &Table, insert: &mut Insert) -> Result<()> {
 /// The rows of `insert` (into durable `table`) if it is an INSERT of literals that this path
 /// converts exactly; `None` sends the statement to DataFusion.
 fn literal_insert(table: Arc<Table>, insert: &Insert) -> Option<LiteralInsert> {
+    let values = plain_values(insert)?;
+    let targets = target_columns(&table, column_idents(&insert.columns))?;
+    if values.rows.iter().any(|r| r.content.len() != targets.len()) {
+        return None;
+    }
+    let cells: Vec<Literal<'_>> =
+        values.rows.iter().flat_map(|r| r.content.iter()).map(literal_of).collect::<Option<_>>()?;
+    rows_of(table, &targets, &cells)
+}
+
+/// The VALUES rows of a plain `INSERT INTO t [(columns)] VALUES ...` (no other clause).
+fn plain_values(insert: &Insert) -> Option<&Values> {
     let plain = insert.or.is_none()
         && !insert.ignore
         && insert.table_alias.is_none()
@@ -186,13 +206,133 @@ fn literal_insert(table: Arc<Table>, insert: &Insert) -> Option<LiteralInsert> {
     if !simple_query || values.explicit_row || values.value_keyword || values.rows.is_empty() {
         return None;
     }
+    Some(values)
+}
+
+/// A prepared `INSERT INTO t [(columns)] VALUES (...), ...` of parameters (`$n`) and literals,
+/// with the literals and the omitted columns' defaults already converted to the column types.
+#[derive(Debug)]
+pub struct InsertTemplate {
+    /// The table as it was at Parse: the template holds only while it is still the current one.
+    table: Arc<Table>,
+    /// Row after row, one cell per table column.
+    cells: Vec<TemplateCell>,
+    /// The highest `$n` the statement uses.
+    parameters: usize,
+}
+
+#[derive(Debug)]
+enum TemplateCell {
+    Value(Value),
+    /// `$n` (0-based here) into a column of this type.
+    Parameter(usize, ColumnType),
+}
+
+/// The template of a prepared INSERT, when it is a plain INSERT into a durable table whose cells
+/// are parameters or literals this path converts exactly (else the statement is bound and
+/// executed as usual at each Execute).
+pub fn template(catalog: &CatalogState, insert: &Insert) -> Option<InsertTemplate> {
+    let table = target_table(catalog, insert)?;
+    let values = plain_values(insert)?;
     let targets = target_columns(&table, column_idents(&insert.columns))?;
-    if values.rows.iter().any(|r| r.content.len() != targets.len()) {
-        return None;
+    let n = table.meta.columns.len();
+    let mut cells = Vec::with_capacity(values.rows.len() * n);
+    let mut parameters = 0;
+    for row in &values.rows {
+        if row.content.len() != targets.len() {
+            return None;
+        }
+        let mut out: Vec<Option<TemplateCell>> = (0..n).map(|_| None).collect();
+        for (e, &i) in row.content.iter().zip(&targets) {
+            let ty = table.meta.columns[i].data_type;
+            out[i] = Some(match placeholder(e) {
+                Some(p) => {
+                    parameters = parameters.max(p + 1);
+                    TemplateCell::Parameter(p, ty)
+                }
+                None => TemplateCell::Value(convert_column(&[&literal_of(e)?], ty)?.pop()?),
+            });
+        }
+        for (i, cell) in out.into_iter().enumerate() {
+            cells.push(match cell {
+                Some(cell) => cell,
+                None => TemplateCell::Value(default_value(&table, i)?),
+            });
+        }
     }
-    let cells: Vec<Literal<'_>> =
-        values.rows.iter().flat_map(|r| r.content.iter()).map(literal_of).collect::<Option<_>>()?;
-    rows_of(table, &targets, &cells)
+    Some(InsertTemplate { table, cells, parameters })
+}
+
+impl InsertTemplate {
+    /// The rows of one execution with `params` bound, or `None` when this path does not take them
+    /// (the table changed since Parse, a value it does not convert exactly, too few parameters):
+    /// the statement is then bound and executed as usual, which also reports the errors.
+    pub fn rows(&self, catalog: &CatalogState, params: &[ParamValue]) -> Option<LiteralInsert> {
+        let current = catalog.table(&self.table.meta.schema, &self.table.meta.name)?;
+        if !Arc::ptr_eq(current, &self.table) || params.len() < self.parameters {
+            return None;
+        }
+        let width = self.table.meta.columns.len();
+        let rows = self
+            .cells
+            .chunks(width)
+            .map(|row| {
+                row.iter()
+                    .map(|cell| match cell {
+                        TemplateCell::Value(v) => Some(v.clone()),
+                        TemplateCell::Parameter(p, ty) => parameter_value(&params[*p], *ty),
+                    })
+                    .collect::<Option<Vec<Value>>>()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(LiteralInsert { table: Arc::clone(&self.table), rows })
+    }
+}
+
+/// `$n` as a 0-based index.
+fn placeholder(e: &Expr) -> Option<usize> {
+    let Expr::Value(v) = e else { return None };
+    let SqlValue::Placeholder(p) = &v.value else { return None };
+    p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
+}
+
+/// A column's literal DEFAULT (NULL without one), converted; `None` for any other expression.
+fn default_value(table: &Table, i: usize) -> Option<Value> {
+    match &table.meta.columns[i].default {
+        None => Some(Value::Null),
+        Some(sql) => {
+            let e = topicfusion_dialect::parse_expr_checked(sql).ok()?;
+            convert_column(&[&literal_of(&e)?], table.meta.columns[i].data_type)?.pop()
+        }
+    }
+}
+
+/// A bound parameter as the literal binding would write it into the statement, converted to the
+/// column type; `None` for what this path leaves to the planner (doubles, bytes, arrays, NaN).
+fn parameter_value(param: &ParamValue, ty: ColumnType) -> Option<Value> {
+    let digits;
+    let literal = match param {
+        ParamValue::Null => Literal::Null,
+        ParamValue::Bool(b) => Literal::Boolean(*b),
+        ParamValue::Int(i) => {
+            digits = i.unsigned_abs().to_string();
+            Literal::Number { negative: *i < 0, digits: &digits }
+        }
+        ParamValue::Numeric(n) => {
+            let (negative, rest) = match n.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, n.strip_prefix('+').unwrap_or(n)),
+            };
+            // Exponents, NaN and infinities: rewritten by the binder (`postgres::literals`).
+            if !rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') || rest.is_empty() {
+                return None;
+            }
+            Literal::Number { negative, digits: rest }
+        }
+        ParamValue::Text(s) => Literal::String(Cow::Borrowed(s)),
+        ParamValue::Float(_) | ParamValue::Bytes(_) | ParamValue::Array(_) => return None,
+    };
+    convert_column(&[&literal], ty)?.pop()
 }
 
 /// Full table rows from literal cells (row after row, one per target column), or `None` when a
@@ -212,14 +352,7 @@ fn rows_of(table: Arc<Table>, targets: &[usize], cells: &[Literal<'_>]) -> Optio
     // Columns the INSERT does not name: their literal DEFAULT, or NULL.
     for (i, column) in columns.iter_mut().enumerate() {
         if column.is_none() {
-            let value = match &table.meta.columns[i].default {
-                None => Value::Null,
-                Some(sql) => {
-                    let e = topicfusion_dialect::parse_expr_checked(sql).ok()?;
-                    convert_column(&[&literal_of(&e)?], table.meta.columns[i].data_type)?.pop()?
-                }
-            };
-            *column = Some(vec![value; rows_len]);
+            *column = Some(vec![default_value(&table, i)?; rows_len]);
         }
     }
     let mut columns: Vec<std::vec::IntoIter<Value>> =

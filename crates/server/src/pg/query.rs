@@ -37,7 +37,7 @@ use pgwire::messages::simplequery::Query;
 use tokio::sync::Mutex;
 use topicfusion_engine::copy::CopyIn;
 use topicfusion_engine::{
-    ClientCopy, CopyFormat, Database, ExecuteError, Outcome, ParamValue, ParsedStatement, Principal, Session,
+    ClientCopy, CopyFormat, Database, ExecuteError, Outcome, ParamValue, PreparedStatement, Principal, Session,
     StatementResult,
 };
 
@@ -76,7 +76,7 @@ fn principal<C: ClientInfo>(db: &Database, client: &C) -> PgWireResult<Principal
 /// A prepared statement: parsed once (at Parse), and what Describe says of it.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    parsed: Option<Arc<ParsedStatement>>,
+    parsed: Option<Arc<PreparedStatement>>,
     /// asyncpg's type introspection query, answered by [`super::introspection`].
     asyncpg_types: bool,
     /// The parameter types: the client's where it gave them, else inferred, else text.
@@ -635,7 +635,7 @@ impl QueryParser for Describer {
         let Some(parsed) = parsed else { return Ok(None) };
         let described = {
             let mut session = self.session.lock().await;
-            self.db.describe(&mut session, &principal, &parsed).await.map_err(|e| statement_error(&e))?
+            self.db.describe(&mut session, &principal, &parsed.parsed).await.map_err(|e| statement_error(&e))?
         };
         let parameters = (0..described.parameters.len().max(types.len()))
             .map(|i| {
@@ -814,7 +814,7 @@ impl ExtendedQueryHandler for Queries {
             return Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))));
         }
         let Some(parsed) = &prepared.parsed else { return Ok(Response::EmptyQuery) };
-        if let Some(tag) = self.deallocate(client, deallocate_target(&parsed.sql)) {
+        if let Some(tag) = self.deallocate(client, deallocate_target(&parsed.parsed.sql)) {
             return Ok(Response::Execution(tag));
         }
         let params = (0..portal.parameters.len())

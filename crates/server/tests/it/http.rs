@@ -492,6 +492,14 @@ async fn bad_requests_get_clear_errors_never_500() {
     assert_eq!(body["results"][0]["row_count"], 1, "{body}");
     let body = server.sql("SELECT count(*) FROM app.t WHERE id = 5").await;
     assert_eq!(body["results"][0]["rows"], json!([[1]]));
+    // A missing `;` is a syntax error of the whole text: nothing runs, not even the first half.
+    for sql in ["INSERT INTO app.t VALUES (6, 'half') SELECT 2", "DELETE FROM app.t WHERE id = 5 DROP TABLE app.t"] {
+        let (status, body) = server.post("/v1/api/sql", Some(root), json!({ "sql": sql })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+        assert_eq!(body["error"]["code"], "syntax_error", "{sql}: {body}");
+    }
+    let body = server.sql("SELECT id FROM app.t ORDER BY id").await;
+    assert_eq!(body["results"][0]["rows"], json!([[5]]));
     // A CONSUME followed by a failing statement: its messages are in `results` (they are
     // claimed for the group), so nothing is lost to the client.
     let (status, body) = server

@@ -83,6 +83,12 @@ async fn prepared_statements_with_parameters_and_typed_results() {
     assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
     let e = client.query("SELECT 1; SELECT 2", &[]).await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
+    // A missing `;` is a syntax error of the whole text: nothing runs, not even the first half.
+    for sql in ["INSERT INTO app.t VALUES (90, 'half') SELECT 2", "DELETE FROM app.t WHERE id = 1 DROP TABLE app.t"] {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{sql}: {e}");
+    }
+    assert_eq!(simple_rows(&client, "SELECT id FROM app.t ORDER BY id").await, [["1"], ["2"]]);
     let e = client.query("CONSUME FROM app.missing", &[]).await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_OBJECT), "{e}");
     // The classes drivers branch on, as PostgreSQL gives them.

@@ -139,6 +139,108 @@ async fn literal_inserts_with_column_lists_and_defaults_match_datafusion() {
     assert_eq!(a[7], ["8", "1.5", "none", "NULL", "true"]);
 }
 
+/// A prepared INSERT of parameters and literals builds its rows from the bound values (its
+/// template), with the same values and errors as binding them into the statement and planning
+/// it: table `fast{t}` by `VALUES ($1, $2)` (the template), `slow{t}` by `VALUES ($1 + 0, $2)`.
+#[tokio::test]
+async fn prepared_insert_templates_match_binding_and_planning() {
+    use topicfusion_engine::{ParamValue as P, Principal};
+    let (_dir, db) = open_temp();
+    let params = [
+        P::Int(0),
+        P::Int(-1),
+        P::Int(40_000),
+        P::Int(i64::MIN),
+        P::Int(i64::MAX),
+        P::Numeric("1.5".into()),
+        P::Numeric("-0.01".into()),
+        P::Numeric("123.456".into()),
+        P::Numeric("+7".into()),
+        P::Numeric("1E3".into()),
+        P::Numeric("NaN".into()),
+        P::Float(2.5),
+        P::Text("12".into()),
+        P::Text("abc".into()),
+        P::Text("NaN".into()),
+        P::Text("2024-02-30".into()),
+        P::Text("2024-01-01 10:00:00".into()),
+        P::Text("\\x0001ff".into()),
+        P::Bool(true),
+        P::Null,
+        P::Bytes(vec![0, 1, 255]),
+    ];
+    let types = [
+        "SMALLINT",
+        "INT",
+        "BIGINT",
+        "DOUBLE",
+        "REAL",
+        "DECIMAL(5,2)",
+        "TEXT",
+        "BOOLEAN",
+        "DATE",
+        "TIMESTAMP",
+        "BYTEA",
+    ];
+    let (root, mut session) = (Principal::root(), db.session());
+    let mut templated = 0;
+    for (t, ty) in types.iter().enumerate() {
+        db.execute(&format!(
+            "CREATE TABLE fast{t} (id INT PRIMARY KEY, v {ty}, d TEXT DEFAULT 'dflt'); CREATE TABLE slow{t} (id INT PRIMARY KEY, v {ty}, d TEXT DEFAULT 'dflt')"
+        ))
+        .await
+        .unwrap();
+        let fast = db.prepare(&format!("INSERT INTO fast{t} (id, v) VALUES ($1, $2)")).unwrap().unwrap();
+        let slow = db.prepare(&format!("INSERT INTO slow{t} (id, v) VALUES ($1 + 0, $2)")).unwrap().unwrap();
+        for (i, p) in params.iter().enumerate() {
+            let bound = [P::Int(i as i64), p.clone()];
+            let before = db.literal_inserts();
+            let a = db.execute_prepared(&mut session, &root, &fast, &bound).await;
+            templated += db.literal_inserts() - before;
+            let b = db.execute_prepared(&mut session, &root, &slow, &bound).await;
+            match (&a, &b) {
+                (Ok(_), Ok(_)) => {}
+                (Err(a), Err(b)) => assert_eq!(
+                    a.to_string().replace("VALUES ($1, $2)", ""),
+                    b.to_string().replace("VALUES ($1 + 0, $2)", ""),
+                    "{ty} {p:?}"
+                ),
+                _ => panic!("{ty} {p:?}: template {a:?}, planned {b:?}"),
+            }
+        }
+        let a = query(&db, &format!("SELECT * FROM fast{t} ORDER BY id")).await;
+        let b = query(&db, &format!("SELECT * FROM slow{t} ORDER BY id")).await;
+        assert_eq!(a, b, "{ty}");
+        assert!(!a.is_empty(), "{ty}: no value was accepted");
+    }
+    assert!(templated > 50, "{templated} executions took the template");
+
+    // A table dropped and created again after Parse: the template is not used, the new table's
+    // types are.
+    db.execute("CREATE TABLE re (id BIGINT PRIMARY KEY, v INT)").await.unwrap();
+    let insert = db.prepare("INSERT INTO re VALUES ($1, $2)").unwrap().unwrap();
+    db.execute("DROP TABLE re; CREATE TABLE re (id BIGINT PRIMARY KEY, v TEXT)").await.unwrap();
+    db.execute_prepared(&mut session, &root, &insert, &[P::Int(1), P::Int(5)]).await.unwrap();
+    let err = db.execute_prepared(&mut session, &root, &insert, &[P::Int(1), P::Int(6)]).await.unwrap_err();
+    assert!(err.to_string().contains("duplicate primary key"), "{err}");
+    assert_eq!(query(&db, "SELECT id, v, arrow_typeof(v) FROM re").await, [["1", "5", "Utf8"]]);
+    // Literal cells, several rows and a parameter used twice.
+    let insert = db.prepare("INSERT INTO re VALUES ($1, 'a'), ($2, $3), ($1 + 10, $3)").unwrap().unwrap();
+    db.execute_prepared(&mut session, &root, &insert, &[P::Int(2), P::Int(3), P::Text("b".into())]).await.unwrap();
+    let insert = db.prepare("INSERT INTO re VALUES ($1, 'a'), ($2, $3), ($2 + 10, $3)").unwrap().unwrap();
+    let before = db.literal_inserts();
+    let err = db.execute_prepared(&mut session, &root, &insert, &[P::Int(4)]).await.unwrap_err();
+    assert!(err.to_string().contains("parameter $3 but only 1 were bound"), "{err}");
+    assert_eq!(db.literal_inserts(), before);
+    let insert = db.prepare("INSERT INTO re VALUES ($1, 'a'), ($2, $3)").unwrap().unwrap();
+    db.execute_prepared(&mut session, &root, &insert, &[P::Int(4), P::Int(5), P::Text("c".into())]).await.unwrap();
+    assert_eq!(db.literal_inserts(), before + 1, "the template was used");
+    assert_eq!(
+        query(&db, "SELECT id, v FROM re ORDER BY id").await,
+        [["1", "5"], ["2", "a"], ["3", "b"], ["4", "a"], ["5", "c"], ["12", "b"]]
+    );
+}
+
 /// 16 tasks insert distinct keys into one routed table at once, some with duplicate keys
 /// between them: every accepted row is stored once with exactly one message, offsets are
 /// gap-free, and each duplicate is refused.

@@ -101,6 +101,9 @@ with c.cursor() as pc:
 c.autocommit = False
 pool.putconn(c)
 pool.closeall()
+# COPY FROM STDIN feeds the topic like any INSERT: one message per row, in the same commit.
+cur.copy_expert("COPY app.t FROM STDIN WITH CSV", io.StringIO('201,from copy\n202,"second, copied"\n'))
+root.commit()
 
 # The topic flow as role service, and role user refused with its SQLSTATE.
 service = connect("u_service", "pw")
@@ -108,9 +111,11 @@ service.autocommit = True
 sc = service.cursor()
 sc.execute("CONSUME FROM app.ev GROUP 'psycopg2' FROM EARLIEST LIMIT 10")
 messages = sc.fetchall()
-assert len(messages) == 1 and '"from psycopg2"' in messages[0][7], messages
-sc.execute(f"ACK app.ev GROUP 'psycopg2' PARTITION 0 UPTO OFFSET {messages[0][2]}")
-assert f"up to offset {messages[0][2]}" in sc.fetchone()[0]
+assert len(messages) == 3 and '"from psycopg2"' in messages[0][7], messages
+assert '"from copy"' in messages[1][7] and '"second, copied"' in messages[2][7], messages
+assert [m[2] for m in messages] == [messages[0][2], messages[0][2] + 1, messages[0][2] + 2], messages
+sc.execute(f"ACK app.ev GROUP 'psycopg2' PARTITION 0 UPTO OFFSET {messages[2][2]}")
+assert f"up to offset {messages[2][2]}" in sc.fetchone()[0]
 user = connect("u_user", "pw")
 try:
     user.cursor().execute("CONSUME FROM app.ev GROUP 'g'")
