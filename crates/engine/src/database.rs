@@ -388,7 +388,8 @@ impl Database {
         sql: &str,
     ) -> Result<Vec<StatementResult>, ExecuteError> {
         // Bulk and single-row INSERTs of literals skip the SQL parser (same rows, same checks).
-        if let Some(scanned) = topicfusion_dialect::scan_values_insert(sql) {
+        let scanned = if session.bare_names_in_public() { topicfusion_dialect::scan_values_insert(sql) } else { None };
+        if let Some(scanned) = scanned {
             let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
             if let Some(fast) = fast {
                 let command = Command { name: "INSERT", outcome: Outcome::RowCount };
@@ -451,7 +452,8 @@ impl Database {
     ) -> Result<StatementResult, ExecuteError> {
         let PreparedStatement { parsed, insert } = prepared;
         let fail = |source| ExecuteError::new(1, parsed.sql.clone(), source);
-        let rows = insert.as_ref().and_then(|t| t.rows(&self.core.catalog.read(), params));
+        let template = insert.as_ref().filter(|_| session.bare_names_in_public());
+        let rows = template.and_then(|t| t.rows(&self.core.catalog.read(), params));
         if let Some(rows) = rows {
             let command = Command { name: "INSERT", outcome: Outcome::RowCount };
             let (schema, batches) = self.insert_rows(rows).await.map_err(fail)?;
@@ -681,7 +683,7 @@ impl Database {
                                     "PREPARE and EXECUTE are not supported: use your driver's prepared statements (the PostgreSQL protocol's extended query) or parameters"
                                 );
                             }
-                            SqlStatement::Insert(insert) => {
+                            SqlStatement::Insert(insert) if session.bare_names_in_public() => {
                                 let fast = literal_insert::prepare(&self.core.catalog.read(), insert)?;
                                 if let Some(fast) = fast {
                                     let (schema, batches) = self.insert_rows(fast).await?;

@@ -62,6 +62,15 @@ impl Session {
         self.in_transaction
     }
 
+    /// Whether an unqualified table name means one in `public` here, as the literal INSERT
+    /// paths resolve it; not after a `SET datafusion.catalog.default_schema` to another schema
+    /// (those statements are planned, which resolves the name in the session's schema).
+    pub(crate) fn bare_names_in_public(&self) -> bool {
+        self.ctx.as_ref().is_none_or(|ctx| {
+            ctx.state_ref().read().config_options().catalog.default_schema == crate::catalog::DEFAULT_SCHEMA
+        })
+    }
+
     /// The result columns of an open cursor (what a `FETCH` from it returns).
     pub fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
         self.cursors.get(name).map(|c| c.schema.clone())

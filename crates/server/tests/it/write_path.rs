@@ -241,6 +241,31 @@ async fn prepared_insert_templates_match_binding_and_planning() {
     );
 }
 
+/// After `SET datafusion.catalog.default_schema`, an unqualified INSERT goes to the session's
+/// schema on every literal path (a lone statement, one in a longer text, a prepared one), as
+/// planning resolves the name.
+#[tokio::test]
+async fn literal_inserts_resolve_names_in_the_sessions_default_schema() {
+    use topicfusion_engine::{ParamValue as P, Principal};
+    let (_dir, db) = open_temp();
+    db.execute("CREATE SCHEMA app; CREATE TABLE app.t (id INT PRIMARY KEY); CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (root, mut session) = (Principal::root(), db.session());
+    let prepared = db.prepare("INSERT INTO t VALUES ($1)").unwrap().unwrap();
+    db.execute_in(&mut session, &root, "SET datafusion.catalog.default_schema = 'app'").await.unwrap();
+    db.execute_in(&mut session, &root, "INSERT INTO t VALUES (1)").await.unwrap();
+    db.execute_in(&mut session, &root, "SELECT 1; INSERT INTO t VALUES (2)").await.unwrap();
+    db.execute_prepared(&mut session, &root, &prepared, &[P::Int(3)]).await.unwrap();
+    assert_eq!(query(&db, "SELECT id FROM app.t ORDER BY id").await, [["1"], ["2"], ["3"]]);
+    assert!(query(&db, "SELECT id FROM public.t").await.is_empty());
+    // A session on `public` still takes the literal path.
+    let before = db.literal_inserts();
+    db.execute("INSERT INTO t VALUES (4)").await.unwrap();
+    assert_eq!(db.literal_inserts(), before + 1);
+    assert_eq!(query(&db, "SELECT id FROM public.t").await, [["4"]]);
+}
+
 /// 16 tasks insert distinct keys into one routed table at once, some with duplicate keys
 /// between them: every accepted row is stored once with exactly one message, offsets are
 /// gap-free, and each duplicate is refused.
