@@ -71,7 +71,7 @@ impl AsyncDB for Connection {
         let results = db
             .execute_in(&mut self.1, &Principal::root(), sql)
             .await
-            .map_err(|e| Error(e.source.to_string().replace('\n', " ")))?;
+            .map_err(|e| Error(e.message().replace('\n', " ")))?;
         let Some(last) = results.last() else { return Ok(DBOutput::StatementComplete(0)) };
         let types = last.schema.fields().iter().map(|f| column_type(f.data_type())).collect();
         let options = FormatOptions::default().with_null("NULL");

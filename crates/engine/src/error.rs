@@ -10,8 +10,9 @@ use topicfusion_storage::StorageError;
 use crate::users::PermissionDenied;
 
 /// A statement failed; the statements before it have committed, the ones after it did not run.
+/// Displays as [`ExecuteError::message`].
 #[derive(Debug, thiserror::Error)]
-#[error("{source}")]
+#[error("{}", self.message())]
 pub struct ExecuteError {
     /// 1-based position of the failing statement in the SQL text (0: the text did not parse).
     pub statement: usize,
@@ -203,6 +204,24 @@ impl ExecuteError {
     pub(crate) fn new(statement: usize, sql: String, source: DataFusionError) -> Self {
         let kind = if statement == 0 { ErrorKind::Syntax } else { ErrorKind::of(&source) };
         Self { statement, sql, kind, source, completed: Vec::new() }
+    }
+
+    /// The error as a client reads it: the cause, without the wrappers that name DataFusion's
+    /// internals (`Optimizer rule 'simplify_expressions' failed caused by Arrow error: ...`
+    /// becomes `Cast error: ...`). The full error stays in [`ExecuteError::source`].
+    pub fn message(&self) -> String {
+        client_message(&self.source)
+    }
+}
+
+fn client_message(e: &DataFusionError) -> String {
+    match e {
+        // An optimizer rule that folds constants evaluates the statement's own values: the
+        // failure is the value's, not the rule's.
+        DataFusionError::Context(context, inner) if context.starts_with("Optimizer rule '") => client_message(inner),
+        DataFusionError::Shared(inner) => client_message(inner),
+        DataFusionError::ArrowError(e, _) => e.to_string(),
+        e => e.to_string(),
     }
 }
 

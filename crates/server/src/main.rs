@@ -240,7 +240,7 @@ async fn run(backend: &Backend, sql: &str, format: Format, counter: &mut usize) 
         let outcome = match backend {
             Backend::Embedded(db) => match db.execute(&statement.sql).await {
                 Ok(results) => results.iter().try_for_each(|r| print_batches(&r.schema, &r.batches, format)),
-                Err(e) => Err(message(&e.source.to_string())),
+                Err(e) => Err(message(&e.message())),
             },
             Backend::Remote(client) => match client.sql(&statement.sql).await {
                 Ok(results) => results.iter().try_for_each(|r| print_remote(r, format)),

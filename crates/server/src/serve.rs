@@ -158,7 +158,9 @@ pub fn run(config: Config) -> Result<(), String> {
 }
 
 /// Accepts PostgreSQL connections until the server stops; each runs in its own task on the
-/// engine runtime (its statements run there without a hop between runtimes).
+/// engine runtime, its socket registered with that runtime's I/O driver: a statement arriving
+/// wakes the engine thread that runs it, not a front-runtime thread that would hand it over
+/// (one thread wake-up more per statement).
 async fn accept_postgres(
     listener: tokio::net::TcpListener,
     state: Arc<PgState>,
@@ -170,7 +172,21 @@ async fn accept_postgres(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
-                    engine.spawn(crate::pg::serve_connection(Arc::clone(&state), socket));
+                    // Deregistered from this runtime's driver; still non-blocking.
+                    let socket = match socket.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot hand a PostgreSQL connection to the engine runtime");
+                            continue;
+                        }
+                    };
+                    let state = Arc::clone(&state);
+                    engine.spawn(async move {
+                        match tokio::net::TcpStream::from_std(socket) {
+                            Ok(socket) => crate::pg::serve_connection(state, socket).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot register a PostgreSQL connection"),
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a PostgreSQL connection");

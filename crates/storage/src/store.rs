@@ -122,6 +122,9 @@ impl std::fmt::Debug for Clock {
     }
 }
 
+/// [`Store::multi_get`] reads this many keys or fewer with one Get each.
+const FEW_KEYS: usize = 16;
+
 /// One atomic commit: the caller's puts and deletes plus the messages to append.
 #[derive(Default)]
 pub struct Commit {
@@ -785,7 +788,21 @@ impl Store {
         Ok(self.db.get(key)?)
     }
 
+    /// The values of `keys`. Up to [`FEW_KEYS`] keys are read one by one: RocksDB's MultiGet
+    /// skips the memtable's bloom filter while the memtable holds a range deletion (a dropped
+    /// table or topic, a retention run), so an INSERT's key check, a key that mostly does not
+    /// exist, searched the whole memtable (5-9% of a single-row INSERT's CPU over pgwire);
+    /// Get keeps using the filter.
+    /// The keys are read as of one moment (MultiGet's implicit snapshot; one snapshot for the
+    /// Gets), so no commit is seen half-applied.
     pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        if let [key] = keys {
+            return Ok(vec![self.get(key)?]);
+        }
+        if keys.len() <= FEW_KEYS {
+            let snapshot = self.db.snapshot();
+            return keys.iter().map(|k| snapshot.get(k).map_err(StorageError::from)).collect();
+        }
         self.db.multi_get(keys).into_iter().map(|r| r.map_err(StorageError::from)).collect()
     }
 
@@ -1032,6 +1049,29 @@ mod tests {
             partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn multi_get_sees_range_deletions_in_the_memtable_one_key_or_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let key = |i: u32| format!("k{i:04}").into_bytes();
+        let mut c = Commit::default();
+        (0..40).for_each(|i| c.batch.put(key(i), b"v"));
+        store.commit(c).unwrap();
+        // Keys 10..30 go by one range deletion, which stays in the memtable.
+        let mut c = Commit::default();
+        c.batch.delete_range(key(10), key(30));
+        store.commit(c).unwrap();
+        for count in [1, FEW_KEYS, FEW_KEYS + 1, 40] {
+            let keys: Vec<Vec<u8>> = (0..count as u32).map(|i| key(i * 40 / count as u32)).collect();
+            let got = store.multi_get(&keys).unwrap();
+            for (k, v) in keys.iter().zip(got) {
+                let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+                assert_eq!(v.is_some(), !(10..30).contains(&i), "{count} keys: key {i}");
+            }
+        }
+        assert_eq!(store.multi_get(&[key(10), key(99), key(9)]).unwrap(), [None, None, Some(b"v".to_vec())]);
     }
 
     #[test]

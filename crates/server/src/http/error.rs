@@ -92,11 +92,12 @@ impl ApiError {
 
     /// A statement error of the engine, classified by its kind.
     pub fn from_execute(e: ExecuteError) -> Self {
-        let message = e.source.to_string();
+        let message = e.message();
         let mut err = match e.kind {
             ErrorKind::Syntax => Self::new(ErrorCode::SyntaxError, message),
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
-            ErrorKind::Internal => Self::internal(message),
+            // Logged whole: the cause with DataFusion's context (which rule failed).
+            ErrorKind::Internal => Self::internal(&e.source),
             _ => Self::new(ErrorCode::StatementFailed, message),
         };
         if e.statement > 0 {

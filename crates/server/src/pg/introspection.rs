@@ -122,7 +122,7 @@ async fn type_rows(
         "SELECT CAST(t.oid AS BIGINT), n.nspname, t.typname, t.typtype, CAST(t.typelem AS BIGINT), t.typdelim \
          FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.oid IN ({list})"
     );
-    let results = db.execute_in(session, principal, &sql).await.map_err(|e| failed(e.source.to_string()))?;
+    let results = db.execute_in(session, principal, &sql).await.map_err(|e| failed(e.message()))?;
     let mut rows = Vec::new();
     for batch in results.last().map(|r| r.batches.as_slice()).unwrap_or_default() {
         let c = |i: usize| datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8);

@@ -40,6 +40,16 @@ fn is_numeric_text(s: &str) -> bool {
         })
 }
 
+/// Whether a binary date (4 bytes) or timestamp (8 bytes) is PostgreSQL's infinity or
+/// -infinity (the type's largest or smallest value).
+fn is_infinity(raw: &[u8]) -> bool {
+    match raw.len() {
+        4 => [i32::MIN, i32::MAX].contains(&i32::from_be_bytes(raw.try_into().expect("4 bytes"))),
+        8 => [i64::MIN, i64::MAX].contains(&i64::from_be_bytes(raw.try_into().expect("8 bytes"))),
+        _ => false,
+    }
+}
+
 /// The elements of a one-dimensional array parameter in PostgreSQL's binary array format.
 fn binary_array(raw: &[u8], elem: &Type, i: usize) -> PgWireResult<ParamValue> {
     let malformed = || bad(i, "malformed binary array");
@@ -156,6 +166,21 @@ fn decode_value(raw: &[u8], binary: bool, ty: &Type, i: usize) -> PgWireResult<P
         // bytea text is PostgreSQL's bytea input (`\x0001ff`), as a bytea literal is.
         Type::BYTEA if !binary => Some(ParamValue::Text(text()?)),
         Type::BYTEA => Some(ParamValue::Bytes(raw.to_vec())),
+        // ±infinity (asyncpg sends date.min/max and datetime.min/max so): no DATE or TIMESTAMP
+        // value here is infinite, and a finite stand-in would read back as another value.
+        Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ if binary && is_infinity(raw) => {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "22008".into(),
+                format!(
+                    "parameter ${}: {} {}infinity is not supported: topicfusion's {} has no infinite values",
+                    i + 1,
+                    ty.name(),
+                    if raw[0] & 0x80 != 0 { "-" } else { "" },
+                    if *ty == Type::DATE { "DATE" } else { "TIMESTAMP" }
+                ),
+            ))));
+        }
         Type::DATE => get!(chrono::NaiveDate).map(|d| ParamValue::Text(d.to_string())),
         Type::TIMESTAMP => {
             get!(chrono::NaiveDateTime).map(|t| ParamValue::Text(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()))

@@ -53,7 +53,7 @@ pub fn statement_error(e: &ExecuteError) -> PgWireError {
             tracing::error!(error = %e.source, "internal error");
             "internal error: see the server log".to_owned()
         }
-        _ => e.source.to_string(),
+        _ => e.message(),
     };
     user_error(e.kind.sqlstate(), message)
 }

@@ -6,6 +6,7 @@ release (its reset statements), and the topic flow.
 Usage: asyncpg_client.py HOST:PORT ROOT_PASSWORD. Exits non-zero on the first failed check.
 """
 import asyncio
+import datetime
 import io
 import sys
 
@@ -42,6 +43,22 @@ async def main():
     stmt = await root.prepare("SELECT $1::bigint AS x")
     assert [t.name for t in stmt.get_parameters()] == ["int8"], stmt.get_parameters()
     assert await stmt.fetchval(5) == 5
+
+    # date.min/max and datetime.min/max go over the wire as -infinity/infinity: refused clearly
+    # (no DATE or TIMESTAMP here is infinite); the values next to them are ordinary, both ways.
+    await root.execute("CREATE TABLE app.edges (id BIGINT PRIMARY KEY, dt DATE, ts TIMESTAMP)")
+    for v in (datetime.date.min, datetime.date.max, datetime.datetime.min, datetime.datetime.max):
+        row = (1, None, v) if isinstance(v, datetime.datetime) else (1, v, None)
+        try:
+            await root.execute("INSERT INTO app.edges VALUES ($1, $2, $3)", *row)
+            raise SystemExit(f"{v!r} was accepted")
+        except asyncpg.DatetimeFieldOverflowError as e:
+            assert "infinity is not supported" in str(e), e
+    edges = [(1, datetime.date(1, 1, 2), datetime.datetime(1, 1, 1, 0, 0, 1)),
+             (2, datetime.date(9999, 12, 30), datetime.datetime(9999, 12, 31, 23, 59, 58, 999999))]
+    await root.executemany("INSERT INTO app.edges VALUES ($1, $2, $3)", edges)
+    assert [tuple(r) for r in await root.fetch("SELECT * FROM app.edges ORDER BY id")] == edges
+    assert await root.fetchval("SELECT $1::date", datetime.date(1, 1, 2)) == datetime.date(1, 1, 2)
 
     # Arrays: results (asyncpg introspects their types) and parameters.
     assert await root.fetchval("SELECT array_agg(id ORDER BY id) FROM app.vals WHERE id <= 3") == [1, 2, 3]
