@@ -208,6 +208,42 @@ async fn the_role_matrix_for_consume_ack_and_sql() {
     assert!(!body.to_string().contains("argon2"), "{body}");
 }
 
+/// Each request has its own session: a `SET` applies to the statements after it in the same
+/// request and to no other request (concurrent or later), and a dba's `SET` of the default
+/// schema in one request cannot let a role `user` request read `system.users`.
+#[tokio::test]
+async fn each_request_has_its_own_session() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'a')").await;
+    let body = server.sql("SET datafusion.catalog.default_schema = 'app'; SELECT count(*) AS n FROM t").await;
+    assert_eq!(body["results"][1]["rows"], json!([[1]]), "{body}");
+    // Requests in flight at once, half of them setting the schema: each sees only its own SET.
+    let requests = (0..16).map(|i| {
+        let sql = match i % 2 {
+            0 => "SET datafusion.catalog.default_schema = 'system'; SELECT count(*) AS n FROM users",
+            _ => "SELECT count(*) AS n FROM t",
+        };
+        server.post("/v1/api/sql", Some(("root", ROOT_PASSWORD)), json!({ "sql": sql }))
+    });
+    for (i, (status, body)) in futures::future::join_all(requests).await.into_iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "a SET leaked into request {i}: {body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("public.t' not found"), "{body}");
+        }
+    }
+    server.sql("SET datafusion.catalog.default_schema = 'system'").await;
+    let (status, body) =
+        server.post("/v1/api/sql", Some(("u_user", "pw")), json!({ "sql": "SELECT * FROM users" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) =
+        server.post("/v1/api/sql", Some(("u_user", "pw")), json!({ "sql": "SELECT * FROM app.t" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test]
 async fn login_tokens_and_their_end() {
     let (_tmp, data) = data_dir();

@@ -235,6 +235,50 @@ async fn scram_logins_and_the_role_matrix() {
     assert_eq!(sqlstate(&late.simple_query("CONSUME FROM app.ev GROUP 'z'").await.unwrap_err()), "42501");
 }
 
+/// Failed PostgreSQL logins feed the login throttle HTTP logins share: after a name's free
+/// failures, parallel guesses queue (each waits its turn before its proof is checked) until the
+/// queue is full, then are refused at once with 28000, and an HTTP login of that name with the
+/// right password is refused with 429 too, while other names log in unhindered.
+#[tokio::test]
+async fn failed_postgres_logins_are_throttled_together_with_http_logins() {
+    use futures::StreamExt;
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    setup(&server).await;
+    for _ in 0..topicfusion::auth::FREE_FAILURES_PER_USER {
+        match connect(&server, "u_user", "wrong").await {
+            Ok(_) => panic!("a wrong password logged in"),
+            Err(e) => assert_eq!(sqlstate(&e), "28P01", "{e}"),
+        }
+    }
+    // Enough parallel guesses that the queue (MAX_QUEUE, turns of at most MAX_DELAY) overflows.
+    let slots = topicfusion::auth::MAX_QUEUE.as_millis() / 100;
+    let guesses = (slots as usize).min(64) + 8;
+    let mut pending: futures::stream::FuturesUnordered<_> =
+        (0..guesses).map(|_| connect(&server, "u_user", "wrong")).collect();
+    let refused = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(result) = pending.next().await {
+            match result {
+                Ok(_) => panic!("a wrong password logged in"),
+                Err(e) if sqlstate(&e) == "28000" => return e.as_db_error().map(|d| d.message().to_owned()),
+                Err(_) => {}
+            }
+        }
+        panic!("no guess was refused for a full queue")
+    })
+    .await
+    .expect("the throttle answers a full queue at once");
+    assert!(refused.as_deref().is_some_and(|m| m.contains("too many failed logins")), "{refused:?}");
+    // The right password over HTTP queues behind the same name: refused while the queue is full.
+    let (status, body) =
+        server.post("/v1/api/auth/login", None, serde_json::json!({"username": "u_user", "password": "pw"})).await;
+    assert_eq!(status, 429, "{body}");
+    // Other names are not held up.
+    let dba = connect(&server, "u_dba", "pw").await.unwrap();
+    assert_eq!(simple_rows(&dba, "SELECT 1").await, [["1"]]);
+    drop(pending);
+}
+
 /// Each connection has its own session: a `SET` in one is not seen by another, and a user who
 /// points the default schema at `system` still cannot read `system.users` (authorization follows
 /// the table as planned). `pg_roles` shows a role `user` only itself.

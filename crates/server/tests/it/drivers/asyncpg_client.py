@@ -7,6 +7,7 @@ Usage: asyncpg_client.py HOST:PORT ROOT_PASSWORD. Exits non-zero on the first fa
 """
 import asyncio
 import datetime
+import decimal
 import io
 import sys
 
@@ -39,6 +40,10 @@ async def main():
     # Numerics beyond rust_decimal's 28 digits reach the client (this used to loop forever).
     assert await root.fetchval("SELECT 1e30") == 10**30
     assert await root.fetchval("SELECT n0 FROM app.vals WHERE id = 1") == 10**38 - 1
+    # DECIMAL beyond 38 digits (Decimal256) reaches the client whole, in binary.
+    wide = "12345678901234567890123456789012345678901234.56"
+    row = await root.fetchrow(f"SELECT CAST('{wide}' AS DECIMAL(50, 2)) AS a, CAST(-1.5 AS DECIMAL(60, 10)) AS b")
+    assert (row["a"], row["b"]) == (decimal.Decimal(wide), decimal.Decimal("-1.5")), row
     # A parameter typed only by its cast is described with the cast's type.
     stmt = await root.prepare("SELECT $1::bigint AS x")
     assert [t.name for t in stmt.get_parameters()] == ["int8"], stmt.get_parameters()

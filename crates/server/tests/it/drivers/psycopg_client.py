@@ -9,6 +9,8 @@ import time
 import psycopg
 from psycopg import errors
 
+from values import COLUMNS, ROWS, TABLE, check_rows
+
 host, port = sys.argv[1].rsplit(":", 1)
 root_password = sys.argv[2]
 
@@ -159,5 +161,14 @@ with root.cursor() as cur:
         copy.write_row((31, decimal.Decimal("-1.254")))
 prices = root.execute("SELECT id, price FROM app.items WHERE id IN (30, 31) ORDER BY id").fetchall()
 assert prices == [(30, decimal.Decimal("1.26")), (31, decimal.Decimal("-1.25"))], prices
+
+# Binary COPY out of every type (psycopg decodes each field by the type named here).
+root.execute(TABLE.format(name="app.vals"))
+with root.cursor() as cur:
+    cur.executemany(f"INSERT INTO app.vals VALUES ({', '.join(['%s'] * len(COLUMNS))})", ROWS)
+    with cur.copy(f"COPY (SELECT {', '.join(COLUMNS)} FROM app.vals ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "int2", "int4", "int8", "float4", "float8", "numeric", "numeric", "bool", "text",
+                        "date", "timestamp", "bytea"])
+        check_rows(list(copy.rows()), "psycopg binary COPY TO STDOUT")
 
 print("psycopg: all checks passed")

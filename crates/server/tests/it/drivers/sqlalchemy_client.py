@@ -1,6 +1,7 @@
 """SQLAlchemy 2 (psycopg2 dialect) against topicfusion's PostgreSQL protocol (run by
 tests/it/postgres.rs): connecting (version(), SHOW ...), reflection (the catalog queries of
-inspect() and autoload), Core and ORM inserts and queries, the pool's checkout and return.
+inspect() and autoload), Core and ORM inserts and queries, CONSUME and ACK of the messages an
+ORM insert made, the pool's checkout and return.
 
 Usage: sqlalchemy_client.py HOST:PORT ROOT_PASSWORD. Exits non-zero on the first failed check.
 """
@@ -79,6 +80,27 @@ with orm.Session(engine) as session:
     session.delete(session.get(Product, 1))
     session.commit()
     assert session.scalars(sa.select(sa.func.count()).select_from(Product)).one() == 2
+
+# The topic flow: an ORM insert into a table feeding a topic becomes a message; CONSUME and ACK
+# run as text statements and return rows like a query's.
+with engine.begin() as c:
+    c.execute(sa.text("CREATE TOPIC app.product_events"))
+    c.execute(sa.text("ALTER TOPIC app.product_events ADD SOURCE app.products ON INSERT"))
+with orm.Session(engine) as session:
+    session.add(Product(id=10, name="stapler", price=decimal.Decimal("4.50")))
+    session.commit()
+with engine.connect() as c:
+    consume = "CONSUME FROM app.product_events GROUP 'sqlalchemy' FROM EARLIEST LIMIT 10"
+    messages = c.execute(sa.text(consume)).mappings().all()
+    assert len(messages) == 1, messages
+    assert (messages[0]["op"], messages[0]["source_table"]) == ("insert", "app.products"), messages
+    assert '"name":"stapler"' in messages[0]["payload"], messages
+    offset = messages[0]["offset"]
+    acked = c.execute(sa.text(f"ACK app.product_events GROUP 'sqlalchemy' PARTITION 0 UPTO OFFSET {offset}")).scalar()
+    assert f"up to offset {offset}" in acked, acked
+    c.commit()
+    again = "CONSUME FROM app.product_events GROUP 'sqlalchemy' WITH (timeout_ms = 100)"
+    assert c.execute(sa.text(again)).all() == []
 
 # The pool checks connections out and back in (its reset on return: a rollback).
 for _ in range(5):
