@@ -238,7 +238,7 @@ async fn scram_logins_and_the_role_matrix() {
 /// Failed PostgreSQL logins feed the login throttle HTTP logins share: after a name's free
 /// failures, parallel guesses queue (each waits its turn before its proof is checked) until the
 /// queue is full, then are refused at once with 28000, and an HTTP login of that name with the
-/// right password is refused with 429 too, while other names log in unhindered.
+/// right password is refused with 429 too, while another name still logs in from that address.
 #[tokio::test]
 async fn failed_postgres_logins_are_throttled_together_with_http_logins() {
     use futures::StreamExt;
@@ -273,7 +273,7 @@ async fn failed_postgres_logins_are_throttled_together_with_http_logins() {
     let (status, body) =
         server.post("/v1/api/auth/login", None, serde_json::json!({"username": "u_user", "password": "pw"})).await;
     assert_eq!(status, 429, "{body}");
-    // Other names are not held up.
+    // Another name still logs in from the same address.
     let dba = connect(&server, "u_dba", "pw").await.unwrap();
     assert_eq!(simple_rows(&dba, "SELECT 1").await, [["1"]]);
     drop(pending);
