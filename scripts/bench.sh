@@ -35,11 +35,11 @@ PGBENCH_RUNS=("c1:1:simple" "c16:16:simple" "c64:64:simple" "c16_prepared:16:pre
 # PostgreSQL on a fresh data dir, 0.77x once recycled). WARM_ROWS=0 measures fresh data dirs.
 WARM_ROWS="${WARM_ROWS:-600000}"
 
-# settle: waits (at most 120 s) until both cores are idle for a second, so that what a warm-up
-# left running in the background (RocksDB's flushes and compactions of the dropped rows,
-# PostgreSQL's writes after its CHECKPOINT) is not measured as part of the first run: without it
-# topicfusion's 1-client run, the first after its warm-up, ran 0.47-0.68x PostgreSQL in three
-# runs, with it 0.85-1.05x in two (2026-12-06, docs/benchmarks-history.md).
+# settle: waits (at most 120 s) until both cores are idle for a second, so that what a warm-up or
+# the run before left running in the background (RocksDB's flushes and compactions, PostgreSQL's
+# checkpoint writes) is not measured as part of the next run: without it topicfusion's 1-client
+# run, the first after its warm-up, ran 0.47-0.68x PostgreSQL in three runs (2026-12-06,
+# docs/benchmarks-history.md).
 settle() {
   local a b
   for _ in $(seq 1 120); do
@@ -63,75 +63,71 @@ run_pgbench() {
     | awk '/^tps = /{print $3; exit}'
 }
 
-pgbench_topicfusion() {
-  local dir log port server
-  dir="$(mktemp -d)"
-  log="$dir/serve.log"
-  printf '[server]\nlisten = "127.0.0.1:0"\npg_listen = "127.0.0.1:0"\n[storage]\nsync_writes = true\n' > "$dir/tf.toml"
+# Both servers run side by side, each idle while the other is measured, and the runs alternate
+# (topicfusion c1, PostgreSQL c1, topicfusion c16, ...), so that a change in the shared VM's speed
+# during the comparison hits both sides of a ratio (with each system's four runs in a block, the
+# ratios of two runs of one binary differed by up to 1.7x: docs/benchmarks-history.md).
+pgbench_compare() {
+  local pgbin=/usr/lib/postgresql/15/bin
+  [ -x "$pgbin/initdb" ] || { echo "PostgreSQL 15 is not installed: no pgbench comparison" >&2; return; }
+  local tfdir pgdir log tfport pgport=5498 server
+  tfdir="$(mktemp -d)"
+  log="$tfdir/serve.log"
+  printf '[server]\nlisten = "127.0.0.1:0"\npg_listen = "127.0.0.1:0"\n[storage]\nsync_writes = true\n' > "$tfdir/tf.toml"
   TOPICFUSION_ROOT_PASSWORD=bench RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/topicfusion" serve \
-    --config "$dir/tf.toml" --data-dir "$dir/data" > "$log" 2>&1 &
+    --config "$tfdir/tf.toml" --data-dir "$tfdir/data" > "$log" 2>&1 &
   server=$!
   for _ in $(seq 1 100); do grep -q '^listening on postgres://' "$log" && break; sleep 0.1; done
-  port="$(sed -n 's|^listening on postgres://127.0.0.1:||p' "$log")"
+  tfport="$(sed -n 's|^listening on postgres://127.0.0.1:||p' "$log")"
   export PGPASSWORD=bench
-  local conn=(-h 127.0.0.1 -p "$port" -U root)
-  pgbench_script "$dir/insert.sql"
-  # The warm-up (see WARM_ROWS): the data dir reaches its steady state, recycled WAL files.
-  local warm=(-c "CREATE TABLE warm (id BIGINT PRIMARY KEY, pad TEXT)")
+  local tf=(-h 127.0.0.1 -p "$tfport" -U root) pg=(-h 127.0.0.1 -p "$pgport" -U postgres)
+
+  pgdir="$(mktemp -d /tmp/tf_pgbench.XXXXXX)"
+  chown postgres:postgres "$pgdir"
+  runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 --no-locale > /dev/null
+  printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nwal_level = logical\nfsync = on\nsynchronous_commit = on\nmax_replication_slots = 4\nmax_connections = 200\n" \
+    "$pgport" "$pgdir" >> "$pgdir/data/postgresql.conf"
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/pg.log" -w -t 60 start > /dev/null
+  psql "${pg[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 \
+    -c "SELECT pg_create_logical_replication_slot('anchor_slot', 'test_decoding')" > /dev/null
+
+  pgbench_script "$tfdir/insert.sql"
+  # The warm-up (see WARM_ROWS), the same on both: each data dir reaches its steady state
+  # (topicfusion's WAL files recycled, PostgreSQL's segments preallocated), then settles.
+  # (generate_series's column is `value` in DataFusion, the alias `g` in PostgreSQL.)
+  local tfwarm=(-c "CREATE TABLE warm (id BIGINT PRIMARY KEY, pad TEXT)") pgwarm i
+  pgwarm=("${tfwarm[@]}")
   for i in 0 1 2 3; do
-    warm+=(-c "INSERT INTO warm SELECT value + $i * $WARM_ROWS, repeat('x', 200) FROM generate_series(1, $WARM_ROWS)")
+    tfwarm+=(-c "INSERT INTO warm SELECT value + $i * $WARM_ROWS, repeat('x', 200) FROM generate_series(1, $WARM_ROWS)")
+    pgwarm+=(-c "INSERT INTO warm SELECT g + $i * $WARM_ROWS, repeat('x', 200) FROM generate_series(1, $WARM_ROWS) AS g")
   done
-  psql "${conn[@]}" -d topicfusion -X -q -v ON_ERROR_STOP=1 "${warm[@]}" -c "DROP TABLE warm"
-  settle
+  psql "${tf[@]}" -d topicfusion -X -q -v ON_ERROR_STOP=1 "${tfwarm[@]}" -c "DROP TABLE warm"
+  psql "${pg[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 "${pgwarm[@]}" -c "DROP TABLE warm" -c "CHECKPOINT"
+  # Every run starts on an idle machine (settle): neither system's background work after its
+  # previous run (RocksDB's flushes and compactions, PostgreSQL's checkpoints) runs into the other's.
+  local run label clients mode tps
   for run in "${PGBENCH_RUNS[@]}"; do
     IFS=: read -r label clients mode <<< "$run"
-    psql "${conn[@]}" -d topicfusion -X -q -v ON_ERROR_STOP=1 \
+    psql "${tf[@]}" -d topicfusion -X -q -v ON_ERROR_STOP=1 \
       -c "DROP TOPIC IF EXISTS anchor_ev" -c "DROP TABLE IF EXISTS anchor_t" \
       -c "CREATE TABLE anchor_t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)" \
       -c "CREATE TOPIC anchor_ev" -c "ALTER TOPIC anchor_ev ADD SOURCE anchor_t ON INSERT"
-    local tps
-    tps="$(run_pgbench "$label" "$clients" "$mode" "$dir/insert.sql" "${conn[@]}" topicfusion)"
+    settle
+    tps="$(run_pgbench "$label" "$clients" "$mode" "$tfdir/insert.sql" "${tf[@]}" topicfusion)"
     echo "METRIC topicfusion.pgbench.insert_sync_$label ${tps:-0} stmts/s"
-  done
-  kill "$server"; wait "$server" || true
-  rm -rf "$dir"
-}
-
-pgbench_postgres() {
-  local pgbin=/usr/lib/postgresql/15/bin dir port=5498
-  [ -x "$pgbin/initdb" ] || { echo "PostgreSQL 15 is not installed: no pgbench comparison" >&2; return; }
-  dir="$(mktemp -d /tmp/tf_pgbench.XXXXXX)"
-  chown postgres:postgres "$dir"
-  runuser -u postgres -- "$pgbin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-locale > /dev/null
-  printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nwal_level = logical\nfsync = on\nsynchronous_commit = on\nmax_replication_slots = 4\nmax_connections = 200\n" \
-    "$port" "$dir" >> "$dir/data/postgresql.conf"
-  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w -t 60 start > /dev/null
-  local conn=(-h 127.0.0.1 -p "$port" -U postgres)
-  pgbench_script "$dir/insert.sql"
-  psql "${conn[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 \
-    -c "SELECT pg_create_logical_replication_slot('anchor_slot', 'test_decoding')" > /dev/null
-  # The same warm-up as topicfusion's.
-  local warm=(-c "CREATE TABLE warm (id BIGINT PRIMARY KEY, pad TEXT)")
-  for i in 0 1 2 3; do
-    warm+=(-c "INSERT INTO warm SELECT g + $i * $WARM_ROWS, repeat('x', 200) FROM generate_series(1, $WARM_ROWS) AS g")
-  done
-  psql "${conn[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 "${warm[@]}" -c "DROP TABLE warm" -c "CHECKPOINT"
-  settle
-  for run in "${PGBENCH_RUNS[@]}"; do
-    IFS=: read -r label clients mode <<< "$run"
-    psql "${conn[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS anchor_t" \
-      -c "CREATE TABLE anchor_t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE PRECISION)"
-    local tps
-    tps="$(run_pgbench "$label" "$clients" "$mode" "$dir/insert.sql" "${conn[@]}" postgres)"
+    psql "${pg[@]}" -d postgres -X -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS anchor_t" \
+      -c "CREATE TABLE anchor_t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE PRECISION)" 2> /dev/null
+    settle
+    tps="$(run_pgbench "$label" "$clients" "$mode" "$tfdir/insert.sql" "${pg[@]}" postgres)"
     echo "METRIC postgres.pgbench.insert_sync_slot_$label ${tps:-0} stmts/s"
   done
-  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -m fast stop > /dev/null
-  rm -rf "$dir"
+  kill "$server"; wait "$server" || true
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -m fast stop > /dev/null
+  rm -rf "$tfdir" "$pgdir"
 }
 
 if [ "${PGBENCH:-1}" != 0 ] && command -v pgbench >/dev/null 2>&1; then
-  pgbench_topicfusion >> "$out"
-  pgbench_postgres >> "$out"
+  pgbench_compare >> "$out"
   for run in "${PGBENCH_RUNS[@]}"; do
     label="${run%%:*}"
     awk -v l="$label" '
