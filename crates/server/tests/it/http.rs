@@ -209,8 +209,8 @@ async fn the_role_matrix_for_consume_ack_and_sql() {
 }
 
 /// Each request has its own session: a `SET` applies to the statements after it in the same
-/// request and to no other request (concurrent or later), and a dba's `SET` of the default
-/// schema in one request cannot let a role `user` request read `system.users`.
+/// request and to no other request (concurrent or later), and root's `SET` of the default schema
+/// in one request cannot let a role `user` request read `system.users`.
 #[tokio::test]
 async fn each_request_has_its_own_session() {
     let (_tmp, data) = data_dir();
@@ -239,6 +239,7 @@ async fn each_request_has_its_own_session() {
     let (status, body) =
         server.post("/v1/api/sql", Some(("u_user", "pw")), json!({ "sql": "SELECT * FROM users" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("public.users' not found"), "{body}");
     let (status, body) =
         server.post("/v1/api/sql", Some(("u_user", "pw")), json!({ "sql": "SELECT * FROM app.t" })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
