@@ -11,6 +11,11 @@
 //! fsyncs — and only then moves the partitions' visible watermarks and wakes their readers. Offsets are therefore gap-free, assigned in commit order,
 //! never reused (the watermark is stored, not derived from the messages); a reader never sees
 //! offset n+1 before offset n, nor a message before it is durable.
+//!
+//! `write` is two steps, separable for a replicated log: [`Store::prepare`] decides everything
+//! (offsets, timestamp, keys, partition states) and returns a [`Command`]; [`Store::apply`], the
+//! one apply path, writes a command with its log position in one batch, exactly once. A single
+//! node does both under one lock with nothing encoded in between.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -20,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rocksdb::{DB, DBRawIterator, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, watch};
 
+use crate::command::{AppliedId, Command};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
@@ -146,6 +152,8 @@ struct LogState {
     /// What the commit path assigns from: `next_offset` counts every written message.
     partitions: HashMap<(u64, u32), PartitionState>,
     last_timestamp_ms: i64,
+    /// The replicated-log entry applied last (stored under [`keys::applied_key`]).
+    last_applied: Option<AppliedId>,
 }
 
 /// What readers and the WAL-sync thread use, under its own lock, which is never held across I/O:
@@ -406,7 +414,8 @@ impl Store {
             written_seq: 0,
             unpublished: VecDeque::new(),
         };
-        let log = Mutex::new(LogState { partitions, last_timestamp_ms });
+        let last_applied = db.get(keys::applied_key())?.map(|v| AppliedId::decode(&v)).transpose()?;
+        let log = Mutex::new(LogState { partitions, last_timestamp_ms, last_applied });
         let read = Arc::new(Mutex::new(read));
         let wal_sync = Arc::new(WalSync {
             state: Mutex::new(SyncState::default()),
@@ -448,99 +457,87 @@ impl Store {
     /// Writes a commit (see the module doc) without waiting for its fsync: offsets are
     /// assigned and the batch is in RocksDB, but readers do not see its messages until
     /// [`Store::finish`]. A caller holding locks for the write can release them before the
-    /// (slow) finish, so that concurrent commits share one fsync.
+    /// (slow) finish, so that concurrent commits share one fsync. The single-node path:
+    /// [`Store::prepare`] and [`Store::apply`] in one step under the commit lock, with no
+    /// encoding in between and no log position stored.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
+        self.check_wal_sync()?;
+        let mut log = self.lock();
+        let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
+        self.apply_locked(&mut log, None, command, offsets)
+    }
+
+    /// Decides everything `commit` leaves open (its messages' offsets, header and key, its
+    /// timestamp, the partitions' new states and the range deletes of CLEAR, truncate and DROP)
+    /// from the store's current state, and returns the result as a [`Command`] that any store
+    /// in the same state applies to the same bytes. Writes and changes nothing: until the
+    /// command is applied, the next `prepare` decides from the same state (the same offsets),
+    /// so apply or drop each command before preparing the next.
+    pub fn prepare(&self, commit: Commit) -> Result<Command> {
+        let log = self.lock();
+        Ok(prepare(&log, self.clock.now_ms(), commit)?.0)
+    }
+
+    /// Applies entry `id` of the replicated log: writes its command (`None` for an entry without
+    /// one, such as Raft's blank and membership entries) together with `id` in one write
+    /// batch, then updates the partitions' states as [`Store::write`] does. Exactly once: an
+    /// entry at or below the last applied index is skipped (`Ok(None)`, nothing written), also
+    /// after a restart ([`Store::last_applied`] is read back at open). The returned commit
+    /// carries no offsets (they are in the command's messages).
+    pub fn apply(&self, id: AppliedId, command: Option<Command>) -> Result<Option<Pending>> {
+        self.check_wal_sync()?;
+        let mut log = self.lock();
+        if log.last_applied.is_some_and(|last| last.index >= id.index) {
+            return Ok(None);
+        }
+        let command = command.unwrap_or_else(|| Command {
+            timestamp_ms: log.last_timestamp_ms,
+            partitions: Vec::new(),
+            batch: WriteBatch::default(),
+        });
+        self.apply_locked(&mut log, Some(id), command, Vec::new()).map(Some)
+    }
+
+    /// The replicated-log entry applied last, if any.
+    pub fn last_applied(&self) -> Option<AppliedId> {
+        self.lock().last_applied
+    }
+
+    fn check_wal_sync(&self) -> Result<()> {
         if self.durability == Durability::Sync
             && let Some(reason) = self.wal_sync.lock().failed.clone()
         {
             return Err(StorageError::WalSync(reason));
         }
-        let Commit { mut batch, messages, partition_ops } = commit;
-        let mut log = self.lock();
-        let now = self.clock.now_ms();
-        let timestamp_ms = now.max(log.last_timestamp_ms);
-        // Partition states this commit changes; `None` means dropped.
-        let mut touched: HashMap<(u64, u32), Option<PartitionState>> = HashMap::new();
-        for op in partition_ops {
-            match op {
-                PartitionOp::Create { topic_id, partition } => {
-                    let id = (topic_id, partition);
-                    let exists = match touched.get(&id) {
-                        Some(s) => s.is_some(),
-                        None => log.partitions.contains_key(&id),
-                    };
-                    if exists {
-                        return Err(StorageError::PartitionExists { topic_id, partition });
-                    }
-                    touched.insert(id, Some(PartitionState::default()));
-                }
-                PartitionOp::Clear { topic_id, partition } => {
-                    let state = current(&log, &mut touched, topic_id, partition)?;
-                    state.log_start = state.next_offset;
-                    state.bytes = 0;
-                    let prefix = keys::partition_messages_prefix(topic_id, partition);
-                    batch.delete_range(&prefix, &keys::prefix_end(&prefix));
-                }
-                PartitionOp::Truncate { topic_id, partition, from, to, bytes } => {
-                    let state = current(&log, &mut touched, topic_id, partition)?;
-                    if state.log_start != from || to <= from || to > state.next_offset || bytes > state.bytes {
-                        continue;
-                    }
-                    state.log_start = to;
-                    state.bytes -= bytes;
-                    // Whole batches only (those whose last offset is below `to`): the one holding
-                    // `to` stays until the log start passes its end, and readers skip its
-                    // messages below the log start.
-                    batch.delete_range(
-                        keys::message_key(topic_id, partition, 0),
-                        keys::message_key(topic_id, partition, to),
-                    );
-                }
-                PartitionOp::Drop { topic_id, partition } => {
-                    current(&log, &mut touched, topic_id, partition)?;
-                    let prefix = keys::partition_messages_prefix(topic_id, partition);
-                    batch.delete_range(&prefix, &keys::prefix_end(&prefix));
-                    batch.delete(keys::partition_state_key(topic_id, partition));
-                    touched.insert((topic_id, partition), None);
-                }
-            }
-        }
-        // The commit's message batches, built by the caller, get their offsets (each partition's
-        // batches are in offset order in `messages`), header and key.
-        let mut firsts = Vec::with_capacity(messages.batches.len());
-        for mut b in messages.batches {
-            let state = current(&log, &mut touched, b.topic_id, b.partition)?;
-            let first = state.next_offset;
-            state.next_offset += u64::from(b.count);
-            state.bytes += b.bytes;
-            finish_batch(&mut b.value, timestamp_ms, b.count);
-            batch.put(keys::message_key(b.topic_id, b.partition, first + u64::from(b.count) - 1), b.value);
-            firsts.push(first);
-        }
-        let offsets = messages
-            .order
-            .iter()
-            .map(|&i| {
-                let next = &mut firsts[i as usize];
-                *next += 1;
-                *next - 1
-            })
-            .collect();
-        for (&(topic_id, partition), state) in &touched {
-            if let Some(state) = state {
-                batch.put(keys::partition_state_key(topic_id, partition), state.encode());
-            }
+        Ok(())
+    }
+
+    /// The one apply path: writes the command's batch (with the log position, if any) and
+    /// updates the commit path's and the readers' partition states to the command's.
+    fn apply_locked(
+        &self,
+        log: &mut LogState,
+        id: Option<AppliedId>,
+        command: Command,
+        offsets: Vec<u64>,
+    ) -> Result<Pending> {
+        let Command { timestamp_ms, partitions, mut batch } = command;
+        if let Some(id) = id {
+            batch.put(keys::applied_key(), id.encode());
         }
         // Never synced here: durability comes from `finish`, one fsync for every commit
         // written before it started.
         self.db.write_opt(batch, &WriteOptions::default())?;
 
-        log.last_timestamp_ms = timestamp_ms;
+        log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
+        if id.is_some() {
+            log.last_applied = id;
+        }
         let mut read = self.read_state();
         read.written_seq += 1;
         let seq = read.written_seq;
         let mut appended = Vec::new();
-        for (id, state) in touched {
+        for (id, state) in partitions {
             match state {
                 Some(state) => {
                     // Readers see the new log start and size now, the new messages once visible.
@@ -565,7 +562,6 @@ impl Store {
                 }
             }
         }
-        drop(log);
         match self.durability {
             Durability::Process => publish(&mut read, &appended),
             Durability::Sync if !appended.is_empty() => read.unpublished.push_back((seq, appended)),
@@ -1007,6 +1003,85 @@ fn publish(read: &mut ReadState, appended: &[Watermark]) {
     }
 }
 
+/// [`Store::prepare`] under the commit lock, at time `now`; also returns the offset of each
+/// message, in the order of [`Commit::messages`].
+fn prepare(log: &LogState, now: i64, commit: Commit) -> Result<(Command, Vec<u64>)> {
+    let Commit { mut batch, messages, partition_ops } = commit;
+    let timestamp_ms = now.max(log.last_timestamp_ms);
+    // Partition states this commit changes; `None` means dropped.
+    let mut touched: HashMap<(u64, u32), Option<PartitionState>> = HashMap::new();
+    for op in partition_ops {
+        match op {
+            PartitionOp::Create { topic_id, partition } => {
+                let id = (topic_id, partition);
+                let exists = match touched.get(&id) {
+                    Some(s) => s.is_some(),
+                    None => log.partitions.contains_key(&id),
+                };
+                if exists {
+                    return Err(StorageError::PartitionExists { topic_id, partition });
+                }
+                touched.insert(id, Some(PartitionState::default()));
+            }
+            PartitionOp::Clear { topic_id, partition } => {
+                let state = current(log, &mut touched, topic_id, partition)?;
+                state.log_start = state.next_offset;
+                state.bytes = 0;
+                let prefix = keys::partition_messages_prefix(topic_id, partition);
+                batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+            }
+            PartitionOp::Truncate { topic_id, partition, from, to, bytes } => {
+                let state = current(log, &mut touched, topic_id, partition)?;
+                if state.log_start != from || to <= from || to > state.next_offset || bytes > state.bytes {
+                    continue;
+                }
+                state.log_start = to;
+                state.bytes -= bytes;
+                // Whole batches only (those whose last offset is below `to`): the one holding
+                // `to` stays until the log start passes its end, and readers skip its messages
+                // below the log start.
+                batch.delete_range(keys::message_key(topic_id, partition, 0), keys::message_key(topic_id, partition, to));
+            }
+            PartitionOp::Drop { topic_id, partition } => {
+                current(log, &mut touched, topic_id, partition)?;
+                let prefix = keys::partition_messages_prefix(topic_id, partition);
+                batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+                batch.delete(keys::partition_state_key(topic_id, partition));
+                touched.insert((topic_id, partition), None);
+            }
+        }
+    }
+    // The commit's message batches, built by the caller, get their offsets (each partition's
+    // batches are in offset order in `messages`), header and key.
+    let mut firsts = Vec::with_capacity(messages.batches.len());
+    for mut b in messages.batches {
+        let state = current(log, &mut touched, b.topic_id, b.partition)?;
+        let first = state.next_offset;
+        state.next_offset += u64::from(b.count);
+        state.bytes += b.bytes;
+        finish_batch(&mut b.value, timestamp_ms, b.count);
+        batch.put(keys::message_key(b.topic_id, b.partition, first + u64::from(b.count) - 1), b.value);
+        firsts.push(first);
+    }
+    let offsets = messages
+        .order
+        .iter()
+        .map(|&i| {
+            let next = &mut firsts[i as usize];
+            *next += 1;
+            *next - 1
+        })
+        .collect();
+    let mut partitions: Vec<_> = touched.into_iter().collect();
+    partitions.sort_unstable_by_key(|&(id, _)| id);
+    for &((topic_id, partition), state) in &partitions {
+        if let Some(state) = state {
+            batch.put(keys::partition_state_key(topic_id, partition), state.encode());
+        }
+    }
+    Ok((Command { timestamp_ms, partitions, batch }, offsets))
+}
+
 fn current<'a>(
     log: &LogState,
     touched: &'a mut HashMap<(u64, u32), Option<PartitionState>>,
@@ -1049,6 +1124,103 @@ mod tests {
             partition_ops: vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from, to, bytes }],
             ..Default::default()
         }
+    }
+
+    /// Every key and value of a store, in key order.
+    fn everything(store: &Store) -> Vec<KeyValue> {
+        store.scan(&[], &[0xff], usize::MAX).unwrap()
+    }
+
+    #[test]
+    fn a_command_prepared_by_one_store_applies_to_the_same_bytes_on_another_exactly_once() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The follower's clock is far off: timestamps come from the command, not its clock.
+        let (a_now, a_clock) = settable_clock(1_000);
+        let a = Store::open_with_clock(a_dir.path(), Durability::Process, a_clock).unwrap();
+        let b = Store::open_with_clock(b_dir.path(), Durability::Sync, settable_clock(5).1).unwrap();
+        let ops = |ops: Vec<PartitionOp>| Commit { partition_ops: ops, ..Default::default() };
+        let create = |p| PartitionOp::Create { topic_id: 1, partition: p };
+        let mut rows = Commit { messages: vec![msg(1, 0, "a"), msg(1, 1, "b"), msg(1, 0, "c")].into(), ..Default::default() };
+        rows.batch.put(b"\x02row-1", b"v1");
+        rows.batch.delete(b"\x02row-0");
+        let mut index = 0;
+        let mut step = |commit: Commit, apply_on_b: bool| {
+            a_now.fetch_add(7, std::sync::atomic::Ordering::SeqCst);
+            let command = a.prepare(commit).unwrap();
+            let bytes = command.encode();
+            index += 1;
+            let id = AppliedId { index, term: 2, node: 1 };
+            assert!(a.apply(id, Some(command)).unwrap().is_some());
+            if apply_on_b {
+                let pending = b.apply(id, Some(Command::decode(&bytes).unwrap())).unwrap().unwrap();
+                b.finish(pending).unwrap();
+            }
+            id
+        };
+        step(ops(vec![create(0), create(1)]), true);
+        step(rows, true);
+        for i in 0..5 {
+            step(Commit { messages: vec![msg(1, 0, &format!("m{i}"))].into(), ..Default::default() }, true);
+        }
+        let freed: u64 = a.message_sizes(1, 0, 0, 3).unwrap().iter().map(|s| s.2).sum();
+        step(ops(vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from: 0, to: 3, bytes: freed }]), true);
+        step(ops(vec![PartitionOp::Clear { topic_id: 1, partition: 1 }]), true);
+        step(Commit { messages: vec![msg(1, 1, "after clear")].into(), ..Default::default() }, true);
+        step(ops(vec![PartitionOp::Drop { topic_id: 1, partition: 1 }, create(2)]), true);
+        let last = step(Commit { messages: vec![msg(1, 2, "z")].into(), ..Default::default() }, true);
+
+        assert_eq!(everything(&a), everything(&b));
+        for p in 0..3 {
+            assert_eq!(a.partition_state(1, p), b.partition_state(1, p));
+            let read = |s: &Store| s.read_messages(1, p, 0, u64::MAX, 100).unwrap_or_default();
+            assert_eq!(read(&a), read(&b));
+        }
+        assert_eq!(b.partition_state(1, 0).map(|s| (s.log_start, s.next_offset)), Some((3, 7)));
+        // Stamped by the leader's clock (1,000 and up), not the follower's (5).
+        assert!(b.read_messages(1, 0, 0, u64::MAX, 100).unwrap().iter().all(|m| m.timestamp_ms > 1_000));
+        assert_eq!(b.last_applied(), Some(last));
+
+        // An entry applied again (a restart that replays the log from an older point) is
+        // skipped: nothing written, before and after reopening.
+        let replayed = Commit { messages: vec![msg(1, 0, "again")].into(), ..Default::default() };
+        let again = Command::decode(&a.prepare(replayed).unwrap().encode()).unwrap();
+        assert!(b.apply(AppliedId { index: 2, term: 2, node: 1 }, Some(again)).unwrap().is_none());
+        let before = everything(&b);
+        drop(b);
+        let b = Store::open(b_dir.path(), Durability::Process).unwrap();
+        assert_eq!(b.last_applied(), Some(last));
+        assert_eq!(everything(&b), before);
+        let again = Command::decode(&a.prepare(Commit::default()).unwrap().encode()).unwrap();
+        assert!(b.apply(last, Some(again)).unwrap().is_none());
+        // An entry without a command (a Raft blank or membership entry) moves only the position,
+        // and the next command's offsets follow the applied state.
+        let blank = AppliedId { index: last.index + 1, term: 3, node: 2 };
+        assert!(b.apply(blank, None).unwrap().is_some());
+        assert_eq!(b.last_applied(), Some(blank));
+        let after: Vec<_> = everything(&b).into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect();
+        assert_eq!(after, before.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect::<Vec<_>>());
+        let next = Commit { messages: vec![msg(1, 0, "next")].into(), ..Default::default() };
+        assert_eq!(b.commit(next).unwrap().offsets, vec![7]);
+    }
+
+    /// A batch that does not parse is refused by RocksDB when it is written: the apply fails
+    /// and changes nothing (a replica reports the error instead of applying half a command).
+    #[test]
+    fn a_command_with_a_malformed_batch_fails_to_apply_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        create_partition(&store);
+        let mut c = Commit::default();
+        c.batch.put(b"k", b"v");
+        let mut bytes = store.prepare(c).unwrap().encode();
+        let len = bytes.len();
+        bytes[len - 3] ^= 0xff;
+        bytes.truncate(len - 1);
+        let before = everything(&store);
+        let command = Command::decode(&bytes).unwrap();
+        assert!(store.apply(AppliedId { index: 1, term: 1, node: 1 }, Some(command)).is_err());
+        assert_eq!(everything(&store), before);
+        assert_eq!(store.last_applied(), None);
     }
 
     #[test]
