@@ -12,9 +12,9 @@ use datafusion::sql::planner::object_name_to_table_reference;
 use topicfusion_dialect::sqlparser::ast::ObjectName;
 use topicfusion_storage::Store;
 
+use crate::auth::Users;
 use crate::catalog::{Catalog, DEFAULT_SCHEMA};
-use crate::groups::Groups;
-use crate::users::Users;
+use crate::topics::groups::Groups;
 
 pub struct Core {
     pub store: Arc<Store>,
@@ -30,9 +30,9 @@ pub struct Core {
     pub expr_ctx: SessionContext,
     pub limits: Limits,
     /// Background job records and the retention executor's mailbox.
-    pub jobs: crate::retention::Jobs,
+    pub jobs: crate::topics::retention::Jobs,
     /// Where DML statements run their key check, routing and write.
-    pub commit_threads: crate::commit_threads::CommitThreads,
+    pub commit_threads: crate::write::commit_threads::CommitThreads,
 }
 
 /// Limits on what one statement may do.
@@ -69,7 +69,7 @@ pub fn reference_parts(r: TableReference) -> Result<(String, String)> {
 /// worker it is called on: on a multi-threaded runtime tokio hands the worker's other tasks to
 /// another thread while it runs (`block_in_place`); on a current-thread runtime (some embedders'
 /// tests) it runs inline. Scans use `spawn_blocking`, DML writes the commit threads
-/// ([`crate::commit_threads`]); a DML statement awaits its fsync (`Store::when_durable`).
+/// ([`crate::write::commit_threads`]); a DML statement awaits its fsync (`Store::when_durable`).
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),

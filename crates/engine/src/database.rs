@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, not_impl_err};
@@ -20,24 +20,26 @@ use topicfusion_dialect::{
 use topicfusion_storage::keys::{self, CatalogKind};
 use topicfusion_storage::{Clock, Commit, Durability, Message, Store};
 
+use crate::auth::{Action, PermissionDenied, Principal, Users, authorize};
+use crate::catalog::routes::{CompiledRoute, compile_route};
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, storage_err};
-use crate::cdc::router::{CompiledRoute, compile_route};
 use crate::core::Core;
-use crate::ddl;
-pub use crate::error::{ErrorKind, ExecuteError, one_line};
-use crate::groups::{ConsumeRequest, Groups};
-use crate::literal_insert::{self, LiteralInsert};
-use crate::plan::table_write::TableWriteRule;
-use crate::plan::topic_command::TopicCommandNode;
-use crate::plan::update_from;
-use crate::planner::TopicQueryPlanner;
-use crate::postgres::{ParamValue, functions, settings};
-use crate::provider::catalog::DurableCatalog;
-use crate::retention;
 use crate::session::Session;
-use crate::topics::find_topic;
-use crate::users::{Action, PermissionDenied, Principal, Users, authorize};
-use crate::writer;
+use crate::session::{functions, settings};
+use crate::sql::ddl;
+use crate::sql::plan::table_write::TableWriteRule;
+use crate::sql::plan::topic_command::TopicCommandNode;
+use crate::sql::plan::update_from;
+use crate::sql::planner::TopicQueryPlanner;
+use crate::sql::postgres::ParamValue;
+use crate::sql::provider::catalog::DurableCatalog;
+use crate::statement::ExecuteError;
+use crate::statement::{ClientCopy, CommandTag, Description, Outcome, StatementResult, rows_result, status_result};
+use crate::topics::ddl::find_topic;
+use crate::topics::groups::{ConsumeRequest, Groups};
+use crate::topics::retention;
+use crate::write::literal_insert::{self, LiteralInsert};
+use crate::write::writer;
 use datafusion::sql::parser::Statement as DFStatement;
 use topicfusion_dialect::sqlparser::ast::Statement as SqlStatement;
 
@@ -58,7 +60,7 @@ pub struct DatabaseOptions {
     pub retention_interval_ms: u64,
     /// Stamps commits and decides what retention deletes (tests move it).
     pub clock: Clock,
-    /// The threads that run DML statements' key checks and writes ([`crate::commit_threads`]);
+    /// The threads that run DML statements' key checks and writes ([`crate::write::commit_threads`]);
     /// 0: the number of cores, at least 2.
     pub commit_threads: usize,
 }
@@ -89,166 +91,6 @@ pub struct PreparedStatement {
     insert: Option<literal_insert::InsertTemplate>,
 }
 
-/// The result of one statement.
-#[derive(Debug)]
-pub struct StatementResult {
-    /// The statement's SQL text.
-    pub sql: String,
-    /// What kind of statement it was and what its result means.
-    pub command: Command,
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-    /// A `COPY ... FROM STDIN` or `TO STDOUT`: what the interface moves between the client and
-    /// the database next.
-    pub copy: Option<ClientCopy>,
-}
-
-/// The data transfer a COPY with the client asks of the interface (the PostgreSQL protocol).
-pub enum ClientCopy {
-    /// `COPY ... FROM STDIN`: read the client's data and write it through
-    /// [`Database::copy_in`].
-    In(Arc<crate::copy::CopyInTarget>),
-    /// `COPY ... TO STDOUT`: send these rows (the result's schema) in `format`, as they come.
-    Out { rows: RowStream, format: topicfusion_dialect::CopyFormat, options: topicfusion_dialect::CopyOptions },
-}
-
-/// The rows of a running query, as a result carries them (a `Sync` holder of the stream).
-pub struct RowStream(std::sync::Mutex<datafusion::execution::SendableRecordBatchStream>);
-
-impl RowStream {
-    pub fn new(stream: datafusion::execution::SendableRecordBatchStream) -> Self {
-        Self(std::sync::Mutex::new(stream))
-    }
-
-    pub fn into_inner(self) -> datafusion::execution::SendableRecordBatchStream {
-        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get_mut(&mut self) -> &mut datafusion::execution::SendableRecordBatchStream {
-        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl std::fmt::Debug for ClientCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientCopy::In(t) => f.debug_tuple("In").field(t).finish(),
-            ClientCopy::Out { format, options, .. } => {
-                f.debug_struct("Out").field("format", format).field("options", options).finish_non_exhaustive()
-            }
-        }
-    }
-}
-
-/// What a statement's result is, for interfaces that report it in their own form (the
-/// PostgreSQL protocol's command tags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Rows to show (SELECT, CONSUME, SHOW, EXPLAIN, FETCH, ACK's position).
-    Rows,
-    /// One `count` column: how many rows an INSERT, UPDATE, DELETE, MOVE or COPY TO changed.
-    RowCount,
-    /// One `status` column saying what a DDL, user or COPY FROM statement did.
-    Status,
-}
-
-/// A statement's command: its PostgreSQL-style name (`INSERT`, `CREATE TABLE`, `CONSUME`) and
-/// what its result is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Command {
-    pub name: &'static str,
-    pub outcome: Outcome,
-}
-
-impl Command {
-    /// The command of a parsed statement.
-    pub fn of(statement: &Statement) -> Self {
-        use topicfusion_dialect::sqlparser::ast::ObjectType;
-        let (name, outcome) = match statement {
-            Statement::DataFusion(df) => match df.as_ref() {
-                DFStatement::Statement(st) => match st.as_ref() {
-                    SqlStatement::Query(_) => ("SELECT", Outcome::Rows),
-                    SqlStatement::Insert(_) => ("INSERT", Outcome::RowCount),
-                    SqlStatement::Update(_) => ("UPDATE", Outcome::RowCount),
-                    SqlStatement::Delete(_) => ("DELETE", Outcome::RowCount),
-                    SqlStatement::CreateTable(_) => ("CREATE TABLE", Outcome::Status),
-                    SqlStatement::CreateSchema { .. } => ("CREATE SCHEMA", Outcome::Status),
-                    SqlStatement::CreateView(_) => ("CREATE VIEW", Outcome::Status),
-                    SqlStatement::Drop { object_type, .. } => (
-                        match object_type {
-                            ObjectType::Table => "DROP TABLE",
-                            ObjectType::Schema => "DROP SCHEMA",
-                            ObjectType::View => "DROP VIEW",
-                            _ => "DROP",
-                        },
-                        Outcome::Status,
-                    ),
-                    SqlStatement::Set(_) => ("SET", Outcome::Status),
-                    SqlStatement::StartTransaction { .. } => ("BEGIN", Outcome::Status),
-                    SqlStatement::Commit { .. } => ("COMMIT", Outcome::Status),
-                    SqlStatement::Rollback { savepoint: Some(_), .. } => ("ROLLBACK TO SAVEPOINT", Outcome::Status),
-                    SqlStatement::Rollback { .. } => ("ROLLBACK", Outcome::Status),
-                    SqlStatement::Savepoint { .. } => ("SAVEPOINT", Outcome::Status),
-                    SqlStatement::ReleaseSavepoint { .. } => ("RELEASE", Outcome::Status),
-                    SqlStatement::Deallocate { name, .. }
-                        if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") =>
-                    {
-                        ("DEALLOCATE ALL", Outcome::Status)
-                    }
-                    SqlStatement::Deallocate { .. } => ("DEALLOCATE", Outcome::Status),
-                    SqlStatement::ShowVariable { .. } => ("SHOW", Outcome::Rows),
-                    SqlStatement::Discard { .. } => ("DISCARD ALL", Outcome::Status),
-                    SqlStatement::Declare { .. } => ("DECLARE CURSOR", Outcome::Status),
-                    SqlStatement::Close { .. } => ("CLOSE CURSOR", Outcome::Status),
-                    _ => ("SELECT", Outcome::Rows),
-                },
-                DFStatement::CreateExternalTable(_) => ("CREATE EXTERNAL TABLE", Outcome::Status),
-                DFStatement::CopyTo(_) => ("COPY", Outcome::RowCount),
-                DFStatement::Reset(_) => ("RESET", Outcome::Status),
-                _ => ("SELECT", Outcome::Rows),
-            },
-            Statement::Topic(t) => match t {
-                TopicStatement::CreateTopic(_) => ("CREATE TOPIC", Outcome::Status),
-                TopicStatement::DropTopic(_) => ("DROP TOPIC", Outcome::Status),
-                TopicStatement::ClearTopic(_) => ("CLEAR TOPIC", Outcome::Status),
-                TopicStatement::AlterTopic(_) => ("ALTER TOPIC", Outcome::Status),
-                TopicStatement::ShowTopics => ("SHOW TOPICS", Outcome::Rows),
-                TopicStatement::Consume(_) => ("CONSUME", Outcome::Rows),
-                TopicStatement::Ack(_) => ("ACK", Outcome::Rows),
-                TopicStatement::ResetConsumerGroup(_) => ("RESET CONSUMER GROUP", Outcome::Status),
-                TopicStatement::DropConsumerGroup(_) => ("DROP CONSUMER GROUP", Outcome::Status),
-                TopicStatement::RunRetention(_) => ("RUN RETENTION", Outcome::Rows),
-            },
-            Statement::ExplainTopic { .. } => ("EXPLAIN", Outcome::Rows),
-            Statement::User(u) => (
-                match u {
-                    UserStatement::Create(_) => "CREATE USER",
-                    UserStatement::Alter(_) => "ALTER USER",
-                    UserStatement::Drop(_) => "DROP USER",
-                },
-                Outcome::Status,
-            ),
-            Statement::Copy(CopyStatement::From(c)) if c.source == CopyEndpoint::Client => ("COPY", Outcome::RowCount),
-            Statement::Copy(CopyStatement::From(_)) => ("COPY", Outcome::Status),
-            Statement::Copy(CopyStatement::To(_)) => ("COPY", Outcome::RowCount),
-            Statement::Session(SessionStatement::Fetch { rows: true, .. }) => ("FETCH", Outcome::Rows),
-            Statement::Session(SessionStatement::Fetch { rows: false, .. }) => ("MOVE", Outcome::RowCount),
-            Statement::Session(SessionStatement::Unlisten { .. }) => ("UNLISTEN", Outcome::Status),
-        };
-        Self { name, outcome }
-    }
-}
-
-/// What a client needs to know of a statement before running it (the PostgreSQL protocol's
-/// Describe): its command, its result columns (for [`Outcome::Rows`]) and the types of its
-/// `$n` parameters (`None`: not inferred; the client sends text).
-#[derive(Debug, Clone)]
-pub struct Description {
-    pub command: Command,
-    pub columns: Option<SchemaRef>,
-    pub parameters: Vec<Option<DataType>>,
-}
-
 fn denied(e: PermissionDenied) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -271,6 +113,11 @@ impl Drop for Database {
 }
 
 impl Database {
+    /// Starts writing the client's rows of a `COPY ... FROM STDIN` (see [`ClientCopy::In`]).
+    pub fn copy_in(&self, target: Arc<crate::write::copy::CopyInTarget>) -> crate::write::copy::CopyIn {
+        crate::write::copy::CopyIn::new(Arc::clone(&self.core), target)
+    }
+
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, options: DatabaseOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -304,7 +151,7 @@ impl Database {
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
             jobs,
-            commit_threads: crate::commit_threads::CommitThreads::start(options.commit_threads)?,
+            commit_threads: crate::write::commit_threads::CommitThreads::start(options.commit_threads)?,
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -317,7 +164,7 @@ impl Database {
             config = config.with_target_partitions(n);
         }
         let mut analyzer_rules = Analyzer::new().rules;
-        analyzer_rules.push(Arc::new(crate::postgres::casts::PostgresCasts::default()));
+        analyzer_rules.push(Arc::new(crate::sql::postgres::casts::PostgresCasts::default()));
         analyzer_rules.push(Arc::new(TableWriteRule));
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -328,7 +175,7 @@ impl Database {
         let ctx = SessionContext::new_with_state(state);
         let catalog = Arc::new(DurableCatalog::new(Arc::clone(&core)));
         ctx.register_catalog("datafusion", Arc::clone(&catalog) as _);
-        crate::postgres::install_pg_catalog(&ctx, &core)?;
+        crate::sql::postgres::install_pg_catalog(&ctx, &core)?;
         functions::install(&ctx);
         let retention = retention::Executor::start(
             Arc::clone(&core),
@@ -392,7 +239,7 @@ impl Database {
         if let Some(scanned) = scanned {
             let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
             if let Some(fast) = fast {
-                let command = Command { name: "INSERT", outcome: Outcome::RowCount };
+                let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
                 return match self.insert_rows(fast).await {
                     Ok((schema, batches)) => {
                         Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches, copy: None }])
@@ -406,7 +253,7 @@ impl Database {
         let mut out = Vec::with_capacity(count);
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
-            let command = Command::of(&parsed.statement);
+            let command = CommandTag::of(&parsed.statement);
             match self.execute_statement(session, principal, parsed.statement).await {
                 Ok(result) => {
                     let copy = result.copy.is_some();
@@ -455,13 +302,13 @@ impl Database {
         let template = insert.as_ref().filter(|_| session.bare_names_in_public());
         let rows = template.and_then(|t| t.rows(&self.core.catalog.read(), params));
         if let Some(rows) = rows {
-            let command = Command { name: "INSERT", outcome: Outcome::RowCount };
+            let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
             let (schema, batches) = self.insert_rows(rows).await.map_err(fail)?;
             return Ok(StatementResult { sql: parsed.sql.clone(), command, schema, batches, copy: None });
         }
         let mut statement = parsed.statement.clone();
-        let command = Command::of(&statement);
-        crate::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
+        let command = CommandTag::of(&statement);
+        crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
         let result = self.execute_statement(session, principal, statement).await.map_err(fail)?;
         Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
     }
@@ -473,9 +320,9 @@ impl Database {
         principal: &Principal,
         prepared: &ParsedStatement,
     ) -> Result<Description, ExecuteError> {
-        let command = Command::of(&prepared.statement);
+        let command = CommandTag::of(&prepared.statement);
         let fail = |source| ExecuteError::new(1, prepared.sql.clone(), source);
-        let count = crate::postgres::parameter_count(&prepared.statement).map_err(fail)?;
+        let count = crate::sql::postgres::parameter_count(&prepared.statement).map_err(fail)?;
         let mut parameters = vec![None; count];
         let mut columns = None;
         let plan = match prepared.statement.clone() {
@@ -600,7 +447,7 @@ impl Database {
                 LogicalPlan::Statement(DFPlanStatement::SetVariable(_) | DFPlanStatement::ResetVariable(_)) => {
                     needed.push(Action::SetOption)
                 }
-                LogicalPlan::TableScan(scan) if crate::provider::system::is_users_table(scan.source.as_ref()) => {
+                LogicalPlan::TableScan(scan) if crate::sql::provider::system::is_users_table(scan.source.as_ref()) => {
                     needed.push(Action::ReadUsers)
                 }
                 _ => {}
@@ -609,10 +456,10 @@ impl Database {
         })?;
         needed.into_iter().try_for_each(|a| self.authorize(principal, a))?;
         copy_targets.iter().try_for_each(|t| prepare_copy_target(t))?;
-        if principal.role >= crate::users::Role::Dba {
+        if principal.role >= crate::auth::Role::Dba {
             return Ok(plan);
         }
-        crate::postgres::catalog::only_own_role(plan, &principal.name)
+        crate::sql::postgres::catalog::only_own_role(plan, &principal.name)
     }
 
     async fn execute_statement(
@@ -644,14 +491,14 @@ impl Database {
             }
             Statement::Copy(CopyStatement::From(c)) => {
                 if c.source == CopyEndpoint::Client {
-                    let target = crate::copy::copy_in_target(&self.core, &c)?;
+                    let target = crate::write::copy::copy_in_target(&self.core, &c)?;
                     let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
                     return Ok(StatementResult {
                         copy: Some(ClientCopy::In(Arc::new(target))),
                         ..rows_result(schema, vec![])
                     });
                 }
-                return Ok(status_result(crate::copy::copy_from(self.context(session), &self.core, &c).await?));
+                return Ok(status_result(crate::write::copy::copy_from(self.context(session), &self.core, &c).await?));
             }
             Statement::Copy(CopyStatement::To(c)) => return self.copy_to(session, principal, c).await,
             Statement::Session(s) => return self.session_statement(session, principal, s).await,
@@ -659,8 +506,8 @@ impl Database {
             Statement::Topic(s) => {
                 // Run directly: DataFusion's optimizer and physical planner have nothing to do on
                 // a topic statement but cost every ACK and CONSUME its CPU.
-                let schema = crate::plan::topic_command::output_schema(&s);
-                let batch = crate::exec::topic_command::run_statement(&self.core, &s, Arc::clone(&schema)).await?;
+                let schema = crate::sql::plan::topic_command::output_schema(&s);
+                let batch = crate::sql::exec::topic_command::run_statement(&self.core, &s, Arc::clone(&schema)).await?;
                 return Ok(rows_result(schema, vec![batch]));
             }
             Statement::ExplainTopic { verbose, statement } => {
@@ -796,7 +643,7 @@ impl Database {
             check_group_name(g)?;
         }
         let topic = self.find_topic(topic)?;
-        let partition = crate::groups::check_partition(&topic, request.partition.map(u64::from))?;
+        let partition = crate::topics::groups::check_partition(&topic, request.partition.map(u64::from))?;
         let request = ConsumeRequest { partition, ..request.clone() };
         self.core.groups.consume(&self.core, &topic, &request).await
     }
@@ -814,7 +661,7 @@ impl Database {
         self.authorize(principal, Action::Consume)?;
         check_group_name(group)?;
         let topic = self.find_topic(topic)?;
-        let partition = crate::groups::check_partition(&topic, partition.map(u64::from))?;
+        let partition = crate::topics::groups::check_partition(&topic, partition.map(u64::from))?;
         if let AckTarget::Offsets(list) = target
             && (list.is_empty() || list.len() > topicfusion_dialect::MAX_ACK_OFFSETS)
         {
@@ -864,7 +711,7 @@ impl Database {
     }
 
     /// A stored user (its credentials included), or `None` if the user does not exist.
-    pub fn user(&self, name: &str) -> Option<crate::users::UserMeta> {
+    pub fn user(&self, name: &str) -> Option<crate::auth::UserMeta> {
         self.core.users.get(name)
     }
 
@@ -924,20 +771,20 @@ fn parse(sql: &str) -> Result<Vec<topicfusion_dialect::ParsedStatement>, Execute
         Err(source) if source.to_string().contains("expression nesting too deep") => {
             return Err(ExecuteError::new(0, sql.to_owned(), source));
         }
-        Err(source) => match crate::postgres::parse_catalog_query(sql) {
+        Err(source) => match crate::sql::postgres::parse_catalog_query(sql) {
             Some(Ok(statements)) => statements,
             Some(Err(e)) => return Err(ExecuteError::new(0, sql.to_owned(), e)),
             None => return Err(ExecuteError::new(0, sql.to_owned(), source)),
         },
     };
     for parsed in &mut statements {
-        crate::postgres::rewrite_catalog_queries(parsed);
+        crate::sql::postgres::rewrite_catalog_queries(parsed);
         match &mut parsed.statement {
             Statement::DataFusion(df) => match df.as_mut() {
-                DFStatement::Statement(st) => crate::postgres::literals::normalize(st),
+                DFStatement::Statement(st) => crate::sql::postgres::literals::normalize(st),
                 DFStatement::Explain(e) => {
                     if let DFStatement::Statement(st) = e.statement.as_mut() {
-                        crate::postgres::literals::normalize(st)
+                        crate::sql::postgres::literals::normalize(st)
                     }
                 }
                 _ => {}
@@ -945,7 +792,7 @@ fn parse(sql: &str) -> Result<Vec<topicfusion_dialect::ParsedStatement>, Execute
             Statement::Copy(CopyStatement::To(topicfusion_dialect::CopyTo {
                 source: topicfusion_dialect::CopySource::Query(q),
                 ..
-            })) => crate::postgres::literals::normalize_node(q.as_mut()),
+            })) => crate::sql::postgres::literals::normalize_node(q.as_mut()),
             _ => {}
         }
     }
@@ -966,7 +813,7 @@ fn parse_one(sql: &str) -> Result<Option<topicfusion_dialect::ParsedStatement>, 
 }
 
 fn check_group_name(group: &str) -> Result<()> {
-    let max = crate::groups::MAX_GROUP_NAME_BYTES;
+    let max = crate::topics::groups::MAX_GROUP_NAME_BYTES;
     if group.is_empty() || group.len() > max {
         return datafusion::common::plan_err!("a group name must have 1 to {max} bytes, got {}", group.len());
     }
@@ -993,36 +840,9 @@ fn extension(statement: TopicStatement) -> Result<LogicalPlan> {
     Ok(LogicalPlan::Extension(Extension { node: Arc::new(TopicCommandNode::new(statement)?) }))
 }
 
-/// A statement's rows, before the statement's text and command are filled in.
-pub(crate) fn rows_result(schema: SchemaRef, batches: Vec<RecordBatch>) -> StatementResult {
-    StatementResult {
-        sql: String::new(),
-        command: Command { name: "SELECT", outcome: Outcome::Rows },
-        schema,
-        batches,
-        copy: None,
-    }
-}
-
-/// A one-column `status` result.
-pub(crate) fn status_result(status: String) -> StatementResult {
-    let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Utf8, false)]));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![status]))])
-        .expect("one string column");
-    rows_result(schema, vec![batch])
-}
-
-/// A one-column `count` result.
-pub(crate) fn count_result(count: u64) -> StatementResult {
-    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])
-        .expect("one u64 column");
-    rows_result(schema, vec![batch])
-}
-
 /// Who a principal is, for the run-time parameters and functions that depend on it.
 pub(crate) fn identity(principal: &Principal) -> settings::Identity<'_> {
-    settings::Identity { user: &principal.name, superuser: principal.role == crate::users::Role::System }
+    settings::Identity { user: &principal.name, superuser: principal.role == crate::auth::Role::System }
 }
 
 /// The types of a plan's `$n` parameters: DataFusion's inference from their context, else the

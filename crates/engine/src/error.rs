@@ -1,29 +1,12 @@
-//! The errors of statements: [`ExecuteError`] (which statement failed, and what the statements
-//! before it returned), and [`ErrorKind`], the one classification every interface maps to its
-//! own codes (HTTP statuses, PostgreSQL SQLSTATEs).
+//! The classification of errors: [`ErrorKind`], the one every interface maps to its own codes
+//! (HTTP statuses, PostgreSQL SQLSTATEs), and [`one_line`] for quoting input in messages. A
+//! failed statement is reported as [`crate::statement::ExecuteError`].
 
-use crate::database::StatementResult;
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::DataFusionError;
 use topicfusion_storage::StorageError;
 
-use crate::users::PermissionDenied;
-
-/// A statement failed; the statements before it have committed, the ones after it did not run.
-/// Displays as [`ExecuteError::message`].
-#[derive(Debug, thiserror::Error)]
-#[error("{}", self.message())]
-pub struct ExecuteError {
-    /// 1-based position of the failing statement in the SQL text (0: the text did not parse).
-    pub statement: usize,
-    pub sql: String,
-    pub kind: ErrorKind,
-    #[source]
-    pub source: DataFusionError,
-    /// The results of the statements before the failing one (they committed): CONSUME's
-    /// messages among them are claimed, so an interface must still hand them to the client.
-    pub completed: Vec<StatementResult>,
-}
+use crate::auth::PermissionDenied;
 
 /// What kind of failure an error is, for interfaces that map errors to status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,31 +180,6 @@ impl ErrorKind {
             ErrorKind::InvalidSavepoint => "3B001",
             ErrorKind::InvalidStatementName => "26000",
         }
-    }
-}
-
-impl ExecuteError {
-    pub(crate) fn new(statement: usize, sql: String, source: DataFusionError) -> Self {
-        let kind = if statement == 0 { ErrorKind::Syntax } else { ErrorKind::of(&source) };
-        Self { statement, sql, kind, source, completed: Vec::new() }
-    }
-
-    /// The error as a client reads it: the cause, without the wrappers that name DataFusion's
-    /// internals (`Optimizer rule 'simplify_expressions' failed caused by Arrow error: ...`
-    /// becomes `Cast error: ...`). The full error stays in [`ExecuteError::source`].
-    pub fn message(&self) -> String {
-        client_message(&self.source)
-    }
-}
-
-fn client_message(e: &DataFusionError) -> String {
-    match e {
-        // An optimizer rule that folds constants evaluates the statement's own values: the
-        // failure is the value's, not the rule's.
-        DataFusionError::Context(context, inner) if context.starts_with("Optimizer rule '") => client_message(inner),
-        DataFusionError::Shared(inner) => client_message(inner),
-        DataFusionError::ArrowError(e, _) => e.to_string(),
-        e => e.to_string(),
     }
 }
 

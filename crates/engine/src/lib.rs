@@ -1,43 +1,37 @@
 //! topicfusion engine: DataFusion wiring for durable tables and topics.
 //!
-//! [`Database`] opens a data dir and executes SQL. Underneath: the durable catalog
-//! ([`catalog`]), table and system providers ([`provider`]), the DML rewrite and topic-command
-//! plans ([`plan`]) and their operators ([`exec`]), the write path ([`writer`]) with change
-//! capture ([`cdc`]), topic DDL ([`topics`]), consumption ([`groups`]), users and roles ([`users`]) and what PostgreSQL
-//! clients need ([`postgres`]: pg_catalog, parameters).
+//! [`Database`] (a thin facade) opens a data dir and executes SQL for [`Session`]s; what a
+//! statement is and returns is in [`statement`], its errors in [`error`]. The layers underneath,
+//! each using only the ones after it (see docs/architecture.md for the exceptions):
+//! - [`sql`]: planning, the DML and topic-command plans, their operators, the providers, table
+//!   DDL and PostgreSQL compatibility;
+//! - [`write`]: the write path of table statements (writer, literal INSERT, COPY, commit
+//!   threads);
+//! - [`topics`]: topic DDL and routes, change capture, consumer groups, retention;
+//! - [`auth`]: users, roles and what each may do;
+//! - [`catalog`]: the durable catalog of schemas, tables and topics, and column types;
+//! - [`core`]: the shared state every layer is handed (store, catalog, groups, users, locks).
 
+pub mod auth;
 pub mod catalog;
-pub mod cdc;
-pub mod commit_threads;
-pub mod copy;
 pub mod core;
 pub mod database;
-pub mod ddl;
 pub mod error;
-pub mod exec;
-pub mod groups;
-pub mod literal_insert;
-pub mod plan;
-pub mod planner;
-pub mod postgres;
-pub mod provider;
-pub mod retention;
 pub mod session;
+pub mod sql;
+pub mod statement;
 pub mod topics;
-pub mod types;
-pub mod users;
-pub mod writer;
+pub mod write;
 
-pub use database::{
-    ClientCopy, Command, Database, DatabaseOptions, Description, Outcome, PreparedStatement, StatementResult,
-};
-pub use error::{ErrorKind, ExecuteError, one_line};
-pub use groups::ConsumeRequest;
-pub use postgres::ParamValue;
+pub use auth::{Action, PermissionDenied, Principal, Role, UserMeta};
+pub use database::{Database, DatabaseOptions, PreparedStatement};
+pub use error::{ErrorKind, one_line};
 pub use session::Session;
+pub use sql::postgres::ParamValue;
+pub use statement::{ClientCopy, CommandTag, Description, ExecuteError, Outcome, StatementResult};
 pub use topicfusion_dialect::{
     AckTarget, CopyFormat, CopyOptions, MAX_EXPR_DEPTH, MAX_USER_NAME_BYTES, ParsedStatement, SessionStatement,
     StartPosition, Statement, Statements, parse_sql,
 };
 pub use topicfusion_storage::{Clock, Durability, Message};
-pub use users::{Action, PermissionDenied, Principal, Role, UserMeta};
+pub use topics::groups::ConsumeRequest;

@@ -131,7 +131,7 @@ pub enum ConfigError {
 }
 
 /// The longest wait the engine allows for a CONSUME (`max_consume_timeout_ms` cannot exceed it).
-pub const ENGINE_MAX_TIMEOUT_MS: u64 = topicfusion_engine::groups::MAX_TIMEOUT_MS;
+pub const ENGINE_MAX_TIMEOUT_MS: u64 = topicfusion_engine::topics::groups::MAX_TIMEOUT_MS;
 
 impl Config {
     /// Reads a TOML file.
@@ -241,7 +241,7 @@ impl Config {
                 "must not exceed topics.max_consume_timeout_ms",
             );
         }
-        let max_vis = topicfusion_engine::groups::MAX_VISIBILITY_TIMEOUT_MS;
+        let max_vis = topicfusion_engine::topics::groups::MAX_VISIBILITY_TIMEOUT_MS;
         if t.default_visibility_timeout_ms == 0 || t.default_visibility_timeout_ms > max_vis {
             return invalid(
                 "topics.default_visibility_timeout_ms",

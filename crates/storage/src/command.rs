@@ -8,12 +8,17 @@
 //! catalog, group positions, row-id sequences) were decided before the commit was built — so a
 //! command is what a replicated log carries (the leader prepares, every node applies; CockroachDB
 //! calls this proposer-evaluated). The write batch travels as RocksDB's own serialization
-//! ([`WriteBatch::data`]).
+//! ([`WriteBatch::data`]), checked record by record when it is decoded.
 //!
-//! Encoding (version 1, integers big-endian):
-//! `01 timestamp_ms:i64 count:u32 (topic_id:u64 partition:u32 dropped:u8 [next_offset:u64
-//! log_start:u64 bytes:u64])* batch`, the partitions sorted by id (the same command always
-//! encodes to the same bytes).
+//! A command also carries the state each touched partition had when it was prepared: applying
+//! it to a store whose partitions differ (a command prepared twice from one state, or by a
+//! leader whose state another leader's commands have since changed) would reuse offsets, so
+//! [`crate::store::Store::apply`] refuses it as stale instead, on every node alike.
+//!
+//! Encoding (version 1, integers big-endian, a state is `00 next_offset:u64 log_start:u64
+//! bytes:u64` or `01` for none):
+//! `01 timestamp_ms:i64 count:u32 (topic_id:u64 partition:u32 before:state after:state)* batch`,
+//! the partitions sorted by id (the same command always encodes to the same bytes).
 
 use rocksdb::WriteBatch;
 
@@ -27,11 +32,20 @@ const VERSION: u8 = 1;
 pub struct Command {
     /// The commit timestamp stamped on its message batches.
     pub(crate) timestamp_ms: i64,
-    /// The partitions the commit changes, sorted by id: the new state, or `None` if dropped.
-    /// Absolute states, not increments: applying sets them.
-    pub(crate) partitions: Vec<((u64, u32), Option<PartitionState>)>,
+    /// The partitions the commit changes, sorted by id.
+    pub(crate) partitions: Vec<PartitionChange>,
     /// Every key the commit writes or deletes, the partition states' keys included.
     pub(crate) batch: WriteBatch,
+}
+
+/// One partition a command changes: its state when the command was prepared and after it
+/// (`None`: it does not exist, before a create or after a drop). Absolute states, not
+/// increments: applying sets `after`, and only where the partition is still `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionChange {
+    pub id: (u64, u32),
+    pub before: Option<PartitionState>,
+    pub after: Option<PartitionState>,
 }
 
 impl std::fmt::Debug for Command {
@@ -58,20 +72,22 @@ impl Command {
     /// The command's bytes (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
         let data = self.batch.data();
-        let mut out = Vec::with_capacity(13 + self.partitions.len() * 37 + data.len());
+        let mut out = Vec::with_capacity(13 + self.partitions.len() * 62 + data.len());
         out.push(VERSION);
         out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
         out.extend_from_slice(&(self.partitions.len() as u32).to_be_bytes());
-        for &((topic_id, partition), state) in &self.partitions {
-            out.extend_from_slice(&topic_id.to_be_bytes());
-            out.extend_from_slice(&partition.to_be_bytes());
-            match state {
-                None => out.push(1),
-                Some(s) => {
-                    out.push(0);
-                    out.extend_from_slice(&s.next_offset.to_be_bytes());
-                    out.extend_from_slice(&s.log_start.to_be_bytes());
-                    out.extend_from_slice(&s.bytes.to_be_bytes());
+        for change in &self.partitions {
+            out.extend_from_slice(&change.id.0.to_be_bytes());
+            out.extend_from_slice(&change.id.1.to_be_bytes());
+            for state in [change.before, change.after] {
+                match state {
+                    None => out.push(1),
+                    Some(s) => {
+                        out.push(0);
+                        out.extend_from_slice(&s.next_offset.to_be_bytes());
+                        out.extend_from_slice(&s.log_start.to_be_bytes());
+                        out.extend_from_slice(&s.bytes.to_be_bytes());
+                    }
                 }
             }
         }
@@ -87,36 +103,69 @@ impl Command {
         }
         let timestamp_ms = i64::from_be_bytes(r.array()?);
         let count = u32::from_be_bytes(r.array()?) as usize;
-        // Each partition takes at least 13 bytes: a count beyond that is corrupt, not a
+        // Each partition takes at least 14 bytes: a count beyond that is corrupt, not a
         // reason to allocate.
-        if count > r.0.len() / 13 {
+        if count > r.0.len() / 14 {
             return Err(corrupt());
         }
         let mut partitions = Vec::with_capacity(count);
         for _ in 0..count {
             let id = (u64::from_be_bytes(r.array()?), u32::from_be_bytes(r.array()?));
-            let state = match r.take(1)?[0] {
-                1 => None,
-                0 => Some(PartitionState {
-                    next_offset: u64::from_be_bytes(r.array()?),
-                    log_start: u64::from_be_bytes(r.array()?),
-                    bytes: u64::from_be_bytes(r.array()?),
-                }),
-                _ => return Err(corrupt()),
-            };
-            partitions.push((id, state));
+            let before = r.state()?;
+            let after = r.state()?;
+            partitions.push(PartitionChange { id, before, after });
         }
-        if !partitions.is_sorted_by(|a, b| a.0 < b.0) {
+        if !partitions.is_sorted_by(|a, b| a.id < b.id) {
             return Err(corrupt());
         }
-        // RocksDB's batch format: an 8-byte sequence number and a 4-byte count, then records.
-        // `WriteBatch::from_data` takes any bytes; the header is checked here and the records
-        // by RocksDB when the batch is written (a malformed one fails the write).
-        if r.0.len() < 12 {
-            return Err(corrupt());
-        }
+        check_batch(r.0)?;
         Ok(Self { timestamp_ms, partitions, batch: WriteBatch::from_data(r.0) })
     }
+}
+
+/// Checks a write batch in RocksDB's serialization (`db/write_batch.cc`: a 12-byte header of
+/// sequence number and little-endian record count, then records of a type byte and
+/// varint32-length-prefixed keys and values): only puts (`0x01`), deletes (`0x00`) and range
+/// deletes (`0x0F`) of the default column family — all the commit path writes — exactly as many
+/// as the header counts, nothing after them. RocksDB itself would take any record from the
+/// bytes, and one it cannot parse fails the write half-way, after the WAL, as a fatal error that
+/// stops every later write until a reopen.
+fn check_batch(data: &[u8]) -> Result<()> {
+    let (header, mut rest) = data.split_at_checked(12).ok_or_else(corrupt)?;
+    let count = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+    let mut records = 0u32;
+    while let Some((&kind, tail)) = rest.split_first() {
+        let slices = match kind {
+            0x01 | 0x0F => 2,
+            0x00 => 1,
+            _ => return Err(corrupt()),
+        };
+        rest = tail;
+        for _ in 0..slices {
+            rest = skip_slice(rest)?;
+        }
+        records = records.checked_add(1).ok_or_else(corrupt)?;
+    }
+    if records != count {
+        return Err(corrupt());
+    }
+    Ok(())
+}
+
+/// Skips one varint32-length-prefixed slice.
+fn skip_slice(b: &[u8]) -> Result<&[u8]> {
+    let mut len = 0u64;
+    for (i, &byte) in b.iter().take(5).enumerate() {
+        len |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if len > u64::from(u32::MAX) {
+                return Err(corrupt());
+            }
+            let start = i + 1;
+            return b.get(start..).and_then(|r| r.get(len as usize..)).ok_or_else(corrupt);
+        }
+    }
+    Err(corrupt())
 }
 
 fn corrupt() -> StorageError {
@@ -137,6 +186,18 @@ impl<'a> Reader<'a> {
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.take(N)?.try_into().expect("take returned N bytes"))
+    }
+
+    fn state(&mut self) -> Result<Option<PartitionState>> {
+        Ok(match self.take(1)?[0] {
+            1 => None,
+            0 => Some(PartitionState {
+                next_offset: u64::from_be_bytes(self.array()?),
+                log_start: u64::from_be_bytes(self.array()?),
+                bytes: u64::from_be_bytes(self.array()?),
+            }),
+            _ => return Err(corrupt()),
+        })
     }
 }
 
@@ -170,16 +231,21 @@ impl AppliedId {
 mod tests {
     use super::*;
 
+    fn state(next_offset: u64) -> Option<PartitionState> {
+        Some(PartitionState { next_offset, log_start: 2, bytes: 99 })
+    }
+
     fn sample() -> Command {
         let mut batch = WriteBatch::default();
         batch.put(b"k", b"v");
+        batch.delete(b"gone");
         batch.delete_range(b"a", b"b");
         Command {
             timestamp_ms: -5,
             partitions: vec![
-                ((1, 0), Some(PartitionState { next_offset: 7, log_start: 2, bytes: 99 })),
-                ((1, 1), None),
-                ((2, 0), Some(PartitionState::default())),
+                PartitionChange { id: (1, 0), before: state(5), after: state(7) },
+                PartitionChange { id: (1, 1), before: state(3), after: None },
+                PartitionChange { id: (2, 0), before: None, after: Some(PartitionState::default()) },
             ],
             batch,
         }
@@ -191,17 +257,14 @@ mod tests {
         let back = Command::decode(&bytes).unwrap();
         assert_eq!(back.timestamp_ms, -5);
         assert_eq!(back.partitions, sample().partitions);
-        assert_eq!(back.batch.len(), 2);
+        assert_eq!(back.batch.len(), 3);
         assert_eq!(back.encode(), bytes);
     }
 
     #[test]
-    fn every_truncation_and_a_bad_version_or_order_is_corrupt_not_a_panic() {
+    fn every_truncation_and_a_bad_version_tag_order_or_count_is_corrupt_not_a_panic() {
         let bytes = sample().encode();
-        // The batch header is the last 12+ bytes: any cut before the batch's records is caught
-        // here (RocksDB checks the records themselves when the batch is written).
-        let batch_len = sample().batch.data().len();
-        for cut in 0..bytes.len() - batch_len + 12 {
+        for cut in 0..bytes.len() {
             assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut wrong = bytes.clone();
@@ -213,9 +276,39 @@ mod tests {
         let mut huge = bytes.clone();
         huge[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Command::decode(&huge).is_err());
-        let mut bad_tag = bytes;
+        let mut bad_tag = bytes.clone();
         bad_tag[25] = 7;
         assert!(Command::decode(&bad_tag).is_err());
+        let mut trailing = bytes;
+        trailing.push(0);
+        assert!(Command::decode(&trailing).is_err());
+    }
+
+    /// Only puts, deletes and range deletes pass: a merge, a single delete or a record of
+    /// another column family (which RocksDB would accept, or fail half-way) is corrupt.
+    #[test]
+    fn a_batch_with_other_records_or_a_wrong_count_is_corrupt() {
+        let header = |count: u32| {
+            let mut h = vec![0u8; 8];
+            h.extend_from_slice(&count.to_le_bytes());
+            h
+        };
+        let with = |records: &[u8], count: u32| {
+            let mut c = sample();
+            let mut data = header(count);
+            data.extend_from_slice(records);
+            c.batch = WriteBatch::from_data(&data);
+            Command::decode(&c.encode())
+        };
+        assert!(with(&[0x01, 1, b'k', 1, b'v', 0x00, 1, b'k', 0x0F, 1, b'a', 1, b'b'], 3).is_ok());
+        assert!(with(&[], 0).is_ok());
+        assert!(with(&[0x01, 1, b'k', 1, b'v'], 2).is_err());
+        assert!(with(&[0x01, 1, b'k', 1, b'v'], 0).is_err());
+        assert!(with(&[0x02, 1, b'k', 1, b'v'], 1).is_err(), "merge");
+        assert!(with(&[0x07, 1, b'k'], 1).is_err(), "single delete");
+        assert!(with(&[0x05, 1, 1, b'k', 1, b'v'], 1).is_err(), "another column family");
+        assert!(with(&[0x01, 5, b'k', 1, b'v'], 1).is_err(), "a key longer than the batch");
+        assert!(with(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 1).is_err(), "a varint past 32 bits");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rocksdb::{DB, DBRawIterator, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, watch};
 
-use crate::command::{AppliedId, Command};
+use crate::command::{AppliedId, Command, PartitionChange};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::message::{
@@ -320,6 +320,17 @@ pub struct Pending {
     committed: Committed,
 }
 
+/// What [`Store::apply`] did with a log entry.
+#[must_use = "a written entry becomes durable and visible only through Store::finish or Store::durable"]
+pub enum Applied {
+    /// Written: finish it like a [`Store::write`].
+    Written(Pending),
+    /// At or below the last applied index: nothing written.
+    Skipped,
+    /// Prepared from partition states the store no longer has: only the log position written.
+    Stale,
+}
+
 /// The RocksDB store. `Send + Sync`; share it with an `Arc`.
 pub struct Store {
     db: Arc<DB>,
@@ -462,9 +473,9 @@ impl Store {
     /// encoding in between and no log position stored.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
         self.check_wal_sync()?;
-        let mut log = self.lock();
+        let log = self.lock();
         let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
-        self.apply_locked(&mut log, None, command, offsets)
+        self.apply_locked(log, None, command, offsets)
     }
 
     /// Decides everything `commit` leaves open (its messages' offsets, header and key, its
@@ -481,21 +492,28 @@ impl Store {
     /// Applies entry `id` of the replicated log: writes its command (`None` for an entry without
     /// one, such as Raft's blank and membership entries) together with `id` in one write
     /// batch, then updates the partitions' states as [`Store::write`] does. Exactly once: an
-    /// entry at or below the last applied index is skipped (`Ok(None)`, nothing written), also
-    /// after a restart ([`Store::last_applied`] is read back at open). The returned commit
-    /// carries no offsets (they are in the command's messages).
-    pub fn apply(&self, id: AppliedId, command: Option<Command>) -> Result<Option<Pending>> {
+    /// entry at or below the last applied index is skipped ([`Applied::Skipped`], nothing
+    /// written), also after a restart ([`Store::last_applied`] is read back at open). A command
+    /// whose partitions are no longer in the state it was prepared from is [`Applied::Stale`]:
+    /// only `id` is written (every node decides alike, so they stay identical) and the proposer
+    /// must prepare its commit again. Like [`Store::write`], what it writes is visible after
+    /// [`Store::finish`] (or [`Store::durable`]) of the returned commit, which carries no offsets
+    /// (they are in the command's messages).
+    pub fn apply(&self, id: AppliedId, command: Option<Command>) -> Result<Applied> {
         self.check_wal_sync()?;
-        let mut log = self.lock();
+        let log = self.lock();
         if log.last_applied.is_some_and(|last| last.index >= id.index) {
-            return Ok(None);
+            return Ok(Applied::Skipped);
         }
-        let command = command.unwrap_or_else(|| Command {
-            timestamp_ms: log.last_timestamp_ms,
-            partitions: Vec::new(),
-            batch: WriteBatch::default(),
-        });
-        self.apply_locked(&mut log, Some(id), command, Vec::new()).map(Some)
+        let blank =
+            || Command { timestamp_ms: log.last_timestamp_ms, partitions: Vec::new(), batch: WriteBatch::default() };
+        let (command, stale) = match command {
+            Some(c) if c.partitions.iter().any(|p| log.partitions.get(&p.id).copied() != p.before) => (blank(), true),
+            Some(c) => (c, false),
+            None => (blank(), false),
+        };
+        let pending = self.apply_locked(log, Some(id), command, Vec::new())?;
+        Ok(if stale { Applied::Stale } else { Applied::Written(pending) })
     }
 
     /// The replicated-log entry applied last, if any.
@@ -516,7 +534,7 @@ impl Store {
     /// updates the commit path's and the readers' partition states to the command's.
     fn apply_locked(
         &self,
-        log: &mut LogState,
+        mut log: MutexGuard<'_, LogState>,
         id: Option<AppliedId>,
         command: Command,
         offsets: Vec<u64>,
@@ -537,8 +555,8 @@ impl Store {
         read.written_seq += 1;
         let seq = read.written_seq;
         let mut appended = Vec::new();
-        for (id, state) in partitions {
-            match state {
+        for PartitionChange { id, after, .. } in partitions {
+            match after {
                 Some(state) => {
                     // Readers see the new log start and size now, the new messages once visible.
                     let start = state.next_offset.min(state.log_start);
@@ -562,6 +580,7 @@ impl Store {
                 }
             }
         }
+        drop(log);
         match self.durability {
             Durability::Process => publish(&mut read, &appended),
             Durability::Sync if !appended.is_empty() => read.unpublished.push_back((seq, appended)),
@@ -1040,7 +1059,10 @@ fn prepare(log: &LogState, now: i64, commit: Commit) -> Result<(Command, Vec<u64
                 // Whole batches only (those whose last offset is below `to`): the one holding
                 // `to` stays until the log start passes its end, and readers skip its messages
                 // below the log start.
-                batch.delete_range(keys::message_key(topic_id, partition, 0), keys::message_key(topic_id, partition, to));
+                batch.delete_range(
+                    keys::message_key(topic_id, partition, 0),
+                    keys::message_key(topic_id, partition, to),
+                );
             }
             PartitionOp::Drop { topic_id, partition } => {
                 current(log, &mut touched, topic_id, partition)?;
@@ -1072,11 +1094,14 @@ fn prepare(log: &LogState, now: i64, commit: Commit) -> Result<(Command, Vec<u64
             *next - 1
         })
         .collect();
-    let mut partitions: Vec<_> = touched.into_iter().collect();
-    partitions.sort_unstable_by_key(|&(id, _)| id);
-    for &((topic_id, partition), state) in &partitions {
-        if let Some(state) = state {
-            batch.put(keys::partition_state_key(topic_id, partition), state.encode());
+    let mut partitions: Vec<_> = touched
+        .into_iter()
+        .map(|(id, after)| PartitionChange { id, before: log.partitions.get(&id).copied(), after })
+        .collect();
+    partitions.sort_unstable_by_key(|p| p.id);
+    for p in &partitions {
+        if let Some(state) = p.after {
+            batch.put(keys::partition_state_key(p.id.0, p.id.1), state.encode());
         }
     }
     Ok((Command { timestamp_ms, partitions, batch }, offsets))
@@ -1140,34 +1165,36 @@ mod tests {
         let b = Store::open_with_clock(b_dir.path(), Durability::Sync, settable_clock(5).1).unwrap();
         let ops = |ops: Vec<PartitionOp>| Commit { partition_ops: ops, ..Default::default() };
         let create = |p| PartitionOp::Create { topic_id: 1, partition: p };
-        let mut rows = Commit { messages: vec![msg(1, 0, "a"), msg(1, 1, "b"), msg(1, 0, "c")].into(), ..Default::default() };
+        let mut rows =
+            Commit { messages: vec![msg(1, 0, "a"), msg(1, 1, "b"), msg(1, 0, "c")].into(), ..Default::default() };
         rows.batch.put(b"\x02row-1", b"v1");
         rows.batch.delete(b"\x02row-0");
         let mut index = 0;
-        let mut step = |commit: Commit, apply_on_b: bool| {
+        let mut step = |commit: Commit| {
             a_now.fetch_add(7, std::sync::atomic::Ordering::SeqCst);
             let command = a.prepare(commit).unwrap();
             let bytes = command.encode();
             index += 1;
             let id = AppliedId { index, term: 2, node: 1 };
-            assert!(a.apply(id, Some(command)).unwrap().is_some());
-            if apply_on_b {
-                let pending = b.apply(id, Some(Command::decode(&bytes).unwrap())).unwrap().unwrap();
-                b.finish(pending).unwrap();
-            }
+            let Applied::Written(pending) = a.apply(id, Some(command)).unwrap() else { panic!("not written") };
+            a.finish(pending).unwrap();
+            let Applied::Written(pending) = b.apply(id, Some(Command::decode(&bytes).unwrap())).unwrap() else {
+                panic!("not written on the follower")
+            };
+            b.finish(pending).unwrap();
             id
         };
-        step(ops(vec![create(0), create(1)]), true);
-        step(rows, true);
+        step(ops(vec![create(0), create(1)]));
+        step(rows);
         for i in 0..5 {
-            step(Commit { messages: vec![msg(1, 0, &format!("m{i}"))].into(), ..Default::default() }, true);
+            step(Commit { messages: vec![msg(1, 0, &format!("m{i}"))].into(), ..Default::default() });
         }
         let freed: u64 = a.message_sizes(1, 0, 0, 3).unwrap().iter().map(|s| s.2).sum();
-        step(ops(vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from: 0, to: 3, bytes: freed }]), true);
-        step(ops(vec![PartitionOp::Clear { topic_id: 1, partition: 1 }]), true);
-        step(Commit { messages: vec![msg(1, 1, "after clear")].into(), ..Default::default() }, true);
-        step(ops(vec![PartitionOp::Drop { topic_id: 1, partition: 1 }, create(2)]), true);
-        let last = step(Commit { messages: vec![msg(1, 2, "z")].into(), ..Default::default() }, true);
+        step(ops(vec![PartitionOp::Truncate { topic_id: 1, partition: 0, from: 0, to: 3, bytes: freed }]));
+        step(ops(vec![PartitionOp::Clear { topic_id: 1, partition: 1 }]));
+        step(Commit { messages: vec![msg(1, 1, "after clear")].into(), ..Default::default() });
+        step(ops(vec![PartitionOp::Drop { topic_id: 1, partition: 1 }, create(2)]));
+        let last = step(Commit { messages: vec![msg(1, 2, "z")].into(), ..Default::default() });
 
         assert_eq!(everything(&a), everything(&b));
         for p in 0..3 {
@@ -1182,45 +1209,94 @@ mod tests {
 
         // An entry applied again (a restart that replays the log from an older point) is
         // skipped: nothing written, before and after reopening.
-        let replayed = Commit { messages: vec![msg(1, 0, "again")].into(), ..Default::default() };
-        let again = Command::decode(&a.prepare(replayed).unwrap().encode()).unwrap();
-        assert!(b.apply(AppliedId { index: 2, term: 2, node: 1 }, Some(again)).unwrap().is_none());
         let before = everything(&b);
+        let replay = || {
+            let replayed = Commit { messages: vec![msg(1, 0, "again")].into(), ..Default::default() };
+            Command::decode(&a.prepare(replayed).unwrap().encode()).unwrap()
+        };
+        assert!(matches!(b.apply(AppliedId { index: 2, term: 2, node: 1 }, Some(replay())).unwrap(), Applied::Skipped));
+        assert_eq!(everything(&b), before);
         drop(b);
         let b = Store::open(b_dir.path(), Durability::Process).unwrap();
         assert_eq!(b.last_applied(), Some(last));
         assert_eq!(everything(&b), before);
-        let again = Command::decode(&a.prepare(Commit::default()).unwrap().encode()).unwrap();
-        assert!(b.apply(last, Some(again)).unwrap().is_none());
+        assert!(matches!(b.apply(last, Some(replay())).unwrap(), Applied::Skipped));
+        assert_eq!(everything(&b), before);
         // An entry without a command (a Raft blank or membership entry) moves only the position,
         // and the next command's offsets follow the applied state.
         let blank = AppliedId { index: last.index + 1, term: 3, node: 2 };
-        assert!(b.apply(blank, None).unwrap().is_some());
+        assert!(matches!(b.apply(blank, None).unwrap(), Applied::Written(_)));
         assert_eq!(b.last_applied(), Some(blank));
-        let after: Vec<_> = everything(&b).into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect();
-        assert_eq!(after, before.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect::<Vec<_>>());
+        let without_position = |kvs: Vec<KeyValue>| -> Vec<KeyValue> {
+            kvs.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect()
+        };
+        assert_eq!(without_position(everything(&b)), without_position(before));
         let next = Commit { messages: vec![msg(1, 0, "next")].into(), ..Default::default() };
         assert_eq!(b.commit(next).unwrap().offsets, vec![7]);
     }
 
-    /// A batch that does not parse is refused by RocksDB when it is written: the apply fails
-    /// and changes nothing (a replica reports the error instead of applying half a command).
+    /// A command prepared from a state the store has left (two prepares from one state, or a
+    /// write between prepare and apply) would reuse offsets: it is refused as stale, with only
+    /// its log position written, and the offsets stay gap-free and unique.
     #[test]
-    fn a_command_with_a_malformed_batch_fails_to_apply_and_changes_nothing() {
+    fn a_command_prepared_from_an_older_state_is_stale_and_reuses_no_offset() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Process).unwrap();
         create_partition(&store);
-        let mut c = Commit::default();
-        c.batch.put(b"k", b"v");
-        let mut bytes = store.prepare(c).unwrap().encode();
-        let len = bytes.len();
-        bytes[len - 3] ^= 0xff;
-        bytes.truncate(len - 1);
+        let commit = |payload: &str| Commit { messages: vec![msg(1, 0, payload)].into(), ..Default::default() };
+        let first = store.prepare(commit("first")).unwrap();
+        let second = store.prepare(commit("second")).unwrap();
+        let id = |index| AppliedId { index, term: 1, node: 1 };
+        assert!(matches!(store.apply(id(1), Some(first)).unwrap(), Applied::Written(_)));
         let before = everything(&store);
-        let command = Command::decode(&bytes).unwrap();
-        assert!(store.apply(AppliedId { index: 1, term: 1, node: 1 }, Some(command)).is_err());
-        assert_eq!(everything(&store), before);
-        assert_eq!(store.last_applied(), None);
+        assert!(matches!(store.apply(id(2), Some(second)).unwrap(), Applied::Stale));
+        assert_eq!(store.last_applied(), Some(id(2)));
+        let unchanged: Vec<_> = everything(&store).into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect();
+        assert_eq!(unchanged, before.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect::<Vec<_>>());
+        // A write between a prepare and its apply makes it stale the same way.
+        let third = store.prepare(commit("third")).unwrap();
+        assert_eq!(store.commit(commit("written")).unwrap().offsets, vec![1]);
+        assert!(matches!(store.apply(id(3), Some(third)).unwrap(), Applied::Stale));
+        let payloads: Vec<_> =
+            store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().into_iter().map(|m| (m.offset, m.payload)).collect();
+        assert_eq!(payloads, [(0, "first".to_owned()), (1, "written".to_owned())]);
+        // Prepared again from the current state, it applies.
+        let again = store.prepare(commit("third")).unwrap();
+        assert!(matches!(store.apply(id(4), Some(again)).unwrap(), Applied::Written(_)));
+        assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 3);
+    }
+
+    /// Every single-byte change of a command's batch is either refused when it is decoded or
+    /// applies as a well-formed batch: RocksDB never meets a record it cannot parse (which would
+    /// fail the write half-way and stop every later write), and the store keeps committing.
+    #[test]
+    fn a_mutated_command_is_refused_or_applies_and_the_store_keeps_committing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        let mut c = Commit::default();
+        c.batch.put(b"\x02key", b"value");
+        c.batch.delete(b"\x02old");
+        let command = store.prepare(c).unwrap();
+        let batch_len = command.batch.data().len();
+        let bytes = command.encode();
+        let batch_start = bytes.len() - batch_len;
+        let mut index = 0;
+        for at in batch_start..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut mutated = bytes.clone();
+                mutated[at] ^= flip;
+                if let Ok(command) = Command::decode(&mutated) {
+                    index += 1;
+                    let applied = store.apply(AppliedId { index, term: 1, node: 1 }, Some(command)).unwrap();
+                    assert!(matches!(applied, Applied::Written(_)), "byte {at} ^ {flip:#x}");
+                }
+            }
+        }
+        assert!(index > 0, "some mutations (of keys and values) stay well-formed");
+        let mut ok = Commit::default();
+        ok.batch.put(b"\x02after", b"v");
+        store.commit(ok).unwrap();
+        assert_eq!(store.get(b"\x02after").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! - its DataFusion settings: the database's shared state until the session runs `SET
 //!   datafusion...`, then a copy of its own (so one client's `SET` never reaches another);
 //! - its PostgreSQL run-time parameters (`SET application_name`, `SHOW TimeZone`,
-//!   `current_setting(...)`: [`crate::postgres::settings`]);
+//!   `current_setting(...)`: [`crate::session::settings`]);
 //! - whether a driver opened a transaction block (`BEGIN` ... `COMMIT`);
 //! - its open cursors (`DECLARE` / `FETCH` / `MOVE` / `CLOSE`), each a running query whose rows
 //!   are read as they are fetched.
@@ -21,6 +21,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionContext;
 use futures::StreamExt;
 
+pub mod functions;
+pub mod settings;
 mod statements;
 
 pub use statements::cursor_name;
@@ -135,7 +137,7 @@ impl Session {
 /// An open cursor: a running query, read forward as it is fetched.
 pub(crate) struct Cursor {
     pub schema: SchemaRef,
-    stream: crate::database::RowStream,
+    stream: crate::statement::RowStream,
     /// Rows read from the stream and not yet fetched.
     pending: Option<RecordBatch>,
     /// `WITH HOLD`: stays open after the transaction block ends.
@@ -145,7 +147,7 @@ pub(crate) struct Cursor {
 
 impl Cursor {
     pub fn new(schema: SchemaRef, stream: SendableRecordBatchStream, hold: bool) -> Self {
-        Self { schema, stream: crate::database::RowStream::new(stream), pending: None, hold, done: false }
+        Self { schema, stream: crate::statement::RowStream::new(stream), pending: None, hold, done: false }
     }
 
     /// The next `n` rows (fewer at the end; `u64::MAX`: all the rest). `keep`: whether to

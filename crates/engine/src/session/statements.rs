@@ -18,9 +18,10 @@ use topicfusion_dialect::sqlparser::ast::{
 use topicfusion_dialect::{CopySource, CopyTo, SessionStatement};
 
 use super::{Cursor, Session};
-use crate::database::{ClientCopy, Database, StatementResult, count_result, identity, rows_result, status_result};
-use crate::postgres::settings;
-use crate::users::Principal;
+use crate::auth::Principal;
+use crate::database::{Database, identity};
+use crate::session::settings;
+use crate::statement::{ClientCopy, StatementResult, count_result, rows_result, status_result};
 
 /// The most savepoints one transaction block holds (they cost memory and undo nothing).
 const MAX_SAVEPOINTS: usize = 10_000;
@@ -171,7 +172,7 @@ impl Database {
                     return plan_err!("cursor \"{name}\" already exists");
                 }
                 let mut query = SqlStatement::Query(query);
-                crate::postgres::functions::bind_session_functions(&mut query, session, who, true)?;
+                crate::session::functions::bind_session_functions(&mut query, session, who, true)?;
                 let plan =
                     self.context(session).state().statement_to_plan(DFStatement::Statement(Box::new(query))).await?;
                 let cursor = self.open_cursor(session, principal, plan, hold).await?;
@@ -288,7 +289,7 @@ impl Database {
         let plan = match copy.source {
             CopySource::Query(q) => {
                 let mut query = SqlStatement::Query(q);
-                crate::postgres::functions::bind_session_functions(&mut query, session, identity(principal), true)?;
+                crate::session::functions::bind_session_functions(&mut query, session, identity(principal), true)?;
                 self.context(session).state().statement_to_plan(DFStatement::Statement(Box::new(query))).await?
             }
             CopySource::Table { table, columns } => {
@@ -308,7 +309,7 @@ impl Database {
         let rows = df.execute_stream().await?;
         let format = copy.options.format(&topicfusion_dialect::CopyEndpoint::Client);
         Ok(StatementResult {
-            copy: Some(ClientCopy::Out { rows: crate::database::RowStream::new(rows), format, options: copy.options }),
+            copy: Some(ClientCopy::Out { rows: crate::statement::RowStream::new(rows), format, options: copy.options }),
             ..rows_result(schema, vec![])
         })
     }

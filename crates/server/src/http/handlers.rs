@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use topicfusion_engine::groups::DEFAULT_CONSUME_LIMIT;
+use topicfusion_engine::topics::groups::DEFAULT_CONSUME_LIMIT;
 use topicfusion_engine::{AckTarget, ConsumeRequest, Message, StartPosition};
 
 use super::error::{ApiError, ErrorCode};

@@ -67,7 +67,7 @@ impl AppState {
             }
         };
         let principal = if user.len() > topicfusion_engine::MAX_USER_NAME_BYTES
-            || password.len() > topicfusion_engine::users::MAX_PASSWORD_BYTES
+            || password.len() > topicfusion_engine::auth::MAX_PASSWORD_BYTES
         {
             None
         } else {

@@ -5,7 +5,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
-use topicfusion_engine::types::ColumnType;
+use topicfusion_engine::catalog::types::ColumnType;
 
 /// The SQL name of an Arrow type (the engine's names where it has one, Arrow's otherwise).
 pub fn sql_type(dt: &DataType) -> String {

@@ -35,7 +35,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use topicfusion_engine::Database;
-use topicfusion_engine::users::SCRAM_ITERATIONS;
+use topicfusion_engine::auth::SCRAM_ITERATIONS;
 
 use crate::auth::{LoginThrottle, shown_user};
 
@@ -151,11 +151,11 @@ impl ServerParameterProvider for Parameters {
     fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
         let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
         let superuser = self.db.principal(&user).is_some_and(|p| p.role == topicfusion_engine::Role::System);
-        let who = topicfusion_engine::postgres::settings::Identity { user: &user, superuser };
+        let who = topicfusion_engine::session::settings::Identity { user: &user, superuser };
         let session = topicfusion_engine::Session::new();
         let mut out: HashMap<String, String> = REPORTED
             .iter()
-            .filter_map(|name| topicfusion_engine::postgres::settings::show(&session, name, who))
+            .filter_map(|name| topicfusion_engine::session::settings::show(&session, name, who))
             .collect();
         if let Some(app) = client.metadata().get("application_name") {
             out.insert("application_name".into(), app.clone());
@@ -338,7 +338,7 @@ impl ScramLogin {
     fn failed(&self, user: &str, ip: IpAddr) -> PgWireError {
         tracing::warn!(user = shown_user(user), peer = %ip, "failed PostgreSQL login");
         // Every data dir has root, so saying why root cannot log in reveals nothing.
-        if user == topicfusion_engine::users::ROOT_USER
+        if user == topicfusion_engine::auth::ROOT_USER
             && self.logins.db.user(user).is_some_and(|u| u.password_hash.is_empty())
         {
             return fatal(

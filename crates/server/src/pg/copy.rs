@@ -17,8 +17,8 @@ use pgwire::messages::copy::CopyData;
 use pgwire::types::ToSqlText;
 use pgwire::types::format::FormatOptions;
 use postgres_types::{IsNull, ToSql};
-use topicfusion_engine::copy::CopyRows;
-use topicfusion_engine::types::ColumnType;
+use topicfusion_engine::catalog::types::ColumnType;
+use topicfusion_engine::write::copy::CopyRows;
 use topicfusion_engine::{CopyFormat, CopyOptions};
 use topicfusion_storage::Value;
 

@@ -35,7 +35,7 @@ use pgwire::messages::extendedquery::{
 use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use tokio::sync::Mutex;
-use topicfusion_engine::copy::CopyIn;
+use topicfusion_engine::write::copy::CopyIn;
 use topicfusion_engine::{
     ClientCopy, CopyFormat, Database, ExecuteError, Outcome, ParamValue, PreparedStatement, Principal, Session,
     StatementResult,
@@ -110,7 +110,7 @@ impl Queries {
     }
 
     /// Starts a COPY FROM STDIN: its handler takes the client's data from here on.
-    async fn start_copy_in(&self, target: Arc<topicfusion_engine::copy::CopyInTarget>) -> (i8, usize) {
+    async fn start_copy_in(&self, target: Arc<topicfusion_engine::write::copy::CopyInTarget>) -> (i8, usize) {
         let writer = self.db.copy_in(Arc::clone(&target));
         let types = writer.column_types();
         let columns = types.len();

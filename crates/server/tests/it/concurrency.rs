@@ -166,7 +166,7 @@ async fn concurrent_inserts_of_one_key_commit_exactly_once() {
 #[tokio::test]
 async fn commit_threads_run_every_queued_job_in_order_even_without_its_caller() {
     use std::sync::Mutex;
-    use topicfusion_engine::commit_threads::CommitThreads;
+    use topicfusion_engine::write::commit_threads::CommitThreads;
 
     let threads = CommitThreads::start(1).unwrap();
     // The first job holds the only thread until released, so the next ones queue.
@@ -206,7 +206,7 @@ async fn commit_threads_run_every_queued_job_in_order_even_without_its_caller() 
 /// job's result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_threads_give_each_of_many_concurrent_callers_its_result() {
-    let threads = Arc::new(topicfusion_engine::commit_threads::CommitThreads::start(0).unwrap());
+    let threads = Arc::new(topicfusion_engine::write::commit_threads::CommitThreads::start(0).unwrap());
     let tasks: Vec<_> = (0..256u64)
         .map(|i| {
             let threads = Arc::clone(&threads);

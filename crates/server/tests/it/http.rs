@@ -910,7 +910,7 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
 
 #[test]
 fn the_role_rule_of_the_engine() {
-    use topicfusion_engine::users::{Action::*, Principal, Role, authorize};
+    use topicfusion_engine::auth::{Action::*, Principal, Role, authorize};
     let p = |role| Principal { name: "u".into(), role };
     for (action, lowest) in [
         (ReadWrite, Role::User),

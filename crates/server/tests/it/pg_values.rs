@@ -105,8 +105,8 @@ fn decode_in_pieces(
     cuts: &[usize],
 ) -> Vec<Vec<Option<String>>> {
     use topicfusion::pg::copy::CopyDecoder;
-    use topicfusion_engine::copy::CopyRows;
-    use topicfusion_engine::types::ColumnType;
+    use topicfusion_engine::catalog::types::ColumnType;
+    use topicfusion_engine::write::copy::CopyRows;
     let mut decoder = CopyDecoder::new(format, options, vec![ColumnType::Text, ColumnType::Text]);
     let mut batches = Vec::new();
     let mut at = 0;
@@ -150,8 +150,8 @@ fn csv_with_an_escape_character_reads_the_same_wherever_the_chunks_split() {
 #[test]
 fn copy_rows_are_handed_out_by_size_as_well_as_by_count() {
     use topicfusion::pg::copy::CopyDecoder;
-    use topicfusion_engine::copy::CopyRows;
-    use topicfusion_engine::types::ColumnType;
+    use topicfusion_engine::catalog::types::ColumnType;
+    use topicfusion_engine::write::copy::CopyRows;
     let options = topicfusion_engine::CopyOptions::default();
     let format = topicfusion_engine::CopyFormat::Text;
     let mut decoder = CopyDecoder::new(format, &options, vec![ColumnType::Text]);

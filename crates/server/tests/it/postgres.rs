@@ -652,7 +652,7 @@ fn scram_credentials_match_rfc_7677() {
     use sha2::{Digest, Sha256};
     let b64 = base64::engine::general_purpose::STANDARD;
     let salt = b64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-    let credential = topicfusion_engine::users::ScramCredential::with_salt("pencil", &salt, 4096);
+    let credential = topicfusion_engine::auth::ScramCredential::with_salt("pencil", &salt, 4096);
     let (_, stored_key, server_key) = credential.decode().unwrap();
     let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
     let mut signature = Hmac::<Sha256>::new_from_slice(&server_key).unwrap();

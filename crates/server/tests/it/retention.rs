@@ -195,7 +195,7 @@ async fn writers_and_consumers_run_during_retention() {
     let now = Arc::new(AtomicI64::new(T0));
     let db = Arc::new(open_at(dir.path(), &now, 0));
     setup(&db, "retention_seconds = 3600").await;
-    let backlog = topicfusion_engine::retention::STEP_MESSAGES as u64 * 2 + 7;
+    let backlog = topicfusion_engine::topics::retention::STEP_MESSAGES as u64 * 2 + 7;
     insert(&db, 0, backlog).await;
     now.store(T0 + 2 * HOUR_MS, Ordering::SeqCst);
     let writer = {

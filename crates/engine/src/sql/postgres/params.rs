@@ -1,0 +1,115 @@
+//! The binding of `$n` parameters into a parsed statement as literals (so a bound INSERT takes
+//! the same literal fast path as a written one).
+
+use std::ops::ControlFlow;
+
+use datafusion::common::{Result, plan_err};
+use datafusion::sql::parser::Statement as DFStatement;
+use topicfusion_dialect::Statement;
+use topicfusion_dialect::sqlparser::ast::{self as sql, CastKind, DataType as SqlDataType, Expr, Value, ValueWithSpan};
+
+pub use crate::catalog::types::ParamValue;
+
+/// How a parameter becomes SQL: the literal (or cast) its value binds as.
+impl ParamValue {
+    fn to_expr(&self) -> Expr {
+        let value = |v: Value| Expr::Value(ValueWithSpan::from(v));
+        match self {
+            ParamValue::Null => value(Value::Null),
+            ParamValue::Bool(b) => value(Value::Boolean(*b)),
+            ParamValue::Int(i) => value(Value::Number(i.to_string(), false)),
+            // PostgreSQL's numeric NaN and infinities exist only as doubles here.
+            ParamValue::Numeric(n) if n.trim_start_matches(['-', '+']).starts_with(['N', 'n', 'I', 'i']) => {
+                Expr::Cast {
+                    kind: CastKind::Cast,
+                    expr: Box::new(value(Value::SingleQuotedString(n.clone()))),
+                    data_type: SqlDataType::DoublePrecision,
+                    array: false,
+                    format: None,
+                }
+            }
+            ParamValue::Numeric(n) => match n.strip_prefix('-') {
+                Some(digits) => Expr::UnaryOp {
+                    op: sql::UnaryOperator::Minus,
+                    expr: Box::new(super::literals::number_literal(digits)),
+                },
+                None => super::literals::number_literal(n.strip_prefix('+').unwrap_or(n)),
+            },
+            // A double stays a double (a bare number literal would be an exact decimal).
+            ParamValue::Float(f) => Expr::Cast {
+                kind: CastKind::Cast,
+                expr: Box::new(value(Value::SingleQuotedString(f.to_string()))),
+                data_type: SqlDataType::DoublePrecision,
+                array: false,
+                format: None,
+            },
+            ParamValue::Text(s) => value(Value::SingleQuotedString(s.clone())),
+            ParamValue::Bytes(b) => {
+                value(Value::HexStringLiteral(b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+            }
+            ParamValue::Array(items) => {
+                Expr::Array(sql::Array { elem: items.iter().map(ParamValue::to_expr).collect(), named: true })
+            }
+        }
+    }
+}
+
+/// The highest `$n` of a statement (0: none). `$0` and names that are not `$` and a number are
+/// errors.
+pub fn parameter_count(statement: &Statement) -> Result<usize> {
+    let mut max = 0usize;
+    let mut bad = None;
+    let mut check = |v: &Value| {
+        if let Value::Placeholder(p) = v {
+            match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0) {
+                Some(n) => max = max.max(n),
+                None => bad = Some(p.clone()),
+            }
+        }
+    };
+    // The topic and user statements take their values as literals.
+    if let Statement::DataFusion(df) = statement
+        && let DFStatement::Statement(st) = df.as_ref()
+    {
+        let _ = sql::visit_expressions(st.as_ref(), |e| {
+            if let Expr::Value(v) = e {
+                check(&v.value);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    if let Some(p) = bad {
+        return plan_err!("invalid parameter {p}: parameters are written $1, $2, ...");
+    }
+    Ok(max)
+}
+
+/// Replaces every `$n` of a statement with the literal of `params[n - 1]`. Only SELECT, INSERT,
+/// UPDATE, DELETE and the other statements DataFusion parses take parameters.
+pub fn bind_parameters(statement: &mut Statement, params: &[ParamValue]) -> Result<()> {
+    let needed = parameter_count(statement)?;
+    if needed > params.len() {
+        return plan_err!("the statement has parameter ${needed} but only {} were bound", params.len());
+    }
+    if params.is_empty() {
+        return Ok(());
+    }
+    let Statement::DataFusion(df) = statement else {
+        return plan_err!(
+            "only SELECT, INSERT, UPDATE, DELETE and other standard statements take parameters; write the values of a topic or user statement into its text"
+        );
+    };
+    let DFStatement::Statement(st) = df.as_mut() else {
+        return plan_err!("this statement takes no parameters");
+    };
+    let _ = sql::visit_expressions_mut(st.as_mut(), |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+        {
+            *e = params[n - 1].to_expr();
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(())
+}
