@@ -64,7 +64,7 @@ impl Command {
         self.timestamp_ms
     }
 
-    /// How many puts and deletes the command writes.
+    /// How many puts, deletes and range deletes the command writes.
     pub fn writes(&self) -> usize {
         self.batch.len()
     }
@@ -126,24 +126,29 @@ impl Command {
 /// Checks a write batch in RocksDB's serialization (`db/write_batch.cc`: a 12-byte header of
 /// sequence number and little-endian record count, then records of a type byte and
 /// varint32-length-prefixed keys and values): only puts (`0x01`), deletes (`0x00`) and range
-/// deletes (`0x0F`) of the default column family — all the commit path writes — exactly as many
-/// as the header counts, nothing after them. RocksDB itself would take any record from the
-/// bytes, and one it cannot parse fails the write half-way, after the WAL, as a fatal error that
-/// stops every later write until a reopen.
+/// deletes (`0x0F`, begin not after end) of the default column family — all the commit path
+/// writes — exactly as many as the header counts, nothing after them. RocksDB itself would take
+/// any record from the bytes, and one it cannot parse or apply (a range that ends before it
+/// begins, a merge without a merge operator) fails the write half-way, after the WAL, as a fatal
+/// error that stops every later write — and again at every reopen, when the WAL is replayed.
 fn check_batch(data: &[u8]) -> Result<()> {
     let (header, mut rest) = data.split_at_checked(12).ok_or_else(corrupt)?;
     let count = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
     let mut records = 0u32;
     while let Some((&kind, tail)) = rest.split_first() {
-        let slices = match kind {
-            0x01 | 0x0F => 2,
-            0x00 => 1,
+        let (first, tail) = slice(tail)?;
+        rest = match kind {
+            0x00 => tail,
+            0x01 => slice(tail)?.1,
+            0x0F => {
+                let (end, tail) = slice(tail)?;
+                if first > end {
+                    return Err(corrupt());
+                }
+                tail
+            }
             _ => return Err(corrupt()),
         };
-        rest = tail;
-        for _ in 0..slices {
-            rest = skip_slice(rest)?;
-        }
         records = records.checked_add(1).ok_or_else(corrupt)?;
     }
     if records != count {
@@ -152,17 +157,14 @@ fn check_batch(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Skips one varint32-length-prefixed slice.
-fn skip_slice(b: &[u8]) -> Result<&[u8]> {
+/// One varint32-length-prefixed slice, and the bytes after it.
+fn slice(b: &[u8]) -> Result<(&[u8], &[u8])> {
     let mut len = 0u64;
     for (i, &byte) in b.iter().take(5).enumerate() {
         len |= u64::from(byte & 0x7f) << (7 * i);
         if byte < 0x80 {
-            if len > u64::from(u32::MAX) {
-                return Err(corrupt());
-            }
-            let start = i + 1;
-            return b.get(start..).and_then(|r| r.get(len as usize..)).ok_or_else(corrupt);
+            let rest = &b[i + 1..];
+            return usize::try_from(len).ok().and_then(|len| rest.split_at_checked(len)).ok_or_else(corrupt);
         }
     }
     Err(corrupt())
@@ -308,7 +310,10 @@ mod tests {
         assert!(with(&[0x07, 1, b'k'], 1).is_err(), "single delete");
         assert!(with(&[0x05, 1, 1, b'k', 1, b'v'], 1).is_err(), "another column family");
         assert!(with(&[0x01, 5, b'k', 1, b'v'], 1).is_err(), "a key longer than the batch");
-        assert!(with(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 1).is_err(), "a varint past 32 bits");
+        assert!(with(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 1).is_err(), "a varint of more than 5 bytes");
+        assert!(with(&[0x0F, 1, b'a', 1, b'a'], 1).is_ok(), "an empty range");
+        assert!(with(&[0x0F, 1, b'b', 1, b'a'], 1).is_err(), "a range that ends before it begins");
+        assert!(with(&[0x0F, 2, b'a', b'b', 1, b'a'], 1).is_err(), "a range that ends before it begins");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | `0x06` | sequence  | `06 kind:u8 id:u64` (kind 1 table ids, 2 topic ids, 3 row ids of table `id`) | `next:u64`             |
 //! | `0x07` | message batch | `07 topic_id:u64 partition:u32 last_offset:u64`         | the messages of one commit to one partition ([`crate::message`]) |
 //! | `0x08` | job       | `08 job_id:u64`                                              | JSON record of a background job's run (the last 1000 are kept) |
-//! | `0x09` | applied   | `09`                                                         | `index:u64 term:u64 node:u64`: the replicated-log entry applied last ([`crate::command::AppliedId`]), written in the same batch as what it applied |
+//! | `0x09` | applied   | `09`, `09 01`                                                | `09`: `index:u64 term:u64 node:u64`, the replicated-log entry applied last ([`crate::command::AppliedId`]), written in the same batch as what it applied; `09 01`: the last applied membership (the cluster's bytes) |
 //!
 //! `0x03` held one message per key (`03 topic_id partition offset`) before message batches;
 //! [`crate::store::Store::open`] moves such keys into `0x07` batches of one.
@@ -240,6 +240,11 @@ pub fn decode_group_key(key: &[u8]) -> Result<(u64, String, u32)> {
 /// The key of the last applied log entry (one key: the keyspace's prefix).
 pub fn applied_key() -> [u8; 1] {
     [APPLIED_PREFIX]
+}
+
+/// The key of the last applied membership of the replicated log.
+pub fn applied_membership_key() -> [u8; 2] {
+    [APPLIED_PREFIX, 0x01]
 }
 
 /// The key of a job record.

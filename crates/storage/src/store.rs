@@ -320,6 +320,16 @@ pub struct Pending {
     committed: Committed,
 }
 
+/// What a replicated-log entry gives [`Store::apply`].
+pub enum Payload {
+    /// A prepared commit.
+    Command(Command),
+    /// A change of the cluster's membership, in the cluster's encoding: stored as it is.
+    Membership(Vec<u8>),
+    /// An entry with nothing for the store (Raft's blank entry of a new leader).
+    Blank,
+}
+
 /// What [`Store::apply`] did with a log entry.
 #[must_use = "a written entry becomes durable and visible only through Store::finish or Store::durable"]
 pub enum Applied {
@@ -489,9 +499,9 @@ impl Store {
         Ok(prepare(&log, self.clock.now_ms(), commit)?.0)
     }
 
-    /// Applies entry `id` of the replicated log: writes its command (`None` for an entry without
-    /// one, such as Raft's blank and membership entries) together with `id` in one write
-    /// batch, then updates the partitions' states as [`Store::write`] does. Exactly once: an
+    /// Applies entry `id` of the replicated log: writes its command (or, for a membership entry,
+    /// the membership's bytes, read back by [`Store::applied_membership`]) together with `id` in
+    /// one write batch, then updates the partitions' states as [`Store::write`] does. Exactly once: an
     /// entry at or below the last applied index is skipped ([`Applied::Skipped`], nothing
     /// written), also after a restart ([`Store::last_applied`] is read back at open). A command
     /// whose partitions are no longer in the state it was prepared from is [`Applied::Stale`]:
@@ -499,7 +509,7 @@ impl Store {
     /// must prepare its commit again. Like [`Store::write`], what it writes is visible after
     /// [`Store::finish`] (or [`Store::durable`]) of the returned commit, which carries no offsets
     /// (they are in the command's messages).
-    pub fn apply(&self, id: AppliedId, command: Option<Command>) -> Result<Applied> {
+    pub fn apply(&self, id: AppliedId, payload: Payload) -> Result<Applied> {
         self.check_wal_sync()?;
         let log = self.lock();
         if log.last_applied.is_some_and(|last| last.index >= id.index) {
@@ -507,10 +517,17 @@ impl Store {
         }
         let blank =
             || Command { timestamp_ms: log.last_timestamp_ms, partitions: Vec::new(), batch: WriteBatch::default() };
-        let (command, stale) = match command {
-            Some(c) if c.partitions.iter().any(|p| log.partitions.get(&p.id).copied() != p.before) => (blank(), true),
-            Some(c) => (c, false),
-            None => (blank(), false),
+        let (command, stale) = match payload {
+            Payload::Command(c) if c.partitions.iter().any(|p| log.partitions.get(&p.id).copied() != p.before) => {
+                (blank(), true)
+            }
+            Payload::Command(c) => (c, false),
+            Payload::Membership(bytes) => {
+                let mut c = blank();
+                c.batch.put(keys::applied_membership_key(), bytes);
+                (c, false)
+            }
+            Payload::Blank => (blank(), false),
         };
         let pending = self.apply_locked(log, Some(id), command, Vec::new())?;
         Ok(if stale { Applied::Stale } else { Applied::Written(pending) })
@@ -519,6 +536,11 @@ impl Store {
     /// The replicated-log entry applied last, if any.
     pub fn last_applied(&self) -> Option<AppliedId> {
         self.lock().last_applied
+    }
+
+    /// The bytes of the last applied membership entry, if any (the cluster's encoding).
+    pub fn applied_membership(&self) -> Result<Option<Vec<u8>>> {
+        self.get(&keys::applied_membership_key())
     }
 
     fn check_wal_sync(&self) -> Result<()> {
@@ -1176,9 +1198,12 @@ mod tests {
             let bytes = command.encode();
             index += 1;
             let id = AppliedId { index, term: 2, node: 1 };
-            let Applied::Written(pending) = a.apply(id, Some(command)).unwrap() else { panic!("not written") };
+            let Applied::Written(pending) = a.apply(id, Payload::Command(command)).unwrap() else {
+                panic!("not written")
+            };
             a.finish(pending).unwrap();
-            let Applied::Written(pending) = b.apply(id, Some(Command::decode(&bytes).unwrap())).unwrap() else {
+            let Applied::Written(pending) = b.apply(id, Payload::Command(Command::decode(&bytes).unwrap())).unwrap()
+            else {
                 panic!("not written on the follower")
             };
             b.finish(pending).unwrap();
@@ -1214,18 +1239,21 @@ mod tests {
             let replayed = Commit { messages: vec![msg(1, 0, "again")].into(), ..Default::default() };
             Command::decode(&a.prepare(replayed).unwrap().encode()).unwrap()
         };
-        assert!(matches!(b.apply(AppliedId { index: 2, term: 2, node: 1 }, Some(replay())).unwrap(), Applied::Skipped));
+        assert!(matches!(
+            b.apply(AppliedId { index: 2, term: 2, node: 1 }, Payload::Command(replay())).unwrap(),
+            Applied::Skipped
+        ));
         assert_eq!(everything(&b), before);
         drop(b);
         let b = Store::open(b_dir.path(), Durability::Process).unwrap();
         assert_eq!(b.last_applied(), Some(last));
         assert_eq!(everything(&b), before);
-        assert!(matches!(b.apply(last, Some(replay())).unwrap(), Applied::Skipped));
+        assert!(matches!(b.apply(last, Payload::Command(replay())).unwrap(), Applied::Skipped));
         assert_eq!(everything(&b), before);
         // An entry without a command (a Raft blank or membership entry) moves only the position,
         // and the next command's offsets follow the applied state.
         let blank = AppliedId { index: last.index + 1, term: 3, node: 2 };
-        assert!(matches!(b.apply(blank, None).unwrap(), Applied::Written(_)));
+        assert!(matches!(b.apply(blank, Payload::Blank).unwrap(), Applied::Written(_)));
         assert_eq!(b.last_applied(), Some(blank));
         let without_position = |kvs: Vec<KeyValue>| -> Vec<KeyValue> {
             kvs.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect()
@@ -1233,6 +1261,32 @@ mod tests {
         assert_eq!(without_position(everything(&b)), without_position(before));
         let next = Commit { messages: vec![msg(1, 0, "next")].into(), ..Default::default() };
         assert_eq!(b.commit(next).unwrap().offsets, vec![7]);
+    }
+
+    /// A membership entry stores its bytes with its log id, in one batch: read back after a
+    /// reopen, kept by later entries, replaced by the next membership entry, and skipped like any
+    /// entry applied again.
+    #[test]
+    fn the_last_applied_membership_is_stored_with_its_log_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |index| AppliedId { index, term: 1, node: 1 };
+        {
+            let store = Store::open(dir.path(), Durability::Sync).unwrap();
+            assert_eq!(store.applied_membership().unwrap(), None);
+            assert!(matches!(
+                store.apply(id(1), Payload::Membership(b"{1,2,3}".to_vec())).unwrap(),
+                Applied::Written(_)
+            ));
+            assert!(matches!(store.apply(id(2), Payload::Blank).unwrap(), Applied::Written(_)));
+            assert!(matches!(store.apply(id(1), Payload::Membership(b"{9}".to_vec())).unwrap(), Applied::Skipped));
+            let Applied::Written(pending) = store.apply(id(3), Payload::Blank).unwrap() else { panic!() };
+            store.finish(pending).unwrap();
+        }
+        let store = Store::open(dir.path(), Durability::Process).unwrap();
+        assert_eq!(store.applied_membership().unwrap().as_deref(), Some(&b"{1,2,3}"[..]));
+        assert_eq!(store.last_applied(), Some(id(3)));
+        assert!(matches!(store.apply(id(4), Payload::Membership(b"{1,2}".to_vec())).unwrap(), Applied::Written(_)));
+        assert_eq!(store.applied_membership().unwrap().as_deref(), Some(&b"{1,2}"[..]));
     }
 
     /// A command prepared from a state the store has left (two prepares from one state, or a
@@ -1247,22 +1301,22 @@ mod tests {
         let first = store.prepare(commit("first")).unwrap();
         let second = store.prepare(commit("second")).unwrap();
         let id = |index| AppliedId { index, term: 1, node: 1 };
-        assert!(matches!(store.apply(id(1), Some(first)).unwrap(), Applied::Written(_)));
+        assert!(matches!(store.apply(id(1), Payload::Command(first)).unwrap(), Applied::Written(_)));
         let before = everything(&store);
-        assert!(matches!(store.apply(id(2), Some(second)).unwrap(), Applied::Stale));
+        assert!(matches!(store.apply(id(2), Payload::Command(second)).unwrap(), Applied::Stale));
         assert_eq!(store.last_applied(), Some(id(2)));
         let unchanged: Vec<_> = everything(&store).into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect();
         assert_eq!(unchanged, before.into_iter().filter(|(k, _)| k[..] != keys::applied_key()).collect::<Vec<_>>());
         // A write between a prepare and its apply makes it stale the same way.
         let third = store.prepare(commit("third")).unwrap();
         assert_eq!(store.commit(commit("written")).unwrap().offsets, vec![1]);
-        assert!(matches!(store.apply(id(3), Some(third)).unwrap(), Applied::Stale));
+        assert!(matches!(store.apply(id(3), Payload::Command(third)).unwrap(), Applied::Stale));
         let payloads: Vec<_> =
             store.read_messages(1, 0, 0, u64::MAX, 10).unwrap().into_iter().map(|m| (m.offset, m.payload)).collect();
         assert_eq!(payloads, [(0, "first".to_owned()), (1, "written".to_owned())]);
         // Prepared again from the current state, it applies.
         let again = store.prepare(commit("third")).unwrap();
-        assert!(matches!(store.apply(id(4), Some(again)).unwrap(), Applied::Written(_)));
+        assert!(matches!(store.apply(id(4), Payload::Command(again)).unwrap(), Applied::Written(_)));
         assert_eq!(store.partition_state(1, 0).unwrap().next_offset, 3);
     }
 
@@ -1276,6 +1330,7 @@ mod tests {
         let mut c = Commit::default();
         c.batch.put(b"\x02key", b"value");
         c.batch.delete(b"\x02old");
+        c.batch.delete_range(b"\x02a", b"\x02b");
         let command = store.prepare(c).unwrap();
         let batch_len = command.batch.data().len();
         let bytes = command.encode();
@@ -1287,7 +1342,8 @@ mod tests {
                 mutated[at] ^= flip;
                 if let Ok(command) = Command::decode(&mutated) {
                     index += 1;
-                    let applied = store.apply(AppliedId { index, term: 1, node: 1 }, Some(command)).unwrap();
+                    let applied =
+                        store.apply(AppliedId { index, term: 1, node: 1 }, Payload::Command(command)).unwrap();
                     assert!(matches!(applied, Applied::Written(_)), "byte {at} ^ {flip:#x}");
                 }
             }
