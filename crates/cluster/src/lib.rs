@@ -1,0 +1,37 @@
+//! topicfusion replication on openraft. So far: the Raft types ([`TypeConfig`]: a log entry
+//! carries a storage command's bytes, see `topicfusion_storage::Command`) and the Raft log on
+//! disk ([`log_store::LogStore`]). The state machine (the store's one apply path,
+//! `topicfusion_storage::Store::apply`), snapshots and the node-to-node transport come next.
+
+pub mod log_store;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node of the cluster listens: its Raft, HTTP and PostgreSQL-protocol addresses
+/// (`IP:PORT`), as the `[cluster] peers` configuration lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub raft: String,
+    pub http: String,
+    pub pg: String,
+}
+
+/// What applying a command did, reported to the node that proposed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// Written (or nothing to write: a blank or membership entry).
+    Applied,
+    /// Prepared from partition states the leader's store no longer had: prepare it again.
+    Stale,
+}
+
+openraft::declare_raft_types!(
+    /// The Raft types of topicfusion: node ids are `u64`, a proposal is an encoded
+    /// `topicfusion_storage::Command`.
+    pub TypeConfig:
+        D = Vec<u8>,
+        R = ApplyOutcome,
+        NodeId = u64,
+        Node = NodeAddr,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
