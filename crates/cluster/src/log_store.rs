@@ -5,9 +5,11 @@
 //! Every append, truncate, purge and vote is written with `sync = true`: a node acknowledges an
 //! entry to the leader only once the entry is on its disk, so "held by a majority" means held on
 //! a majority's disks, and a vote survives a power loss (a node that forgot its vote could vote
-//! twice in one term). Entries are fsynced per `append` call; openraft hands over every entry
-//! that arrived since the last call, so concurrent proposals share one fsync (the group commit of
-//! the single-node WAL).
+//! twice in one term). The writes run on tokio's blocking threads, so an fsync never holds one
+//! of the runtime's workers (and with it heartbeats and election timers). One fsync per
+//! `append` call: a follower gets a leader's entries in batches, but openraft 0.9's leader
+//! appends each client write on its own, so proposals must be batched into entries by the
+//! caller (as the single-node commit threads gather statements) to share fsyncs.
 //!
 //! Keys (one byte names the kind; integers big-endian):
 //! | key | value |
@@ -68,10 +70,20 @@ impl LogStore {
         Ok(Self { db: Arc::new(DB::open(&opts, path)?) })
     }
 
-    fn write_synced(&self, batch: WriteBatch) -> std::result::Result<(), rocksdb::Error> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts)
+    /// Writes and fsyncs `batch` on a blocking thread.
+    async fn write_synced(&self, batch: WriteBatch) -> std::result::Result<(), AnyError> {
+        let db = Arc::clone(&self.db);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AnyError::new(&e)),
+            Err(e) => Err(AnyError::error(format!("the Raft log write did not run: {e}"))),
+        }
     }
 
     fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> std::result::Result<Option<T>, AnyError> {
@@ -82,7 +94,8 @@ impl LogStore {
     }
 
     fn last_entry_id(&self) -> std::result::Result<Option<LogId<u64>>, AnyError> {
-        // From the greatest possible entry key down (`ENTRIES_END` is the vote's key).
+        // From the greatest possible entry key down (not from `ENTRIES_END`: that is the vote's
+        // key, which a reverse seek would land on).
         let mut it = self.db.iterator(IteratorMode::From(&entry_key(u64::MAX), Direction::Reverse));
         match it.next() {
             None => Ok(None),
@@ -157,14 +170,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in self.db.iterator(IteratorMode::From(&entry_key(start), Direction::Forward)) {
             let (k, v) = item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
-            if k.first() != Some(&ENTRY) {
+            let Some(index) = k.get(1..9).filter(|_| k[0] == ENTRY && k.len() == 9) else { break };
+            let index = u64::from_be_bytes(index.try_into().expect("8 bytes"));
+            if !range.contains(&index) {
                 break;
             }
-            let entry = decode_entry(&k, &v).map_err(StorageIOError::read_logs)?;
-            if !range.contains(&entry.log_id.index) {
-                break;
-            }
-            out.push(entry);
+            out.push(decode_entry(&k, &v).map_err(|e| StorageIOError::read_log_at_index(index, e))?);
         }
         Ok(out)
     }
@@ -186,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put(VOTE, json(vote));
-        self.write_synced(batch).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.write_synced(batch).await.map_err(StorageIOError::write_vote)?;
         Ok(())
     }
 
@@ -219,16 +230,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put(entry_key(entry.log_id.index), encode_entry(&entry));
         }
         // The entries are on disk when this returns: the callback says so at once.
-        let result = self.write_synced(batch);
+        let result = self.write_synced(batch).await;
         callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
-        result.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        result.map_err(StorageIOError::write_logs)?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete_range(&entry_key(log_id.index)[..], &ENTRIES_END[..]);
-        self.write_synced(batch).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        self.write_synced(batch).await.map_err(StorageIOError::write_logs)?;
         Ok(())
     }
 
@@ -239,7 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(end) => batch.delete_range(entry_key(0), entry_key(end)),
             None => batch.delete_range(&entry_key(0)[..], &ENTRIES_END[..]),
         }
-        self.write_synced(batch).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        self.write_synced(batch).await.map_err(StorageIOError::write_logs)?;
         Ok(())
     }
 }
@@ -268,13 +279,14 @@ mod tests {
         Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
     }
 
-    /// Entries 1..=10 of term 1 (node 1): a blank, a membership, then commands.
+    /// Entries 0..=10 of term 1 (node 1), `entries()[i]` at index `i`: the membership that
+    /// initializes a cluster (openraft writes it at index 0), a blank, then commands.
     fn entries() -> Vec<Entry<TypeConfig>> {
-        (1..=10)
+        (0..=10)
             .map(|i| {
                 let payload = match i {
+                    0 => EntryPayload::Membership(membership()),
                     1 => EntryPayload::Blank,
-                    2 => EntryPayload::Membership(membership()),
                     _ => EntryPayload::Normal(format!("command {i}").into_bytes()),
                 };
                 Entry { log_id: id(1, 1, i), payload }
@@ -297,10 +309,17 @@ mod tests {
 
             store.blocking_append(entries()).await.unwrap();
             assert_eq!(all(&mut store).await, entries());
-            assert_eq!(store.try_get_log_entries(3..6).await.unwrap(), entries()[2..5].to_vec());
-            assert_eq!(store.try_get_log_entries(9..).await.unwrap(), entries()[8..].to_vec());
+            assert_eq!(store.try_get_log_entries(3..6).await.unwrap(), entries()[3..6].to_vec());
+            assert_eq!(store.try_get_log_entries(9..).await.unwrap(), entries()[9..].to_vec());
+            assert_eq!(store.try_get_log_entries(..=0).await.unwrap(), entries()[..1].to_vec());
             assert!(store.try_get_log_entries(11..20).await.unwrap().is_empty());
+            assert!(store.try_get_log_entries((Bound::Included(6), Bound::Excluded(3))).await.unwrap().is_empty());
+            assert!(store.try_get_log_entries((Bound::Excluded(u64::MAX), Bound::Unbounded)).await.unwrap().is_empty());
             assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(id(1, 1, 10)));
+            // Saved before the truncate and purge, which must not reach them.
+            store.save_vote(&Vote::new(2, 3)).await.unwrap();
+            store.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
+            store.save_committed(Some(id(1, 1, 6))).await.unwrap();
 
             // A new leader of term 2 overwrites the uncommitted tail from index 8 on.
             store.truncate(id(1, 1, 8)).await.unwrap();
@@ -309,21 +328,39 @@ mod tests {
             store.blocking_append([tail.clone()]).await.unwrap();
 
             store.purge(id(1, 1, 3)).await.unwrap();
-            let vote = Vote::new_committed(2, 3);
-            store.save_vote(&vote).await.unwrap();
-            store.save_committed(Some(id(1, 1, 6))).await.unwrap();
         }
         let mut store = LogStore::open(dir.path()).unwrap();
         let state = store.get_log_state().await.unwrap();
         assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(1, 1, 3)), Some(id(2, 3, 8))));
-        let mut expected = entries()[3..7].to_vec();
+        let mut expected = entries()[4..8].to_vec();
         expected.push(Entry { log_id: id(2, 3, 8), payload: EntryPayload::Normal(b"from node 3".to_vec()) });
         assert_eq!(all(&mut store).await, expected);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(2, 3)));
         assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 1, 6)));
         // The log reader sees what the store holds.
         let mut reader = store.get_log_reader().await;
-        assert_eq!(reader.try_get_log_entries(4..=4).await.unwrap(), entries()[3..4].to_vec());
+        assert_eq!(reader.try_get_log_entries(4..=4).await.unwrap(), entries()[4..5].to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_log_truncated_to_its_start_is_empty_and_entries_at_the_last_index_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        store.blocking_append(entries()).await.unwrap();
+        store.truncate(id(1, 1, 0)).await.unwrap();
+        assert!(all(&mut store).await.is_empty());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
+        let last = Entry { log_id: id(9, 2, u64::MAX), payload: EntryPayload::Normal(b"last".to_vec()) };
+        store.blocking_append([last.clone()]).await.unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(id(9, 2, u64::MAX)));
+        assert_eq!(store.try_get_log_entries(u64::MAX..).await.unwrap(), vec![last]);
+        store.save_vote(&Vote::new(9, 2)).await.unwrap();
+        store.purge(id(9, 2, u64::MAX)).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(9, 2, u64::MAX)), Some(id(9, 2, u64::MAX))));
+        assert!(all(&mut store).await.is_empty());
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(9, 2)));
     }
 
     #[tokio::test]
@@ -350,7 +387,7 @@ mod tests {
             store.db.put(entry_key(5), bad).unwrap();
             assert!(store.try_get_log_entries(..).await.is_err());
         }
-        let mut membership = encode_entry(&entries()[1]);
+        let mut membership = encode_entry(&entries()[0]);
         membership.truncate(membership.len() - 1);
         store.db.put(entry_key(5), membership).unwrap();
         assert!(store.try_get_log_entries(5..6).await.is_err());
