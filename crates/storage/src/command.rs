@@ -59,16 +59,6 @@ impl std::fmt::Debug for Command {
 }
 
 impl Command {
-    /// The commit timestamp.
-    pub fn timestamp_ms(&self) -> i64 {
-        self.timestamp_ms
-    }
-
-    /// How many puts, deletes and range deletes the command writes.
-    pub fn writes(&self) -> usize {
-        self.batch.len()
-    }
-
     /// The command's bytes (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
         let data = self.batch.data();
