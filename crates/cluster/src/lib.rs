@@ -1,9 +1,14 @@
-//! topicfusion replication on openraft. So far: the Raft types ([`TypeConfig`]: a log entry
-//! carries a storage command's bytes, see `topicfusion_storage::Command`) and the Raft log on
-//! disk ([`log_store::LogStore`]). The state machine (the store's one apply path,
-//! `topicfusion_storage::Store::apply`), snapshots and the node-to-node transport come next.
+//! topicfusion replication on openraft: the Raft types ([`TypeConfig`]: a log entry carries a
+//! storage command's bytes, see `topicfusion_storage::Command`), the Raft log on disk
+//! ([`log_store`]), the state machine over the store's one apply path and its snapshots
+//! ([`state_machine`]), the node-to-node transport ([`network`]) and a node with the leader's
+//! write path ([`node`]). Not yet used by the server: the engine's writes, `[cluster]`
+//! configuration and follower reads come next.
 
 pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
 
 use serde::{Deserialize, Serialize};
 

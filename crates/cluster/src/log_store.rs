@@ -1,5 +1,5 @@
 //! The Raft log on disk: openraft's [`RaftLogStorage`] over a RocksDB instance of its own (the
-//! data dir's `raft/`), apart from the tables and topics, so that purging the log never
+//! node's `raft/log`), apart from the tables and topics, so that purging the log never
 //! competes with their compactions and a snapshot of the state machine never copies the log.
 //!
 //! Every append, truncate, purge and vote is written with `sync = true`: a node acknowledges an
@@ -151,6 +151,19 @@ fn decode_entry(key: &[u8], value: &[u8]) -> std::result::Result<Entry<TypeConfi
         _ => return Err(corrupt()),
     };
     Ok(Entry { log_id, payload })
+}
+
+/// An entry as the transport carries it: `index:u64` then its stored value.
+pub(crate) fn entry_to_wire(entry: &Entry<TypeConfig>) -> Vec<u8> {
+    let mut out = entry_key(entry.log_id.index)[1..].to_vec();
+    out.extend_from_slice(&encode_entry(entry));
+    out
+}
+
+/// The entry [`entry_to_wire`] wrote.
+pub(crate) fn entry_from_wire(bytes: &[u8]) -> std::result::Result<Entry<TypeConfig>, AnyError> {
+    let index = bytes.get(..8).ok_or_else(|| AnyError::error("a truncated Raft entry"))?;
+    decode_entry(&[&[ENTRY][..], index].concat(), &bytes[8..])
 }
 
 fn start_of(range: &impl RangeBounds<u64>) -> Option<u64> {

@@ -16,4 +16,6 @@ pub use command::{AppliedId, Command};
 pub use error::{Result, StorageError};
 pub use message::{ChangeOp, Message, MessageBatches, NewMessage};
 pub use rocksdb::WriteBatch;
-pub use store::{Applied, Clock, Commit, Committed, Durability, PartitionOp, PartitionState, Payload, Pending, Store};
+pub use store::{
+    Applied, Clock, Commit, Committed, Durability, Export, PartitionOp, PartitionState, Payload, Pending, Store,
+};

@@ -35,6 +35,20 @@ use crate::message::{
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// Everything a store holds at one log position ([`Store::export`]).
+pub struct Export {
+    /// The log entry applied last when it was taken.
+    pub applied: Option<AppliedId>,
+    /// The membership applied last when it was taken ([`Store::applied_membership`]).
+    pub membership: Option<Vec<u8>>,
+    /// `TFEXPORT1`, then each key and value in key order, each as `len:u32` (big-endian) and bytes.
+    pub bytes: Vec<u8>,
+}
+
+const EXPORT_MAGIC: &[u8] = b"TFEXPORT1";
+/// The range of every key an export may hold (keyspace bytes 01 to 09, see [`keys`]).
+const EXPORT_KEYS: (&[u8], &[u8]) = (&[0x01], &[0x0a]);
+
 /// How far a commit is flushed before [`Store::commit`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -409,34 +423,14 @@ impl Store {
         opts.set_block_based_table_factory(&table);
         let db = Arc::new(DB::open(&opts, path)?);
         migrate_legacy_messages(&db)?;
-        let mut partitions = HashMap::new();
-        let mut last_timestamp_ms = 0;
-        let prefix = keys::partition_state_prefix();
-        for item in db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let id = keys::decode_partition_state_key(&k)?;
-            let state = PartitionState::decode(&v)?;
-            if state.next_offset > state.log_start {
-                let mut it = partition_iterator(&db, id.0, id.1);
-                it.seek(keys::message_key(id.0, id.1, state.next_offset - 1));
-                if let Some(v) = it.value() {
-                    last_timestamp_ms = last_timestamp_ms.max(decode_batch_header(v)?.0);
-                }
-                it.status()?;
-            }
-            partitions.insert(id, state);
-        }
+        let log = load_log_state(&db)?;
         let read = ReadState {
-            partitions: partitions.clone(),
+            partitions: log.partitions.clone(),
             signals: HashMap::new(),
             written_seq: 0,
             unpublished: VecDeque::new(),
         };
-        let last_applied = db.get(keys::applied_key())?.map(|v| AppliedId::decode(&v)).transpose()?;
-        let log = Mutex::new(LogState { partitions, last_timestamp_ms, last_applied });
+        let log = Mutex::new(log);
         let read = Arc::new(Mutex::new(read));
         let wal_sync = Arc::new(WalSync {
             state: Mutex::new(SyncState::default()),
@@ -541,6 +535,79 @@ impl Store {
     /// The bytes of the last applied membership entry, if any (the cluster's encoding).
     pub fn applied_membership(&self) -> Result<Option<Vec<u8>>> {
         self.get(&keys::applied_membership_key())
+    }
+
+    /// Everything the store holds, as of the last applied command: every key and value, read
+    /// from one RocksDB snapshot taken under the commit lock (so no command is half in it), for
+    /// a replica too far behind to catch up from the log ([`Store::import`] installs it). The
+    /// result holds the whole store in memory.
+    pub fn export(&self) -> Result<Export> {
+        let log = self.lock();
+        let snapshot = self.db.snapshot();
+        let applied = log.last_applied;
+        drop(log);
+        let membership = snapshot.get(keys::applied_membership_key())?;
+        let mut bytes = EXPORT_MAGIC.to_vec();
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        for item in snapshot.iterator_opt(IteratorMode::Start, opts) {
+            let (k, v) = item?;
+            for part in [&k, &v] {
+                let len = u32::try_from(part.len())
+                    .map_err(|_| StorageError::Corrupt { what: "a key or value over 4 GiB" })?;
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(part);
+            }
+        }
+        Ok(Export { applied, membership, bytes })
+    }
+
+    /// Replaces everything the store holds by an [`Store::export`] of another store, in one
+    /// synced write batch (a crash leaves the old state or the new one), then reloads the
+    /// partitions' states from it and wakes their readers. Returns the log entry the export was
+    /// taken at. The caller reloads whatever it keeps in memory (catalog, users, groups).
+    pub fn import(&self, export: &[u8]) -> Result<Option<AppliedId>> {
+        let corrupt = || StorageError::Corrupt { what: "store export" };
+        let mut rest = export.strip_prefix(EXPORT_MAGIC).ok_or_else(corrupt)?;
+        let mut batch = WriteBatch::default();
+        // Every key: keyspaces are named by a first byte from 01 to 09.
+        batch.delete_range(EXPORT_KEYS.0, EXPORT_KEYS.1);
+        fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let (part, tail) = tail.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+            *rest = tail;
+            Some(part)
+        }
+        while !rest.is_empty() {
+            let (key, value) = (take(&mut rest).ok_or_else(corrupt)?, take(&mut rest).ok_or_else(corrupt)?);
+            if !(EXPORT_KEYS.0..EXPORT_KEYS.1).contains(&key) {
+                return Err(corrupt());
+            }
+            batch.put(key, value);
+        }
+        let mut log = self.lock();
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        self.db.write_opt(batch, &synced)?;
+        let loaded = load_log_state(&self.db)?;
+        log.partitions = loaded.partitions;
+        log.last_timestamp_ms = log.last_timestamp_ms.max(loaded.last_timestamp_ms);
+        log.last_applied = loaded.last_applied;
+        let mut read = self.read_state();
+        read.written_seq += 1;
+        // The synced write made every earlier one durable: nothing is left to publish.
+        read.unpublished.clear();
+        read.partitions = log.partitions.clone();
+        let ReadState { partitions, signals, .. } = &mut *read;
+        signals.retain(|id, signal| match partitions.get(id) {
+            Some(state) => {
+                signal.send_replace(state.next_offset);
+                true
+            }
+            // Dropping the sender wakes the waiters; they find the partition gone.
+            None => false,
+        });
+        Ok(log.last_applied)
     }
 
     fn check_wal_sync(&self) -> Result<()> {
@@ -1032,6 +1099,33 @@ fn migrate_legacy_messages(db: &DB) -> Result<()> {
 }
 
 /// Moves the visible watermarks up (never down) and wakes the partitions' waiters.
+/// The commit path's state as stored: each partition's state, the newest commit timestamp (of
+/// each partition's last message batch) and the last applied log entry.
+fn load_log_state(db: &DB) -> Result<LogState> {
+    let mut partitions = HashMap::new();
+    let mut last_timestamp_ms = 0;
+    let prefix = keys::partition_state_prefix();
+    for item in db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let id = keys::decode_partition_state_key(&k)?;
+        let state = PartitionState::decode(&v)?;
+        if state.next_offset > state.log_start {
+            let mut it = partition_iterator(db, id.0, id.1);
+            it.seek(keys::message_key(id.0, id.1, state.next_offset - 1));
+            if let Some(v) = it.value() {
+                last_timestamp_ms = last_timestamp_ms.max(decode_batch_header(v)?.0);
+            }
+            it.status()?;
+        }
+        partitions.insert(id, state);
+    }
+    let last_applied = db.get(keys::applied_key())?.map(|v| AppliedId::decode(&v)).transpose()?;
+    Ok(LogState { partitions, last_timestamp_ms, last_applied })
+}
+
 fn publish(read: &mut ReadState, appended: &[Watermark]) {
     for &(id, next) in appended {
         let Some(seen) = read.partitions.get_mut(&id) else { continue };
@@ -1287,6 +1381,62 @@ mod tests {
         assert_eq!(store.last_applied(), Some(id(3)));
         assert!(matches!(store.apply(id(4), Payload::Membership(b"{1,2}".to_vec())).unwrap(), Applied::Written(_)));
         assert_eq!(store.applied_membership().unwrap().as_deref(), Some(&b"{1,2}"[..]));
+    }
+
+    /// A store that receives another's export holds exactly the other's keys and values (its own
+    /// are gone), its partitions' states and last applied entry, across a reopen; its readers
+    /// are woken (a dropped partition's waiters see it closed); its next commit continues the
+    /// exported offsets; and a cut or tampered export is refused with nothing changed.
+    #[test]
+    fn an_export_installed_on_another_store_replaces_everything_it_held() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Store::open(a_dir.path(), Durability::Process).unwrap();
+        let b = Store::open(b_dir.path(), Durability::Sync).unwrap();
+        let create = |topic_id, partition| Commit {
+            partition_ops: vec![PartitionOp::Create { topic_id, partition }],
+            ..Default::default()
+        };
+        let id = |index| AppliedId { index, term: 1, node: 1 };
+        for (i, commit) in
+            [create(1, 0), Commit { messages: vec![msg(1, 0, "x"), msg(1, 0, "y")].into(), ..Default::default() }]
+                .into_iter()
+                .enumerate()
+        {
+            let command = a.prepare(commit).unwrap();
+            let Applied::Written(p) = a.apply(id(i as u64 + 1), Payload::Command(command)).unwrap() else { panic!() };
+            a.finish(p).unwrap();
+        }
+        // b has a partition a lacks, with a waiter, a key of its own and a later-numbered topic.
+        b.commit(create(2, 0)).unwrap();
+        b.commit(create(1, 0)).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(b"\x02only-on-b", b"1");
+        b.commit(Commit { batch, ..Default::default() }).unwrap();
+        let gone = b.subscribe(2, 0).unwrap();
+        let mut moved = b.subscribe(1, 0).unwrap();
+
+        let export = a.export().unwrap();
+        assert_eq!(export.applied, Some(id(2)));
+        for broken in [&export.bytes[..export.bytes.len() - 1], &export.bytes[1..], b"TFEXPORT1\0\0\0\x01\x0a\0\0\0\0"]
+        {
+            assert!(b.import(broken).is_err());
+        }
+        assert!(b.partition_state(2, 0).is_some());
+        assert_eq!(b.import(&export.bytes).unwrap(), Some(id(2)));
+        assert_eq!(everything(&b), everything(&a));
+        assert_eq!(b.last_applied(), Some(id(2)));
+        assert_eq!(b.partition_state(2, 0), None);
+        assert_eq!(b.partition_state(1, 0), a.partition_state(1, 0));
+        assert!(gone.has_changed().is_err(), "the dropped partition's waiters are told");
+        assert!(moved.has_changed().unwrap());
+        assert_eq!(*moved.borrow_and_update(), 2);
+        assert_eq!(b.read_messages(1, 0, 0, u64::MAX, 10).unwrap(), a.read_messages(1, 0, 0, u64::MAX, 10).unwrap());
+        drop(b);
+        let b = Store::open(b_dir.path(), Durability::Sync).unwrap();
+        assert_eq!(everything(&b), everything(&a));
+        assert_eq!(b.last_applied(), Some(id(2)));
+        let next = Commit { messages: vec![msg(1, 0, "z")].into(), ..Default::default() };
+        assert_eq!(b.commit(next).unwrap().offsets, vec![2]);
     }
 
     /// A command prepared from a state the store has left (two prepares from one state, or a

@@ -1,0 +1,343 @@
+//! One node of a cluster: its Raft log (`<dir>/log`), state machine (over the node's store),
+//! snapshot (`<dir>/snapshot`) and transport, started together; and the leader's write path.
+//!
+//! A write on the leader is prepared from the store's applied state ([`Store::prepare`]: offsets,
+//! timestamp, keys), proposed, and answered once a majority holds it and this node applied it.
+//! Writes are serialized from prepare to apply, so each is prepared from the state the previous
+//! one left; a command prepared before a leadership change applies as `Stale` and is refused
+//! (nothing reused, nothing half-written), to be prepared again by the caller.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{LogId, Raft, SnapshotPolicy};
+use tokio::net::TcpListener;
+use topicfusion_storage::{Commit, StorageError, Store};
+
+use crate::log_store::LogStore;
+use crate::network::{Network, router};
+use crate::state_machine::StateMachine;
+use crate::{ApplyOutcome, NodeAddr, TypeConfig};
+
+/// What a node needs to know about its cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id, a key of `peers`.
+    pub id: u64,
+    /// Every node's addresses, this one's included: the membership a new cluster starts with.
+    pub peers: BTreeMap<u64, NodeAddr>,
+    /// Sent with and required on every RPC between nodes.
+    pub secret: String,
+    /// A snapshot is built after this many applied entries, and the log purged up to it.
+    pub snapshot_every: u64,
+}
+
+/// Why a node could not start or a write was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not the leader{}", match .leader { Some((id, n)) => format!("; node {id} is (PostgreSQL {}, HTTP {})", n.pg, n.http), None => "; no leader is known yet".into() })]
+    NotLeader { leader: Option<(u64, NodeAddr)> },
+    #[error("leadership changed while the write was proposed; nothing was written, try again")]
+    Stale,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("Raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+pub struct Node {
+    id: u64,
+    raft: Raft<TypeConfig>,
+    state_machine: StateMachine,
+    server: tokio::task::JoinHandle<()>,
+    /// Held from prepare to apply (see the module doc).
+    proposing: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Starts the node: opens its log in `dir`, applies to `store`, answers peers on `listener`.
+    /// The node with the lowest id of a cluster that never started initializes it with `peers`.
+    pub async fn start(
+        config: NodeConfig,
+        dir: &Path,
+        store: Arc<Store>,
+        listener: TcpListener,
+    ) -> Result<Self, ClusterError> {
+        let raft_config = openraft::Config {
+            cluster_name: "topicfusion".into(),
+            // A follower that hears nothing for 400-800 ms stands for election: a dead leader
+            // is replaced within about a second.
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_max_chunk_size: 4 << 20,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Raft(e.to_string()))?);
+        let log_dir = dir.join("log");
+        let log = LogStore::open(&log_dir).map_err(|e| ClusterError::Raft(format!("cannot open the Raft log: {e}")))?;
+        let state_machine = StateMachine::new(store, dir);
+        let raft = Raft::new(config.id, raft_config, Network::new(&config.secret), log, state_machine.clone())
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let app = router(raft.clone(), &config.secret);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the Raft listener stopped: {e}");
+            }
+        });
+        let node = Self { id: config.id, raft, state_machine, server, proposing: tokio::sync::Mutex::new(()) };
+        if config.peers.keys().next() == Some(&config.id)
+            && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
+        {
+            match node.raft.initialize(config.peers).await {
+                // Another start got there first (the log is no longer empty): nothing to do.
+                Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ClusterError::Raft(e.to_string())),
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The Raft handle: metrics, membership changes, waits.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The store this node applies to.
+    pub fn store(&self) -> &Arc<Store> {
+        self.state_machine.store()
+    }
+
+    /// Prepares `commit` from the applied state, proposes it and returns once it is committed
+    /// and applied here. Only the leader writes ([`ClusterError::NotLeader`] names it).
+    pub async fn write(&self, commit: Commit) -> Result<LogId<u64>, ClusterError> {
+        let _turn = self.proposing.lock().await;
+        let command = self.store().prepare(commit)?;
+        match self.raft.client_write(command.encode()).await {
+            Ok(written) => match written.data {
+                ApplyOutcome::Applied => Ok(written.log_id),
+                ApplyOutcome::Stale => Err(ClusterError::Stale),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(ClusterError::NotLeader { leader: to.leader_id.zip(to.leader_node) })
+            }
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits up to `timeout` until this node knows a leader; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(metrics.current_leader.expect("waited for a leader"))
+    }
+
+    /// Stops the node: Raft first (no more applies), then the listener.
+    pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
+        self.server.abort();
+        let _ = self.server.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use topicfusion_storage::{ChangeOp, Durability, NewMessage, PartitionOp, WriteBatch};
+
+    use super::*;
+
+    const SECRET: &str = "test-secret";
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct Dirs {
+        store: tempfile::TempDir,
+        raft: tempfile::TempDir,
+    }
+
+    fn dirs() -> Dirs {
+        Dirs { store: tempfile::tempdir().unwrap(), raft: tempfile::tempdir().unwrap() }
+    }
+
+    async fn start(id: u64, peers: &BTreeMap<u64, NodeAddr>, dirs: &Dirs, listener: TcpListener) -> Node {
+        let store = Arc::new(Store::open(dirs.store.path(), Durability::Process).unwrap());
+        let config = NodeConfig { id, peers: peers.clone(), secret: SECRET.into(), snapshot_every: 100_000 };
+        Node::start(config, dirs.raft.path(), store, listener).await.unwrap()
+    }
+
+    fn addr(listener: &TcpListener) -> NodeAddr {
+        let raft = listener.local_addr().unwrap().to_string();
+        NodeAddr { raft, http: "127.0.0.1:1".into(), pg: "127.0.0.1:2".into() }
+    }
+
+    fn message(partition: u32, payload: String) -> Commit {
+        let m = NewMessage {
+            topic_id: 1,
+            partition,
+            op: ChangeOp::Insert,
+            source_table: "s.t".into(),
+            key: "{}".into(),
+            payload,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(format!("\x02row-{}", m.payload), b"v");
+        Commit { batch, messages: vec![m].into(), ..Default::default() }
+    }
+
+    /// Waits until `node` has applied entry `index`.
+    async fn applied(node: &Node, index: u64) {
+        node.raft.wait(Some(WAIT)).applied_index_at_least(Some(index), "caught up").await.unwrap();
+    }
+
+    /// The leader the live `nodes` agree on, once they do (and not the dead node `dead`).
+    async fn leader_of(nodes: &[Node], dead: Option<u64>) -> &Node {
+        let m = nodes[0]
+            .raft
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader.is_some() && m.current_leader != dead, "a live leader")
+            .await
+            .unwrap();
+        let id = m.current_leader.unwrap();
+        for n in nodes {
+            n.raft.wait(Some(WAIT)).metrics(|m| m.current_leader == Some(id), "the same leader").await.unwrap();
+        }
+        nodes.iter().find(|n| n.id == id).expect("the leader is one of the live nodes")
+    }
+
+    /// Three nodes on loopback: the writes of the leader reach every node byte for byte; a
+    /// follower refuses writes and names the leader; the leader stopped, the two others elect
+    /// one and go on with gap-free offsets; the stopped node restarted on its data catches up
+    /// from the log; a node added after the log was purged catches up
+    /// from a snapshot; an RPC without the secret is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_replicate_fail_over_and_rebuild_a_node_from_a_snapshot() {
+        let mut listeners = Vec::new();
+        for _ in 0..4 {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<u64, NodeAddr> = (1..=3).map(|i| (i, addr(&listeners[i as usize - 1]))).collect();
+        let fourth = addr(&listeners[3]);
+        let all_dirs: Vec<Dirs> = (0..4).map(|_| dirs()).collect();
+        let mut listeners = listeners.into_iter();
+        let mut nodes = Vec::new();
+        for (i, d) in all_dirs.iter().take(3).enumerate() {
+            nodes.push(start(i as u64 + 1, &peers, d, listeners.next().unwrap()).await);
+        }
+
+        let leader = leader_of(&nodes, None).await;
+        let create = Commit {
+            partition_ops: vec![
+                PartitionOp::Create { topic_id: 1, partition: 0 },
+                PartitionOp::Create { topic_id: 1, partition: 1 },
+            ],
+            ..Default::default()
+        };
+        leader.write(create).await.unwrap();
+        let mut last = LogId::default();
+        for i in 0..20 {
+            last = leader.write(message(i % 2, format!("a{i}"))).await.unwrap();
+        }
+        for n in &nodes {
+            applied(n, last.index).await;
+        }
+        let exports: Vec<Vec<u8>> = nodes.iter().map(|n| n.store().export().unwrap().bytes).collect();
+        assert!(exports.iter().all(|e| e == &exports[0]), "every node holds the same bytes");
+        for n in &nodes {
+            assert_eq!(n.store().partition_state(1, 0).unwrap().next_offset, 10);
+        }
+
+        let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
+        match follower.write(message(0, "refused".into())).await {
+            Err(ClusterError::NotLeader { leader: Some((id, node)) }) => {
+                assert_eq!(id, leader.id);
+                assert_eq!(node, peers[&leader.id]);
+            }
+            other => panic!("a follower wrote: {other:?}"),
+        }
+
+        // Without the secret, or with another one: refused before the body is read.
+        let client = reqwest::Client::new();
+        for auth in [None, Some("Bearer wrong"), Some("Bearer test-secreT")] {
+            let mut request = client.post(format!("http://{}/raft/vote", peers[&1].raft)).body("{}");
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            assert_eq!(request.send().await.unwrap().status(), reqwest::StatusCode::UNAUTHORIZED);
+        }
+        let garbage = client
+            .post(format!("http://{}/raft/append", peers[&1].raft))
+            .bearer_auth(SECRET)
+            .body(vec![0xff, 0xff, 0xff, 0xff, 1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(garbage.status(), reqwest::StatusCode::BAD_REQUEST);
+
+        // The leader dies; the two others elect one and go on from the same offsets.
+        let leader_id = leader.id;
+        let position = nodes.iter().position(|n| n.id == leader_id).unwrap();
+        nodes.remove(position).shutdown().await;
+        let leader = leader_of(&nodes, Some(leader_id)).await;
+        for i in 0..6 {
+            last = leader.write(message(0, format!("b{i}"))).await.unwrap();
+        }
+        for n in &nodes {
+            applied(n, last.index).await;
+            assert_eq!(n.store().partition_state(1, 0).unwrap().next_offset, 16);
+            let offsets: Vec<u64> =
+                n.store().read_messages(1, 0, 0, u64::MAX, 100).unwrap().iter().map(|m| m.offset).collect();
+            assert_eq!(offsets, (0..16).collect::<Vec<_>>());
+        }
+
+        // The dead node restarts on its data and catches up from the log.
+        let dead_dirs = &all_dirs[leader_id as usize - 1];
+        let mut listener = TcpListener::bind(&peers[&leader_id].raft).await;
+        for _ in 0..50 {
+            if listener.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            listener = TcpListener::bind(&peers[&leader_id].raft).await;
+        }
+        let restarted = start(leader_id, &peers, dead_dirs, listener.unwrap()).await;
+        applied(&restarted, last.index).await;
+        assert_eq!(restarted.store().partition_state(1, 0).unwrap().next_offset, 16);
+        nodes.push(restarted);
+        let leader = leader_of(&nodes, None).await;
+
+        // The log purged to its end: a new node can only catch up from a snapshot.
+        leader.raft.trigger().snapshot().await.unwrap();
+        leader.raft.wait(Some(WAIT)).snapshot(last, "a snapshot at the last entry").await.unwrap();
+        leader.raft.trigger().purge_log(last.index).await.unwrap();
+        leader.raft.wait(Some(WAIT)).purged(Some(last), "purged").await.unwrap();
+        let new = start(4, &BTreeMap::new(), &all_dirs[3], listeners.next().unwrap()).await;
+        let joined = leader.raft.add_learner(4, fourth, true).await.unwrap().log_id;
+        applied(&new, joined.index).await;
+        assert!(new.store().export().unwrap().bytes == leader.store().export().unwrap().bytes, "the same bytes");
+        assert!(new.raft.metrics().borrow().snapshot.is_some(), "caught up from a snapshot, not the log");
+        // And it follows the entries after it.
+        last = leader.write(message(1, "after the snapshot".into())).await.unwrap();
+        applied(&new, last.index).await;
+        assert_eq!(new.store().partition_state(1, 1).unwrap().next_offset, 11);
+
+        new.shutdown().await;
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+}
