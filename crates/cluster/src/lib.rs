@@ -28,6 +28,8 @@ pub enum ApplyOutcome {
     Applied,
     /// Prepared from partition states the leader's store no longer had: prepare it again.
     Stale,
+    /// Not a valid command: applied as nothing (only its log id written), on every node alike.
+    Rejected,
 }
 
 openraft::declare_raft_types!(

@@ -33,6 +33,7 @@ use openraft::{
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::TypeConfig;
 
@@ -51,6 +52,10 @@ const ENTRY_VERSION: u8 = 1;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// The last entry the state machine holds on its disk, if purges wait for it.
+    durable: Option<watch::Receiver<u64>>,
+    /// Serializes purges (a deferred one may run beside a later one).
+    purging: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Debug for LogStore {
@@ -67,7 +72,33 @@ impl LogStore {
         // A log is appended at the end and deleted from the front: no compression of entries
         // that are read back soon (by followers catching up) and deleted soon after.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        Ok(Self { db: Arc::new(DB::open(&opts, path)?) })
+        Ok(Self { db: Arc::new(DB::open(&opts, path)?), durable: None, purging: Arc::default() })
+    }
+
+    /// Purges only entries the state machine holds on its disk (`durable`: the last such index):
+    /// a purge beyond it is carried out once `durable` reaches it. openraft purges a follower's
+    /// log up to a snapshot as soon as it has queued the snapshot's install; a crash before the
+    /// install would leave a store behind a log that no longer holds what it lacks.
+    pub fn purge_only_durable(mut self, durable: watch::Receiver<u64>) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
+    /// Deletes the entries up to `log_id` and records it as the last purged one, unless a later
+    /// purge got there first (the record never moves back).
+    async fn purge_now(&self, log_id: LogId<u64>) -> std::result::Result<(), AnyError> {
+        let _one_at_a_time = self.purging.lock().await;
+        let purged: Option<LogId<u64>> = self.read_json(&PURGED)?;
+        if purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(PURGED, json(&log_id));
+        match log_id.index.checked_add(1) {
+            Some(end) => batch.delete_range(entry_key(0), entry_key(end)),
+            None => batch.delete_range(&entry_key(0)[..], &ENTRIES_END[..]),
+        }
+        self.write_synced(batch).await
     }
 
     /// Writes and fsyncs `batch` on a blocking thread.
@@ -257,13 +288,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put(PURGED, json(&log_id));
-        match log_id.index.checked_add(1) {
-            Some(end) => batch.delete_range(entry_key(0), entry_key(end)),
-            None => batch.delete_range(&entry_key(0)[..], &ENTRIES_END[..]),
+        if let Some(durable) = &self.durable
+            && *durable.borrow() < log_id.index
+        {
+            // The state machine does not hold these entries on its disk yet (a follower's
+            // snapshot is purged for before it is installed): purge once it does.
+            let (mut durable, log) = (durable.clone(), self.clone());
+            tokio::spawn(async move {
+                if durable.wait_for(|d| *d >= log_id.index).await.is_ok()
+                    && let Err(e) = log.purge_now(log_id).await
+                {
+                    tracing::error!("purging the Raft log up to {log_id}: {e}");
+                }
+            });
+            return Ok(());
         }
-        self.write_synced(batch).await.map_err(StorageIOError::write_logs)?;
+        self.purge_now(log_id).await.map_err(StorageIOError::write_logs)?;
         Ok(())
     }
 }
@@ -387,6 +427,33 @@ mod tests {
         assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(1, 1, 10)), Some(id(1, 1, 10))));
         store.blocking_append([Entry { log_id: id(1, 1, 11), payload: EntryPayload::Blank }]).await.unwrap();
         assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(id(1, 1, 11)));
+    }
+
+    /// A purge beyond what the state machine holds on its disk waits for it (the entries stay
+    /// readable and the record of the last purged id stays) and happens once it does; a purge
+    /// that comes after a later one does not move the record back.
+    #[tokio::test]
+    async fn a_purge_waits_until_the_state_machine_holds_the_entries_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (durable, watched) = watch::channel(4);
+        let mut store = LogStore::open(dir.path()).unwrap().purge_only_durable(watched);
+        store.blocking_append(entries()).await.unwrap();
+        store.purge(id(1, 1, 3)).await.unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(id(1, 1, 3)));
+        store.purge(id(1, 1, 8)).await.unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(id(1, 1, 3)));
+        assert_eq!(all(&mut store).await, entries()[4..].to_vec());
+        durable.send_replace(8);
+        for _ in 0..500 {
+            if store.get_log_state().await.unwrap().last_purged_log_id == Some(id(1, 1, 8)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(id(1, 1, 8)));
+        assert_eq!(all(&mut store).await, entries()[9..].to_vec());
+        store.purge(id(1, 1, 5)).await.unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(id(1, 1, 8)));
     }
 
     #[tokio::test]

@@ -18,7 +18,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -33,6 +35,9 @@ use crate::{NodeAddr, TypeConfig};
 
 /// The largest request body a node reads: a batch of entries or a snapshot chunk.
 pub const MAX_BODY_BYTES: usize = 256 << 20;
+/// Entries sent in one append request, at most (one larger entry goes alone): openraft 0.9 gives
+/// the request one heartbeat interval to be sent, decoded and fsynced.
+const APPEND_BUDGET_BYTES: usize = 8 << 20;
 
 /// Opens a [`Peer`] per target node; shares one connection pool.
 #[derive(Clone)]
@@ -125,6 +130,9 @@ impl Peer {
         };
         let status = response.status();
         let body = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1)));
+        }
         if !status.is_success() {
             let reason =
                 format!("node {} answered {rpc} with {status}: {}", self.target, String::from_utf8_lossy(&body));
@@ -145,8 +153,15 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
         let entries: Vec<Vec<u8>> = rpc.entries.iter().map(entry_to_wire).collect();
+        let size: usize = entries.iter().map(|e| 4 + e.len()).sum();
+        if size > APPEND_BUDGET_BYTES && entries.len() > 1 {
+            // openraft retries at once with fewer entries.
+            let fewer =
+                (entries.len() as u64 * APPEND_BUDGET_BYTES as u64 / size as u64).clamp(1, entries.len() as u64 - 1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
+        }
         let header = AppendHeader { vote: rpc.vote, prev_log_id: rpc.prev_log_id, leader_commit: rpc.leader_commit };
-        let mut body = frame(&header, entries.iter().map(|e| 4 + e.len()).sum());
+        let mut body = frame(&header, size);
         for e in entries {
             body.extend_from_slice(&(e.len() as u32).to_be_bytes());
             body.extend_from_slice(&e);

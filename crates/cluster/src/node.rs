@@ -4,23 +4,33 @@
 //! A write on the leader is prepared from the store's applied state ([`Store::prepare`]: offsets,
 //! timestamp, keys), proposed, and answered once a majority holds it and this node applied it.
 //! Writes are serialized from prepare to apply, so each is prepared from the state the previous
-//! one left; a command prepared before a leadership change applies as `Stale` and is refused
-//! (nothing reused, nothing half-written), to be prepared again by the caller.
+//! one left, and the first write of a term waits until the store has applied every entry of the
+//! terms before (openraft's `ensure_linearizable`: leadership confirmed by a quorum, the new
+//! leader's blank entry applied), so nothing is prepared from a state missing a committed entry.
+//! A command prepared before a leadership change applies as `Stale` if its partitions moved
+//! meanwhile (nothing written, no offset reused) and is refused, to be prepared again by the
+//! caller; its other keys (rows, group positions, sequences) carry no such check, which is why
+//! the serialization and the fence above matter.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{LogId, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
-use topicfusion_storage::{Commit, StorageError, Store};
+use topicfusion_storage::{Command, Commit, StorageError, Store};
 
 use crate::log_store::LogStore;
 use crate::network::{Network, router};
 use crate::state_machine::StateMachine;
 use crate::{ApplyOutcome, NodeAddr, TypeConfig};
+
+/// The largest command one log entry carries (a request to a follower must fit in
+/// [`crate::network::MAX_BODY_BYTES`]).
+pub const MAX_COMMAND_BYTES: usize = 64 << 20;
 
 /// What a node needs to know about its cluster.
 #[derive(Debug, Clone)]
@@ -42,6 +52,8 @@ pub enum ClusterError {
     NotLeader { leader: Option<(u64, NodeAddr)> },
     #[error("leadership changed while the write was proposed; nothing was written, try again")]
     Stale,
+    #[error("the write does not encode to a valid command: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("Raft: {0}")]
@@ -55,7 +67,9 @@ pub struct Node {
     state_machine: StateMachine,
     server: tokio::task::JoinHandle<()>,
     /// Held from prepare to apply (see the module doc).
-    proposing: tokio::sync::Mutex<()>,
+    proposing: Arc<tokio::sync::Mutex<()>>,
+    /// The last term whose first write waited for the store to apply the terms before.
+    fenced_term: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -67,14 +81,20 @@ impl Node {
         store: Arc<Store>,
         listener: TcpListener,
     ) -> Result<Self, ClusterError> {
+        if config.secret.trim().is_empty() {
+            return Err(ClusterError::Raft("the cluster secret is empty".into()));
+        }
         let raft_config = openraft::Config {
             cluster_name: "topicfusion".into(),
-            // A follower that hears nothing for 400-800 ms stands for election: a dead leader
-            // is replaced within about a second.
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
-            install_snapshot_timeout: 10_000,
+            // A follower that hears nothing for 600-1200 ms stands for election: a dead leader
+            // is replaced within about a second and a half. openraft 0.9 also gives each append
+            // RPC the heartbeat interval as its timeout (transfer, decode and the follower's
+            // fsync): 150 ms, with at most 64 entries or 8 MiB per request.
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            max_payload_entries: 64,
+            install_snapshot_timeout: 30_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 1_000,
             snapshot_max_chunk_size: 4 << 20,
@@ -82,8 +102,26 @@ impl Node {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Raft(e.to_string()))?);
         let log_dir = dir.join("log");
-        let log = LogStore::open(&log_dir).map_err(|e| ClusterError::Raft(format!("cannot open the Raft log: {e}")))?;
-        let state_machine = StateMachine::new(store, dir);
+        let mut log =
+            LogStore::open(&log_dir).map_err(|e| ClusterError::Raft(format!("cannot open the Raft log: {e}")))?;
+        let empty_log = log.get_log_state().await.map_err(|e| ClusterError::Raft(e.to_string()))?.last_log_id.is_none()
+            && log.read_vote().await.map_err(|e| ClusterError::Raft(e.to_string()))?.is_none();
+        if empty_log && store.last_applied().is_some() {
+            return Err(ClusterError::Raft(format!(
+                "the store holds replicated data but the Raft log in {} is empty: restore the log, or empty the data \
+                 dir so that the node catches up from the cluster",
+                log_dir.display()
+            )));
+        }
+        let state_machine = {
+            let store = Arc::clone(&store);
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || StateMachine::open(store, &dir))
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?
+                .map_err(|e| ClusterError::Raft(format!("cannot open the state machine: {e}")))?
+        };
+        let log = log.purge_only_durable(state_machine.durable());
         let raft = Raft::new(config.id, raft_config, Network::new(&config.secret), log, state_machine.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -93,7 +131,14 @@ impl Node {
                 tracing::error!("the Raft listener stopped: {e}");
             }
         });
-        let node = Self { id: config.id, raft, state_machine, server, proposing: tokio::sync::Mutex::new(()) };
+        let node = Self {
+            id: config.id,
+            raft,
+            state_machine,
+            server,
+            proposing: Arc::default(),
+            fenced_term: std::sync::atomic::AtomicU64::new(0),
+        };
         if config.peers.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
         {
@@ -123,12 +168,43 @@ impl Node {
     /// Prepares `commit` from the applied state, proposes it and returns once it is committed
     /// and applied here. Only the leader writes ([`ClusterError::NotLeader`] names it).
     pub async fn write(&self, commit: Commit) -> Result<LogId<u64>, ClusterError> {
-        let _turn = self.proposing.lock().await;
-        let command = self.store().prepare(commit)?;
-        match self.raft.client_write(command.encode()).await {
+        use std::sync::atomic::Ordering;
+        // Owned, and moved into the task below: a caller that stops waiting does not let the
+        // next write prepare before this one is applied.
+        let turn = Arc::clone(&self.proposing).lock_owned().await;
+        let term = self.raft.metrics().borrow().current_term;
+        if self.fenced_term.load(Ordering::Acquire) != term {
+            self.raft.ensure_linearizable().await.map_err(|e| match e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)) => {
+                    ClusterError::NotLeader { leader: to.leader_id.zip(to.leader_node) }
+                }
+                e => ClusterError::Raft(e.to_string()),
+            })?;
+            self.fenced_term.store(term, Ordering::Release);
+        }
+        let command = self.store().prepare(commit)?.encode();
+        // A command every node would refuse at apply is refused here, before it is proposed.
+        Command::decode(&command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        if command.len() > MAX_COMMAND_BYTES {
+            return Err(ClusterError::Invalid(format!(
+                "a write of {} bytes, over the {} MiB one log entry may hold",
+                command.len(),
+                MAX_COMMAND_BYTES >> 20
+            )));
+        }
+        let raft = self.raft.clone();
+        let proposed = tokio::spawn(async move {
+            let written = raft.client_write(command).await;
+            drop(turn);
+            written
+        });
+        match proposed.await.map_err(|e| ClusterError::Raft(e.to_string()))? {
             Ok(written) => match written.data {
                 ApplyOutcome::Applied => Ok(written.log_id),
                 ApplyOutcome::Stale => Err(ClusterError::Stale),
+                ApplyOutcome::Rejected => {
+                    Err(ClusterError::Invalid(format!("entry {} applied as nothing", written.log_id)))
+                }
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
                 Err(ClusterError::NotLeader { leader: to.leader_id.zip(to.leader_node) })
@@ -217,6 +293,32 @@ mod tests {
             n.raft.wait(Some(WAIT)).metrics(|m| m.current_leader == Some(id), "the same leader").await.unwrap();
         }
         nodes.iter().find(|n| n.id == id).expect("the leader is one of the live nodes")
+    }
+
+    /// A node does not start with an empty secret (its RPCs would be refused without a word),
+    /// nor on a store that applied replicated entries beside an empty Raft log (it would
+    /// initialize a new cluster over old data).
+    #[tokio::test]
+    async fn a_node_refuses_an_empty_secret_and_a_store_whose_log_is_gone() {
+        let d = dirs();
+        let store = Arc::new(Store::open(d.store.path(), Durability::Process).unwrap());
+        let refusal = |started: Result<Node, ClusterError>| match started {
+            Ok(_) => panic!("the node started"),
+            Err(e) => e.to_string(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peers = BTreeMap::from([(1, addr(&listener))]);
+        let config = NodeConfig { id: 1, peers: peers.clone(), secret: " ".into(), snapshot_every: 100 };
+        let refused = refusal(Node::start(config, d.raft.path(), Arc::clone(&store), listener).await);
+        assert!(refused.contains("secret is empty"), "{refused}");
+
+        let applied = store
+            .apply(topicfusion_storage::AppliedId { index: 1, term: 1, node: 1 }, topicfusion_storage::Payload::Blank);
+        assert!(matches!(applied, Ok(topicfusion_storage::Applied::Written(_))));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100 };
+        let refused = refusal(Node::start(config, d.raft.path(), store, listener).await);
+        assert!(refused.contains("Raft log") && refused.contains("is empty"), "{refused}");
     }
 
     /// Three nodes on loopback: the writes of the leader reach every node byte for byte; a
@@ -322,9 +424,10 @@ mod tests {
 
         // The log purged to its end: a new node can only catch up from a snapshot.
         leader.raft.trigger().snapshot().await.unwrap();
-        leader.raft.wait(Some(WAIT)).snapshot(last, "a snapshot at the last entry").await.unwrap();
+        let waits = leader.raft.wait(Some(WAIT));
+        waits.metrics(|m| m.snapshot >= Some(last), "a snapshot at the last entry").await.unwrap();
         leader.raft.trigger().purge_log(last.index).await.unwrap();
-        leader.raft.wait(Some(WAIT)).purged(Some(last), "purged").await.unwrap();
+        waits.metrics(|m| m.purged >= Some(last), "purged").await.unwrap();
         let new = start(4, &BTreeMap::new(), &all_dirs[3], listeners.next().unwrap()).await;
         let joined = leader.raft.add_learner(4, fourth, true).await.unwrap().log_id;
         applied(&new, joined.index).await;

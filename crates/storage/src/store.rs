@@ -46,6 +46,44 @@ pub struct Export {
 }
 
 const EXPORT_MAGIC: &[u8] = b"TFEXPORT1";
+
+/// An [`Export`]'s bytes, checked and ready for [`Store::import`].
+pub struct Import {
+    batch: WriteBatch,
+}
+
+impl Import {
+    /// Checks an export's bytes: complete, keys of the store's keyspaces only, taken at log
+    /// entry `expected`. Nothing is written: an export refused here changes no store.
+    pub fn check(export: &[u8], expected: Option<AppliedId>) -> Result<Self> {
+        let corrupt = || StorageError::Corrupt { what: "store export" };
+        let mut rest = export.strip_prefix(EXPORT_MAGIC).ok_or_else(corrupt)?;
+        let mut batch = WriteBatch::default();
+        // Every key: keyspaces are named by a first byte from 01 to 09.
+        batch.delete_range(EXPORT_KEYS.0, EXPORT_KEYS.1);
+        let mut applied = None;
+        fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let (part, tail) = tail.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+            *rest = tail;
+            Some(part)
+        }
+        while !rest.is_empty() {
+            let (key, value) = (take(&mut rest).ok_or_else(corrupt)?, take(&mut rest).ok_or_else(corrupt)?);
+            if !(EXPORT_KEYS.0..EXPORT_KEYS.1).contains(&key) {
+                return Err(corrupt());
+            }
+            if key == keys::applied_key() {
+                applied = Some(AppliedId::decode(value)?);
+            }
+            batch.put(key, value);
+        }
+        if applied != expected {
+            return Err(StorageError::Corrupt { what: "store export (not at the log entry it was sent for)" });
+        }
+        Ok(Self { batch })
+    }
+}
 /// The range of every key an export may hold (keyspace bytes 01 to 09, see [`keys`]).
 const EXPORT_KEYS: (&[u8], &[u8]) = (&[0x01], &[0x0a]);
 
@@ -562,33 +600,15 @@ impl Store {
         Ok(Export { applied, membership, bytes })
     }
 
-    /// Replaces everything the store holds by an [`Store::export`] of another store, in one
-    /// synced write batch (a crash leaves the old state or the new one), then reloads the
-    /// partitions' states from it and wakes their readers. Returns the log entry the export was
-    /// taken at. The caller reloads whatever it keeps in memory (catalog, users, groups).
-    pub fn import(&self, export: &[u8]) -> Result<Option<AppliedId>> {
-        let corrupt = || StorageError::Corrupt { what: "store export" };
-        let mut rest = export.strip_prefix(EXPORT_MAGIC).ok_or_else(corrupt)?;
-        let mut batch = WriteBatch::default();
-        // Every key: keyspaces are named by a first byte from 01 to 09.
-        batch.delete_range(EXPORT_KEYS.0, EXPORT_KEYS.1);
-        fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-            let (len, tail) = rest.split_first_chunk::<4>()?;
-            let (part, tail) = tail.split_at_checked(u32::from_be_bytes(*len) as usize)?;
-            *rest = tail;
-            Some(part)
-        }
-        while !rest.is_empty() {
-            let (key, value) = (take(&mut rest).ok_or_else(corrupt)?, take(&mut rest).ok_or_else(corrupt)?);
-            if !(EXPORT_KEYS.0..EXPORT_KEYS.1).contains(&key) {
-                return Err(corrupt());
-            }
-            batch.put(key, value);
-        }
+    /// Replaces everything the store holds by a checked export ([`Import::check`]) in one synced
+    /// write batch (a crash leaves the old state or the new one), then reloads the partitions'
+    /// states from it and wakes their readers. The caller reloads whatever it keeps in memory
+    /// (catalog, users, groups).
+    pub fn import(&self, import: Import) -> Result<()> {
         let mut log = self.lock();
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
-        self.db.write_opt(batch, &synced)?;
+        self.db.write_opt(import.batch, &synced)?;
         let loaded = load_log_state(&self.db)?;
         log.partitions = loaded.partitions;
         log.last_timestamp_ms = log.last_timestamp_ms.max(loaded.last_timestamp_ms);
@@ -607,7 +627,7 @@ impl Store {
             // Dropping the sender wakes the waiters; they find the partition gone.
             None => false,
         });
-        Ok(log.last_applied)
+        Ok(())
     }
 
     fn check_wal_sync(&self) -> Result<()> {
@@ -1386,7 +1406,8 @@ mod tests {
     /// A store that receives another's export holds exactly the other's keys and values (its own
     /// are gone), its partitions' states and last applied entry, across a reopen; its readers
     /// are woken (a dropped partition's waiters see it closed); its next commit continues the
-    /// exported offsets; and a cut or tampered export is refused with nothing changed.
+    /// exported offsets; and a cut or tampered export, or one not at the entry it is said to be
+    /// at, is refused with nothing changed.
     #[test]
     fn an_export_installed_on_another_store_replaces_everything_it_held() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1419,10 +1440,13 @@ mod tests {
         assert_eq!(export.applied, Some(id(2)));
         for broken in [&export.bytes[..export.bytes.len() - 1], &export.bytes[1..], b"TFEXPORT1\0\0\0\x01\x0a\0\0\0\0"]
         {
-            assert!(b.import(broken).is_err());
+            assert!(Import::check(broken, export.applied).is_err());
         }
+        // Not at the entry it is said to be at.
+        assert!(Import::check(&export.bytes, Some(id(3))).is_err());
+        assert!(Import::check(&export.bytes, None).is_err());
         assert!(b.partition_state(2, 0).is_some());
-        assert_eq!(b.import(&export.bytes).unwrap(), Some(id(2)));
+        b.import(Import::check(&export.bytes, export.applied).unwrap()).unwrap();
         assert_eq!(everything(&b), everything(&a));
         assert_eq!(b.last_applied(), Some(id(2)));
         assert_eq!(b.partition_state(2, 0), None);

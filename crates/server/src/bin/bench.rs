@@ -9,7 +9,8 @@
 //! Knobs (environment): BENCH_ROWS (100000), BENCH_BATCH (1000), BENCH_REPS (41 runs of each bulk
 //! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
 //! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
-//! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase).
+//! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase),
+//! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -477,8 +478,182 @@ async fn main() {
         http::run(drain, lat_n, &mut out).await;
     }
 
+    // 9. Replication (issue #26, the store's layer only: the engine does not use the cluster
+    //    yet): three in-process nodes on loopback, one-message commits through the leader.
+    if wants(&["cluster_store_"]) {
+        cluster::run(env("BENCH_CLUSTER_N", 2000), &mut out).await;
+    }
+
     for line in out {
         println!("{line}");
+    }
+}
+
+mod cluster {
+    //! Three in-process nodes (each its own store and Raft log, the transport over loopback HTTP)
+    //! against one store with `Durability::Sync`: the cost of a replicated commit and the time
+    //! a leader's death leaves writes unacknowledged.
+
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::net::TcpListener;
+    use topicfusion_cluster::NodeAddr;
+    use topicfusion_cluster::node::{ClusterError, Node, NodeConfig};
+    use topicfusion_storage::{ChangeOp, Commit, Durability, NewMessage, PartitionOp, Store};
+
+    use super::{metric, percentile};
+
+    fn message(i: u64) -> Commit {
+        let m = NewMessage {
+            topic_id: 1,
+            partition: 0,
+            op: ChangeOp::Insert,
+            source_table: "s.t".into(),
+            key: format!("{{\"id\":{i}}}"),
+            payload: format!("{{\"id\":{i},\"status\":\"new\",\"amount\":{i}.5}}"),
+        };
+        let mut commit = Commit { messages: vec![m].into(), ..Default::default() };
+        commit.batch.put(format!("\x02row-{i:012}"), b"a row of about forty bytes, like the bench's");
+        commit
+    }
+
+    fn create() -> Commit {
+        Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() }
+    }
+
+    struct Cluster {
+        peers: BTreeMap<u64, NodeAddr>,
+        dirs: Vec<tempfile::TempDir>,
+        nodes: Vec<Node>,
+    }
+
+    impl Cluster {
+        async fn start() -> Self {
+            let mut listeners = Vec::new();
+            for _ in 0..3 {
+                listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+            }
+            let peers: BTreeMap<u64, NodeAddr> = listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let raft = l.local_addr().expect("address").to_string();
+                    (i as u64 + 1, NodeAddr { raft, http: String::new(), pg: String::new() })
+                })
+                .collect();
+            let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+            let mut cluster = Self { peers, dirs, nodes: Vec::new() };
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let node = cluster.node(i as u64 + 1, listener).await;
+                cluster.nodes.push(node);
+            }
+            cluster
+        }
+
+        async fn node(&self, id: u64, listener: TcpListener) -> Node {
+            let dir = self.dirs[id as usize - 1].path();
+            let store = Arc::new(Store::open(&dir.join("data"), Durability::Process).expect("store"));
+            let config = NodeConfig { id, peers: self.peers.clone(), secret: "bench".into(), snapshot_every: 100_000 };
+            Node::start(config, &dir.join("raft"), store, listener).await.expect("node")
+        }
+
+        async fn leader(&self) -> &Node {
+            loop {
+                for n in &self.nodes {
+                    if n.raft().metrics().borrow().state.is_leader() {
+                        return n;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    pub async fn run(n: u64, out: &mut Vec<String>) {
+        // The baseline: one store, every commit fsynced (group commit across writers).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), Durability::Sync).expect("store"));
+        store.commit(create()).expect("create");
+        let start = Instant::now();
+        for i in 0..n {
+            store.commit(message(i)).expect("commit");
+        }
+        out.push(metric("cluster_store_single_node_c1", n as f64 / start.elapsed().as_secs_f64(), "commits/s"));
+        drop(store);
+
+        let mut cluster = Cluster::start().await;
+        cluster.leader().await.write(create()).await.expect("create");
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            cluster.leader().await.write(message(i)).await.expect("write");
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        out.push(metric("cluster_store_r3_c1", n as f64 / start.elapsed().as_secs_f64(), "commits/s"));
+        lat.sort_by(f64::total_cmp);
+        out.push(metric("cluster_store_r3_c1_p50", percentile(&lat, 0.5), "ms"));
+        out.push(metric("cluster_store_r3_c1_p99", percentile(&lat, 0.99), "ms"));
+
+        // 16 writers: each commit its own proposal today (the engine's commit threads are to
+        // gather statements into one).
+        let leader = cluster.leader().await;
+        let start = Instant::now();
+        let per = n / 16;
+        let writers = (0..16u64).map(|w| async move {
+            for i in 0..per {
+                leader.write(message(n + w * per + i)).await.expect("write");
+            }
+        });
+        futures::future::join_all(writers).await;
+        out.push(metric("cluster_store_r3_c16", (per * 16) as f64 / start.elapsed().as_secs_f64(), "commits/s"));
+
+        // Failover: the leader stopped, the time until a write is acknowledged again; then the
+        // node restarts on its data and catches up before the next round.
+        let mut gaps = Vec::new();
+        let mut i = 10 * n;
+        for _ in 0..5 {
+            let leader_id = cluster.leader().await.id();
+            let at = cluster.nodes.iter().position(|x| x.id() == leader_id).expect("leader");
+            let raft_addr = cluster.peers[&leader_id].raft.clone();
+            let stopped = Instant::now();
+            cluster.nodes.remove(at).shutdown().await;
+            loop {
+                i += 1;
+                let candidate = cluster.nodes.iter().find(|x| x.raft().metrics().borrow().state.is_leader());
+                let written = match candidate {
+                    Some(node) => node.write(message(i)).await,
+                    None => Err(ClusterError::NotLeader { leader: None }),
+                };
+                if written.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            gaps.push(stopped.elapsed().as_secs_f64() * 1e3);
+            let listener = loop {
+                match TcpListener::bind(&raft_addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            let node = cluster.node(leader_id, listener).await;
+            let last = cluster.leader().await.raft().metrics().borrow().last_applied.map(|l| l.index);
+            node.raft()
+                .wait(Some(Duration::from_secs(30)))
+                .applied_index_at_least(last, "caught up")
+                .await
+                .expect("caught up");
+            cluster.nodes.push(node);
+        }
+        gaps.sort_by(f64::total_cmp);
+        out.push(metric("cluster_store_failover_median", percentile(&gaps, 0.5), "ms"));
+        out.push(metric("cluster_store_failover_max", gaps[gaps.len() - 1], "ms"));
+        for node in cluster.nodes {
+            node.shutdown().await;
+        }
     }
 }
 
