@@ -1,27 +1,31 @@
 //! One node of a cluster: its Raft log (`<dir>/log`), state machine (over the node's store),
 //! snapshot (`<dir>/snapshot`) and transport, started together; and the leader's write path.
 //!
-//! A write on the leader is prepared from the store's applied state ([`Store::prepare`]: offsets,
-//! timestamp, keys), proposed, and answered once a majority holds it and this node applied it.
-//! Writes are serialized from prepare to apply, so each is prepared from the state the previous
-//! one left, and the first write of a term waits until the store has applied every entry of the
-//! terms before (openraft's `ensure_linearizable`: leadership confirmed by a quorum, the new
-//! leader's blank entry applied), so nothing is prepared from a state missing a committed entry.
-//! A command prepared before a leadership change applies as `Stale` if its partitions moved
-//! meanwhile (nothing written, no offset reused) and is refused, to be prepared again by the
-//! caller; its other keys (rows, group positions, sequences) carry no such check, which is why
-//! the serialization and the fence above matter.
+//! A started node makes its store a replica (`Store::replicate_through`): every write to the
+//! store, `Store::commit` as the engine calls it, is prepared from the store's applied state
+//! (offsets, timestamp, keys), proposed, and returns once a majority holds it and this node
+//! applied it. The store serializes replicated writes from prepare to apply, so each is prepared
+//! from the state the previous one left, and before the first write of a term the [`Proposer`]
+//! waits until the store has applied every entry of the terms before (openraft's
+//! `ensure_linearizable`: leadership confirmed by a quorum, the new leader's blank entry
+//! applied), so nothing is prepared from a state missing a committed entry. A command prepared
+//! before a leadership change applies as `Stale` if its partitions moved meanwhile (nothing
+//! written, no offset reused) and is refused; its other keys (rows, group positions, sequences)
+//! carry no such check, which is why the serialization and the fence above matter. On a
+//! follower a write fails with `StorageError::NotLeader`, naming the leader.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{LogId, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
-use topicfusion_storage::{Command, Commit, StorageError, Store};
+use topicfusion_storage::{Command, Commit, Replicator, StorageError, Store};
 
 use crate::log_store::LogStore;
 use crate::network::{Network, router};
@@ -45,15 +49,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
 }
 
-/// Why a node could not start or a write was not applied.
+/// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("this node is not the leader{}", match .leader { Some((id, n)) => format!("; node {id} is (PostgreSQL {}, HTTP {})", n.pg, n.http), None => "; no leader is known yet".into() })]
-    NotLeader { leader: Option<(u64, NodeAddr)> },
-    #[error("leadership changed while the write was proposed; nothing was written, try again")]
-    Stale,
-    #[error("the write does not encode to a valid command: {0}")]
-    Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("Raft: {0}")]
@@ -66,10 +64,84 @@ pub struct Node {
     raft: Raft<TypeConfig>,
     state_machine: StateMachine,
     server: tokio::task::JoinHandle<()>,
-    /// Held from prepare to apply (see the module doc).
-    proposing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Proposes the store's writes (see the module doc): the store's [`Replicator`].
+struct Proposer {
+    raft: Raft<TypeConfig>,
+    /// The runtime the Raft node runs on: proposals are made there, the writer waits.
+    runtime: tokio::runtime::Handle,
     /// The last term whose first write waited for the store to apply the terms before.
-    fenced_term: std::sync::atomic::AtomicU64,
+    fenced_term: AtomicU64,
+}
+
+impl Proposer {
+    /// Runs `f` on the node's runtime and waits for its result (the caller may be any thread
+    /// that may block, not an async task).
+    fn wait<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().ok()
+    }
+}
+
+fn not_leader(leader: Option<(u64, NodeAddr)>) -> StorageError {
+    StorageError::NotLeader {
+        leader: leader.map(|(id, n)| format!("node {id} (PostgreSQL {}, HTTP {})", n.pg, n.http)),
+    }
+}
+
+impl Replicator for Proposer {
+    fn ready(&self) -> topicfusion_storage::Result<()> {
+        let term = self.raft.metrics().borrow().current_term;
+        if self.fenced_term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        let raft = self.raft.clone();
+        match self.wait(async move { raft.ensure_linearizable().await }) {
+            Some(Ok(_)) => {
+                self.fenced_term.store(term, Ordering::Release);
+                Ok(())
+            }
+            Some(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
+                Err(not_leader(to.leader_id.zip(to.leader_node)))
+            }
+            Some(Err(e)) => Err(StorageError::Replication(e.to_string())),
+            None => Err(StorageError::Replication("the node stopped".into())),
+        }
+    }
+
+    fn replicate(&self, command: Command) -> topicfusion_storage::Result<()> {
+        let command = command.encode();
+        // A command every node would apply as nothing is refused here, before it is proposed.
+        Command::decode(&command).map_err(|e| StorageError::Replication(format!("not a valid command: {e}")))?;
+        if command.len() > MAX_COMMAND_BYTES {
+            return Err(StorageError::Replication(format!(
+                "a write of {} bytes, over the {} MiB one log entry may hold",
+                command.len(),
+                MAX_COMMAND_BYTES >> 20
+            )));
+        }
+        let raft = self.raft.clone();
+        match self.wait(async move { raft.client_write(command).await }) {
+            Some(Ok(written)) => match written.data {
+                ApplyOutcome::Applied => Ok(()),
+                ApplyOutcome::Stale => Err(StorageError::Replication(
+                    "leadership changed while the write was proposed; nothing was written, try again".into(),
+                )),
+                ApplyOutcome::Rejected => {
+                    Err(StorageError::Replication(format!("entry {} applied as nothing", written.log_id)))
+                }
+            },
+            Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to)))) => {
+                Err(not_leader(to.leader_id.zip(to.leader_node)))
+            }
+            Some(Err(e)) => Err(StorageError::Replication(e.to_string())),
+            None => Err(StorageError::Replication("the node stopped".into())),
+        }
+    }
 }
 
 impl Node {
@@ -131,14 +203,10 @@ impl Node {
                 tracing::error!("the Raft listener stopped: {e}");
             }
         });
-        let node = Self {
-            id: config.id,
-            raft,
-            state_machine,
-            server,
-            proposing: Arc::default(),
-            fenced_term: std::sync::atomic::AtomicU64::new(0),
-        };
+        let proposer =
+            Proposer { raft: raft.clone(), runtime: tokio::runtime::Handle::current(), fenced_term: AtomicU64::new(0) };
+        state_machine.store().replicate_through(Arc::new(proposer))?;
+        let node = Self { id: config.id, raft, state_machine, server };
         if config.peers.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
         {
@@ -165,52 +233,17 @@ impl Node {
         self.state_machine.store()
     }
 
-    /// Prepares `commit` from the applied state, proposes it and returns once it is committed
-    /// and applied here. Only the leader writes ([`ClusterError::NotLeader`] names it).
-    pub async fn write(&self, commit: Commit) -> Result<LogId<u64>, ClusterError> {
-        use std::sync::atomic::Ordering;
-        // Owned, and moved into the task below: a caller that stops waiting does not let the
-        // next write prepare before this one is applied.
-        let turn = Arc::clone(&self.proposing).lock_owned().await;
-        let term = self.raft.metrics().borrow().current_term;
-        if self.fenced_term.load(Ordering::Acquire) != term {
-            self.raft.ensure_linearizable().await.map_err(|e| match e {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)) => {
-                    ClusterError::NotLeader { leader: to.leader_id.zip(to.leader_node) }
-                }
-                e => ClusterError::Raft(e.to_string()),
-            })?;
-            self.fenced_term.store(term, Ordering::Release);
-        }
-        let command = self.store().prepare(commit)?.encode();
-        // A command every node would refuse at apply is refused here, before it is proposed.
-        Command::decode(&command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-        if command.len() > MAX_COMMAND_BYTES {
-            return Err(ClusterError::Invalid(format!(
-                "a write of {} bytes, over the {} MiB one log entry may hold",
-                command.len(),
-                MAX_COMMAND_BYTES >> 20
-            )));
-        }
-        let raft = self.raft.clone();
-        let proposed = tokio::spawn(async move {
-            let written = raft.client_write(command).await;
-            drop(turn);
-            written
-        });
-        match proposed.await.map_err(|e| ClusterError::Raft(e.to_string()))? {
-            Ok(written) => match written.data {
-                ApplyOutcome::Applied => Ok(written.log_id),
-                ApplyOutcome::Stale => Err(ClusterError::Stale),
-                ApplyOutcome::Rejected => {
-                    Err(ClusterError::Invalid(format!("entry {} applied as nothing", written.log_id)))
-                }
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                Err(ClusterError::NotLeader { leader: to.leader_id.zip(to.leader_node) })
-            }
-            Err(e) => Err(ClusterError::Raft(e.to_string())),
-        }
+    /// Writes `commit` through the store (see the module doc) on a blocking thread; returns the
+    /// last entry applied once it is applied (its own, or a later one).
+    pub async fn write(&self, commit: Commit) -> Result<LogId<u64>, StorageError> {
+        let store = Arc::clone(self.store());
+        tokio::task::spawn_blocking(move || {
+            store.commit(commit)?;
+            let applied = store.last_applied().ok_or(StorageError::Replication("nothing applied".into()))?;
+            Ok(LogId::new(openraft::CommittedLeaderId::new(applied.term, applied.node), applied.index))
+        })
+        .await
+        .map_err(|e| StorageError::Replication(format!("the write task ended: {e}")))?
     }
 
     /// Waits up to `timeout` until this node knows a leader; returns its id.
@@ -365,12 +398,17 @@ mod tests {
 
         let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
         match follower.write(message(0, "refused".into())).await {
-            Err(ClusterError::NotLeader { leader: Some((id, node)) }) => {
-                assert_eq!(id, leader.id);
-                assert_eq!(node, peers[&leader.id]);
+            Err(e @ StorageError::NotLeader { .. }) => {
+                let said = e.to_string();
+                let leader_addr = &peers[&leader.id];
+                assert!(said.contains(&format!("node {}", leader.id)), "{said}");
+                assert!(said.contains(&leader_addr.pg) && said.contains(&leader_addr.http), "{said}");
             }
             other => panic!("a follower wrote: {other:?}"),
         }
+        // A follower's store refuses writes through any path.
+        let direct = tokio::task::block_in_place(|| follower.store().commit(message(0, "also refused".into())));
+        assert!(matches!(direct, Err(StorageError::NotLeader { .. })));
 
         // Without the secret, or with another one: refused before the body is read.
         let client = reqwest::Client::new();

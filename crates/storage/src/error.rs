@@ -24,4 +24,10 @@ pub enum StorageError {
     WalSync(String),
     #[error("the storage scan task ended: {0}")]
     ScanTask(String),
+    /// This replica does not take writes: its cluster's leader does.
+    #[error("this node is not the cluster's leader{}", match .leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]
+    NotLeader { leader: Option<String> },
+    /// The write was not replicated (nothing of it applied): the message says why.
+    #[error("the write was not replicated: {0}")]
+    Replication(String),
 }

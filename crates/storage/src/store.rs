@@ -15,7 +15,9 @@
 //! `write` is two steps, separable for a replicated log: [`Store::prepare`] decides everything
 //! (offsets, timestamp, keys, partition states) and returns a [`Command`]; [`Store::apply`], the
 //! one apply path, writes a command with its log position in one batch, exactly once. A single
-//! node does both under one lock with nothing encoded in between.
+//! node does both under one lock with nothing encoded in between; a replica
+//! ([`Store::replicate_through`]) prepares, hands the command to its [`Replicator`] and returns
+//! once the log applied it, so every caller of `write` and `commit` replicates unchanged.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -393,11 +395,30 @@ pub enum Applied {
     Stale,
 }
 
+/// Where a store's writes go when the store is one replica of a replicated log
+/// ([`Store::replicate_through`]).
+pub trait Replicator: Send + Sync + 'static {
+    /// Returns once this replica may prepare a write: it leads, and its store has applied every
+    /// entry committed before (else [`StorageError::NotLeader`]). Blocking.
+    fn ready(&self) -> Result<()>;
+
+    /// Proposes `command` (prepared from this store's applied state) and returns once it is
+    /// committed and applied to this store through [`Store::apply`], or why it is not (then
+    /// nothing of it was applied). Blocking; called with no store lock held but one writer at a
+    /// time.
+    fn replicate(&self, command: Command) -> Result<()>;
+}
+
 /// The RocksDB store. `Send + Sync`; share it with an `Arc`.
 pub struct Store {
     db: Arc<DB>,
     durability: Durability,
     clock: Clock,
+    /// Set on a replica: [`Store::write`] proposes through it instead of applying.
+    replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
+    /// Held by a replicated write from prepare until applied: each is prepared from the state
+    /// the previous one left.
+    replicating: Mutex<()>,
     /// The commit lock.
     log: Mutex<LogState>,
     read: Arc<Mutex<ReadState>>,
@@ -487,7 +508,17 @@ impl Store {
                 )
             }
         };
-        Ok(Self { db, durability, clock, log, read, wal_sync, wal_sync_thread })
+        Ok(Self {
+            db,
+            durability,
+            clock,
+            replicator: std::sync::OnceLock::new(),
+            replicating: Mutex::new(()),
+            log,
+            read,
+            wal_sync,
+            wal_sync_thread,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -515,9 +546,35 @@ impl Store {
     /// encoding in between and no log position stored.
     pub fn write(&self, commit: Commit) -> Result<Pending> {
         self.check_wal_sync()?;
+        if let Some(replicator) = self.replicator.get() {
+            return self.write_replicated(replicator.as_ref(), commit);
+        }
         let log = self.lock();
         let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
         self.apply_locked(log, None, command, offsets)
+    }
+
+    /// Makes this store a replica: from now on [`Store::write`] (and so [`Store::commit`])
+    /// prepares each commit, hands the command to `replicator` and returns once it is applied
+    /// (blocking for the replication's round trip), or fails with the replicator's error
+    /// ([`StorageError::NotLeader`] on a replica that does not take writes). The replicated log
+    /// applies through [`Store::apply`]. Set once; a second call is refused.
+    pub fn replicate_through(&self, replicator: Arc<dyn Replicator>) -> Result<()> {
+        self.replicator
+            .set(replicator)
+            .map_err(|_| StorageError::Replication("the store already replicates through another log".into()))
+    }
+
+    /// [`Store::write`] on a replica.
+    fn write_replicated(&self, replicator: &dyn Replicator, commit: Commit) -> Result<Pending> {
+        let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
+        replicator.ready()?;
+        let (command, offsets) = prepare(&self.lock(), self.clock.now_ms(), commit)?;
+        let timestamp_ms = command.timestamp_ms;
+        replicator.replicate(command)?;
+        // Applied (and, as the apply wrote it, counted as written): finishing it waits for what
+        // this store's durability asks, as for any write.
+        Ok(Pending { seq: self.read_state().written_seq, committed: Committed { timestamp_ms, offsets } })
     }
 
     /// Decides everything `commit` leaves open (its messages' offsets, header and key, its

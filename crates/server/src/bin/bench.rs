@@ -500,8 +500,8 @@ mod cluster {
 
     use tokio::net::TcpListener;
     use topicfusion_cluster::NodeAddr;
-    use topicfusion_cluster::node::{ClusterError, Node, NodeConfig};
-    use topicfusion_storage::{ChangeOp, Commit, Durability, NewMessage, PartitionOp, Store};
+    use topicfusion_cluster::node::{Node, NodeConfig};
+    use topicfusion_storage::{ChangeOp, Commit, Durability, NewMessage, PartitionOp, StorageError, Store};
 
     use super::{metric, percentile};
 
@@ -597,8 +597,8 @@ mod cluster {
         out.push(metric("cluster_store_r3_c1_p50", percentile(&lat, 0.5), "ms"));
         out.push(metric("cluster_store_r3_c1_p99", percentile(&lat, 0.99), "ms"));
 
-        // 16 writers: each commit its own proposal today (the engine's commit threads are to
-        // gather statements into one).
+        // 16 writers: each commit its own proposal, one at a time (the store serializes
+        // replicated writes; the engine's commit threads are to gather statements into one).
         let leader = cluster.leader().await;
         let start = Instant::now();
         let per = n / 16;
@@ -625,7 +625,7 @@ mod cluster {
                 let candidate = cluster.nodes.iter().find(|x| x.raft().metrics().borrow().state.is_leader());
                 let written = match candidate {
                     Some(node) => node.write(message(i)).await,
-                    None => Err(ClusterError::NotLeader { leader: None }),
+                    None => Err(StorageError::NotLeader { leader: None }),
                 };
                 if written.is_ok() {
                     break;
