@@ -29,7 +29,7 @@ use topicfusion_storage::{Command, Commit, Replicator, StorageError, Store};
 
 use crate::log_store::LogStore;
 use crate::network::{Network, router};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{ChangeWatch, StateMachine};
 use crate::{ApplyOutcome, NodeAddr, TypeConfig};
 
 /// The largest command one log entry carries (a request to a follower must fit in
@@ -37,7 +37,7 @@ use crate::{ApplyOutcome, NodeAddr, TypeConfig};
 pub const MAX_COMMAND_BYTES: usize = 64 << 20;
 
 /// What a node needs to know about its cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// This node's id, a key of `peers`.
     pub id: u64,
@@ -47,6 +47,14 @@ pub struct NodeConfig {
     pub secret: String,
     /// A snapshot is built after this many applied entries, and the log purged up to it.
     pub snapshot_every: u64,
+    /// Called when the store changed under the node's in-memory state (see [`ChangeWatch`]).
+    pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig").field("id", &self.id).field("peers", &self.peers).finish_non_exhaustive()
+    }
 }
 
 /// Why a node could not start.
@@ -71,8 +79,10 @@ struct Proposer {
     raft: Raft<TypeConfig>,
     /// The runtime the Raft node runs on: proposals are made there, the writer waits.
     runtime: tokio::runtime::Handle,
-    /// The last term whose first write waited for the store to apply the terms before.
-    fenced_term: AtomicU64,
+    /// The term in which this node writes as leader: set once its first write of the term
+    /// waited for the store to apply the terms before; cleared when a write fails (see
+    /// [`ChangeWatch::own_term`]).
+    fenced_term: Arc<AtomicU64>,
 }
 
 impl Proposer {
@@ -125,7 +135,13 @@ impl Replicator for Proposer {
             )));
         }
         let raft = self.raft.clone();
-        match self.wait(async move { raft.client_write(command).await }) {
+        let written = self.wait(async move { raft.client_write(command).await });
+        if !matches!(written, Some(Ok(_))) {
+            // Leadership may be lost: entries of this term that still commit are applied as
+            // another node's (the memory of this node is reloaded for them).
+            self.fenced_term.store(0, Ordering::Release);
+        }
+        match written {
             Some(Ok(written)) => match written.data {
                 ApplyOutcome::Applied => Ok(()),
                 ApplyOutcome::Stale => Err(StorageError::Replication(
@@ -203,8 +219,11 @@ impl Node {
                 tracing::error!("the Raft listener stopped: {e}");
             }
         });
-        let proposer =
-            Proposer { raft: raft.clone(), runtime: tokio::runtime::Handle::current(), fenced_term: AtomicU64::new(0) };
+        let fenced_term = Arc::new(AtomicU64::new(0));
+        if let Some(changed) = config.on_change.clone() {
+            state_machine.watch_changes(ChangeWatch { node: config.id, own_term: Arc::clone(&fenced_term), changed });
+        }
+        let proposer = Proposer { raft: raft.clone(), runtime: tokio::runtime::Handle::current(), fenced_term };
         state_machine.store().replicate_through(Arc::new(proposer))?;
         let node = Self { id: config.id, raft, state_machine, server };
         if config.peers.keys().next() == Some(&config.id)
@@ -285,7 +304,8 @@ mod tests {
 
     async fn start(id: u64, peers: &BTreeMap<u64, NodeAddr>, dirs: &Dirs, listener: TcpListener) -> Node {
         let store = Arc::new(Store::open(dirs.store.path(), Durability::Process).unwrap());
-        let config = NodeConfig { id, peers: peers.clone(), secret: SECRET.into(), snapshot_every: 100_000 };
+        let config =
+            NodeConfig { id, peers: peers.clone(), secret: SECRET.into(), snapshot_every: 100_000, on_change: None };
         Node::start(config, dirs.raft.path(), store, listener).await.unwrap()
     }
 
@@ -341,7 +361,8 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peers = BTreeMap::from([(1, addr(&listener))]);
-        let config = NodeConfig { id: 1, peers: peers.clone(), secret: " ".into(), snapshot_every: 100 };
+        let config =
+            NodeConfig { id: 1, peers: peers.clone(), secret: " ".into(), snapshot_every: 100, on_change: None };
         let refused = refusal(Node::start(config, d.raft.path(), Arc::clone(&store), listener).await);
         assert!(refused.contains("secret is empty"), "{refused}");
 
@@ -349,7 +370,7 @@ mod tests {
             .apply(topicfusion_storage::AppliedId { index: 1, term: 1, node: 1 }, topicfusion_storage::Payload::Blank);
         assert!(matches!(applied, Ok(topicfusion_storage::Applied::Written(_))));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let config = NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100 };
+        let config = NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100, on_change: None };
         let refused = refusal(Node::start(config, d.raft.path(), store, listener).await);
         assert!(refused.contains("Raft log") && refused.contains("is empty"), "{refused}");
     }

@@ -24,6 +24,7 @@
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -51,6 +52,29 @@ pub struct StateMachine {
     snapshot_file: Arc<std::sync::Mutex<Option<LogId<u64>>>>,
     applied: Arc<watch::Sender<Option<LogId<u64>>>>,
     durable: Arc<watch::Sender<u64>>,
+    /// Told when the store changed under what this node keeps in memory.
+    watcher: Arc<std::sync::OnceLock<ChangeWatch>>,
+}
+
+/// Who is told when the store changes under a node's in-memory state (its catalog, users,
+/// cached groups): after entries another node (or this one in an earlier leadership) proposed
+/// are applied, and after a snapshot is installed. A node's own entries of its current
+/// leadership are not reported: its writer updated its memory itself.
+#[derive(Clone)]
+pub struct ChangeWatch {
+    /// This node's id.
+    pub node: u64,
+    /// The term in which this node's store writes as leader (0: none): its own entries carry
+    /// `(term, node)`. The proposer sets it once it may write, and clears it when a write fails.
+    pub own_term: Arc<AtomicU64>,
+    /// Called on a blocking thread, with no store lock held; writes nothing to the store.
+    pub changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ChangeWatch {
+    fn is_own(&self, id: &LogId<u64>) -> bool {
+        id.leader_id.node_id == self.node && id.leader_id.term == self.own_term.load(Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -103,6 +127,7 @@ impl StateMachine {
             snapshot_file: Arc::new(std::sync::Mutex::new(stored.and_then(|(meta, _)| meta.last_log_id))),
             applied: Arc::new(watch::channel(applied).0),
             durable: Arc::new(watch::channel(applied.map_or(0, |id| id.index)).0),
+            watcher: Arc::default(),
         })
     }
 
@@ -120,6 +145,11 @@ impl StateMachine {
     /// The index of the last entry the store holds on its disk: the log may purge up to it.
     pub fn durable(&self) -> watch::Receiver<u64> {
         self.durable.subscribe()
+    }
+
+    /// Sets who is told of changes to the store under this node's memory (once).
+    pub fn watch_changes(&self, watch: ChangeWatch) {
+        let _ = self.watcher.set(watch);
     }
 
     fn raise_durable(&self, index: u64) {
@@ -217,10 +247,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<_> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id) else { return Ok(Vec::new()) };
         let store = Arc::clone(&self.store);
+        let watcher = self.watcher.get().cloned();
         let outcomes = tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::with_capacity(entries.len());
+            let mut changed = false;
             for entry in entries {
                 let id = entry.log_id;
+                changed |= matches!(entry.payload, EntryPayload::Normal(_))
+                    && !watcher.as_ref().is_some_and(|w| w.is_own(&id));
                 let fail = |e: &dyn std::error::Error| {
                     Box::new(StorageError::from(StorageIOError::apply(id, AnyError::error(e.to_string()))))
                 };
@@ -249,6 +283,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Applied::Skipped => ApplyOutcome::Applied,
                     Applied::Stale => ApplyOutcome::Stale,
                 });
+            }
+            if changed && let Some(w) = watcher {
+                (w.changed)();
             }
             Ok::<_, Box<StorageError<u64>>>(outcomes)
         })
@@ -284,6 +321,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             this.write_snapshot(&meta, &data).map_err(|e| AnyError::new(&e))?;
             this.store.import(import).map_err(|e| AnyError::new(&e))?;
             this.raise_durable(meta.last_log_id.map_or(0, |id| id.index));
+            if let Some(w) = this.watcher.get() {
+                (w.changed)();
+            }
             Ok(())
         })
         .await

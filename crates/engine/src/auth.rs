@@ -255,6 +255,20 @@ impl Users {
         Ok(users)
     }
 
+    /// Replaces the users held by those the store holds, writing nothing (see
+    /// `Catalog::reload`).
+    pub fn reload(&self, store: &Store) -> Result<()> {
+        let prefix = keys::catalog_prefix(CatalogKind::User);
+        let mut users = BTreeMap::new();
+        for (_, v) in store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)? {
+            let u: UserMeta = serde_json::from_slice(&v).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            users.insert(u.name.clone(), u);
+        }
+        let _change = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = users;
+        Ok(())
+    }
+
     pub fn get(&self, name: &str) -> Option<UserMeta> {
         self.users.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }

@@ -112,6 +112,25 @@ impl Drop for Database {
     }
 }
 
+/// A topic's routes compiled against the catalog state `st`. A route that no longer compiles
+/// is marked broken, not a reason to refuse the whole data dir.
+fn compile_routes(
+    expr_ctx: &SessionContext,
+    meta: &crate::catalog::TopicMeta,
+    st: &crate::catalog::CatalogState,
+) -> Vec<CompiledRoute> {
+    meta.routes
+        .iter()
+        .map(|r| {
+            let compiled = match st.table_by_id(r.table_id) {
+                Some(t) => compile_route(expr_ctx, r.clone(), t),
+                None => datafusion::common::exec_err!("route of topic {} names a missing table", meta.name),
+            };
+            compiled.unwrap_or_else(|e| CompiledRoute::broken(r.clone(), &e))
+        })
+        .collect()
+}
+
 impl Database {
     /// Starts writing the client's rows of a `COPY ... FROM STDIN` (see [`ClientCopy::In`]).
     pub fn copy_in(&self, target: Arc<crate::write::copy::CopyInTarget>) -> crate::write::copy::CopyIn {
@@ -124,20 +143,7 @@ impl Database {
         let store =
             Arc::new(Store::open_with_clock(dir, options.durability, options.clock.clone()).map_err(storage_err)?);
         let expr_ctx = SessionContext::new();
-        let catalog = Catalog::load(&store, |meta, st| {
-            meta.routes
-                .iter()
-                .map(|r| {
-                    // A route that no longer compiles is marked broken, not a reason to refuse
-                    // the whole data dir.
-                    let compiled = match st.table_by_id(r.table_id) {
-                        Some(t) => compile_route(&expr_ctx, r.clone(), t),
-                        None => datafusion::common::exec_err!("route of topic {} names a missing table", meta.name),
-                    };
-                    Ok(compiled.unwrap_or_else(|e| CompiledRoute::broken(r.clone(), &e)))
-                })
-                .collect()
-        })?;
+        let catalog = Catalog::load(&store, |meta, st| Ok(compile_routes(&expr_ctx, meta, st)))?;
         let users = Users::load(&store)?;
         // Every data dir has root (role system); the server gives it its password.
         users.ensure_root(&store, None)?;
@@ -189,6 +195,23 @@ impl Database {
             allow_user_role_consume: options.allow_user_role_consume,
             literal_inserts: Default::default(),
         })
+    }
+
+    /// Replaces the in-memory state (catalog and routes, users, cached group state) by what the
+    /// store holds, writing nothing: for a replica whose store changed under it, entries of
+    /// another node applied or a snapshot installed. No statement may write on this node
+    /// meanwhile (a follower does not write; a new leader reloads before its first write).
+    pub fn reload_from_store(&self) -> Result<()> {
+        let core = &self.core;
+        core.catalog.reload(&core.store, |meta, st| Ok(compile_routes(&core.expr_ctx, meta, st)))?;
+        core.users.reload(&core.store)?;
+        core.groups.forget_cached();
+        Ok(())
+    }
+
+    /// The store this database keeps its data in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.core.store
     }
 
     /// A new session (see [`Session`]): give each connection its own.

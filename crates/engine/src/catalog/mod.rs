@@ -167,6 +167,38 @@ impl Catalog {
         store: &Store,
         compile: impl Fn(&TopicMeta, &CatalogState) -> Result<Vec<CompiledRoute>>,
     ) -> Result<Self> {
+        let (state, rekey) = Self::read_state(store, compile)?;
+        if !rekey.batch.is_empty() {
+            store.commit(rekey).map_err(storage_err)?;
+        }
+        let catalog = Self { state: RwLock::new(state) };
+        if !catalog.read().schemas.contains_key(DEFAULT_SCHEMA) {
+            let mut c = Commit::default();
+            let mut st = catalog.write();
+            put_schema(&mut c, &mut st, DEFAULT_SCHEMA);
+            store.commit(c).map_err(storage_err)?;
+        }
+        Ok(catalog)
+    }
+
+    /// Replaces what the catalog holds by what the store holds, writing nothing: for a replica
+    /// whose store changed under it (entries of another node applied, a snapshot installed).
+    /// Tables are new objects: no writer may be running on this node.
+    pub fn reload(
+        &self,
+        store: &Store,
+        compile: impl Fn(&TopicMeta, &CatalogState) -> Result<Vec<CompiledRoute>>,
+    ) -> Result<()> {
+        let (state, _) = Self::read_state(store, compile)?;
+        *self.write() = state;
+        Ok(())
+    }
+
+    /// The catalog as stored, and the commit that moves entries of an older key layout.
+    fn read_state(
+        store: &Store,
+        compile: impl Fn(&TopicMeta, &CatalogState) -> Result<Vec<CompiledRoute>>,
+    ) -> Result<(CatalogState, Commit)> {
         let mut state = CatalogState::default();
         for (_, v) in scan_kind(store, CatalogKind::Schema)? {
             let s: SchemaMeta = from_json(&v)?;
@@ -195,23 +227,13 @@ impl Catalog {
             }
             topic_metas.push(meta);
         }
-        if !rekey.batch.is_empty() {
-            store.commit(rekey).map_err(storage_err)?;
-        }
         for meta in topic_metas {
             let routes = compile(&meta, &state)?;
             state.topics.insert((meta.schema.clone(), meta.name.clone()), Arc::new(Topic { meta, routes }));
         }
         state.next_table_id = read_sequence(store, SequenceKind::TableId, 0)?;
         state.next_topic_id = read_sequence(store, SequenceKind::TopicId, 0)?;
-        let catalog = Self { state: RwLock::new(state) };
-        if !catalog.read().schemas.contains_key(DEFAULT_SCHEMA) {
-            let mut c = Commit::default();
-            let mut st = catalog.write();
-            put_schema(&mut c, &mut st, DEFAULT_SCHEMA);
-            store.commit(c).map_err(storage_err)?;
-        }
-        Ok(catalog)
+        Ok((state, rekey))
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, CatalogState> {

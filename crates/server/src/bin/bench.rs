@@ -555,7 +555,13 @@ mod cluster {
         async fn node(&self, id: u64, listener: TcpListener) -> Node {
             let dir = self.dirs[id as usize - 1].path();
             let store = Arc::new(Store::open(&dir.join("data"), Durability::Process).expect("store"));
-            let config = NodeConfig { id, peers: self.peers.clone(), secret: "bench".into(), snapshot_every: 100_000 };
+            let config = NodeConfig {
+                id,
+                peers: self.peers.clone(),
+                secret: "bench".into(),
+                snapshot_every: 100_000,
+                on_change: None,
+            };
             Node::start(config, &dir.join("raft"), store, listener).await.expect("node")
         }
 

@@ -2,6 +2,7 @@
 //! dirs in temporary directories; the CLI and HTTP tests run the real `topicfusion` binary.
 
 mod cli;
+mod cluster;
 mod concurrency;
 mod consume;
 mod crash;

@@ -275,6 +275,14 @@ impl Groups {
         self.shutdown.send_replace(true);
     }
 
+    /// Forgets every group's cached state (each is loaded from the store again at its next use)
+    /// and wakes every long poll: for a replica whose store changed under it. Claims are lost
+    /// with it: their messages are delivered again.
+    pub fn forget_cached(&self) {
+        *lock(&self.groups) = GroupMap::default();
+        self.notify_change();
+    }
+
     /// Wakes every long poll so it looks again (groups reset or dropped, partitions added).
     pub fn notify_change(&self) {
         self.changes.send_modify(|n| *n += 1);
