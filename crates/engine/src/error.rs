@@ -59,6 +59,8 @@ pub enum ErrorKind {
     InvalidSavepoint,
     /// DEALLOCATE of a prepared statement that does not exist.
     InvalidStatementName,
+    /// A write sent to a cluster node that is not the leader (the message names the leader).
+    ReadOnly,
 }
 
 impl ErrorKind {
@@ -74,6 +76,7 @@ impl ErrorKind {
                 // Storage errors a statement's input causes.
                 StorageError::NullKey => ErrorKind::NotNullViolation,
                 StorageError::UnknownPartition { .. } => ErrorKind::UndefinedObject,
+                StorageError::NotLeader { .. } => ErrorKind::ReadOnly,
                 _ => ErrorKind::Internal,
             },
             DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
@@ -179,6 +182,8 @@ impl ErrorKind {
             ErrorKind::UndefinedFunction => "42883",
             ErrorKind::InvalidSavepoint => "3B001",
             ErrorKind::InvalidStatementName => "26000",
+            // read_only_sql_transaction, as a PostgreSQL standby answers a write.
+            ErrorKind::ReadOnly => "25006",
         }
     }
 }

@@ -17,6 +17,43 @@ pub struct Config {
     pub storage: StorageConfig,
     pub topics: TopicsConfig,
     pub auth: AuthConfig,
+    /// Present: this server is one node of a replicated cluster (docs/cluster.md).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node's place in a cluster replicated with Raft.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id: one of `peers`.
+    pub node_id: u64,
+    /// `HOST:PORT` the node answers its peers' Raft requests on.
+    pub raft_listen: String,
+    /// Sent with and required on every request between nodes: the same on every node.
+    pub secret: String,
+    /// Every node of the cluster, this one included: the membership a new cluster starts with.
+    pub peers: Vec<PeerConfig>,
+    /// A snapshot of the store is taken after this many applied log entries (and the log
+    /// purged behind it).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+/// One node's addresses as its peers and clients reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// `HOST:PORT` of its Raft listener.
+    pub raft: String,
+    /// `HOST:PORT` of its HTTP API.
+    pub http: String,
+    /// `HOST:PORT` of its PostgreSQL protocol.
+    pub pg: String,
+}
+
+fn default_snapshot_every() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +300,9 @@ impl Config {
                 "must be between 1 and 2678400",
             );
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         Ok(())
     }
 
@@ -276,5 +316,53 @@ impl Config {
             "" => Ok(None),
             addr => addr.parse().map(Some),
         }
+    }
+}
+
+/// `HOST:PORT` with a host and a port (a name or an address: peers may be other machines).
+fn host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: &str| {
+            Err(ConfigError::Invalid { key, value, reason: reason.to_owned() })
+        };
+        if self.raft_listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "cluster.raft_listen",
+                format!("{:?}", self.raft_listen),
+                "expected IP:PORT, e.g. 127.0.0.1:7001",
+            );
+        }
+        if self.secret.trim().len() < 16 {
+            return invalid("cluster.secret", "(hidden)".into(), "at least 16 characters, the same on every node");
+        }
+        if self.snapshot_every < 100 {
+            return invalid("cluster.snapshot_every", self.snapshot_every.to_string(), "at least 100");
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 || !ids.insert(p.id) {
+                return invalid("cluster.peers", format!("id = {}", p.id), "node ids are unique and at least 1");
+            }
+            for (key, addr) in [("raft", &p.raft), ("http", &p.http), ("pg", &p.pg)] {
+                if !host_port(addr) {
+                    return invalid(
+                        "cluster.peers",
+                        format!("{key} = {addr:?} (node {})", p.id),
+                        "expected HOST:PORT with a port from 1 to 65535",
+                    );
+                }
+            }
+        }
+        if !ids.contains(&self.node_id) {
+            return invalid("cluster.node_id", self.node_id.to_string(), "must be the id of one of cluster.peers");
+        }
+        Ok(())
     }
 }

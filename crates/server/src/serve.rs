@@ -58,14 +58,22 @@ pub fn run(config: Config) -> Result<(), String> {
         Database::open(&data_dir, options).map_err(|e| crate::open_error(&data_dir, &e))?
     };
     let db = Arc::new(db);
+    // A cluster node: its Raft log, state machine and transport run on a runtime of their own,
+    // so statements blocked on a replicated commit never hold up heartbeats or applies.
+    let cluster = match &config.cluster {
+        Some(c) => Some(start_cluster_node(c, &data_dir, &db)?),
+        None => None,
+    };
     let root_password = Some(config.auth.root_password.as_str()).filter(|p| !p.is_empty());
-    let no_password = db.ensure_root(root_password).map_err(|e| format!("cannot create user root: {e}"))?;
+    let no_password = until_replicated(cluster.is_some(), || db.ensure_root(root_password))
+        .map_err(|e| format!("cannot create user root: {e}"))?;
     if no_password {
         tracing::warn!(
             "user root has no password: it can log in only from loopback connections; set [auth] root_password or TOPICFUSION_ROOT_PASSWORD"
         );
     }
-    let secret = db.secret(TOKEN_SECRET, 32).map_err(|e| format!("cannot read the token secret: {e}"))?;
+    let secret = until_replicated(cluster.is_some(), || db.secret(TOKEN_SECRET, 32))
+        .map_err(|e| format!("cannot read the token secret: {e}"))?;
     let throttle = Arc::new(LoginThrottle::default());
     let state = Arc::new(AppState {
         db: Arc::clone(&db),
@@ -94,7 +102,8 @@ pub fn run(config: Config) -> Result<(), String> {
         logins: Arc::new(Logins {
             db: Arc::clone(&db),
             throttle,
-            fake_salt_key: db.secret(SCRAM_SALT_SECRET, 32).map_err(|e| format!("cannot read a secret: {e}"))?,
+            fake_salt_key: until_replicated(cluster.is_some(), || db.secret(SCRAM_SALT_SECRET, 32))
+                .map_err(|e| format!("cannot read a secret: {e}"))?,
             cert_hash,
             connections: Default::default(),
         }),
@@ -147,6 +156,10 @@ pub fn run(config: Config) -> Result<(), String> {
     });
     http_rt.shutdown_timeout(Duration::from_secs(1));
     engine_rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some((node, raft_rt)) = cluster {
+        raft_rt.block_on(node.shutdown());
+        raft_rt.shutdown_timeout(Duration::from_secs(2));
+    }
     served?;
     db.sync_wal().map_err(|e| format!("cannot sync the WAL at shutdown: {e}"))?;
     match Arc::try_unwrap(db) {
@@ -155,6 +168,73 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts this server's cluster node (`[cluster]`) over the database's store, on a runtime of
+/// its own; the node's in-memory state is rebuilt from the store whenever entries of another
+/// node are applied or a snapshot is installed.
+fn start_cluster_node(
+    c: &crate::config::ClusterConfig,
+    data_dir: &std::path::Path,
+    db: &Arc<Database>,
+) -> Result<(topicfusion_cluster::node::Node, tokio::runtime::Runtime), String> {
+    use topicfusion_cluster::NodeAddr;
+    use topicfusion_cluster::node::{Node, NodeConfig};
+    let raft_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tf-raft")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the Raft runtime: {e}"))?;
+    let peers = c
+        .peers
+        .iter()
+        .map(|p| (p.id, NodeAddr { raft: p.raft.clone(), http: p.http.clone(), pg: p.pg.clone() }))
+        .collect();
+    let reloaded = Arc::clone(db);
+    let config = NodeConfig {
+        id: c.node_id,
+        peers,
+        secret: c.secret.clone(),
+        snapshot_every: c.snapshot_every,
+        on_change: Some(Arc::new(move || {
+            if let Err(e) = reloaded.reload_from_store() {
+                tracing::error!(error = %e, "cannot reload the catalog and users after applying the cluster's log");
+            }
+        })),
+    };
+    let raft_dir = data_dir.join("raft");
+    let store = Arc::clone(db.store());
+    let addr = c.raft_listen.clone();
+    let node = raft_rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        Node::start(config, &raft_dir, store, listener).await.map_err(|e| format!("cannot start the cluster node: {e}"))
+    })?;
+    tracing::info!(node_id = c.node_id, raft = %c.raft_listen, "cluster node started");
+    Ok((node, raft_rt))
+}
+
+/// Runs a start-up write (root's password, a secret) that must be the same on every node: a
+/// cluster's leader writes it through the log; another node waits until it has applied it
+/// (the write is then a read) or becomes the leader. Without a cluster, runs it once.
+fn until_replicated<T>(
+    clustered: bool,
+    mut write: impl FnMut() -> datafusion::common::Result<T>,
+) -> datafusion::common::Result<T> {
+    let mut waiting = false;
+    loop {
+        match write() {
+            Err(e) if clustered && topicfusion_engine::ErrorKind::of(&e) == topicfusion_engine::ErrorKind::ReadOnly => {
+                if !waiting {
+                    tracing::info!("waiting for the cluster's leader to write the start-up state: {e}");
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Accepts PostgreSQL connections until the server stops; each runs in its own task on the

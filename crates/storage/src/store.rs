@@ -565,6 +565,16 @@ impl Store {
             .map_err(|_| StorageError::Replication("the store already replicates through another log".into()))
     }
 
+    /// Whether this store takes writes now: always alone; on a replica, once its replicator
+    /// says it leads ([`StorageError::NotLeader`] otherwise). For what is not a write but may
+    /// run only where writes do (a consumer group's claims, kept in the leader's memory).
+    pub fn ensure_writable(&self) -> Result<()> {
+        match self.replicator.get() {
+            Some(r) => r.ready(),
+            None => Ok(()),
+        }
+    }
+
     /// [`Store::write`] on a replica.
     fn write_replicated(&self, replicator: &dyn Replicator, commit: Commit) -> Result<Pending> {
         let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Too many failed logins queued for a user name or address.
     TooManyRequests,
+    /// A write sent to a cluster node that is not the leader; the message names the leader
+    /// (421 Misdirected Request: the same request succeeds there).
+    NotLeader,
     /// A failure of the server itself.
     Internal,
 }
@@ -42,6 +45,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::NotLeader => "not_leader",
             ErrorCode::Internal => "internal",
         }
     }
@@ -96,6 +101,7 @@ impl ApiError {
         let mut err = match e.kind {
             ErrorKind::Syntax => Self::new(ErrorCode::SyntaxError, message),
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
+            ErrorKind::ReadOnly => Self::new(ErrorCode::NotLeader, message),
             // Logged whole: the cause with DataFusion's context (which rule failed).
             ErrorKind::Internal => Self::internal(&e.source),
             _ => Self::new(ErrorCode::StatementFailed, message),
@@ -111,6 +117,7 @@ impl ApiError {
         let message = e.to_string();
         match ErrorKind::of(&e) {
             ErrorKind::PermissionDenied => Self::new(ErrorCode::Forbidden, message),
+            ErrorKind::ReadOnly => Self::new(ErrorCode::NotLeader, message),
             ErrorKind::Internal => Self::internal(message),
             _ => Self::bad_request(message),
         }

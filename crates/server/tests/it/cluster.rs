@@ -119,3 +119,240 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
         m.node.shutdown().await;
     }
 }
+
+mod processes {
+    //! Three `topicfusion serve` processes with `[cluster]` on loopback.
+
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+
+    use crate::http::ROOT_PASSWORD;
+
+    /// `n` ports free right now (bound, read, released).
+    fn free_ports(n: usize) -> Vec<u16> {
+        let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    }
+
+    struct Node {
+        id: u64,
+        config: PathBuf,
+        data: PathBuf,
+        http: String,
+        pg: String,
+        child: Option<Child>,
+    }
+
+    impl Node {
+        fn spawn(&mut self) {
+            let child = Command::new(env!("CARGO_BIN_EXE_topicfusion"))
+                .args(["serve", "--config"])
+                .arg(&self.config)
+                .arg("--data-dir")
+                .arg(&self.data)
+                .env("TOPICFUSION_ROOT_PASSWORD", ROOT_PASSWORD)
+                .env("RUST_LOG", "error,openraft=off")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            self.child = Some(child);
+        }
+
+        /// Waits for the server's `listening on` lines (printed once it has the cluster's
+        /// start-up state).
+        fn wait_listening(&mut self) {
+            let out = self.child.as_mut().unwrap().stdout.take().unwrap();
+            let mut lines = BufReader::new(out).lines();
+            for scheme in ["http", "postgres"] {
+                let line = lines.next().unwrap_or_else(|| panic!("node {} exited", self.id)).unwrap();
+                assert!(line.starts_with(&format!("listening on {scheme}://")), "node {}: {line}", self.id);
+            }
+        }
+
+        fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        async fn sql(&self, http: &reqwest::Client, sql: &str) -> (StatusCode, Value) {
+            let resp = http
+                .post(format!("http://{}/v1/api/sql", self.http))
+                .basic_auth("root", Some(ROOT_PASSWORD))
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        }
+
+        async fn count(&self, http: &reqwest::Client, sql: &str) -> Option<i64> {
+            match self.sql(http, sql).await {
+                (StatusCode::OK, body) => body["results"][0]["rows"][0][0].as_i64(),
+                _ => None,
+            }
+        }
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// Polls until `node` answers `sql` with `want` (20 s at most).
+    async fn until_count(node: &Node, http: &reqwest::Client, sql: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = node.count(http, sql).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {}: {sql} gave {got:?}, not {want}", node.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes `sql` on whichever live node leads (a follower answers 421 not_leader); returns
+    /// the leader's index in `nodes`.
+    async fn write_on_leader(nodes: &[Node], http: &reqwest::Client, sql: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, n) in nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
+                match n.sql(http, sql).await {
+                    (StatusCode::OK, _) => return i,
+                    (StatusCode::MISDIRECTED_REQUEST, body) => {
+                        assert_eq!(body["error"]["code"], "not_leader", "{body}")
+                    }
+                    (status, body) => panic!("node {}: {sql}: {status} {body}", n.id),
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader took {sql}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn config(dir: &Path, id: u64, ports: &[u16], secret: &str) -> String {
+        let port = |node: u64, kind: usize| ports[(node as usize - 1) * 3 + kind];
+        let peers: Vec<String> = (1..=3)
+            .map(|n| {
+                format!(
+                    "  {{ id = {n}, raft = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", pg = \"127.0.0.1:{}\" }},",
+                    port(n, 0),
+                    port(n, 1),
+                    port(n, 2)
+                )
+            })
+            .collect();
+        let _ = dir;
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\npg_listen = \"127.0.0.1:{}\"\n[topics]\nretention_interval_ms = 0\n\
+             [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{}\"\nsecret = \"{secret}\"\npeers = [\n{}\n]\n",
+            port(id, 1),
+            port(id, 2),
+            port(id, 0),
+            peers.join("\n")
+        )
+    }
+
+    /// Three server processes: SQL on the leader is read on the followers; a follower refuses
+    /// writes naming the leader (HTTP 421 `not_leader`, PostgreSQL SQLSTATE 25006); the leader
+    /// killed with SIGKILL, the two others elect one and every acknowledged row is on both with
+    /// the same topic offsets; the killed node restarts on its data and catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_server_processes_replicate_refuse_follower_writes_and_fail_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(9);
+        let mut nodes: Vec<Node> = (1..=3u64)
+            .map(|id| {
+                let config = dir.path().join(format!("node{id}.toml"));
+                std::fs::write(&config, super::processes::config(dir.path(), id, &ports, "cluster-test-secret-0123"))
+                    .unwrap();
+                let base = (id as usize - 1) * 3;
+                Node {
+                    id,
+                    config,
+                    data: dir.path().join(format!("data{id}")),
+                    http: format!("127.0.0.1:{}", ports[base + 1]),
+                    pg: format!("127.0.0.1:{}", ports[base + 2]),
+                    child: None,
+                }
+            })
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
+        }
+        for n in &mut nodes {
+            n.wait_listening();
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let leader = write_on_leader(&nodes, &http, "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)").await;
+        write_on_leader(&nodes, &http, "CREATE TOPIC ev PARTITIONS 2; ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
+        for i in 0..20 {
+            write_on_leader(&nodes, &http, &format!("INSERT INTO t VALUES ({i}, 'v{i}')")).await;
+        }
+        for n in &nodes {
+            until_count(n, &http, "SELECT count(*) FROM t", 20).await;
+            until_count(n, &http, "SELECT sum(message_count) FROM system.topic_partitions", 20).await;
+        }
+        let follower = nodes.iter().position(|n| n.id != nodes[leader].id).unwrap();
+        let (status, body) = nodes[follower].sql(&http, "INSERT INTO t VALUES (100, 'x')").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "not_leader");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&nodes[leader].pg), "{body}");
+        let (host, port) = nodes[follower].pg.rsplit_once(':').unwrap();
+        let (client, connection) = tokio_postgres::Config::new()
+            .host(host)
+            .port(port.parse().unwrap())
+            .user("root")
+            .password(ROOT_PASSWORD)
+            .dbname("topicfusion")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let refused = client.simple_query("INSERT INTO t VALUES (101, 'y')").await.unwrap_err();
+        let db_error = refused.as_db_error().expect("a server error");
+        assert_eq!(db_error.code().code(), "25006");
+        assert!(db_error.message().contains(&nodes[leader].pg), "{}", db_error.message());
+        // A group's claims are the leader's: a group CONSUME is refused here, a read without a
+        // group runs.
+        let refused = client.simple_query("CONSUME FROM ev GROUP 'g' LIMIT 5").await.unwrap_err();
+        assert_eq!(refused.as_db_error().expect("a server error").code().code(), "25006");
+        let read = client.simple_query("CONSUME FROM ev FROM EARLIEST LIMIT 5").await.unwrap();
+        assert!(read.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+        let rows = client.simple_query("SELECT count(*) FROM t").await.unwrap();
+        assert!(matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("20")));
+
+        // SIGKILL the leader: the others elect one; writes go on there.
+        let killed = leader;
+        nodes[killed].kill();
+        let stopped = Instant::now();
+        write_on_leader(&nodes, &http, "INSERT INTO t VALUES (20, 'v20')").await;
+        eprintln!("writes acknowledged again {:?} after the leader was killed", stopped.elapsed());
+        for i in 21..30 {
+            write_on_leader(&nodes, &http, &format!("INSERT INTO t VALUES ({i}, 'v{i}')")).await;
+        }
+        for n in nodes.iter().filter(|n| n.child.is_some()) {
+            until_count(n, &http, "SELECT count(*) FROM t", 30).await;
+            until_count(n, &http, "SELECT sum(message_count) FROM system.topic_partitions", 30).await;
+            until_count(n, &http, "SELECT sum(next_offset) FROM system.topic_partitions", 30).await;
+        }
+        // The killed node restarts on its data and catches up.
+        nodes[killed].spawn();
+        nodes[killed].wait_listening();
+        until_count(&nodes[killed], &http, "SELECT count(*) FROM t", 30).await;
+        until_count(&nodes[killed], &http, "SELECT sum(next_offset) FROM system.topic_partitions", 30).await;
+        let (status, body) = nodes[killed].sql(&http, "SELECT id FROM t WHERE id >= 20 ORDER BY id").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][0]["rows"].as_array().unwrap().len(), 10);
+    }
+}

@@ -842,6 +842,7 @@ async fn sql_url_runs_statements_on_a_server_and_the_data_dir_is_locked() {
 
 #[test]
 fn bad_configuration_fails_at_start_naming_the_key() {
+    const CLUSTER_OK: &str = "[cluster]\nnode_id = 1\nraft_listen = \"127.0.0.1:7101\"\nsecret = \"0123456789abcdef\"\npeers = [\n  { id = 1, raft = \"127.0.0.1:7101\", http = \"127.0.0.1:8101\", pg = \"127.0.0.1:5501\" },\n  { id = 2, raft = \"127.0.0.1:7102\", http = \"127.0.0.1:8102\", pg = \"127.0.0.1:5502\" },\n  { id = 3, raft = \"node3.example:7103\", http = \"node3.example:8103\", pg = \"node3.example:5503\" },\n]\n";
     let dir = tempfile::tempdir().unwrap();
     for (config, key) in [
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
@@ -853,6 +854,13 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         ("[topics]\ndefault_visibility_timeout_ms = 0\n", "topics.default_visibility_timeout_ms"),
         ("[auth]\ntoken_ttl_seconds = \"soon\"\n", "token_ttl_seconds"),
         ("[nope]\n", "nope"),
+        // [cluster]: this node among the peers, addresses with ports, a real secret.
+        (CLUSTER_OK.replace("node_id = 1", "node_id = 4").as_str(), "cluster.node_id"),
+        (CLUSTER_OK.replace("127.0.0.1:7101\"\nsecret", "nowhere\"\nsecret").as_str(), "cluster.raft_listen"),
+        (CLUSTER_OK.replace("0123456789abcdef", "short").as_str(), "cluster.secret"),
+        (CLUSTER_OK.replace("pg = \"127.0.0.1:5502\"", "pg = \"127.0.0.1\"").as_str(), "cluster.peers"),
+        (CLUSTER_OK.replace("id = 3", "id = 2").as_str(), "cluster.peers"),
+        (&format!("{CLUSTER_OK}colour = \"blue\"\n"), "colour"),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, config).unwrap();
@@ -867,6 +875,7 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{config}: {stderr}");
     }
+    topicfusion::config::Config::from_toml(CLUSTER_OK).unwrap();
     // The example configuration in docs/ is valid.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/topicfusion.example.toml");
     let text = std::fs::read_to_string(&example).unwrap();

@@ -329,6 +329,11 @@ impl Groups {
         if max_bytes == 0 || max_bytes > MAX_CONSUME_MAX_BYTES {
             return plan_err!("max_bytes must be between 1 and {MAX_CONSUME_MAX_BYTES}, got {max_bytes}");
         }
+        // A group's claims live in the leader's memory: on a cluster node that does not lead, a
+        // group CONSUME is refused like a write (a read without a group runs anywhere).
+        if req.group.is_some() {
+            crate::core::blocking(|| store.ensure_writable()).map_err(storage_err)?;
+        }
         let visibility = req.visibility_timeout_ms.unwrap_or(self.default_visibility_timeout_ms);
         if visibility == 0 || visibility > MAX_VISIBILITY_TIMEOUT_MS {
             return plan_err!(
