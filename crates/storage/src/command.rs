@@ -85,6 +85,33 @@ impl Command {
         out
     }
 
+    /// One command doing what `commands` do one after the other (each prepared from the state
+    /// the previous one leaves): their write batches in order, each partition's state before
+    /// the first and after the last that touch it, the latest timestamp.
+    pub(crate) fn merge(mut commands: Vec<Command>) -> Command {
+        if commands.len() == 1 {
+            return commands.pop().expect("one command");
+        }
+        let mut partitions: std::collections::BTreeMap<(u64, u32), PartitionChange> = Default::default();
+        let mut records = Vec::new();
+        let mut count = 0u32;
+        let mut timestamp_ms = i64::MIN;
+        for c in &commands {
+            timestamp_ms = timestamp_ms.max(c.timestamp_ms);
+            for change in &c.partitions {
+                partitions.entry(change.id).and_modify(|merged| merged.after = change.after).or_insert(*change);
+            }
+            let data = c.batch.data();
+            count += u32::from_le_bytes(data[8..12].try_into().expect("a write batch has a 12-byte header"));
+            records.extend_from_slice(&data[12..]);
+        }
+        // RocksDB's header: a sequence number (set by the write) and the record count.
+        let mut data = vec![0u8; 12];
+        data[8..].copy_from_slice(&count.to_le_bytes());
+        data.extend_from_slice(&records);
+        Command { timestamp_ms, partitions: partitions.into_values().collect(), batch: WriteBatch::from_data(&data) }
+    }
+
     /// Reads [`Command::encode`]'s bytes; anything else is [`StorageError::Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader(bytes);

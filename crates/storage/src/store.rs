@@ -37,6 +37,20 @@ use crate::message::{
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// A replicated write waiting for its proposal, and where its outcome goes.
+struct QueuedWrite {
+    commit: Commit,
+    done: std::sync::mpsc::SyncSender<Result<Committed>>,
+}
+
+/// The same replication failure, for each writer of a batch.
+fn replication_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::NotLeader { leader } => StorageError::NotLeader { leader: leader.clone() },
+        other => StorageError::Replication(other.to_string()),
+    }
+}
+
 /// Everything a store holds at one log position ([`Store::export`]).
 pub struct Export {
     /// The log entry applied last when it was taken.
@@ -419,6 +433,8 @@ pub struct Store {
     /// Held by a replicated write from prepare until applied: each is prepared from the state
     /// the previous one left.
     replicating: Mutex<()>,
+    /// Replicated writes waiting for the next proposal (see [`Store::write_replicated`]).
+    replication_queue: Mutex<Vec<QueuedWrite>>,
     /// The commit lock.
     log: Mutex<LogState>,
     read: Arc<Mutex<ReadState>>,
@@ -514,6 +530,7 @@ impl Store {
             clock,
             replicator: std::sync::OnceLock::new(),
             replicating: Mutex::new(()),
+            replication_queue: Mutex::new(Vec::new()),
             log,
             read,
             wal_sync,
@@ -575,16 +592,83 @@ impl Store {
         }
     }
 
-    /// [`Store::write`] on a replica.
+    /// [`Store::write`] on a replica, with group commit: a write joins the queue, then waits for
+    /// the proposing turn; whoever holds it takes every write queued so far, prepares them one
+    /// after the other (each from the state the previous one leaves), proposes them as one
+    /// command and hands each writer its outcome. While one proposal is in flight the next
+    /// writes gather, so concurrent writers share a log entry, its round trip and its fsyncs.
     fn write_replicated(&self, replicator: &dyn Replicator, commit: Commit) -> Result<Pending> {
-        let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
-        replicator.ready()?;
-        let (command, offsets) = prepare(&self.lock(), self.clock.now_ms(), commit)?;
-        let timestamp_ms = command.timestamp_ms;
-        replicator.replicate(command)?;
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(QueuedWrite { commit, done });
+        {
+            let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
+            // Empty if an earlier turn took this write (its outcome is then waiting).
+            let batch = std::mem::take(&mut *self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                self.propose_batch(replicator, batch);
+            }
+        }
+        let committed =
+            outcome.recv().map_err(|_| StorageError::Replication("the proposing writer stopped".into()))??;
         // Applied (and, as the apply wrote it, counted as written): finishing it waits for what
         // this store's durability asks, as for any write.
-        Ok(Pending { seq: self.read_state().written_seq, committed: Committed { timestamp_ms, offsets } })
+        Ok(Pending { seq: self.read_state().written_seq, committed })
+    }
+
+    /// Prepares, proposes and answers one batch of queued writes (under the proposing turn).
+    fn propose_batch(&self, replicator: &dyn Replicator, batch: Vec<QueuedWrite>) {
+        if let Err(e) = replicator.ready() {
+            for w in batch {
+                let _ = w.done.send(Err(replication_error(&e)));
+            }
+            return;
+        }
+        let mut state = {
+            let log = self.lock();
+            LogState {
+                partitions: log.partitions.clone(),
+                last_timestamp_ms: log.last_timestamp_ms,
+                last_applied: log.last_applied,
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut prepared = Vec::with_capacity(batch.len());
+        for QueuedWrite { commit, done } in batch {
+            match prepare(&state, now, commit) {
+                Ok((command, offsets)) => {
+                    // The next write is prepared from the state this one leaves.
+                    state.last_timestamp_ms = state.last_timestamp_ms.max(command.timestamp_ms);
+                    for change in &command.partitions {
+                        match change.after {
+                            Some(after) => state.partitions.insert(change.id, after),
+                            None => state.partitions.remove(&change.id),
+                        };
+                    }
+                    prepared.push((done, Committed { timestamp_ms: command.timestamp_ms, offsets }));
+                    commands.push(command);
+                }
+                // Refused alone (an unknown partition, ...): the others go on.
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                }
+            }
+        }
+        if commands.is_empty() {
+            return;
+        }
+        match replicator.replicate(Command::merge(commands)) {
+            Ok(()) => {
+                for (done, committed) in prepared {
+                    let _ = done.send(Ok(committed));
+                }
+            }
+            Err(e) => {
+                for (done, _) in prepared {
+                    let _ = done.send(Err(replication_error(&e)));
+                }
+            }
+        }
     }
 
     /// Decides everything `commit` leaves open (its messages' offsets, header and key, its
@@ -1468,6 +1552,89 @@ mod tests {
         assert_eq!(store.last_applied(), Some(id(3)));
         assert!(matches!(store.apply(id(4), Payload::Membership(b"{1,2}".to_vec())).unwrap(), Applied::Written(_)));
         assert_eq!(store.applied_membership().unwrap().as_deref(), Some(&b"{1,2}"[..]));
+    }
+
+    /// A log of two stores in one process: each proposal is applied to the proposing store and a
+    /// follower under the next index (slowly, so that writers pile up behind it).
+    struct TwoStores {
+        leader: std::sync::Weak<Store>,
+        follower: Arc<Store>,
+        proposals: std::sync::atomic::AtomicU64,
+    }
+
+    impl Replicator for TwoStores {
+        fn ready(&self) -> Result<()> {
+            Ok(())
+        }
+
+        fn replicate(&self, command: Command) -> Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            let index = self.proposals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let id = AppliedId { index, term: 1, node: 1 };
+            let bytes = command.encode();
+            let leader = self.leader.upgrade().expect("the leader store");
+            for (store, command) in [(&leader, command), (&self.follower, Command::decode(&bytes)?)] {
+                match store.apply(id, Payload::Command(command))? {
+                    Applied::Written(p) => drop(store.finish(p)?),
+                    _ => return Err(StorageError::Replication("not applied".into())),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Concurrent writers on a replica share proposals (fewer log entries than writes), each
+    /// gets its own gap-free offsets as on a single node, a write refused while prepared (an
+    /// unknown partition) fails alone, and the follower applying the merged commands holds
+    /// the same bytes.
+    #[test]
+    fn concurrent_replicated_writes_share_proposals_and_keep_offsets_gap_free() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = Arc::new(Store::open(a_dir.path(), Durability::Process).unwrap());
+        let follower = Arc::new(Store::open(b_dir.path(), Durability::Process).unwrap());
+        let log = Arc::new(TwoStores {
+            leader: Arc::downgrade(&leader),
+            follower: Arc::clone(&follower),
+            proposals: Default::default(),
+        });
+        leader.replicate_through(Arc::clone(&log) as Arc<dyn Replicator>).unwrap();
+        assert!(leader.replicate_through(Arc::clone(&log) as Arc<dyn Replicator>).is_err());
+        leader
+            .commit(Commit {
+                partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }],
+                ..Default::default()
+            })
+            .unwrap();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let leader = Arc::clone(&leader);
+                std::thread::spawn(move || {
+                    let mut offsets = Vec::new();
+                    for i in 0..20 {
+                        let mut commit = Commit {
+                            messages: vec![msg(1, 0, &format!("{w}-{i}")), msg(1, 0, "second")].into(),
+                            ..Default::default()
+                        };
+                        commit.batch.put(format!("\x02w{w}-{i}"), b"row");
+                        offsets.extend(leader.commit(commit).unwrap().offsets);
+                        if i == 10 {
+                            let unknown = Commit { messages: vec![msg(1, 7, "nowhere")].into(), ..Default::default() };
+                            assert!(matches!(leader.commit(unknown), Err(StorageError::UnknownPartition { .. })));
+                        }
+                    }
+                    offsets
+                })
+            })
+            .collect();
+        let mut offsets: Vec<u64> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..640).collect::<Vec<_>>());
+        let proposals = log.proposals.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(proposals < 321, "{proposals} proposals for 321 writes");
+        assert_eq!(leader.partition_state(1, 0).unwrap().next_offset, 640);
+        assert_eq!(everything(&leader), everything(&follower));
+        let read = leader.read_messages(1, 0, 0, u64::MAX, 1000).unwrap();
+        assert_eq!(read.iter().map(|m| m.offset).collect::<Vec<_>>(), (0..640).collect::<Vec<_>>());
     }
 
     /// A store that receives another's export holds exactly the other's keys and values (its own

@@ -603,8 +603,8 @@ mod cluster {
         out.push(metric("cluster_store_r3_c1_p50", percentile(&lat, 0.5), "ms"));
         out.push(metric("cluster_store_r3_c1_p99", percentile(&lat, 0.99), "ms"));
 
-        // 16 writers: each commit its own proposal, one at a time (the store serializes
-        // replicated writes; the engine's commit threads are to gather statements into one).
+        // 16 writers: commits that arrive while a proposal is in flight share the next one
+        // (the store's group commit for replicated writes).
         let leader = cluster.leader().await;
         let start = Instant::now();
         let per = n / 16;
