@@ -44,16 +44,25 @@ const APPEND_BUDGET_BYTES: usize = 8 << 20;
 pub struct Network {
     client: reqwest::Client,
     secret: Arc<str>,
+    answered: Answered,
 }
 
+/// When each peer last answered one of this node's RPCs.
+pub type Answered = Arc<std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>>;
+
 impl Network {
+    /// When each peer last answered (shared with whoever reports the cluster's state).
+    pub fn answered(&self) -> Answered {
+        Arc::clone(&self.answered)
+    }
+
     pub fn new(secret: &str) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .build()
             .expect("an HTTP client with default TLS-less settings builds");
-        Self { client, secret: secret.into() }
+        Self { client, secret: secret.into(), answered: Answered::default() }
     }
 }
 
@@ -64,6 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             client: self.client.clone(),
             secret: Arc::clone(&self.secret),
+            answered: Arc::clone(&self.answered),
             target,
             base: format!("http://{}/raft", node.raft),
         }
@@ -74,6 +84,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     client: reqwest::Client,
     secret: Arc<str>,
+    answered: Answered,
     target: u64,
     base: String,
 }
@@ -138,6 +149,7 @@ impl Peer {
                 format!("node {} answered {rpc} with {status}: {}", self.target, String::from_utf8_lossy(&body));
             return Err(RPCError::Network(NetworkError::new(&AnyError::error(reason))));
         }
+        self.answered.lock().unwrap_or_else(|e| e.into_inner()).insert(self.target, std::time::Instant::now());
         match serde_json::from_slice::<Result<T, RaftError<u64, E>>>(&body) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

@@ -72,6 +72,81 @@ pub struct Node {
     raft: Raft<TypeConfig>,
     state_machine: StateMachine,
     server: tokio::task::JoinHandle<()>,
+    answered: crate::network::Answered,
+}
+
+/// One node of the cluster as this node sees it (a row of `system.cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    /// `leader`, `follower`, `learner`, `candidate`, or `unreachable` (seen from the leader: no
+    /// answer to its RPCs for 3 s).
+    pub role: &'static str,
+    /// The term this node is in.
+    pub term: u64,
+    /// This node's own; another node's as far as the leader knows it replicated (else unknown).
+    pub last_log_index: Option<u64>,
+    /// This node's own only.
+    pub last_applied_index: Option<u64>,
+    pub addr: NodeAddr,
+}
+
+/// A handle that reports the cluster as its node sees it; cheap to clone.
+#[derive(Clone)]
+pub struct StatusView {
+    id: u64,
+    raft: Raft<TypeConfig>,
+    answered: crate::network::Answered,
+}
+
+impl StatusView {
+    /// Every node of the membership, this one included, in id order.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        use openraft::ServerState;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let leading = m.state.is_leader();
+        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        membership
+            .nodes()
+            .map(|(&id, addr)| {
+                let me = id == self.id;
+                let role = if me {
+                    match m.state {
+                        ServerState::Leader => "leader",
+                        ServerState::Follower => "follower",
+                        ServerState::Learner => "learner",
+                        ServerState::Candidate => "candidate",
+                        ServerState::Shutdown => "unreachable",
+                    }
+                } else if leading && answered.get(&id).is_none_or(|t| t.elapsed() >= Duration::from_secs(3)) {
+                    "unreachable"
+                } else if m.current_leader == Some(id) {
+                    "leader"
+                } else if voters.contains(&id) {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                let (last_log_index, last_applied_index) = if me {
+                    (m.last_log_index, m.last_applied.map(|l| l.index))
+                } else if leading {
+                    (m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index), None)
+                } else {
+                    (None, None)
+                };
+                NodeStatus {
+                    node_id: id,
+                    role,
+                    term: m.current_term,
+                    last_log_index,
+                    last_applied_index,
+                    addr: addr.clone(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Proposes the store's writes (see the module doc): the store's [`Replicator`].
@@ -210,7 +285,9 @@ impl Node {
                 .map_err(|e| ClusterError::Raft(format!("cannot open the state machine: {e}")))?
         };
         let log = log.purge_only_durable(state_machine.durable());
-        let raft = Raft::new(config.id, raft_config, Network::new(&config.secret), log, state_machine.clone())
+        let network = Network::new(&config.secret);
+        let answered = network.answered();
+        let raft = Raft::new(config.id, raft_config, network, log, state_machine.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let app = router(raft.clone(), &config.secret);
@@ -225,7 +302,7 @@ impl Node {
         }
         let proposer = Proposer { raft: raft.clone(), runtime: tokio::runtime::Handle::current(), fenced_term };
         state_machine.store().replicate_through(Arc::new(proposer))?;
-        let node = Self { id: config.id, raft, state_machine, server };
+        let node = Self { id: config.id, raft, state_machine, server, answered };
         if config.peers.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
         {
@@ -240,6 +317,11 @@ impl Node {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Reports the cluster as this node sees it (`system.cluster`).
+    pub fn status(&self) -> StatusView {
+        StatusView { id: self.id, raft: self.raft.clone(), answered: Arc::clone(&self.answered) }
     }
 
     /// The Raft handle: metrics, membership changes, waits.
@@ -417,7 +499,18 @@ mod tests {
             assert_eq!(n.store().partition_state(1, 0).unwrap().next_offset, 10);
         }
 
+        let seen = leader.status().nodes();
+        assert_eq!(seen.iter().map(|n| (n.node_id, n.role)).collect::<Vec<_>>(), {
+            let mut want: Vec<_> = (1..=3).map(|i| (i, if i == leader.id { "leader" } else { "follower" })).collect();
+            want.sort();
+            want
+        });
+        assert!(seen.iter().all(|n| n.last_log_index >= Some(last.index) && n.addr == peers[&n.node_id]));
         let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
+        let from_follower = follower.status().nodes();
+        let me = from_follower.iter().find(|n| n.node_id == follower.id).unwrap();
+        assert_eq!((me.role, me.last_applied_index), ("follower", Some(last.index)));
+        assert_eq!(from_follower.iter().find(|n| n.node_id == leader.id).unwrap().role, "leader");
         match follower.write(message(0, "refused".into())).await {
             Err(e @ StorageError::NotLeader { .. }) => {
                 let said = e.to_string();
@@ -454,6 +547,12 @@ mod tests {
         let position = nodes.iter().position(|n| n.id == leader_id).unwrap();
         nodes.remove(position).shutdown().await;
         let leader = leader_of(&nodes, Some(leader_id)).await;
+        // The new leader reports the dead one unreachable once it has not answered for 3 s.
+        let deadline = std::time::Instant::now() + WAIT;
+        while leader.status().nodes().iter().find(|n| n.node_id == leader_id).unwrap().role != "unreachable" {
+            assert!(std::time::Instant::now() < deadline, "the dead node is never reported unreachable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for i in 0..6 {
             last = leader.write(message(0, format!("b{i}"))).await.unwrap();
         }

@@ -33,6 +33,27 @@ pub struct Core {
     pub jobs: crate::topics::retention::Jobs,
     /// Where DML statements run their key check, routing and write.
     pub commit_threads: crate::write::commit_threads::CommitThreads,
+    /// On a cluster node: what `system.cluster` shows.
+    pub cluster: std::sync::OnceLock<Arc<dyn ClusterStatus>>,
+}
+
+/// The cluster as this node sees it, for `system.cluster` (given by the server on a cluster node).
+pub trait ClusterStatus: Send + Sync {
+    fn nodes(&self) -> Vec<ClusterNode>;
+}
+
+/// A row of `system.cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub node_id: u64,
+    /// `leader`, `follower`, `learner`, `candidate` or `unreachable`.
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub raft_address: String,
+    pub http_address: String,
+    pub pg_address: String,
 }
 
 /// Limits on what one statement may do.

@@ -158,6 +158,7 @@ impl Database {
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
             jobs,
             commit_threads: crate::write::commit_threads::CommitThreads::start(options.commit_threads)?,
+            cluster: std::sync::OnceLock::new(),
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -207,6 +208,11 @@ impl Database {
         core.users.reload(&core.store)?;
         core.groups.forget_cached();
         Ok(())
+    }
+
+    /// Makes `system.cluster` show `status` (a cluster node's view of its cluster); set once.
+    pub fn set_cluster_status(&self, status: Arc<dyn crate::core::ClusterStatus>) {
+        let _ = self.core.cluster.set(status);
     }
 
     /// The store this database keeps its data in.

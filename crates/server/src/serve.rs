@@ -211,8 +211,31 @@ fn start_cluster_node(
             tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         Node::start(config, &raft_dir, store, listener).await.map_err(|e| format!("cannot start the cluster node: {e}"))
     })?;
+    db.set_cluster_status(Arc::new(ClusterView(node.status())));
     tracing::info!(node_id = c.node_id, raft = %c.raft_listen, "cluster node started");
     Ok((node, raft_rt))
+}
+
+/// `system.cluster` from the node's view of its cluster.
+struct ClusterView(topicfusion_cluster::node::StatusView);
+
+impl topicfusion_engine::core::ClusterStatus for ClusterView {
+    fn nodes(&self) -> Vec<topicfusion_engine::core::ClusterNode> {
+        self.0
+            .nodes()
+            .into_iter()
+            .map(|n| topicfusion_engine::core::ClusterNode {
+                node_id: n.node_id,
+                role: n.role.to_owned(),
+                term: n.term,
+                last_log_index: n.last_log_index,
+                last_applied_index: n.last_applied_index,
+                raft_address: n.addr.raft,
+                http_address: n.addr.http,
+                pg_address: n.addr.pg,
+            })
+            .collect()
+    }
 }
 
 /// Runs a start-up write (root's password, a secret) that must be the same on every node: a

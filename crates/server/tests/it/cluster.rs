@@ -304,6 +304,23 @@ mod processes {
             until_count(n, &http, "SELECT sum(message_count) FROM system.topic_partitions", 20).await;
         }
         let follower = nodes.iter().position(|n| n.id != nodes[leader].id).unwrap();
+        // system.cluster on a follower: every node, the leader as such, this node's positions.
+        let (status, body) = nodes[follower]
+            .sql(
+                &http,
+                "SELECT node_id, role, last_applied_index IS NOT NULL, pg_address FROM system.cluster ORDER BY node_id",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let rows = body["results"][0]["rows"].as_array().unwrap().clone();
+        let want: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                let role = if n.id == nodes[leader].id { "leader" } else { "follower" };
+                json!([n.id, role, n.id == nodes[follower].id, n.pg])
+            })
+            .collect();
+        assert_eq!(rows, want);
         let (status, body) = nodes[follower].sql(&http, "INSERT INTO t VALUES (100, 'x')").await;
         assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "not_leader");

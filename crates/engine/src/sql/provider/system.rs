@@ -17,7 +17,8 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::core::Core;
 
-const TABLES: [&str; 7] = ["jobs", "tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
+const TABLES: [&str; 8] =
+    ["cluster", "jobs", "tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -109,6 +110,16 @@ fn schema_of(name: &str) -> SchemaRef {
             f("delivery_count", UInt32, false),
         ],
         "users" => vec![f("name", Utf8, false), f("role", Utf8, false), f("created_at", ts(), false)],
+        "cluster" => vec![
+            f("node_id", UInt64, false),
+            f("role", Utf8, false),
+            f("term", UInt64, false),
+            f("last_log_index", UInt64, true),
+            f("last_applied_index", UInt64, true),
+            f("raft_address", Utf8, false),
+            f("http_address", Utf8, false),
+            f("pg_address", Utf8, false),
+        ],
         "jobs" => vec![
             f("job_id", UInt64, false),
             f("kind", Utf8, false),
@@ -217,6 +228,20 @@ impl SystemTable {
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.offset))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.deadline_ms))),
                     Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.deliveries))),
+                ]
+            }
+            "cluster" => {
+                // Empty on a server without `[cluster]`.
+                let nodes = core.cluster.get().map(|c| c.nodes()).unwrap_or_default();
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(nodes.iter().map(|n| n.node_id))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.role.as_str()))),
+                    Arc::new(UInt64Array::from_iter_values(nodes.iter().map(|n| n.term))),
+                    Arc::new(UInt64Array::from_iter(nodes.iter().map(|n| n.last_log_index))),
+                    Arc::new(UInt64Array::from_iter(nodes.iter().map(|n| n.last_applied_index))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.raft_address.as_str()))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.http_address.as_str()))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.pg_address.as_str()))),
                 ]
             }
             "users" => {
