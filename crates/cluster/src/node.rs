@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{LogId, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
@@ -66,6 +66,80 @@ pub enum ClusterError {
     Raft(String),
 }
 
+/// Reloads of the engine's in-memory state, run on a thread of their own: the state machine asks
+/// for one without waiting (its apply must never wait for engine locks a writer holds while it
+/// waits for that apply), requests coalesce, and [`Reloads::run_now`] runs one and returns after.
+#[derive(Clone)]
+struct Reloads {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    hook: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Reloads {
+    fn start(hook: Option<Arc<dyn Fn() + Send + Sync>>) -> Result<Self, ClusterError> {
+        let Some(hook) = hook else { return Ok(Self { wake: None, hook: None }) };
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let run = Arc::clone(&hook);
+        std::thread::Builder::new()
+            .name("tf-reload".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    run();
+                }
+            })
+            .map_err(|e| ClusterError::Raft(format!("cannot start the reload thread: {e}")))?;
+        Ok(Self { wake: Some(wake), hook: Some(hook) })
+    }
+
+    /// Asks for a reload after this call (one already asked for covers it).
+    fn request(&self) {
+        if let Some(w) = &self.wake {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Runs a reload on a blocking thread and returns once it is done.
+    async fn run_now(&self) {
+        if let Some(hook) = self.hook.clone() {
+            let _ = tokio::task::spawn_blocking(move || hook()).await;
+        }
+    }
+}
+
+/// Makes this node a writing leader in each term it leads: waits until its store has applied
+/// every entry of the terms before (openraft's `ensure_linearizable`), reloads the engine's
+/// memory from it, and only then lets writes prepare (`fenced_term`). Until then writes are
+/// refused at once, so no writer holding engine locks waits for the reload that needs them.
+async fn fence(raft: Raft<TypeConfig>, fenced_term: Arc<AtomicU64>, reloads: Reloads) {
+    let mut metrics = raft.metrics();
+    loop {
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state.is_leader(), m.current_term)
+        };
+        if leading && fenced_term.load(Ordering::Acquire) != term {
+            match raft.ensure_linearizable().await {
+                Ok(_) => {
+                    reloads.run_now().await;
+                    // Still this term's leader: else the next round fences the new term.
+                    let m = raft.metrics().borrow().clone();
+                    if m.state.is_leader() && m.current_term == term {
+                        fenced_term.store(term, Ordering::Release);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("leadership of term {term} not confirmed yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     id: u64,
@@ -73,6 +147,7 @@ pub struct Node {
     state_machine: StateMachine,
     server: tokio::task::JoinHandle<()>,
     answered: crate::network::Answered,
+    fenced_term: Arc<AtomicU64>,
 }
 
 /// One node of the cluster as this node sees it (a row of `system.cluster`).
@@ -180,22 +255,23 @@ fn not_leader(leader: Option<(u64, NodeAddr)>) -> StorageError {
 
 impl Replicator for Proposer {
     fn ready(&self) -> topicfusion_storage::Result<()> {
-        let term = self.raft.metrics().borrow().current_term;
-        if self.fenced_term.load(Ordering::Acquire) == term {
+        // Never waits: a writer may hold engine locks that the fence's reload needs.
+        let m = self.raft.metrics().borrow().clone();
+        if m.state.is_leader() && self.fenced_term.load(Ordering::Acquire) == m.current_term {
             return Ok(());
         }
-        let raft = self.raft.clone();
-        match self.wait(async move { raft.ensure_linearizable().await }) {
-            Some(Ok(_)) => {
-                self.fenced_term.store(term, Ordering::Release);
-                Ok(())
-            }
-            Some(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
-                Err(not_leader(to.leader_id.zip(to.leader_node)))
-            }
-            Some(Err(e)) => Err(StorageError::Replication(e.to_string())),
-            None => Err(StorageError::Replication("the node stopped".into())),
+        if m.state.is_leader() {
+            return Err(StorageError::NotLeader {
+                leader: Some(format!(
+                    "this node, once it has applied the previous leader's entries (retry), term {}",
+                    m.current_term
+                )),
+            });
         }
+        let leader = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).map(|addr| (id, addr.clone())));
+        Err(not_leader(leader))
     }
 
     fn replicate(&self, command: Command) -> topicfusion_storage::Result<()> {
@@ -219,9 +295,12 @@ impl Replicator for Proposer {
         match written {
             Some(Ok(written)) => match written.data {
                 ApplyOutcome::Applied => Ok(()),
-                ApplyOutcome::Stale => Err(StorageError::Replication(
-                    "leadership changed while the write was proposed; nothing was written, try again".into(),
-                )),
+                // Retryable like a write sent to a follower: nothing was written.
+                ApplyOutcome::Stale => Err(StorageError::NotLeader {
+                    leader: Some(
+                        "unknown: leadership changed while the write was proposed; nothing was written, retry".into(),
+                    ),
+                }),
                 ApplyOutcome::Rejected => {
                     Err(StorageError::Replication(format!("entry {} applied as nothing", written.log_id)))
                 }
@@ -285,6 +364,15 @@ impl Node {
                 .map_err(|e| ClusterError::Raft(format!("cannot open the state machine: {e}")))?
         };
         let log = log.purge_only_durable(state_machine.durable());
+        // Before Raft starts: entries it applies again at start are reported too.
+        let fenced_term = Arc::new(AtomicU64::new(0));
+        let reloads = Reloads::start(config.on_change.clone())?;
+        let requested = reloads.clone();
+        state_machine.watch_changes(ChangeWatch {
+            node: config.id,
+            own_term: Arc::clone(&fenced_term),
+            changed: Arc::new(move || requested.request()),
+        });
         let network = Network::new(&config.secret);
         let answered = network.answered();
         let raft = Raft::new(config.id, raft_config, network, log, state_machine.clone())
@@ -296,13 +384,17 @@ impl Node {
                 tracing::error!("the Raft listener stopped: {e}");
             }
         });
-        let fenced_term = Arc::new(AtomicU64::new(0));
-        if let Some(changed) = config.on_change.clone() {
-            state_machine.watch_changes(ChangeWatch { node: config.id, own_term: Arc::clone(&fenced_term), changed });
-        }
-        let proposer = Proposer { raft: raft.clone(), runtime: tokio::runtime::Handle::current(), fenced_term };
+        let proposer = Proposer {
+            raft: raft.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            fenced_term: Arc::clone(&fenced_term),
+        };
+        tokio::spawn(fence(raft.clone(), Arc::clone(&fenced_term), reloads.clone()));
+        // What the store holds now may be more than what the engine loaded (entries applied
+        // again from the log at start, a kept snapshot installed).
+        reloads.request();
         state_machine.store().replicate_through(Arc::new(proposer))?;
-        let node = Self { id: config.id, raft, state_machine, server, answered };
+        let node = Self { id: config.id, raft, state_machine, server, answered, fenced_term };
         if config.peers.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
         {
@@ -317,6 +409,13 @@ impl Node {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether this node takes writes now: it leads, and has applied and reloaded what the
+    /// terms before left (see `fence`).
+    pub fn is_writable(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state.is_leader() && self.fenced_term.load(Ordering::Acquire) == m.current_term
     }
 
     /// Reports the cluster as this node sees it (`system.cluster`).
@@ -424,6 +523,11 @@ mod tests {
             .await
             .unwrap();
         let id = m.current_leader.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !nodes.iter().any(|n| n.id == id && n.is_writable()) {
+            assert!(std::time::Instant::now() < deadline, "node {id} leads but never takes writes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for n in nodes {
             n.raft.wait(Some(WAIT)).metrics(|m| m.current_leader == Some(id), "the same leader").await.unwrap();
         }

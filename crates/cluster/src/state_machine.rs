@@ -67,7 +67,8 @@ pub struct ChangeWatch {
     /// The term in which this node's store writes as leader (0: none): its own entries carry
     /// `(term, node)`. The proposer sets it once it may write, and clears it when a write fails.
     pub own_term: Arc<AtomicU64>,
-    /// Called on a blocking thread, with no store lock held; writes nothing to the store.
+    /// Called on the apply thread, with no store lock held: must not wait (the node's version
+    /// asks its reload thread and returns).
     pub changed: Arc<dyn Fn() + Send + Sync>,
 }
 

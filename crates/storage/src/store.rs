@@ -47,6 +47,7 @@ struct QueuedWrite {
 fn replication_error(e: &StorageError) -> StorageError {
     match e {
         StorageError::NotLeader { leader } => StorageError::NotLeader { leader: leader.clone() },
+        StorageError::Replication(why) => StorageError::Replication(why.clone()),
         other => StorageError::Replication(other.to_string()),
     }
 }
@@ -602,7 +603,12 @@ impl Store {
         self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(QueuedWrite { commit, done });
         {
             let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
-            // Empty if an earlier turn took this write (its outcome is then waiting).
+            // An earlier turn took this write: its outcome is waiting (the writes queued since
+            // are taken by their own writers' turns).
+            if let Ok(done) = outcome.try_recv() {
+                let committed = done?;
+                return Ok(Pending { seq: self.read_state().written_seq, committed });
+            }
             let batch = std::mem::take(&mut *self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()));
             if !batch.is_empty() {
                 self.propose_batch(replicator, batch);

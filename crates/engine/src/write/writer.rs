@@ -99,6 +99,9 @@ pub async fn write_statement<F>(core: &Core, table: &Arc<Table>, read_under_tabl
 where
     F: Future<Output = Result<Changes>>,
 {
+    // On a cluster node that does not lead, refused before anything is read (its catalog may be
+    // reloaded under the statement); on a leader, a statement reads what the fence reloaded.
+    core.store.ensure_writable().map_err(storage_err)?;
     let ddl = Arc::clone(&core.ddl_lock).read_owned().await;
     let (changes, guard) = if read_under_table_lock {
         let guard = Arc::clone(&table.write_lock).write_owned().await;

@@ -568,7 +568,7 @@ mod cluster {
         async fn leader(&self) -> &Node {
             loop {
                 for n in &self.nodes {
-                    if n.raft().metrics().borrow().state.is_leader() {
+                    if n.is_writable() {
                         return n;
                     }
                 }
@@ -628,7 +628,7 @@ mod cluster {
             cluster.nodes.remove(at).shutdown().await;
             loop {
                 i += 1;
-                let candidate = cluster.nodes.iter().find(|x| x.raft().metrics().borrow().state.is_leader());
+                let candidate = cluster.nodes.iter().find(|x| x.is_writable());
                 let written = match candidate {
                     Some(node) => node.write(message(i)).await,
                     None => Err(StorageError::NotLeader { leader: None }),

@@ -64,6 +64,11 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
     let members = start_three().await;
     let leader_id = members[0].node.wait_for_leader(Duration::from_secs(20)).await.unwrap();
     let leader = members.iter().find(|m| m.node.id() == leader_id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !leader.node.is_writable() {
+        assert!(std::time::Instant::now() < deadline, "the leader never takes writes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for sql in [
         "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)",
         "CREATE TOPIC ev PARTITIONS 2",
