@@ -10,7 +10,7 @@
 # Usage: scripts/cluster-bench.sh   (env: SECS=10 CLIENTS=16 KILLS=5 BIN=target/release/topicfusion)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-10}; CLIENTS=${CLIENTS:-16}; KILLS=${KILLS:-5}
+SECS=${SECS:-10}; CLIENTS=${CLIENTS:-16}; KILLS=${KILLS:-5}  # COMMIT_THREADS: [storage] commit_threads of the nodes (0: the default)
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/topicfusion}
 [ -x "$BIN" ] || cargo build --release --locked -p topicfusion --bin topicfusion
 command -v pgbench >/dev/null || scripts/setup.sh --tests
@@ -51,7 +51,7 @@ for n in 1 2 3; do peers+="  { id = $n, raft = \"127.0.0.1:${raft[$n]}\", http =
 declare -A node_pid
 start_node() {
   local n=$1
-  printf '[server]\nlisten = "127.0.0.1:%s"\npg_listen = "127.0.0.1:%s"\n[topics]\nretention_interval_ms = 0\n[cluster]\nnode_id = %s\nraft_listen = "127.0.0.1:%s"\nsecret = "cluster-bench-secret-0123"\npeers = [\n%s]\n' \
+  printf '[server]\nlisten = "127.0.0.1:%s"\npg_listen = "127.0.0.1:%s"\n[storage]\ncommit_threads = '"${COMMIT_THREADS:-0}"'\n[topics]\nretention_interval_ms = 0\n[cluster]\nnode_id = %s\nraft_listen = "127.0.0.1:%s"\nsecret = "cluster-bench-secret-0123"\npeers = [\n%s]\n' \
     "${http[$n]}" "${pg[$n]}" "$n" "${raft[$n]}" "$peers" > "$dir/node$n.toml"
   RUST_LOG=error "$BIN" serve --config "$dir/node$n.toml" --data-dir "$dir/node$n" >> "$dir/node$n.log" 2>&1 &
   node_pid[$n]=$!; pids+=("${node_pid[$n]}")

@@ -19,6 +19,9 @@ use crate::http::{AppState, app};
 use crate::pg::PgState;
 use crate::pg::auth::Logins;
 
+/// `[storage] commit_threads` when it is 0 on a cluster node (see `run`).
+const CLUSTER_COMMIT_THREADS: usize = 32;
+
 /// The name of the secret unknown users' SCRAM salts are derived from.
 const SCRAM_SALT_SECRET: &str = "scram_unknown_user_salt";
 
@@ -47,7 +50,12 @@ pub fn run(config: Config) -> Result<(), String> {
         visibility_timeout_ms: config.topics.default_visibility_timeout_ms,
         allow_user_role_consume: config.topics.allow_user_role_consume,
         max_statement_bytes: config.storage.max_statement_bytes,
-        commit_threads: config.storage.commit_threads,
+        // A cluster node's commit threads mostly wait for replication round trips: more of them
+        // let more statements share each proposal.
+        commit_threads: match (config.storage.commit_threads, &config.cluster) {
+            (0, Some(_)) => CLUSTER_COMMIT_THREADS,
+            (n, _) => n,
+        },
         retention_interval_ms: config.topics.retention_interval_ms,
         ..DatabaseOptions::default()
     };
