@@ -1,9 +1,9 @@
 //! topicfusion replication on openraft: the Raft types ([`TypeConfig`]: a log entry carries a
 //! storage command's bytes, see `topicfusion_storage::Command`), the Raft log on disk
 //! ([`log_store`]), the state machine over the store's one apply path and its snapshots
-//! ([`state_machine`]), the node-to-node transport ([`network`]) and a node with the leader's
-//! write path ([`node`]). Not yet used by the server: the engine's writes, `[cluster]`
-//! configuration and follower reads come next.
+//! ([`state_machine`]), the node-to-node transport ([`network`]) and a node ([`node`]: leader
+//! fencing, the store's proposer, the view `system.cluster` shows). `topicfusion serve` with a
+//! `[cluster]` section runs one over its database's store.
 
 pub mod log_store;
 pub mod network;

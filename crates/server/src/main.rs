@@ -98,7 +98,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, data_dir, listen, pg_listen } => {
-            init_logging("info");
+            // openraft logs every vote change and whole Raft states at info: warnings only.
+            init_logging("info,openraft=warn");
             let mut cfg = match config {
                 Some(path) => match Config::from_file(&path) {
                     Ok(c) => c,

@@ -185,6 +185,8 @@ impl CopyInTarget {
 
 /// Resolves a `COPY ... FROM STDIN` (the caller has checked it is one).
 pub fn copy_in_target(core: &Core, c: &CopyFrom) -> Result<CopyInTarget> {
+    // On a cluster node that does not lead: refused before the client sends rows (as any write).
+    crate::core::blocking(|| core.store.ensure_writable()).map_err(crate::catalog::storage_err)?;
     let (table, targets) = target(core, c)?;
     Ok(CopyInTarget { table, targets, format: c.options.format(&c.source), options: c.options.clone() })
 }

@@ -351,6 +351,24 @@ mod processes {
         assert_eq!(refused.as_db_error().expect("a server error").code().code(), "25006");
         let read = client.simple_query("CONSUME FROM ev FROM EARLIEST LIMIT 5").await.unwrap();
         assert!(read.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+        // COPY FROM is a write: refused before any row is sent (psql, as users run it).
+        let (host, port) = nodes[follower].pg.rsplit_once(':').unwrap();
+        let mut copy = std::process::Command::new("psql")
+            .args(["-h", host, "-p", port, "-U", "root", "-d", "topicfusion", "-X", "-v", "VERBOSITY=verbose"])
+            .args(["-c", "COPY t FROM STDIN"])
+            .env("PGPASSWORD", ROOT_PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let _ = copy.stdin.take().unwrap().write_all(b"200\tcopied\n\\.\n");
+        }
+        let out = copy.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("25006") && stderr.contains(&nodes[leader].pg), "{stderr}");
         let rows = client.simple_query("SELECT count(*) FROM t").await.unwrap();
         assert!(matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("20")));
 
