@@ -237,6 +237,9 @@ fn client_message(e: &DataFusionError) -> String {
         DataFusionError::Context(context, inner) if context.starts_with("Optimizer rule '") => client_message(inner),
         DataFusionError::Shared(inner) => client_message(inner),
         DataFusionError::ArrowError(e, _) => e.to_string(),
+        // The store's own errors say what happened (a cluster node that does not lead names the
+        // leader): without DataFusion's "External error: " in front.
+        DataFusionError::External(inner) if inner.is::<topicfusion_storage::StorageError>() => inner.to_string(),
         e => e.to_string(),
     }
 }

@@ -329,6 +329,10 @@ mod processes {
         let (status, body) = nodes[follower].sql(&http, "INSERT INTO t VALUES (100, 'x')").await;
         assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "not_leader");
+        assert!(
+            body["error"]["message"].as_str().unwrap().starts_with("this node is not the cluster's leader"),
+            "{body}"
+        );
         assert!(body["error"]["message"].as_str().unwrap().contains(&nodes[leader].pg), "{body}");
         let (host, port) = nodes[follower].pg.rsplit_once(':').unwrap();
         let (client, connection) = tokio_postgres::Config::new()
