@@ -59,6 +59,29 @@ async fn start_three() -> Vec<Member> {
     members
 }
 
+/// Waits until `m` has applied entry `last`.
+async fn caught_up(m: &Member, last: u64) {
+    m.node.raft().wait(Some(Duration::from_secs(20))).applied_index_at_least(Some(last), "caught up").await.unwrap();
+}
+
+/// `m`'s rows for `sql` once they are `want` (a follower reloads its memory on a thread of its
+/// own after it applied entries: its catalog and users may lag its store a moment); fails with
+/// the last rows seen after 20 s.
+async fn eventually(m: &Member, sql: &str, want: &[Vec<String>]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = match m.db.execute(sql).await {
+            Ok(_) => query(&m.db, sql).await,
+            Err(e) => vec![vec![format!("error: {e}")]],
+        };
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "node {}: {sql} gives {got:?}, not {want:?}", m.node.id());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sql_written_on_the_leader_is_read_on_every_follower() {
     let members = start_three().await;
@@ -84,16 +107,11 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
     let messages = query(&leader.db, "SELECT sum(message_count) FROM system.topic_partitions").await;
     assert_eq!(messages, vec![vec!["3".to_string()]]);
     for m in members.iter().filter(|m| m.node.id() != leader_id) {
-        m.node
-            .raft()
-            .wait(Some(Duration::from_secs(20)))
-            .applied_index_at_least(Some(last), "caught up")
-            .await
-            .unwrap();
-        assert_eq!(query(&m.db, "SELECT id, v FROM t ORDER BY id").await, rows);
-        assert_eq!(query(&m.db, "SELECT sum(message_count) FROM system.topic_partitions").await, messages);
-        let users = query(&m.db, "SELECT name, role FROM system.users WHERE name = 'bob'").await;
-        assert_eq!(users, vec![vec!["bob".to_string(), "service".to_string()]]);
+        caught_up(m, last).await;
+        eventually(m, "SELECT id, v FROM t ORDER BY id", &rows).await;
+        eventually(m, "SELECT sum(message_count) FROM system.topic_partitions", &messages).await;
+        let bob = [vec!["bob".to_string(), "service".to_string()]];
+        eventually(m, "SELECT name, role FROM system.users WHERE name = 'bob'", &bob).await;
         // Writes are the leader's: refused here, naming it.
         let refused = m.db.execute("INSERT INTO t VALUES (4, 'd')").await.unwrap_err().to_string();
         assert!(
@@ -108,17 +126,9 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
     leader.db.execute("INSERT INTO t VALUES (4, 'd')").await.unwrap();
     let last = leader.db.store().last_applied().unwrap().index;
     for m in &members {
-        m.node
-            .raft()
-            .wait(Some(Duration::from_secs(20)))
-            .applied_index_at_least(Some(last), "caught up")
-            .await
-            .unwrap();
-        assert_eq!(query(&m.db, "SELECT count(*) FROM t").await, vec![vec!["4".to_string()]]);
-        assert_eq!(
-            query(&m.db, "SELECT sum(message_count) FROM system.topic_partitions").await,
-            vec![vec!["4".to_string()]]
-        );
+        caught_up(m, last).await;
+        eventually(m, "SELECT count(*) FROM t", &[vec!["4".to_string()]]).await;
+        eventually(m, "SELECT sum(message_count) FROM system.topic_partitions", &[vec!["4".to_string()]]).await;
     }
     for m in members {
         m.node.shutdown().await;
