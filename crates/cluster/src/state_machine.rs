@@ -50,7 +50,6 @@ pub struct StateMachine {
     /// The last log id of the snapshot file; held while the file is replaced (a build and an
     /// install may run at once).
     snapshot_file: Arc<std::sync::Mutex<Option<LogId<u64>>>>,
-    applied: Arc<watch::Sender<Option<LogId<u64>>>>,
     durable: Arc<watch::Sender<u64>>,
     /// Told when the store changed under what this node keeps in memory.
     watcher: Arc<std::sync::OnceLock<ChangeWatch>>,
@@ -121,13 +120,12 @@ impl StateMachine {
                 Import::check(data, meta.last_log_id.as_ref().map(applied_id)).map_err(|e| AnyError::new(&e))?;
             store.import(import).map_err(|e| AnyError::new(&e))?;
         }
-        let applied = store.last_applied().map(log_id);
+        let applied = store.last_applied().map_or(0, |id| id.index);
         Ok(Self {
             store,
             snapshot_path,
             snapshot_file: Arc::new(std::sync::Mutex::new(stored.and_then(|(meta, _)| meta.last_log_id))),
-            applied: Arc::new(watch::channel(applied).0),
-            durable: Arc::new(watch::channel(applied.map_or(0, |id| id.index)).0),
+            durable: Arc::new(watch::channel(applied).0),
             watcher: Arc::default(),
         })
     }
@@ -135,12 +133,6 @@ impl StateMachine {
     /// The store this state machine applies to.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-
-    /// Changes to the last applied log id (after each applied batch of entries and each
-    /// installed snapshot): to wait until this node has applied an entry.
-    pub fn applied(&self) -> watch::Receiver<Option<LogId<u64>>> {
-        self.applied.subscribe()
     }
 
     /// The index of the last entry the store holds on its disk: the log may purge up to it.
@@ -293,7 +285,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| StorageIOError::apply(last, AnyError::error(format!("the apply task did not run: {e}"))))?
         .map_err(|e| *e)?;
-        self.applied.send_replace(Some(last));
         Ok(outcomes)
     }
 
@@ -311,7 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
         let (this, meta) = (self.clone(), meta.clone());
-        let (signature, last_log_id) = (meta.signature(), meta.last_log_id);
+        let signature = meta.signature();
         blocking(move || {
             let data = snapshot.into_inner();
             // Checked (nothing written if the data is not at the entry its metadata says), kept
@@ -329,7 +320,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(signature), e))?;
-        self.applied.send_replace(last_log_id);
         Ok(())
     }
 
