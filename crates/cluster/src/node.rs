@@ -175,6 +175,13 @@ pub struct StatusView {
 }
 
 impl StatusView {
+    /// The leader this node knows of, when it is another node: where a write sent here belongs.
+    pub fn other_leader(&self) -> Option<(u64, NodeAddr)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader.filter(|&id| id != self.id)?;
+        m.membership_config.membership().get_node(&id).map(|addr| (id, addr.clone()))
+    }
+
     /// Every node of the membership, this one included, in id order.
     pub fn nodes(&self) -> Vec<NodeStatus> {
         use openraft::ServerState;
@@ -338,7 +345,9 @@ impl Node {
             max_payload_entries: 64,
             install_snapshot_timeout: 30_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Entries kept behind a snapshot for followers that lag a little (further behind,
+            // they get the snapshot).
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1_000),
             snapshot_max_chunk_size: 4 << 20,
             ..Default::default()
         };

@@ -90,6 +90,10 @@ pub fn run(config: Config) -> Result<(), String> {
         verifications: tokio::sync::Semaphore::new(cores.max(1)),
         engine: engine_rt.handle().clone(),
         config: config.clone(),
+        forwarder: match &cluster {
+            Some((node, _)) => Some(crate::http::forward::Forwarder::new(node.id(), node.status())?),
+            None => None,
+        },
     });
 
     let addr = config.listen_addr().map_err(|e| format!("invalid server.listen: {e}"))?;

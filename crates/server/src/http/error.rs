@@ -130,11 +130,15 @@ impl IntoResponse for ApiError {
         if let Some(n) = self.statement {
             error["statement"] = json!(n);
         }
-        let body = match self.completed {
+        let body = match &self.completed {
             Some(results) => json!({ "error": error, "results": results }),
             None => json!({ "error": error }),
         };
         let mut response = (self.code.status(), Json(body)).into_response();
+        if self.code == ErrorCode::NotLeader && self.completed.is_none() {
+            // Nothing of the request was done here: the leader may run all of it.
+            response.extensions_mut().insert(crate::http::forward::Forwardable);
+        }
         if self.code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -1,8 +1,10 @@
 //! The HTTP API (axum): the router, the shared state, the extractors (JSON bodies with our error
 //! shape, the caller's identity) and the bridge that runs engine work on the engine runtime.
-//! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `health`. See docs/http-api.md.
+//! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `health`; on a cluster's follower
+//! what only the leader can do is forwarded to it (`forward`). See docs/http-api.md.
 
 pub mod error;
+pub mod forward;
 mod handlers;
 mod rows;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     /// The runtime engine work runs on, so that RocksDB I/O and query execution never occupy
     /// the threads that accept connections and serve other requests.
     pub engine: Handle,
+    /// On a cluster node: sends what only the leader can do to it (see [`forward`]).
+    pub forwarder: Option<forward::Forwarder>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -108,9 +112,14 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/api/topics/ack", post(handlers::ack))
 }
 
-/// The layers around every endpoint: JSON 404s, the body limit, panics as 500s, request tracing.
+/// The layers around every endpoint: forwarding to a cluster's leader, JSON 404s, the body
+/// limit, panics as 500s, request tracing.
 pub fn with_layers(routes: Router<SharedState>, state: SharedState) -> Router {
     let max_body = state.config.server.max_body_bytes;
+    let routes = match state.forwarder {
+        Some(_) => routes.route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), forward::to_leader)),
+        None => routes,
+    };
     routes
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -161,6 +161,7 @@ mod processes {
         http: String,
         pg: String,
         child: Option<Child>,
+        token: tokio::sync::OnceCell<String>,
     }
 
     impl Node {
@@ -197,14 +198,28 @@ mod processes {
             }
         }
 
-        async fn sql(&self, http: &reqwest::Client, sql: &str) -> (StatusCode, Value) {
-            let resp = http
-                .post(format!("http://{}/v1/api/sql", self.http))
-                .basic_auth("root", Some(ROOT_PASSWORD))
+        /// Sends `sql` as root, with a token this node issued at its first request (any node
+        /// accepts it: the token secret is replicated; a password would cost argon2 each time).
+        async fn post_sql(&self, http: &reqwest::Client, sql: &str) -> reqwest::Response {
+            let token = self
+                .token
+                .get_or_init(|| async {
+                    let login = json!({ "username": "root", "password": ROOT_PASSWORD });
+                    let resp = http.post(format!("http://{}/v1/api/auth/login", self.http)).json(&login).send();
+                    let body: Value = resp.await.unwrap().json().await.unwrap();
+                    body["access_token"].as_str().unwrap().to_owned()
+                })
+                .await;
+            http.post(format!("http://{}/v1/api/sql", self.http))
+                .bearer_auth(token)
                 .json(&json!({ "sql": sql }))
                 .send()
                 .await
-                .unwrap();
+                .unwrap()
+        }
+
+        async fn sql(&self, http: &reqwest::Client, sql: &str) -> (StatusCode, Value) {
+            let resp = self.post_sql(http, sql).await;
             let status = resp.status();
             (status, resp.json().await.unwrap_or(Value::Null))
         }
@@ -236,18 +251,26 @@ mod processes {
         }
     }
 
-    /// Writes `sql` on whichever live node leads (a follower answers 421 not_leader); returns
-    /// the leader's index in `nodes`.
+    /// Writes `sql` through whichever live node answers (a follower forwards to the leader; 421
+    /// `not_leader` while none is known); returns the index in `nodes` of the leader that ran it.
     async fn write_on_leader(nodes: &[Node], http: &reqwest::Client, sql: &str) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for (i, n) in nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
-                match n.sql(http, sql).await {
-                    (StatusCode::OK, _) => return i,
-                    (StatusCode::MISDIRECTED_REQUEST, body) => {
-                        assert_eq!(body["error"]["code"], "not_leader", "{body}")
+                let resp = n.post_sql(http, sql).await;
+                let status = resp.status();
+                let answered_by =
+                    resp.headers().get("x-topicfusion-answered-by").map(|v| v.to_str().unwrap().to_owned());
+                let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                match status {
+                    StatusCode::OK => {
+                        return match answered_by {
+                            Some(id) => nodes.iter().position(|n| n.id.to_string() == id).unwrap(),
+                            None => i,
+                        };
                     }
-                    (status, body) => panic!("node {}: {sql}: {status} {body}", n.id),
+                    StatusCode::MISDIRECTED_REQUEST => assert_eq!(body["error"]["code"], "not_leader", "{body}"),
+                    _ => panic!("node {}: {sql}: {status} {body}", n.id),
                 }
             }
             assert!(Instant::now() < deadline, "no leader took {sql}");
@@ -255,7 +278,7 @@ mod processes {
         }
     }
 
-    fn config(dir: &Path, id: u64, ports: &[u16], secret: &str) -> String {
+    fn config(id: u64, ports: &[u16], secret: &str, snapshot_every: u64) -> String {
         let port = |node: u64, kind: usize| ports[(node as usize - 1) * 3 + kind];
         let peers: Vec<String> = (1..=3)
             .map(|n| {
@@ -267,10 +290,10 @@ mod processes {
                 )
             })
             .collect();
-        let _ = dir;
         format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\npg_listen = \"127.0.0.1:{}\"\n[topics]\nretention_interval_ms = 0\n\
-             [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{}\"\nsecret = \"{secret}\"\npeers = [\n{}\n]\n",
+             [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{}\"\nsecret = \"{secret}\"\n\
+             snapshot_every = {snapshot_every}\npeers = [\n{}\n]\n",
             port(id, 1),
             port(id, 2),
             port(id, 0),
@@ -278,27 +301,22 @@ mod processes {
         )
     }
 
-    /// Three server processes: SQL on the leader is read on the followers; a follower refuses
-    /// writes naming the leader (HTTP 421 `not_leader`, PostgreSQL SQLSTATE 25006); the leader
-    /// killed with SIGKILL, the two others elect one and every acknowledged row is on both with
-    /// the same topic offsets; the killed node restarts on its data and catches up.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn three_server_processes_replicate_refuse_follower_writes_and_fail_over() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Starts three server processes with their data under `dir` and waits until they serve.
+    fn start_three(dir: &Path, snapshot_every: u64) -> Vec<Node> {
         let ports = free_ports(9);
         let mut nodes: Vec<Node> = (1..=3u64)
             .map(|id| {
-                let config = dir.path().join(format!("node{id}.toml"));
-                std::fs::write(&config, super::processes::config(dir.path(), id, &ports, "cluster-test-secret-0123"))
-                    .unwrap();
+                let config = dir.join(format!("node{id}.toml"));
+                std::fs::write(&config, self::config(id, &ports, "cluster-test-secret-0123", snapshot_every)).unwrap();
                 let base = (id as usize - 1) * 3;
                 Node {
                     id,
                     config,
-                    data: dir.path().join(format!("data{id}")),
+                    data: dir.join(format!("data{id}")),
                     http: format!("127.0.0.1:{}", ports[base + 1]),
                     pg: format!("127.0.0.1:{}", ports[base + 2]),
                     child: None,
+                    token: Default::default(),
                 }
             })
             .collect();
@@ -308,6 +326,18 @@ mod processes {
         for n in &mut nodes {
             n.wait_listening();
         }
+        nodes
+    }
+
+    /// Three server processes: SQL on the leader is read on the followers; a follower forwards
+    /// HTTP writes, group CONSUMEs and ACKs to the leader, and refuses writes over PostgreSQL
+    /// naming the leader (SQLSTATE 25006); the leader
+    /// killed with SIGKILL, the two others elect one and every acknowledged row is on both with
+    /// the same topic offsets; the killed node restarts on its data and catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_server_processes_replicate_forward_or_refuse_follower_writes_and_fail_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = start_three(dir.path(), 10_000);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let leader = write_on_leader(&nodes, &http, "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)").await;
         write_on_leader(&nodes, &http, "CREATE TOPIC ev PARTITIONS 2; ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
@@ -336,9 +366,71 @@ mod processes {
             })
             .collect();
         assert_eq!(rows, want);
-        let (status, body) = nodes[follower].sql(&http, "INSERT INTO t VALUES (100, 'x')").await;
+        // Over HTTP a follower forwards what only the leader does, and answers with its answer.
+        write_on_leader(&nodes, &http, "CREATE TABLE f (id BIGINT PRIMARY KEY)").await;
+        let leader_id = nodes[leader].id.to_string();
+        let resp = http
+            .post(format!("http://{}/v1/api/sql", nodes[follower].http))
+            .basic_auth("root", Some(ROOT_PASSWORD))
+            .json(&json!({ "sql": "INSERT INTO f VALUES (1), (2)" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-topicfusion-answered-by"], leader_id.as_str());
+        until_count(&nodes[leader], &http, "SELECT count(*) FROM f", 2).await;
+        let token = http
+            .post(format!("http://{}/v1/api/auth/login", nodes[follower].http))
+            .json(&json!({ "username": "root", "password": ROOT_PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let consume = |node: &Node, body: Value| {
+            http.post(format!("http://{}/v1/api/topics/consume", node.http)).bearer_auth(&token).json(&body).send()
+        };
+        let resp = consume(
+            &nodes[follower],
+            json!({ "topic_id": "ev", "group_id": "web", "partition_id": 0, "start": "Earliest", "limit": 3 }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-topicfusion-answered-by"], leader_id.as_str());
+        let offsets: Vec<u64> = resp.json::<Value>().await.unwrap()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, [0, 1, 2]);
+        // The claims are the leader's: the same group gets the next messages, from any node.
+        let other = nodes.iter().position(|n| n.id != nodes[leader].id && n.id != nodes[follower].id).unwrap();
+        let resp =
+            consume(&nodes[other], json!({ "topic_id": "ev", "group_id": "web", "partition_id": 0, "limit": 1 }))
+                .await
+                .unwrap();
+        assert_eq!(resp.json::<Value>().await.unwrap()["messages"][0]["offset"], 3);
+        let resp = http
+            .post(format!("http://{}/v1/api/topics/ack", nodes[other].http))
+            .bearer_auth(&token)
+            .json(&json!({ "topic_id": "ev", "group_id": "web", "partition_id": 0, "offsets": [0, 1, 2] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({ "acknowledged_offset": 2, "position": 3 }));
+        // A request whose first statements ran here is not forwarded (the leader would run them
+        // again): the client gets the refusal naming the leader, with what completed.
+        let (status, body) = nodes[follower].sql(&http, "SELECT count(*) FROM f; INSERT INTO f VALUES (3)").await;
         assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "not_leader");
+        assert_eq!(body["results"][0]["rows"], json!([[2]]));
         assert!(
             body["error"]["message"].as_str().unwrap().starts_with("this node is not the cluster's leader"),
             "{body}"
@@ -408,5 +500,98 @@ mod processes {
         let (status, body) = nodes[killed].sql(&http, "SELECT id FROM t WHERE id >= 20 ORDER BY id").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["results"][0]["rows"].as_array().unwrap().len(), 10);
+    }
+
+    /// Writes `sql` through `node` (forwarded if it no longer leads), again while it answers 421
+    /// (an election is on), for 30 s at most.
+    async fn write_through(node: &Node, http: &reqwest::Client, sql: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match node.sql(http, sql).await {
+                (StatusCode::OK, _) => return,
+                (StatusCode::MISDIRECTED_REQUEST, _) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                (status, body) => panic!("node {}: {sql}: {status} {body}", node.id),
+            }
+        }
+    }
+
+    /// `SELECT`s whose answers must be the same on every node once it caught up.
+    const STATE: [&str; 3] = [
+        "SELECT id, v FROM t ORDER BY id",
+        "SELECT partition_id, next_offset, message_count FROM system.topic_partitions ORDER BY partition_id",
+        "CONSUME FROM ev FROM EARLIEST LIMIT 10000",
+    ];
+
+    /// Polls until every live node answers [`STATE`] as the first does (30 s at most).
+    async fn until_identical(nodes: &[Node], http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let live: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
+        for sql in STATE {
+            loop {
+                let mut answers = Vec::new();
+                for n in &live {
+                    let (status, body) = n.sql(http, sql).await;
+                    answers.push((status, body["results"][0]["rows"].clone()));
+                }
+                if answers.iter().all(|a| a.0 == StatusCode::OK && a.1 == answers[0].1) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{sql}: nodes differ: {answers:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// A follower paused with SIGSTOP for 10 s while the others go on writing catches up when
+    /// resumed; a follower whose data dir is wiped catches up from the leader (the log behind the
+    /// leader's snapshot is purged: `snapshot_every` = 100 and 600 entries written). Every node
+    /// ends with the same rows, offsets and messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_follower_and_a_wiped_follower_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = start_three(dir.path(), 100);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let leader = write_on_leader(
+            &nodes,
+            &http,
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC ev PARTITIONS 2; \
+             ALTER TOPIC ev ADD SOURCE t ON INSERT",
+        )
+        .await;
+        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let paused = followers[0];
+        let pid = nodes[paused].child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        let stopped_at = Instant::now();
+        let mut next = 0;
+        for _ in 0..300 {
+            write_through(&nodes[leader], &http, &format!("INSERT INTO t VALUES ({next}, 'v{next}')")).await;
+            next += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped_at.elapsed())).await;
+        assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+        eprintln!("paused: 300 writes in {:?}", stopped_at.elapsed());
+        until_count(&nodes[paused], &http, "SELECT count(*) FROM t", next).await;
+        until_identical(&nodes, &http).await;
+        eprintln!("paused: caught up {:?} after the pause began", stopped_at.elapsed());
+
+        // Wipe the other follower: killed, its data dir removed, started again.
+        let wiped = followers[1];
+        nodes[wiped].kill();
+        for _ in 0..300 {
+            write_on_leader(&nodes, &http, &format!("INSERT INTO t VALUES ({next}, 'v{next}')")).await;
+            next += 1;
+        }
+        std::fs::remove_dir_all(&nodes[wiped].data).unwrap();
+        nodes[wiped].spawn();
+        nodes[wiped].wait_listening();
+        until_count(&nodes[wiped], &http, "SELECT count(*) FROM t", next).await;
+        write_on_leader(&nodes, &http, &format!("INSERT INTO t VALUES ({next}, 'last')")).await;
+        next += 1;
+        until_count(&nodes[wiped], &http, "SELECT count(*) FROM t", next).await;
+        until_identical(&nodes, &http).await;
+        eprintln!("wiped: caught up {:?} after the pause began", stopped_at.elapsed());
     }
 }

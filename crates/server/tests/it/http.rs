@@ -900,6 +900,7 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
         throttle: Default::default(),
         verifications: tokio::sync::Semaphore::new(2),
         engine: tokio::runtime::Handle::current(),
+        forwarder: None,
     });
     let router = with_layers(routes().route("/boom", axum::routing::get(boom)), Arc::clone(&state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
