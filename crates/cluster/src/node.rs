@@ -64,6 +64,9 @@ pub enum ClusterError {
     Storage(#[from] StorageError),
     #[error("Raft: {0}")]
     Raft(String),
+    /// A membership change refused as asked (an unknown node, a change in progress, ...).
+    #[error("{0}")]
+    Membership(String),
 }
 
 /// Reloads of the engine's in-memory state, run on a thread of their own: the state machine asks
@@ -228,6 +231,96 @@ impl StatusView {
                 }
             })
             .collect()
+    }
+}
+
+/// Changes the membership (`ALTER CLUSTER ADD|REMOVE NODE`) on the leader: openraft's joint
+/// consensus, each step a log entry. Cheap to clone; callable from any Tokio runtime.
+#[derive(Clone)]
+pub struct Members {
+    raft: Raft<TypeConfig>,
+}
+
+impl Members {
+    /// Adds node `id` at `addr`: first as a learner that receives the log (or a snapshot), then,
+    /// once it has caught up with the entry that added it (waiting up to `catch_up`), as a
+    /// voter. A node that does not catch up in time stays a learner (the error says so): add it
+    /// again once it runs, or remove it.
+    pub async fn add(&self, id: u64, addr: NodeAddr, catch_up: Duration) -> Result<(), ClusterError> {
+        if id == 0 {
+            return Err(ClusterError::Membership("node ids start at 1".into()));
+        }
+        for (what, a) in [("RAFT", &addr.raft), ("HTTP", &addr.http), ("PG", &addr.pg)] {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ClusterError::Membership(format!("{what} address '{a}' is not IP:PORT")));
+            }
+        }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(ClusterError::Membership(format!("node {id} is already a voting member of the cluster")));
+        }
+        if let Some((other, _)) = membership.nodes().find(|(n, a)| **n != id && a.raft == addr.raft) {
+            return Err(ClusterError::Membership(format!("node {other} already has RAFT address {}", addr.raft)));
+        }
+        let added = self.raft.add_learner(id, addr.clone(), false).await.map_err(membership_error)?;
+        let caught_up = self
+            .raft
+            .wait(Some(catch_up))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                    matched.is_some_and(|l| l.index >= added.log_id.index)
+                },
+                "the new node caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(ClusterError::Membership(format!(
+                "node {id} has not caught up within {} s (is it running, with this cluster's secret, its RAFT \
+                 address {} reachable from the leader?); it stays a learner receiving the log: run ALTER CLUSTER \
+                 ADD NODE again once it runs, or ALTER CLUSTER REMOVE NODE {id}",
+                catch_up.as_secs(),
+                addr.raft
+            )));
+        }
+        let voters = std::collections::BTreeSet::from([id]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Removes node `id` (a voter or a learner) from the membership. The node's process is not
+    /// stopped: stop it after (a removed voter left running campaigns for leadership).
+    pub async fn remove(&self, id: u64) -> Result<(), ClusterError> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(ClusterError::Membership(format!("node {id} is not a member of the cluster")));
+        }
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = if membership.voter_ids().any(|v| v == id) {
+            if membership.voter_ids().count() == 1 {
+                return Err(ClusterError::Membership(format!("node {id} is the cluster's last voting member")));
+            }
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        self.raft.change_membership(change, false).await.map_err(membership_error)?;
+        Ok(())
+    }
+}
+
+/// A refused membership change: on a follower the not-leader error naming the leader (as a write
+/// gets), else why.
+fn membership_error(e: RaftError<u64, ClientWriteError<u64, NodeAddr>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
+            ClusterError::Storage(not_leader(to.leader_id.zip(to.leader_node)))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
+        RaftError::Fatal(e) => ClusterError::Raft(e.to_string()),
     }
 }
 
@@ -427,6 +520,11 @@ impl Node {
         m.state.is_leader() && self.fenced_term.load(Ordering::Acquire) == m.current_term
     }
 
+    /// Changes the cluster's membership (`ALTER CLUSTER`).
+    pub fn members(&self) -> Members {
+        Members { raft: self.raft.clone() }
+    }
+
     /// Reports the cluster as this node sees it (`system.cluster`).
     pub fn status(&self) -> StatusView {
         StatusView { id: self.id, raft: self.raft.clone(), answered: Arc::clone(&self.answered) }
@@ -574,7 +672,7 @@ mod tests {
     /// follower refuses writes and names the leader; the leader stopped, the two others elect
     /// one and go on with gap-free offsets; the stopped node restarted on its data catches up
     /// from the log; a node added after the log was purged catches up
-    /// from a snapshot; an RPC without the secret is refused.
+    /// from a snapshot and becomes a voter, then is removed; an RPC without the secret is refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_replicate_fail_over_and_rebuild_a_node_from_a_snapshot() {
         let mut listeners = Vec::new();
@@ -700,14 +798,38 @@ mod tests {
         leader.raft.trigger().purge_log(last.index).await.unwrap();
         waits.metrics(|m| m.purged >= Some(last), "purged").await.unwrap();
         let new = start(4, &BTreeMap::new(), &all_dirs[3], listeners.next().unwrap()).await;
-        let joined = leader.raft.add_learner(4, fourth, true).await.unwrap().log_id;
-        applied(&new, joined.index).await;
+        // ALTER CLUSTER ADD NODE: on a follower refused naming the leader; on the leader the
+        // node joins as a learner, catches up, then votes.
+        let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
+        let refused = follower.members().add(4, fourth.clone(), WAIT).await.unwrap_err();
+        assert!(matches!(refused, ClusterError::Storage(StorageError::NotLeader { leader: Some(_) })), "{refused}");
+        let bad = NodeAddr { raft: "nowhere".into(), ..fourth.clone() };
+        let refused = leader.members().add(4, bad, WAIT).await.unwrap_err().to_string();
+        assert_eq!(refused, "RAFT address 'nowhere' is not IP:PORT");
+        leader.members().add(4, fourth.clone(), WAIT).await.unwrap();
+        let voters =
+            |n: &Node| n.raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
+        assert_eq!(voters(leader), [1, 2, 3, 4]);
+        let membership_applied = leader.raft.metrics().borrow().last_applied.unwrap();
+        applied(&new, membership_applied.index).await;
         assert!(new.store().export().unwrap().bytes == leader.store().export().unwrap().bytes, "the same bytes");
         assert!(new.raft.metrics().borrow().snapshot.is_some(), "caught up from a snapshot, not the log");
+        let refused = leader.members().add(4, fourth, WAIT).await.unwrap_err().to_string();
+        assert_eq!(refused, "node 4 is already a voting member of the cluster");
         // And it follows the entries after it.
         last = leader.write(message(1, "after the snapshot".into())).await.unwrap();
         applied(&new, last.index).await;
         assert_eq!(new.store().partition_state(1, 1).unwrap().next_offset, 11);
+        // ALTER CLUSTER REMOVE NODE: an unknown node refused; a voter removed, the others go on.
+        let refused = leader.members().remove(9).await.unwrap_err().to_string();
+        assert_eq!(refused, "node 9 is not a member of the cluster");
+        leader.members().remove(4).await.unwrap();
+        assert_eq!(voters(leader), [1, 2, 3]);
+        assert!(leader.status().nodes().iter().all(|n| n.node_id != 4));
+        last = leader.write(message(1, "after the removal".into())).await.unwrap();
+        for n in &nodes {
+            applied(n, last.index).await;
+        }
 
         new.shutdown().await;
         for n in nodes {

@@ -18,7 +18,9 @@ use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 use std::ops::ControlFlow;
 
-use crate::ast::{CopySource, CopyStatement, CopyTo, SessionStatement, TopicStatement, UserStatement};
+use crate::ast::{
+    ClusterStatement, CopySource, CopyStatement, CopyTo, SessionStatement, TopicStatement, UserStatement,
+};
 
 /// One statement of SQL text.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,8 @@ pub enum Statement {
     Copy(CopyStatement),
     /// `FETCH`, `MOVE`, `UNLISTEN`.
     Session(SessionStatement),
+    /// `ALTER CLUSTER ADD|REMOVE NODE`.
+    Cluster(ClusterStatement),
 }
 
 impl fmt::Display for Statement {
@@ -45,6 +49,7 @@ impl fmt::Display for Statement {
             Statement::User(s) => write!(f, "{s}"),
             Statement::Copy(s) => write!(f, "{s}"),
             Statement::Session(s) => write!(f, "{s}"),
+            Statement::Cluster(s) => write!(f, "{s}"),
             Statement::ExplainTopic { verbose, statement } => {
                 write!(f, "EXPLAIN {}{statement}", if *verbose { "VERBOSE " } else { "" })
             }
@@ -237,7 +242,9 @@ fn check_depth(statement: &Statement) -> Result<()> {
             t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
         }
         Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => q.visit(&mut limit),
-        Statement::User(_) | Statement::Copy(_) | Statement::Session(_) => ControlFlow::Continue(()),
+        Statement::User(_) | Statement::Copy(_) | Statement::Session(_) | Statement::Cluster(_) => {
+            ControlFlow::Continue(())
+        }
     };
     if flow.is_break() { Err(too_deep()) } else { Ok(()) }
 }
@@ -365,6 +372,9 @@ fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
     }
     if SessionStatement::claims(p) {
         return Ok(Statement::Session(SessionStatement::parse(p)?));
+    }
+    if ClusterStatement::claims(p) {
+        return Ok(Statement::Cluster(ClusterStatement::parse(p)?));
     }
     let mut statement = df.parse_statement()?;
     normalize_types(&mut statement);

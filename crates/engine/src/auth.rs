@@ -53,6 +53,8 @@ pub enum Action {
     FileSystem,
     /// `SET` of an engine option.
     SetOption,
+    /// `ALTER CLUSTER`: the membership of a replicated cluster.
+    ManageCluster,
 }
 
 impl Action {
@@ -65,6 +67,7 @@ impl Action {
             Action::ReadUsers => "read system.users",
             Action::FileSystem => "read or write the server's files",
             Action::SetOption => "set engine options",
+            Action::ManageCluster => "change the cluster's membership",
         }
     }
 }
@@ -88,6 +91,7 @@ pub fn authorize(principal: &Principal, action: Action, allow_user_consume: bool
         Action::Ddl | Action::ManageUsers | Action::ReadUsers | Action::FileSystem | Action::SetOption => {
             (principal.role >= Role::Dba, "dba or system")
         }
+        Action::ManageCluster => (principal.role >= Role::System, "system"),
     };
     if allowed {
         return Ok(());

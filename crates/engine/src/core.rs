@@ -33,13 +33,22 @@ pub struct Core {
     pub jobs: crate::topics::retention::Jobs,
     /// Where DML statements run their key check, routing and write.
     pub commit_threads: crate::write::commit_threads::CommitThreads,
-    /// On a cluster node: what `system.cluster` shows.
-    pub cluster: std::sync::OnceLock<Arc<dyn ClusterStatus>>,
+    /// On a cluster node: its cluster (`system.cluster`, `ALTER CLUSTER`).
+    pub cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
 }
 
-/// The cluster as this node sees it, for `system.cluster` (given by the server on a cluster node).
-pub trait ClusterStatus: Send + Sync {
+/// The replicated cluster this node is part of, given by the server on a cluster node.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync {
+    /// Every node as this node sees it: the rows of `system.cluster`.
     fn nodes(&self) -> Vec<ClusterNode>;
+
+    /// `ALTER CLUSTER ADD NODE`: returns once the node has caught up and votes. On a node that
+    /// does not lead, fails with the store's not-leader error naming the leader.
+    async fn add_node(&self, id: u64, raft: String, http: String, pg: String) -> datafusion::common::Result<()>;
+
+    /// `ALTER CLUSTER REMOVE NODE` (same refusal on a node that does not lead).
+    async fn remove_node(&self, id: u64) -> datafusion::common::Result<()>;
 }
 
 /// A row of `system.cluster`.

@@ -14,8 +14,8 @@ use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, Extension, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::Analyzer;
 use topicfusion_dialect::{
-    AckTarget, AlterUserAction, CopyEndpoint, CopyStatement, ParsedStatement, SessionStatement, Statement,
-    TopicStatement, UserStatement, parse_sql,
+    AckTarget, AlterUserAction, ClusterStatement, CopyEndpoint, CopyStatement, ParsedStatement, SessionStatement,
+    Statement, TopicStatement, UserStatement, parse_sql,
 };
 use topicfusion_storage::keys::{self, CatalogKind};
 use topicfusion_storage::{Clock, Commit, Durability, Message, Store};
@@ -210,9 +210,9 @@ impl Database {
         Ok(())
     }
 
-    /// Makes `system.cluster` show `status` (a cluster node's view of its cluster); set once.
-    pub fn set_cluster_status(&self, status: Arc<dyn crate::core::ClusterStatus>) {
-        let _ = self.core.cluster.set(status);
+    /// Makes this database a node of `cluster` (`system.cluster`, `ALTER CLUSTER`); set once.
+    pub fn set_cluster(&self, cluster: Arc<dyn crate::core::Cluster>) {
+        let _ = self.core.cluster.set(cluster);
     }
 
     /// The store this database keeps its data in.
@@ -436,6 +436,26 @@ impl Database {
         self.ctx.state().create_logical_plan(sql).await
     }
 
+    /// `ALTER CLUSTER ADD|REMOVE NODE` (the caller is authorized), through the server's cluster.
+    async fn cluster_statement(&self, statement: ClusterStatement) -> Result<StatementResult> {
+        let Some(cluster) = self.core.cluster.get() else {
+            return datafusion::common::plan_err!(
+                "not supported: ALTER CLUSTER on a server without [cluster] (a single node; see docs/cluster.md)"
+            );
+        };
+        let status = match statement {
+            ClusterStatement::AddNode { id, raft, http, pg } => {
+                cluster.add_node(id, raft, http, pg).await?;
+                format!("node {id} added: it votes")
+            }
+            ClusterStatement::RemoveNode { id } => {
+                cluster.remove_node(id).await?;
+                format!("node {id} removed")
+            }
+        };
+        Ok(status_result(status))
+    }
+
     fn authorize(&self, principal: &Principal, action: Action) -> Result<()> {
         authorize(principal, action, self.allow_user_role_consume).map_err(denied)
     }
@@ -507,6 +527,7 @@ impl Database {
             Statement::Copy(CopyStatement::From(c)) if c.source != CopyEndpoint::Client => {
                 self.authorize(principal, Action::FileSystem)?
             }
+            Statement::Cluster(_) => self.authorize(principal, Action::ManageCluster)?,
             Statement::Copy(_) | Statement::DataFusion(_) | Statement::Session(_) => {}
         }
         let plan = match statement {
@@ -531,6 +552,7 @@ impl Database {
             }
             Statement::Copy(CopyStatement::To(c)) => return self.copy_to(session, principal, c).await,
             Statement::Session(s) => return self.session_statement(session, principal, s).await,
+            Statement::Cluster(s) => return self.cluster_statement(s).await,
             Statement::Topic(TopicStatement::ShowTopics) => self.show_topics_plan().await?,
             Statement::Topic(s) => {
                 // Run directly: DataFusion's optimizer and physical planner have nothing to do on

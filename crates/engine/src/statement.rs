@@ -158,6 +158,7 @@ impl CommandTag {
             Statement::Session(SessionStatement::Fetch { rows: true, .. }) => ("FETCH", Outcome::Rows),
             Statement::Session(SessionStatement::Fetch { rows: false, .. }) => ("MOVE", Outcome::RowCount),
             Statement::Session(SessionStatement::Unlisten { .. }) => ("UNLISTEN", Outcome::Status),
+            Statement::Cluster(_) => ("ALTER CLUSTER", Outcome::Status),
         };
         Self { name, outcome }
     }

@@ -223,17 +223,35 @@ fn start_cluster_node(
             tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         Node::start(config, &raft_dir, store, listener).await.map_err(|e| format!("cannot start the cluster node: {e}"))
     })?;
-    db.set_cluster_status(Arc::new(ClusterView(node.status())));
+    db.set_cluster(Arc::new(ClusterView { status: node.status(), members: node.members() }));
     tracing::info!(node_id = c.node_id, raft = %c.raft_listen, "cluster node started");
     Ok((node, raft_rt))
 }
 
-/// `system.cluster` from the node's view of its cluster.
-struct ClusterView(topicfusion_cluster::node::StatusView);
+/// How long `ALTER CLUSTER ADD NODE` waits for the new node to catch up before it votes.
+const ADD_NODE_CATCH_UP: Duration = Duration::from_secs(60);
 
-impl topicfusion_engine::core::ClusterStatus for ClusterView {
+/// The engine's view of the cluster: `system.cluster` from the node's view, `ALTER CLUSTER`
+/// through its membership changes.
+struct ClusterView {
+    status: topicfusion_cluster::node::StatusView,
+    members: topicfusion_cluster::node::Members,
+}
+
+/// A refused membership change as the engine classifies errors (not-leader: SQLSTATE 25006).
+fn membership_error(e: topicfusion_cluster::node::ClusterError) -> datafusion::error::DataFusionError {
+    use topicfusion_cluster::node::ClusterError;
+    match e {
+        ClusterError::Storage(e) => datafusion::error::DataFusionError::External(Box::new(e)),
+        ClusterError::Membership(m) => datafusion::error::DataFusionError::Execution(m),
+        e @ ClusterError::Raft(_) => datafusion::error::DataFusionError::Execution(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl topicfusion_engine::core::Cluster for ClusterView {
     fn nodes(&self) -> Vec<topicfusion_engine::core::ClusterNode> {
-        self.0
+        self.status
             .nodes()
             .into_iter()
             .map(|n| topicfusion_engine::core::ClusterNode {
@@ -247,6 +265,15 @@ impl topicfusion_engine::core::ClusterStatus for ClusterView {
                 pg_address: n.addr.pg,
             })
             .collect()
+    }
+
+    async fn add_node(&self, id: u64, raft: String, http: String, pg: String) -> datafusion::common::Result<()> {
+        let addr = topicfusion_cluster::NodeAddr { raft, http, pg };
+        self.members.add(id, addr, ADD_NODE_CATCH_UP).await.map_err(membership_error)
+    }
+
+    async fn remove_node(&self, id: u64) -> datafusion::common::Result<()> {
+        self.members.remove(id).await.map_err(membership_error)
     }
 }
 

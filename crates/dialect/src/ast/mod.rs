@@ -1,6 +1,7 @@
 //! The AST of the topic statements, one file per statement family; each file also holds the
 //! parser of its family and its round-trip tests.
 
+mod cluster;
 mod consume;
 mod copy;
 mod group;
@@ -13,6 +14,7 @@ use std::fmt;
 use datafusion_common::Result;
 use datafusion_sql::sqlparser::parser::Parser;
 
+pub use cluster::ClusterStatement;
 pub use consume::{Consume, ConsumeOption, StartPosition};
 pub use copy::{CopyEndpoint, CopyFormat, CopyFrom, CopyOptions, CopySource, CopyStatement, CopyTo};
 pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};

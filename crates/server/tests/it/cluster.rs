@@ -158,6 +158,7 @@ mod processes {
         id: u64,
         config: PathBuf,
         data: PathBuf,
+        raft: String,
         http: String,
         pg: String,
         child: Option<Child>,
@@ -278,9 +279,11 @@ mod processes {
         }
     }
 
-    fn config(id: u64, ports: &[u16], secret: &str, snapshot_every: u64) -> String {
+    /// The configuration of node `id` in a cluster whose `peers` are nodes 1 to `peers`; node
+    /// `n` listens on `ports[3(n-1)..3n]` (Raft, HTTP, PostgreSQL).
+    fn config(id: u64, peers: u64, ports: &[u16], snapshot_every: u64) -> String {
         let port = |node: u64, kind: usize| ports[(node as usize - 1) * 3 + kind];
-        let peers: Vec<String> = (1..=3)
+        let peers: Vec<String> = (1..=peers)
             .map(|n| {
                 format!(
                     "  {{ id = {n}, raft = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", pg = \"127.0.0.1:{}\" }},",
@@ -292,7 +295,7 @@ mod processes {
             .collect();
         format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\npg_listen = \"127.0.0.1:{}\"\n[topics]\nretention_interval_ms = 0\n\
-             [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{}\"\nsecret = \"{secret}\"\n\
+             [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{}\"\nsecret = \"cluster-test-secret-0123\"\n\
              snapshot_every = {snapshot_every}\npeers = [\n{}\n]\n",
             port(id, 1),
             port(id, 2),
@@ -301,18 +304,20 @@ mod processes {
         )
     }
 
-    /// Starts three server processes with their data under `dir` and waits until they serve.
-    fn start_three(dir: &Path, snapshot_every: u64) -> Vec<Node> {
-        let ports = free_ports(9);
-        let mut nodes: Vec<Node> = (1..=3u64)
+    /// Starts three server processes with their data under `dir` and waits until they serve;
+    /// also returns a fourth node, not started, configured to join them (`ALTER CLUSTER ADD NODE`).
+    fn start_three(dir: &Path, snapshot_every: u64) -> (Vec<Node>, Node) {
+        let ports = free_ports(12);
+        let mut nodes: Vec<Node> = (1..=4u64)
             .map(|id| {
                 let config = dir.join(format!("node{id}.toml"));
-                std::fs::write(&config, self::config(id, &ports, "cluster-test-secret-0123", snapshot_every)).unwrap();
+                std::fs::write(&config, self::config(id, id.max(3), &ports, snapshot_every)).unwrap();
                 let base = (id as usize - 1) * 3;
                 Node {
                     id,
                     config,
                     data: dir.join(format!("data{id}")),
+                    raft: format!("127.0.0.1:{}", ports[base]),
                     http: format!("127.0.0.1:{}", ports[base + 1]),
                     pg: format!("127.0.0.1:{}", ports[base + 2]),
                     child: None,
@@ -320,13 +325,14 @@ mod processes {
                 }
             })
             .collect();
+        let fourth = nodes.pop().unwrap();
         for n in &mut nodes {
             n.spawn();
         }
         for n in &mut nodes {
             n.wait_listening();
         }
-        nodes
+        (nodes, fourth)
     }
 
     /// Three server processes: SQL on the leader is read on the followers; a follower forwards
@@ -337,7 +343,7 @@ mod processes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_server_processes_replicate_forward_or_refuse_follower_writes_and_fail_over() {
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes = start_three(dir.path(), 10_000);
+        let (mut nodes, _) = start_three(dir.path(), 10_000);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let leader = write_on_leader(&nodes, &http, "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)").await;
         write_on_leader(&nodes, &http, "CREATE TOPIC ev PARTITIONS 2; ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
@@ -546,12 +552,13 @@ mod processes {
 
     /// A follower paused with SIGSTOP for 10 s while the others go on writing catches up when
     /// resumed; a follower whose data dir is wiped catches up from the leader (the log behind the
-    /// leader's snapshot is purged: `snapshot_every` = 100 and 600 entries written). Every node
-    /// ends with the same rows, offsets and messages.
+    /// leader's snapshot is purged: `snapshot_every` = 100 and 600 entries written); a fourth
+    /// node added with ALTER CLUSTER catches up and votes, then is removed. Every node ends with
+    /// the same rows, offsets and messages.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_paused_follower_and_a_wiped_follower_catch_up() {
+    async fn a_paused_a_wiped_and_an_added_node_catch_up() {
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes = start_three(dir.path(), 100);
+        let (mut nodes, mut fourth) = start_three(dir.path(), 100);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let leader = write_on_leader(
             &nodes,
@@ -593,5 +600,35 @@ mod processes {
         until_count(&nodes[wiped], &http, "SELECT count(*) FROM t", next).await;
         until_identical(&nodes, &http).await;
         eprintln!("wiped: caught up {:?} after the pause began", stopped_at.elapsed());
+
+        // A fourth node joins with ALTER CLUSTER ADD NODE, sent to a follower (which forwards it):
+        // the statement returns once the node has caught up and votes. Then it is removed.
+        fourth.spawn();
+        let add = format!("ALTER CLUSTER ADD NODE 4 '{}' HTTP '{}' PG '{}'", fourth.raft, fourth.http, fourth.pg);
+        let (status, body) = nodes[followers[0]].sql(&http, &add).await;
+        assert_eq!(
+            (status, &body["results"][0]["rows"]),
+            (StatusCode::OK, &json!([["node 4 added: it votes"]])),
+            "{body}"
+        );
+        fourth.wait_listening();
+        nodes.push(fourth);
+        until_identical(&nodes, &http).await;
+        let roles = "SELECT node_id, role FROM system.cluster ORDER BY node_id";
+        let (_, body) = nodes[3].sql(&http, roles).await;
+        let rows = body["results"][0]["rows"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 4, "{body}");
+        assert_eq!(rows[3], json!([4, "follower"]));
+        let (status, body) = nodes[leader].sql(&http, &add).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["message"], "Execution error: node 4 is already a voting member of the cluster");
+        let (status, body) = nodes[leader].sql(&http, "ALTER CLUSTER REMOVE NODE 4").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        nodes[3].kill();
+        let (_, body) = nodes[leader].sql(&http, "SELECT count(*) FROM system.cluster").await;
+        assert_eq!(body["results"][0]["rows"], json!([[3]]));
+        // Three voters again: a majority of two of them commits.
+        write_through(&nodes[leader], &http, &format!("INSERT INTO t VALUES ({next}, 'after')")).await;
+        until_identical(&nodes, &http).await;
     }
 }

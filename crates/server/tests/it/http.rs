@@ -193,6 +193,15 @@ async fn the_role_matrix_for_consume_ack_and_sql() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["error"]["code"], "forbidden", "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("needs role system"), "{err}");
+    // The cluster's membership is role system's (checked before anything else of the statement).
+    let (status, err) =
+        server.post("/v1/api/sql", Some(("u_dba", "pw")), json!({"sql": "ALTER CLUSTER REMOVE NODE 2"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("needs role system"), "{err}");
+    let (status, err) =
+        server.post("/v1/api/sql", Some(("u_system", "pw")), json!({"sql": "ALTER CLUSTER REMOVE NODE 2"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("without [cluster]"), "{err}");
     // Anyone changes their own password; the old one stops working.
     let (status, _) = server
         .post("/v1/api/sql", Some(("u_user", "pw")), json!({"sql": "ALTER USER u_user SET PASSWORD 'pw2'"}))
