@@ -80,7 +80,9 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
-    /// fsync the write-ahead log on every commit (survives power loss, not only crashes).
+    /// fsync the write-ahead log on every commit (survives power loss, not only crashes); on by
+    /// default, as PostgreSQL's synchronous commit. No effect on a cluster node, whose Raft log
+    /// is fsynced on every append instead.
     pub sync_writes: bool,
     /// The most row data one UPDATE, DELETE or INSERT ... SELECT may change (bytes).
     pub max_statement_bytes: usize,
@@ -131,7 +133,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
-            sync_writes: false,
+            sync_writes: true,
             max_statement_bytes: topicfusion_engine::database::DEFAULT_MAX_STATEMENT_BYTES,
             commit_threads: 0,
         }

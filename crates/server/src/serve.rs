@@ -46,7 +46,13 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
 
     let options = DatabaseOptions {
-        durability: if config.storage.sync_writes { Durability::Sync } else { Durability::Process },
+        // A cluster node's commits are durable in a majority's fsynced Raft logs; its store is
+        // rebuilt from the log after a power loss, so it needs no fsync of its own.
+        durability: if config.storage.sync_writes && config.cluster.is_none() {
+            Durability::Sync
+        } else {
+            Durability::Process
+        },
         visibility_timeout_ms: config.topics.default_visibility_timeout_ms,
         allow_user_role_consume: config.topics.allow_user_role_consume,
         max_statement_bytes: config.storage.max_statement_bytes,
@@ -69,7 +75,10 @@ pub fn run(config: Config) -> Result<(), String> {
     // A cluster node: its Raft log, state machine and transport run on a runtime of their own,
     // so statements blocked on a replicated commit never hold up heartbeats or applies.
     let cluster = match &config.cluster {
-        Some(c) => Some(start_cluster_node(c, &data_dir, &db)?),
+        Some(c) => {
+            engine_rt.block_on(refuse_single_node_data(&db, &data_dir))?;
+            Some(start_cluster_node(c, &data_dir, &db)?)
+        }
         None => None,
     };
     let root_password = Some(config.auth.root_password.as_str()).filter(|p| !p.is_empty());
@@ -179,6 +188,30 @@ pub fn run(config: Config) -> Result<(), String> {
         Err(_) => tracing::warn!("engine still referenced at shutdown; RocksDB closes at exit"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Refuses to make a cluster node of a data dir that served a single node: its tables, topics
+/// and users are in no Raft log, so the other nodes would never have them.
+async fn refuse_single_node_data(db: &Database, data_dir: &std::path::Path) -> Result<(), String> {
+    if data_dir.join("raft").exists() || db.store().last_applied().is_some() {
+        return Ok(());
+    }
+    let sql = "SELECT (SELECT count(*) FROM system.tables) + (SELECT count(*) FROM system.topics) \
+               + (SELECT count(*) FROM system.users WHERE name <> 'root')";
+    let results = db.execute(sql).await.map_err(|e| format!("cannot inspect the data dir: {}", e.message()))?;
+    let objects = results
+        .first()
+        .and_then(|r| r.batches.first())
+        .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().map(|a| a.value(0)))
+        .ok_or("cannot inspect the data dir: no count")?;
+    if objects > 0 {
+        return Err(format!(
+            "{} holds a single-node database ({objects} tables, topics or users besides root): a cluster node starts \
+             from an empty data dir (converting one is not supported; see docs/cluster.md)",
+            data_dir.display()
+        ));
+    }
     Ok(())
 }
 

@@ -34,6 +34,9 @@ pub enum ErrorCode {
     NotLeader,
     /// A failure of the server itself.
     Internal,
+    /// A request forwarded to the cluster's leader that got no answer from it: it may or may
+    /// not have run there.
+    LeaderUnanswered,
 }
 
 impl ErrorCode {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::LeaderUnanswered => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Internal => "internal",
+            ErrorCode::LeaderUnanswered => "leader_unanswered",
         }
     }
 }

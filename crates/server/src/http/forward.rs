@@ -8,8 +8,10 @@
 //! [`Forwardable`]): when earlier statements of a multi-statement request completed here, the
 //! not-leader error goes back to the client, which must not have them run twice. A forwarded
 //! request carries [`FORWARDED_BY`] and is never forwarded again (a leader that lost its place
-//! meanwhile answers 421 itself); when no other leader is known (an election is on) or it cannot
-//! be reached, the client gets this node's 421.
+//! meanwhile answers 421 itself); when no other leader is known (an election is on) or no
+//! connection to it can be made, the client gets this node's 421 (nothing ran anywhere). A
+//! request sent that gets no answer (the leader died with it) is a 502 `leader_unanswered`: it
+//! may have run.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -83,9 +85,21 @@ pub async fn to_leader(State(state): State<SharedState>, request: Request, next:
             answer.headers_mut().insert(ANSWERED_BY, HeaderValue::from(leader));
             answer
         }
-        Err(e) => {
-            tracing::warn!(leader, http = %addr.http, error = %e, "cannot forward a request to the leader");
+        Err(e) if e.is_connect() => {
+            tracing::warn!(leader, http = %addr.http, error = %e, "cannot connect to the leader to forward a request");
             response
+        }
+        Err(e) => {
+            tracing::warn!(leader, http = %addr.http, error = %e, "a request forwarded to the leader got no answer");
+            ApiError::new(
+                ErrorCode::LeaderUnanswered,
+                format!(
+                    "the request was forwarded to the cluster's leader, node {leader} (HTTP {}), which did not answer \
+                     ({e}): it may or may not have run; check before retrying",
+                    addr.http
+                ),
+            )
+            .into_response()
         }
     }
 }

@@ -631,4 +631,34 @@ mod processes {
         write_through(&nodes[leader], &http, &format!("INSERT INTO t VALUES ({next}, 'after')")).await;
         until_identical(&nodes, &http).await;
     }
+
+    /// A data dir that served a single node (a table in it) is refused as a cluster node's: its
+    /// data is in no Raft log. An empty one starts (tested above).
+    #[test]
+    fn a_single_node_data_dir_is_refused_as_a_cluster_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data1");
+        let made = Command::new(env!("CARGO_BIN_EXE_topicfusion"))
+            .args(["sql", "--data-dir"])
+            .arg(&data)
+            .args(["-c", "CREATE TABLE kept (id BIGINT PRIMARY KEY)"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let ports = free_ports(12);
+        let config = dir.path().join("node1.toml");
+        std::fs::write(&config, self::config(1, 3, &ports, 10_000)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_topicfusion"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("TOPICFUSION_ROOT_PASSWORD", ROOT_PASSWORD)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("holds a single-node database (1 tables, topics or users besides root)"), "{stderr}");
+        assert!(!data.join("raft").exists(), "nothing of a cluster was created");
+    }
 }

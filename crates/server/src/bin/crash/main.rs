@@ -11,6 +11,11 @@
 //!
 //! The worker (`crash worker ...`) appends what it has done to a journal file (plain writes, which
 //! a SIGKILL does not lose) only after the database returned.
+//!
+//! `crash cluster --kills N` is the same idea for a three-node cluster: the leader is killed N
+//! times under load (see `cluster.rs`).
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -86,8 +91,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("cluster") => {
+            let kills: u64 = value("--kills").and_then(|c| c.parse().ok()).unwrap_or(20);
+            let bin = value("--bin").map_or_else(
+                || std::env::current_exe().expect("own path").with_file_name("topicfusion"),
+                PathBuf::from,
+            );
+            match rt.block_on(cluster::run(&bin, kills, flag("--tamper"))) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cluster crash test: violation: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: crash run --cycles N [--sync] [--data-dir DIR]");
+            eprintln!("usage: crash run --cycles N [--sync] [--data-dir DIR] | crash cluster --kills N [--bin PATH]");
             ExitCode::FAILURE
         }
     }
