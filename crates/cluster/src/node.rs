@@ -49,6 +49,10 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Called when the store changed under the node's in-memory state (see [`ChangeWatch`]).
     pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Never form a cluster: wait to be added to an existing one (`ALTER CLUSTER ADD NODE`). For
+    /// a node added later or replacing a removed one, which would otherwise, as the lowest id
+    /// of its `peers` with an empty log, start a cluster of its own.
+    pub join: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -251,44 +255,60 @@ impl Members {
             return Err(ClusterError::Membership("node ids start at 1".into()));
         }
         for (what, a) in [("RAFT", &addr.raft), ("HTTP", &addr.http), ("PG", &addr.pg)] {
-            if a.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ClusterError::Membership(format!("{what} address '{a}' is not IP:PORT")));
+            if a.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                return Err(ClusterError::Membership(format!("{what} address '{a}' is not HOST:PORT")));
             }
         }
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-        if membership.voter_ids().any(|v| v == id) {
+        let configs = membership.get_joint_config();
+        if configs.iter().all(|c| c.contains(&id)) {
             return Err(ClusterError::Membership(format!("node {id} is already a voting member of the cluster")));
         }
         if let Some((other, _)) = membership.nodes().find(|(n, a)| **n != id && a.raft == addr.raft) {
             return Err(ClusterError::Membership(format!("node {other} already has RAFT address {}", addr.raft)));
         }
-        let added = self.raft.add_learner(id, addr.clone(), false).await.map_err(membership_error)?;
-        let caught_up = self
-            .raft
-            .wait(Some(catch_up))
-            .metrics(
-                |m| {
-                    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
-                    matched.is_some_and(|l| l.index >= added.log_id.index)
-                },
-                "the new node caught up",
-            )
-            .await;
-        if caught_up.is_err() {
-            return Err(ClusterError::Membership(format!(
-                "node {id} has not caught up within {} s (is it running, with this cluster's secret, its RAFT \
-                 address {} reachable from the leader?); it stays a learner receiving the log: run ALTER CLUSTER \
-                 ADD NODE again once it runs, or ALTER CLUSTER REMOVE NODE {id}",
-                catch_up.as_secs(),
-                addr.raft
-            )));
+        match membership.get_node(&id) {
+            Some(known) if known != &addr => {
+                return Err(ClusterError::Membership(format!(
+                    "node {id} is already a member with other addresses (RAFT {}, HTTP {}, PG {}): remove it first",
+                    known.raft, known.http, known.pg
+                )));
+            }
+            _ => {}
+        }
+        // A change a leadership loss cut in half (a learner, or a joint configuration whose new
+        // half has the node) goes on from where it is: the node already receives the log.
+        if !configs.iter().any(|c| c.contains(&id)) {
+            let added = self.raft.add_learner(id, addr.clone(), false).await.map_err(membership_error)?;
+            let caught_up = self
+                .raft
+                .wait(Some(catch_up))
+                .metrics(
+                    |m| {
+                        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                        matched.is_some_and(|l| l.index >= added.log_id.index) || !m.state.is_leader()
+                    },
+                    "the new node caught up",
+                )
+                .await;
+            if !self.raft.metrics().borrow().state.is_leader() {
+                return Err(half_done(id, "added as a learner"));
+            }
+            if caught_up.is_err() {
+                return Err(ClusterError::Membership(format!(
+                    "node {id} has not caught up within {} s (is it running, with this cluster's secret, its RAFT \
+                     address {} reachable from the leader?); it stays a learner receiving the log: run ALTER CLUSTER \
+                     ADD NODE again once it runs, or ALTER CLUSTER REMOVE NODE {id}",
+                    catch_up.as_secs(),
+                    addr.raft
+                )));
+            }
         }
         let voters = std::collections::BTreeSet::from([id]);
-        self.raft
-            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
-            .await
-            .map_err(membership_error)?;
-        Ok(())
+        match self.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.after_step(e, id, "added as a learner")),
+        }
     }
 
     /// Removes node `id` (a voter or a learner) from the membership. The node's process is not
@@ -307,9 +327,30 @@ impl Members {
         } else {
             openraft::ChangeMembers::RemoveNodes(ids)
         };
-        self.raft.change_membership(change, false).await.map_err(membership_error)?;
-        Ok(())
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.after_step(e, id, "being removed")),
+        }
     }
+
+    /// The error of a `change_membership` call: when leadership was lost after its first step
+    /// committed (the membership is now joint), not the retryable not-leader error (the leader
+    /// would not run the statement from the start) but one saying the change is half done.
+    fn after_step(&self, e: RaftError<u64, ClientWriteError<u64, NodeAddr>>, id: u64, state: &str) -> ClusterError {
+        let joint = self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1;
+        match membership_error(e) {
+            ClusterError::Storage(StorageError::NotLeader { .. }) if joint => half_done(id, state),
+            other => other,
+        }
+    }
+}
+
+/// A membership change a leadership loss interrupted after a step of it committed.
+fn half_done(id: u64, state: &str) -> ClusterError {
+    ClusterError::Membership(format!(
+        "leadership changed while node {id} was {state}: the change is half done; run the same ALTER CLUSTER \
+         statement on the new leader to finish it (see system.cluster)"
+    ))
 }
 
 /// A refused membership change: on a follower the not-leader error naming the leader (as a write
@@ -320,7 +361,7 @@ fn membership_error(e: RaftError<u64, ClientWriteError<u64, NodeAddr>>) -> Clust
             ClusterError::Storage(not_leader(to.leader_id.zip(to.leader_node)))
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
-        RaftError::Fatal(e) => ClusterError::Raft(e.to_string()),
+        RaftError::Fatal(e) => ClusterError::Storage(StorageError::Replication(e.to_string())),
     }
 }
 
@@ -416,7 +457,8 @@ impl Replicator for Proposer {
 
 impl Node {
     /// Starts the node: opens its log in `dir`, applies to `store`, answers peers on `listener`.
-    /// The node with the lowest id of a cluster that never started initializes it with `peers`.
+    /// The node with the lowest id of a cluster that never started initializes it with `peers`
+    /// (unless `join`).
     pub async fn start(
         config: NodeConfig,
         dir: &Path,
@@ -500,7 +542,8 @@ impl Node {
         reloads.request();
         state_machine.store().replicate_through(Arc::new(proposer))?;
         let node = Self { id: config.id, raft, state_machine, server, answered, fenced_term };
-        if config.peers.keys().next() == Some(&config.id)
+        if !config.join
+            && config.peers.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?
         {
             match node.raft.initialize(config.peers).await {
@@ -595,8 +638,14 @@ mod tests {
 
     async fn start(id: u64, peers: &BTreeMap<u64, NodeAddr>, dirs: &Dirs, listener: TcpListener) -> Node {
         let store = Arc::new(Store::open(dirs.store.path(), Durability::Process).unwrap());
-        let config =
-            NodeConfig { id, peers: peers.clone(), secret: SECRET.into(), snapshot_every: 100_000, on_change: None };
+        let config = NodeConfig {
+            id,
+            peers: peers.clone(),
+            secret: SECRET.into(),
+            snapshot_every: 100_000,
+            on_change: None,
+            join: false,
+        };
         Node::start(config, dirs.raft.path(), store, listener).await.unwrap()
     }
 
@@ -657,8 +706,14 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peers = BTreeMap::from([(1, addr(&listener))]);
-        let config =
-            NodeConfig { id: 1, peers: peers.clone(), secret: " ".into(), snapshot_every: 100, on_change: None };
+        let config = NodeConfig {
+            id: 1,
+            peers: peers.clone(),
+            secret: " ".into(),
+            snapshot_every: 100,
+            on_change: None,
+            join: false,
+        };
         let refused = refusal(Node::start(config, d.raft.path(), Arc::clone(&store), listener).await);
         assert!(refused.contains("secret is empty"), "{refused}");
 
@@ -666,9 +721,26 @@ mod tests {
             .apply(topicfusion_storage::AppliedId { index: 1, term: 1, node: 1 }, topicfusion_storage::Payload::Blank);
         assert!(matches!(applied, Ok(topicfusion_storage::Applied::Written(_))));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let config = NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100, on_change: None };
+        let config =
+            NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100, on_change: None, join: false };
         let refused = refusal(Node::start(config, d.raft.path(), store, listener).await);
         assert!(refused.contains("Raft log") && refused.contains("is empty"), "{refused}");
+    }
+
+    /// A node started to `join` never forms a cluster, even as the lowest id of its peers; one
+    /// that may, does.
+    #[tokio::test]
+    async fn a_joining_node_waits_to_be_added() {
+        for join in [true, false] {
+            let d = dirs();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let peers = BTreeMap::from([(1, addr(&listener))]);
+            let store = Arc::new(Store::open(d.store.path(), Durability::Process).unwrap());
+            let config = NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100, on_change: None, join };
+            let node = Node::start(config, d.raft.path(), store, listener).await.unwrap();
+            assert_eq!(node.raft.is_initialized().await.unwrap(), !join);
+            node.shutdown().await;
+        }
     }
 
     /// Three nodes on loopback: the writes of the leader reach every node byte for byte; a
@@ -808,7 +880,7 @@ mod tests {
         assert!(matches!(refused, ClusterError::Storage(StorageError::NotLeader { leader: Some(_) })), "{refused}");
         let bad = NodeAddr { raft: "nowhere".into(), ..fourth.clone() };
         let refused = leader.members().add(4, bad, WAIT).await.unwrap_err().to_string();
-        assert_eq!(refused, "RAFT address 'nowhere' is not IP:PORT");
+        assert_eq!(refused, "RAFT address 'nowhere' is not HOST:PORT");
         leader.members().add(4, fourth.clone(), WAIT).await.unwrap();
         let voters =
             |n: &Node| n.raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();

@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// purged behind it).
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Never form a new cluster: wait to be added to a running one (`ALTER CLUSTER ADD NODE`).
+    /// Set it on a node added later or replacing a removed one.
+    #[serde(default)]
+    pub join: bool,
 }
 
 /// One node's addresses as its peers and clients reach it.

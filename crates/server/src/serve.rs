@@ -242,6 +242,7 @@ fn start_cluster_node(
         peers,
         secret: c.secret.clone(),
         snapshot_every: c.snapshot_every,
+        join: c.join,
         on_change: Some(Arc::new(move || {
             if let Err(e) = reloaded.reload_from_store() {
                 tracing::error!(error = %e, "cannot reload the catalog and users after applying the cluster's log");

@@ -561,6 +561,7 @@ mod cluster {
                 secret: "bench".into(),
                 snapshot_every: 100_000,
                 on_change: None,
+                join: false,
             };
             Node::start(config, &dir.join("raft"), store, listener).await.expect("node")
         }

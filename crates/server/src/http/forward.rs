@@ -14,14 +14,14 @@
 //! may have run.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use topicfusion_cluster::node::StatusView;
 
-use super::SharedState;
 use super::error::{ApiError, ErrorCode};
+use super::{Caller, SharedState};
 
 /// Set on a request a node forwards (its value: that node's id).
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-topicfusion-forwarded-by");
@@ -39,10 +39,21 @@ pub struct Forwarder {
     node_id: u64,
 }
 
+/// The endpoints whose requests may be forwarded (the others never get a not-leader error).
+const FORWARDED_PATHS: [&str; 3] = ["/v1/api/sql", "/v1/api/topics/consume", "/v1/api/topics/ack"];
+
+/// The longest a forwarded request may wait for the leader's answer: the longest a request may
+/// legitimately take there (a CONSUME long poll, an `ALTER CLUSTER ADD NODE` waiting for the
+/// node to catch up) and a margin. A leader that hangs (paused, cut off) is thus given up on.
+const FORWARD_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_millis(topicfusion_engine::topics::groups::MAX_TIMEOUT_MS + 60_000);
+
 impl Forwarder {
     pub fn new(node_id: u64, status: StatusView) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_keepalive(std::time::Duration::from_secs(10))
             // Never follow a redirect with the client's credentials.
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -54,11 +65,19 @@ impl Forwarder {
 /// The middleware (see the module doc). Without a cluster, runs the request as it is.
 pub async fn to_leader(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     let Some(forwarder) = &state.forwarder else { return next.run(request).await };
-    if request.headers().contains_key(&FORWARDED_BY) {
+    if request.headers().contains_key(&FORWARDED_BY) || !FORWARDED_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
+    // The caller is checked first (no body is read for a stranger), once: the handler finds it
+    // in the extensions.
+    let (mut parts, body) = request.into_parts();
+    match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+        }
+        Err(refused) => return refused.into_response(),
+    }
     // The body is kept to send it on: read it here, within the same limit the handlers have.
-    let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, state.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return body_error(e).into_response(),

@@ -164,13 +164,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     })
 }
 
-/// The authenticated caller: `Authorization: Bearer <token>` or `Basic`.
+/// The authenticated caller: `Authorization: Bearer <token>` or `Basic` (checked once per
+/// request: a caller the forwarding middleware checked is kept in the request's extensions).
+#[derive(Clone)]
 pub struct Caller(pub Principal);
 
 impl FromRequestParts<SharedState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        if let Some(checked) = parts.extensions.get::<Caller>() {
+            return Ok(checked.clone());
+        }
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized("missing Authorization header: use Bearer <token> or Basic"));
         };

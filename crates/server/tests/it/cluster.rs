@@ -52,6 +52,7 @@ async fn start_three() -> Vec<Member> {
                     panic!("reload: {e}");
                 }
             })),
+            join: false,
         };
         let node = Node::start(config, &dir.path().join("raft"), Arc::clone(db.store()), listener).await.unwrap();
         members.push(Member { _dir: dir, db, node });
@@ -311,7 +312,12 @@ mod processes {
         let mut nodes: Vec<Node> = (1..=4u64)
             .map(|id| {
                 let config = dir.join(format!("node{id}.toml"));
-                std::fs::write(&config, self::config(id, id.max(3), &ports, snapshot_every)).unwrap();
+                let mut text = self::config(id, id.max(3), &ports, snapshot_every);
+                if id == 4 {
+                    // Added later: it must wait to be added, not form a cluster.
+                    text.push_str("join = true\n");
+                }
+                std::fs::write(&config, text).unwrap();
                 let base = (id as usize - 1) * 3;
                 Node {
                     id,
@@ -385,6 +391,18 @@ mod processes {
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["x-topicfusion-answered-by"], leader_id.as_str());
         until_count(&nodes[leader], &http, "SELECT count(*) FROM f", 2).await;
+        // Credentials are checked where the request arrives, before anything is forwarded.
+        for auth in [None, Some("Bearer not-a-token")] {
+            let mut request = http
+                .post(format!("http://{}/v1/api/sql", nodes[follower].http))
+                .json(&json!({ "sql": "INSERT INTO f VALUES (9)" }));
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            assert!(resp.headers().get("x-topicfusion-answered-by").is_none());
+        }
         let token = http
             .post(format!("http://{}/v1/api/auth/login", nodes[follower].http))
             .json(&json!({ "username": "root", "password": ROOT_PASSWORD }))

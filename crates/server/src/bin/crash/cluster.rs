@@ -237,7 +237,7 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
     let mut gaps = Vec::new();
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
-        let leader = leader_of(&api).await.ok_or(format!("kill {}: no leader", k + 1))?;
+        let (leader, term) = leader_of(&api).await.ok_or(format!("kill {}: no leader", k + 1))?;
         api.alive[leader].store(false, Ordering::Release);
         let killed_at = started.elapsed().as_millis() as u64;
         nodes[leader].kill();
@@ -250,6 +250,17 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         gaps.push(last_ack.load(Ordering::Acquire) - killed_at);
+        // The node killed was the leader: writes went on under a newer term.
+        match leader_of(&api).await {
+            Some((now, t)) if t > term && now != leader => {}
+            other => {
+                return Err(format!(
+                    "kill {}: node {} was not the leader of term {term}: {other:?}",
+                    k + 1,
+                    leader + 1
+                ));
+            }
+        }
         nodes[leader].spawn(bin)?;
         until_healthy(&api.client, &nodes[leader].http).await?;
         api.alive[leader].store(true, Ordering::Release);
@@ -260,6 +271,13 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
     }
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
+    if seen.positions.is_empty() || seen.acked.is_empty() {
+        return Err(format!(
+            "the load did nothing to check: {} acknowledged INSERTs, ACKs in {} partitions",
+            seen.acked.len(),
+            seen.positions.len()
+        ));
+    }
     if tamper {
         // An acknowledged row deleted through the log (so on every node): the checks must say so.
         let id = seen.acked.iter().next().ok_or("nothing was acknowledged")?;
@@ -307,17 +325,25 @@ async fn until_healthy(client: &reqwest::Client, http: &str) -> Result<(), Strin
     Err(format!("the node on {http} did not come back within 60 s"))
 }
 
-/// The leader's index, as the live nodes see it.
-async fn leader_of(api: &Api) -> Option<usize> {
+/// The leader's index and term: of the leaders the live nodes name, the one of the highest term
+/// (a restarted node may name itself leader of the term it had until it hears the new one).
+async fn leader_of(api: &Api) -> Option<(usize, u64)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        let mut best: Option<(usize, u64)> = None;
         for i in (0..api.alive.len()).filter(|&i| api.alive[i].load(Ordering::Acquire)) {
-            if let Ok(rows) = api.sql(i, "SELECT node_id FROM system.cluster WHERE role = 'leader'").await
-                && let Some(id) = rows[0][0].as_u64()
-                && (1..=NODES).contains(&id)
-            {
-                return Some(id as usize - 1);
+            if let Ok(rows) = api.sql(i, "SELECT node_id, term FROM system.cluster WHERE role = 'leader'").await {
+                for row in rows.as_array().into_iter().flatten() {
+                    if let (Some(id @ 1..=NODES), Some(term)) = (row[0].as_u64(), row[1].as_u64())
+                        && best.is_none_or(|(_, t)| term > t)
+                    {
+                        best = Some((id as usize - 1, term));
+                    }
+                }
             }
+        }
+        if best.is_some() {
+            return best;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
