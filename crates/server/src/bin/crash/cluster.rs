@@ -145,6 +145,19 @@ impl Api {
             }
         }
     }
+
+    /// A write through whichever node takes it (each in turn), for 30 s at most.
+    async fn write(&self, sql: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in (0..self.http.len()).cycle() {
+            match self.sql(node, sql).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(format!("{sql}: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        unreachable!("the nodes cycle")
+    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -152,9 +165,24 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-/// Runs the test; returns the report line.
+/// Runs the test; returns the report line, or the violation with the end of each node's log.
 pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    test(bin, kills, tamper, dir.path()).await.map_err(|e| {
+        let mut out = e;
+        for n in 1..=NODES {
+            let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            out.push_str(&format!(
+                "\n--- node {n}'s log, last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    })
+}
+
+async fn test(bin: &Path, kills: u64, tamper: bool, dir: &Path) -> Result<String, String> {
     let ports: Vec<[u16; 3]> =
         (0..NODES).map(|_| Ok::<_, String>([free_port()?, free_port()?, free_port()?])).collect::<Result<_, _>>()?;
     let peers: String = ports
@@ -169,7 +197,7 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
         .collect();
     let mut nodes: Vec<Node> = Vec::new();
     for (i, &[raft, http, pg]) in ports.iter().enumerate() {
-        let config = dir.path().join(format!("node{}.toml", i + 1));
+        let config = dir.join(format!("node{}.toml", i + 1));
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{http}\"\npg_listen = \"127.0.0.1:{pg}\"\n[topics]\nretention_interval_ms = 0\n\
              [cluster]\nnode_id = {}\nraft_listen = \"127.0.0.1:{raft}\"\nsecret = \"crash-cluster-secret-0123\"\n\
@@ -179,8 +207,8 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         nodes.push(Node {
             config,
-            data: dir.path().join(format!("data{}", i + 1)),
-            log: dir.path().join(format!("node{}.log", i + 1)),
+            data: dir.join(format!("data{}", i + 1)),
+            log: dir.join(format!("node{}.log", i + 1)),
             http: format!("127.0.0.1:{http}"),
             child: None,
         });
@@ -196,9 +224,9 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
         http: nodes.iter().map(|n| n.http.clone()).collect(),
         alive: nodes.iter().map(|_| AtomicBool::new(true)).collect(),
     });
-    api.sql_until_ok(0, "CREATE TABLE t (id BIGINT PRIMARY KEY, w BIGINT, v TEXT)").await?;
-    api.sql_until_ok(0, "CREATE TOPIC ev PARTITIONS 2").await?;
-    api.sql_until_ok(0, "ALTER TOPIC ev ADD SOURCE t ON INSERT").await?;
+    api.write("CREATE TABLE t (id BIGINT PRIMARY KEY, w BIGINT, v TEXT)").await?;
+    api.write("CREATE TOPIC ev PARTITIONS 2").await?;
+    api.write("ALTER TOPIC ev ADD SOURCE t ON INSERT").await?;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -281,7 +309,7 @@ pub async fn run(bin: &Path, kills: u64, tamper: bool) -> Result<String, String>
     if tamper {
         // An acknowledged row deleted through the log (so on every node): the checks must say so.
         let id = seen.acked.iter().next().ok_or("nothing was acknowledged")?;
-        api.sql_until_ok(0, &format!("DELETE FROM t WHERE id = {id}")).await?;
+        api.write(&format!("DELETE FROM t WHERE id = {id}")).await?;
     }
     check(&api, &seen).await?;
     gaps.sort_unstable();
