@@ -36,6 +36,24 @@ use crate::{ApplyOutcome, NodeAddr, TypeConfig};
 /// [`crate::network::MAX_BODY_BYTES`]).
 pub const MAX_COMMAND_BYTES: usize = 64 << 20;
 
+/// How long a leader may go without answers from a majority of the voters before it refuses
+/// new writes (and reports the quorum lost): openraft 0.9 has no check-quorum step-down, so a
+/// leader cut off from the others would take writes that wait until it is back in contact.
+pub const QUORUM_LOST_AFTER: Duration = Duration::from_secs(3);
+
+/// Whether node `id` heard from a majority of every voter set of `membership` (itself counted)
+/// within [`QUORUM_LOST_AFTER`].
+fn in_contact(id: u64, membership: &openraft::Membership<u64, NodeAddr>, answered: &crate::network::Answered) -> bool {
+    let answered = answered.lock().unwrap_or_else(|e| e.into_inner());
+    membership.get_joint_config().iter().all(|voters| {
+        let heard = voters
+            .iter()
+            .filter(|&&v| v == id || answered.get(&v).is_some_and(|t| t.elapsed() < QUORUM_LOST_AFTER))
+            .count();
+        heard * 2 > voters.len()
+    })
+}
+
 /// What a node needs to know about its cluster.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -182,6 +200,23 @@ pub struct StatusView {
 }
 
 impl StatusView {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The leader this node knows of (itself included).
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node leads but has had no answer from a majority of the voters for
+    /// [`QUORUM_LOST_AFTER`] (it refuses writes meanwhile).
+    pub fn quorum_lost(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state.is_leader() && !in_contact(self.id, m.membership_config.membership(), &self.answered)
+    }
+
     /// The leader this node knows of, when it is another node: where a write sent here belongs.
     pub fn other_leader(&self) -> Option<(u64, NodeAddr)> {
         let m = self.raft.metrics().borrow().clone();
@@ -374,6 +409,9 @@ struct Proposer {
     /// waited for the store to apply the terms before; cleared when a write fails (see
     /// [`ChangeWatch::own_term`]).
     fenced_term: Arc<AtomicU64>,
+    /// This node's id and when each peer last answered it (see [`QUORUM_LOST_AFTER`]).
+    id: u64,
+    answered: crate::network::Answered,
 }
 
 impl Proposer {
@@ -399,6 +437,16 @@ impl Replicator for Proposer {
         // Never waits: a writer may hold engine locks that the fence's reload needs.
         let m = self.raft.metrics().borrow().clone();
         if m.state.is_leader() && self.fenced_term.load(Ordering::Acquire) == m.current_term {
+            if !in_contact(self.id, m.membership_config.membership(), &self.answered) {
+                return Err(StorageError::NotLeader {
+                    leader: Some(format!(
+                        "unknown: this node leads term {} but has had no answer from a majority of the cluster for \
+                         {} s (cut off from it?); nothing was written, retry on another node",
+                        m.current_term,
+                        QUORUM_LOST_AFTER.as_secs()
+                    )),
+                });
+            }
             return Ok(());
         }
         if m.state.is_leader() {
@@ -535,6 +583,8 @@ impl Node {
             raft: raft.clone(),
             runtime: tokio::runtime::Handle::current(),
             fenced_term: Arc::clone(&fenced_term),
+            id: config.id,
+            answered: Arc::clone(&answered),
         };
         tokio::spawn(fence(raft.clone(), Arc::clone(&fenced_term), reloads.clone()));
         // What the store holds now may be more than what the engine loaded (entries applied
@@ -725,6 +775,47 @@ mod tests {
             NodeConfig { id: 1, peers, secret: SECRET.into(), snapshot_every: 100, on_change: None, join: false };
         let refused = refusal(Node::start(config, d.raft.path(), store, listener).await);
         assert!(refused.contains("Raft log") && refused.contains("is empty"), "{refused}");
+    }
+
+    /// A leader whose followers are gone refuses writes at once after [`QUORUM_LOST_AFTER`]
+    /// (instead of letting them wait for a majority that may never come back), and says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_without_a_majority_refuses_writes() {
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<u64, NodeAddr> = (1..=3).map(|i| (i, addr(&listeners[i as usize - 1]))).collect();
+        let all_dirs: Vec<Dirs> = (0..3).map(|_| dirs()).collect();
+        let mut nodes = Vec::new();
+        for (i, (d, l)) in all_dirs.iter().zip(listeners).enumerate() {
+            nodes.push(start(i as u64 + 1, &peers, d, l).await);
+        }
+        let leader_id = leader_of(&nodes, None).await.id;
+        let create =
+            Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
+        nodes.iter().find(|n| n.id == leader_id).unwrap().write(create).await.unwrap();
+        assert!(!nodes[0].status().quorum_lost());
+        let leader = nodes.iter().position(|n| n.id == leader_id).unwrap();
+        let leader = nodes.remove(leader);
+        for n in nodes {
+            n.shutdown().await;
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while !leader.status().quorum_lost() {
+            assert!(std::time::Instant::now() < deadline, "the leader never noticed it is alone");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(5), leader.write(message(0, "alone".into())))
+            .await
+            .expect("refused at once, not left waiting");
+        match refused {
+            Err(StorageError::NotLeader { leader: Some(why) }) => {
+                assert!(why.contains("no answer from a majority"), "{why}")
+            }
+            other => panic!("a write without a majority: {other:?}"),
+        }
+        leader.shutdown().await;
     }
 
     /// A node started to `join` never forms a cluster, even as the lowest id of its peers; one

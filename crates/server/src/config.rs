@@ -366,8 +366,18 @@ impl ClusterConfig {
                 }
             }
         }
-        if !ids.contains(&self.node_id) {
+        let Some(me) = self.peers.iter().find(|p| p.id == self.node_id) else {
             return invalid("cluster.node_id", self.node_id.to_string(), "must be the id of one of cluster.peers");
+        };
+        // The peers reach this node at its `raft` address: the listener must have that port
+        // (its host may differ, e.g. 0.0.0.0 behind a routable address).
+        let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_owned());
+        if port(&self.raft_listen) != port(&me.raft) {
+            return invalid(
+                "cluster.raft_listen",
+                format!("{:?}", self.raft_listen),
+                &format!("the port of this node's raft address in cluster.peers ({:?})", me.raft),
+            );
         }
         Ok(())
     }

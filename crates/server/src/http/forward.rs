@@ -60,6 +60,11 @@ impl Forwarder {
             .map_err(|e| format!("cannot build the HTTP client that forwards to the leader: {e}"))?;
         Ok(Self { status, client, node_id })
     }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> &StatusView {
+        &self.status
+    }
 }
 
 /// The middleware (see the module doc). Without a cluster, runs the request as it is.

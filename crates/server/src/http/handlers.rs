@@ -18,12 +18,27 @@ use super::error::{ApiError, ErrorCode};
 use super::rows::write_result;
 use super::{ApiJson, Caller, SharedState};
 
-pub async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
+/// `ok`; on a cluster node also its role and the leader it knows, and 503 `no_quorum` while it
+/// leads without answers from a majority (it refuses writes then).
+pub async fn health(State(state): State<SharedState>) -> Response {
+    let mut body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "long_polls": state.db.waiting_consumers(),
-    }))
+    });
+    let Some(forwarder) = &state.forwarder else { return Json(body).into_response() };
+    let status = forwarder.status();
+    let me = status.nodes().into_iter().find(|n| n.node_id == status.id());
+    body["cluster"] = serde_json::json!({
+        "node_id": status.id(),
+        "role": me.map(|n| n.role),
+        "leader": status.leader_id(),
+    });
+    if status.quorum_lost() {
+        body["status"] = "no_quorum".into();
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(body).into_response()
 }
 
 #[derive(Deserialize)]

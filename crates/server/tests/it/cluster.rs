@@ -378,6 +378,14 @@ mod processes {
             })
             .collect();
         assert_eq!(rows, want);
+        // /v1/api/health names each node's role and the leader.
+        for n in [&nodes[leader], &nodes[follower]] {
+            let health: Value =
+                http.get(format!("http://{}/v1/api/health", n.http)).send().await.unwrap().json().await.unwrap();
+            let role = if n.id == nodes[leader].id { "leader" } else { "follower" };
+            assert_eq!(health["status"], "ok");
+            assert_eq!(health["cluster"], json!({ "node_id": n.id, "role": role, "leader": nodes[leader].id }));
+        }
         // Over HTTP a follower forwards what only the leader does, and answers with its answer.
         write_on_leader(&nodes, &http, "CREATE TABLE f (id BIGINT PRIMARY KEY)").await;
         let leader_id = nodes[leader].id.to_string();

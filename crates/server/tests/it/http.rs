@@ -867,6 +867,10 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         (CLUSTER_OK.replace("node_id = 1", "node_id = 4").as_str(), "cluster.node_id"),
         (CLUSTER_OK.replace("127.0.0.1:7101\"\nsecret", "nowhere\"\nsecret").as_str(), "cluster.raft_listen"),
         (CLUSTER_OK.replace("0123456789abcdef", "short").as_str(), "cluster.secret"),
+        (
+            CLUSTER_OK.replace("raft_listen = \"127.0.0.1:7101\"", "raft_listen = \"0.0.0.0:7102\"").as_str(),
+            "cluster.raft_listen",
+        ),
         (CLUSTER_OK.replace("pg = \"127.0.0.1:5502\"", "pg = \"127.0.0.1\"").as_str(), "cluster.peers"),
         (CLUSTER_OK.replace("id = 3", "id = 2").as_str(), "cluster.peers"),
         (&format!("{CLUSTER_OK}colour = \"blue\"\n"), "colour"),
