@@ -340,9 +340,10 @@ impl Members {
             }
         }
         let voters = std::collections::BTreeSet::from([id]);
+        let leading = self.raft.metrics().borrow().state.is_leader();
         match self.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.after_step(e, id, "added as a learner")),
+            Err(e) => Err(self.after_step(e, leading, id, "added as a learner")),
         }
     }
 
@@ -362,19 +363,27 @@ impl Members {
         } else {
             openraft::ChangeMembers::RemoveNodes(ids)
         };
+        let leading = self.raft.metrics().borrow().state.is_leader();
         match self.raft.change_membership(change, false).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.after_step(e, id, "being removed")),
+            Err(e) => Err(self.after_step(e, leading, id, "being removed")),
         }
     }
 
-    /// The error of a `change_membership` call: when leadership was lost after its first step
-    /// committed (the membership is now joint), not the retryable not-leader error (the leader
-    /// would not run the statement from the start) but one saying the change is half done.
-    fn after_step(&self, e: RaftError<u64, ClientWriteError<u64, NodeAddr>>, id: u64, state: &str) -> ClusterError {
+    /// The error of a `change_membership` call: when this node led as it began and lost
+    /// leadership after its first step committed (the membership is now joint), not the
+    /// retryable not-leader error (the leader would not run the statement from the start) but one
+    /// saying the change is half done. On a follower, the not-leader error (forwarded over HTTP).
+    fn after_step(
+        &self,
+        e: RaftError<u64, ClientWriteError<u64, NodeAddr>>,
+        leading: bool,
+        id: u64,
+        state: &str,
+    ) -> ClusterError {
         let joint = self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1;
         match membership_error(e) {
-            ClusterError::Storage(StorageError::NotLeader { .. }) if joint => half_done(id, state),
+            ClusterError::Storage(StorageError::NotLeader { .. }) if leading && joint => half_done(id, state),
             other => other,
         }
     }
@@ -440,8 +449,8 @@ impl Replicator for Proposer {
             if !in_contact(self.id, m.membership_config.membership(), &self.answered) {
                 return Err(StorageError::NotLeader {
                     leader: Some(format!(
-                        "unknown: this node leads term {} but has had no answer from a majority of the cluster for \
-                         {} s (cut off from it?); nothing was written, retry on another node",
+                        "unknown: this node was elected in term {} but has had no answer from a majority of the \
+                         voters for {} s (cut off from them?); nothing was written, retry on another node",
                         m.current_term,
                         QUORUM_LOST_AFTER.as_secs()
                     )),
@@ -795,8 +804,8 @@ mod tests {
         let create =
             Commit { partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }], ..Default::default() };
         nodes.iter().find(|n| n.id == leader_id).unwrap().write(create).await.unwrap();
-        assert!(!nodes[0].status().quorum_lost());
         let leader = nodes.iter().position(|n| n.id == leader_id).unwrap();
+        assert!(!nodes[leader].status().quorum_lost());
         let leader = nodes.remove(leader);
         for n in nodes {
             n.shutdown().await;
@@ -811,7 +820,7 @@ mod tests {
             .expect("refused at once, not left waiting");
         match refused {
             Err(StorageError::NotLeader { leader: Some(why) }) => {
-                assert!(why.contains("no answer from a majority"), "{why}")
+                assert!(why.contains("no answer from a majority of the voters"), "{why}")
             }
             other => panic!("a write without a majority: {other:?}"),
         }
@@ -976,7 +985,8 @@ mod tests {
         let voters =
             |n: &Node| n.raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
         assert_eq!(voters(leader), [1, 2, 3, 4]);
-        let membership_applied = leader.raft.metrics().borrow().last_applied.unwrap();
+        // The store's own applied id (openraft's metrics may not show the last apply yet).
+        let membership_applied = leader.store().last_applied().unwrap();
         applied(&new, membership_applied.index).await;
         assert!(new.store().export().unwrap().bytes == leader.store().export().unwrap().bytes, "the same bytes");
         assert!(new.raft.metrics().borrow().snapshot.is_some(), "caught up from a snapshot, not the log");

@@ -366,19 +366,23 @@ impl ClusterConfig {
                 }
             }
         }
-        let Some(me) = self.peers.iter().find(|p| p.id == self.node_id) else {
+        if !ids.contains(&self.node_id) {
             return invalid("cluster.node_id", self.node_id.to_string(), "must be the id of one of cluster.peers");
-        };
-        // The peers reach this node at its `raft` address: the listener must have that port
-        // (its host may differ, e.g. 0.0.0.0 behind a routable address).
-        let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_owned());
-        if port(&self.raft_listen) != port(&me.raft) {
-            return invalid(
-                "cluster.raft_listen",
-                format!("{:?}", self.raft_listen),
-                &format!("the port of this node's raft address in cluster.peers ({:?})", me.raft),
-            );
         }
         Ok(())
+    }
+
+    /// A likely mistake that is not always one: `raft_listen` on another port than this node's
+    /// `raft` address in `peers` (right behind a port mapping, wrong otherwise).
+    pub fn warning(&self) -> Option<String> {
+        let me = self.peers.iter().find(|p| p.id == self.node_id)?;
+        let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_owned());
+        (port(&self.raft_listen) != port(&me.raft)).then(|| {
+            format!(
+                "cluster.raft_listen {:?} is not on the port of this node's raft address {:?} in cluster.peers: the \
+                 other nodes reach it there (fine behind a port mapping, a mistake otherwise)",
+                self.raft_listen, me.raft
+            )
+        })
     }
 }

@@ -225,6 +225,9 @@ fn start_cluster_node(
 ) -> Result<(topicfusion_cluster::node::Node, tokio::runtime::Runtime), String> {
     use topicfusion_cluster::NodeAddr;
     use topicfusion_cluster::node::{Node, NodeConfig};
+    if let Some(warning) = c.warning() {
+        tracing::warn!("{warning}");
+    }
     let raft_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tf-raft")

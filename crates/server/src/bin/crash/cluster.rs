@@ -152,6 +152,8 @@ impl Api {
         for node in (0..self.http.len()).cycle() {
             match self.sql(node, sql).await {
                 Ok(_) => return Ok(()),
+                // An earlier try ran, though its answer was lost (a 502).
+                Err(e) if e.contains("already exists") => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(format!("{sql}: {e}")),
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
