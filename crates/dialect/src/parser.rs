@@ -19,7 +19,7 @@ use datafusion_sql::sqlparser::tokenizer::Token;
 use std::ops::ControlFlow;
 
 use crate::ast::{
-    ClusterStatement, CopySource, CopyStatement, CopyTo, SessionStatement, TopicStatement, UserStatement,
+    ClusterStatement, CopySource, CopyStatement, CopyTo, SessionStatement, Subscribe, TopicStatement, UserStatement,
 };
 
 /// One statement of SQL text.
@@ -39,6 +39,8 @@ pub enum Statement {
     Session(SessionStatement),
     /// `ALTER CLUSTER ADD|REMOVE NODE`.
     Cluster(ClusterStatement),
+    /// `SUBSCRIBE [TO] <query> [WITH (...)]`: a live query.
+    Subscribe(Subscribe),
 }
 
 impl fmt::Display for Statement {
@@ -50,6 +52,7 @@ impl fmt::Display for Statement {
             Statement::Copy(s) => write!(f, "{s}"),
             Statement::Session(s) => write!(f, "{s}"),
             Statement::Cluster(s) => write!(f, "{s}"),
+            Statement::Subscribe(s) => write!(f, "{s}"),
             Statement::ExplainTopic { verbose, statement } => {
                 write!(f, "EXPLAIN {}{statement}", if *verbose { "VERBOSE " } else { "" })
             }
@@ -242,6 +245,7 @@ fn check_depth(statement: &Statement) -> Result<()> {
             t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
         }
         Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => q.visit(&mut limit),
+        Statement::Subscribe(s) => s.query.visit(&mut limit),
         Statement::User(_) | Statement::Copy(_) | Statement::Session(_) | Statement::Cluster(_) => {
             ControlFlow::Continue(())
         }
@@ -375,6 +379,9 @@ fn parse_statement_unchecked(df: &mut DFParser<'_>) -> Result<Statement> {
     }
     if ClusterStatement::claims(p) {
         return Ok(Statement::Cluster(ClusterStatement::parse(p)?));
+    }
+    if Subscribe::claims(p) {
+        return Ok(Statement::Subscribe(Subscribe::parse(p)?));
     }
     let mut statement = df.parse_statement()?;
     normalize_types(&mut statement);

@@ -35,6 +35,8 @@ pub struct Core {
     pub commit_threads: crate::write::commit_threads::CommitThreads,
     /// On a cluster node: its cluster (`system.cluster`, `ALTER CLUSTER`).
     pub cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+    /// Live queries: the changes of watched tables, dispatched to their subscribers.
+    pub live: crate::live::Live,
 }
 
 /// The replicated cluster this node is part of, given by the server on a cluster node.

@@ -63,6 +63,8 @@ pub struct DatabaseOptions {
     /// The threads that run DML statements' key checks and writes ([`crate::write::commit_threads`]);
     /// 0: the number of cores, at least 2.
     pub commit_threads: usize,
+    /// Memory bounds of live queries.
+    pub live: crate::live::LiveOptions,
 }
 
 /// The default of [`DatabaseOptions::max_statement_bytes`]: 256 MiB.
@@ -79,6 +81,7 @@ impl Default for DatabaseOptions {
             retention_interval_ms: 60_000,
             clock: Clock::system(),
             commit_threads: 0,
+            live: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl Database {
         // Every data dir has root (role system); the server gives it its password.
         users.ensure_root(&store, None)?;
         let jobs = retention::Jobs::load(&store)?;
+        let store_for_live = Arc::clone(&store);
         let core = Arc::new(Core {
             store,
             catalog,
@@ -159,6 +163,7 @@ impl Database {
             jobs,
             commit_threads: crate::write::commit_threads::CommitThreads::start(options.commit_threads)?,
             cluster: std::sync::OnceLock::new(),
+            live: crate::live::Live::start(&store_for_live, options.live)?,
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -283,7 +288,10 @@ impl Database {
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
             let command = CommandTag::of(&parsed.statement);
-            match self.execute_statement(session, principal, parsed.statement).await {
+            let executed = self.execute_statement(session, principal, parsed.statement).await;
+            // DDL may have dropped or replaced a table live queries watch.
+            self.core.live.check_tables(&self.core.catalog);
+            match executed {
                 Ok(result) => {
                     let copy = result.copy.is_some();
                     out.push(StatementResult { sql, command, ..result });
@@ -298,6 +306,52 @@ impl Database {
             }
         }
         Ok(out)
+    }
+
+    /// Starts a live query (docs/live-queries.md) for `principal`: `sql` is one `SUBSCRIBE`
+    /// statement or one plain `SELECT` (then `snapshot` and `from_position` come from the
+    /// arguments; a SUBSCRIBE's own options win where the arguments leave them open).
+    pub async fn subscribe(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        snapshot: Option<bool>,
+        from_position: Option<u64>,
+    ) -> Result<crate::live::Subscription, ExecuteError> {
+        let mut statements = parse_sql(sql).map_err(|e| ExecuteError::new(0, sql.to_owned(), e))?;
+        let fail = |e| ExecuteError::new(1, sql.to_owned(), e);
+        if self.core.cluster.get().is_some() {
+            return Err(fail(DataFusionError::NotImplemented(
+                "live queries are not available on a cluster node yet (docs/live-queries.md)".into(),
+            )));
+        }
+        let one = || fail(DataFusionError::Plan("a live query is one SELECT or SUBSCRIBE statement".into()));
+        let (query, snapshot, from) = match statements.pop().map(|p| p.statement) {
+            Some(Statement::Subscribe(s)) if statements.is_empty() => {
+                (s.query, snapshot.or(s.snapshot), from_position.or(s.from_position))
+            }
+            Some(Statement::DataFusion(s)) if statements.is_empty() => match *s {
+                DFStatement::Statement(st) => match *st {
+                    SqlStatement::Query(q) => (q, snapshot, from_position),
+                    _ => return Err(one()),
+                },
+                _ => return Err(one()),
+            },
+            _ => return Err(one()),
+        };
+        let snapshot = snapshot.unwrap_or(from.is_none());
+        if snapshot && from.is_some() {
+            return Err(fail(DataFusionError::Plan(
+                "a live query starts either with a snapshot or from a position, not both: set snapshot = false with from_position".into(),
+            )));
+        }
+        let compiled = crate::live::LiveQuery::compile(&self.core, principal, &query).map_err(fail)?;
+        self.core.live.subscribe(&self.core.store, &principal.name, sql, compiled, snapshot, from).await.map_err(fail)
+    }
+
+    /// The open live queries (`system.live_queries`).
+    pub fn live_queries(&self) -> Vec<crate::live::LiveQueryInfo> {
+        self.core.live.list()
     }
 
     /// Parses the text of a prepared statement (at most one statement). `Ok(None)`: the text
@@ -338,7 +392,9 @@ impl Database {
         let mut statement = parsed.statement.clone();
         let command = CommandTag::of(&statement);
         crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
-        let result = self.execute_statement(session, principal, statement).await.map_err(fail)?;
+        let executed = self.execute_statement(session, principal, statement).await;
+        self.core.live.check_tables(&self.core.catalog);
+        let result = executed.map_err(fail)?;
         Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
     }
 
@@ -528,15 +584,22 @@ impl Database {
                 self.authorize(principal, Action::FileSystem)?
             }
             Statement::Cluster(_) => self.authorize(principal, Action::ManageCluster)?,
+            Statement::Subscribe(_) => {
+                return not_impl_err!(
+                    "SUBSCRIBE streams its rows as they change: run it as the only statement of a PostgreSQL simple query, or over the WebSocket /v1/api/live or SSE /v1/api/live/sse (docs/live-queries.md)"
+                );
+            }
             Statement::Copy(_) | Statement::DataFusion(_) | Statement::Session(_) => {}
         }
         let plan = match statement {
+            Statement::Subscribe(_) => unreachable!("refused above"),
             Statement::User(s) => {
                 let core = Arc::clone(&self.core);
                 let principal = principal.clone();
                 let status = tokio::task::spawn_blocking(move || core.users.execute(&core.store, &principal, &s))
                     .await
                     .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+                self.core.live.revalidate(&self.core.users);
                 return Ok(status_result(status));
             }
             Statement::Copy(CopyStatement::From(c)) => {

@@ -7,6 +7,7 @@
 //!   DDL and PostgreSQL compatibility;
 //! - [`write`]: the write path of table statements (writer, literal INSERT, COPY, commit
 //!   threads);
+//! - [`live`]: live queries (`SUBSCRIBE`): committed changes pushed to subscribers;
 //! - [`topics`]: topic DDL and routes, change capture, consumer groups, retention;
 //! - [`auth`]: users, roles and what each may do;
 //! - [`catalog`]: the durable catalog of schemas, tables and topics, and column types;
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod core;
 pub mod database;
 pub mod error;
+pub mod live;
 pub mod session;
 pub mod sql;
 pub mod statement;
@@ -26,12 +28,13 @@ pub mod write;
 pub use auth::{Action, PermissionDenied, Principal, Role, UserMeta};
 pub use database::{Database, DatabaseOptions, PreparedStatement};
 pub use error::{ErrorKind, one_line};
+pub use live::{LiveEnd, LiveEvent, LiveOp, LiveOptions, LiveQueryInfo, LiveRow, Subscription};
 pub use session::Session;
 pub use sql::postgres::ParamValue;
 pub use statement::{ClientCopy, CommandTag, Description, ExecuteError, Outcome, StatementResult};
 pub use topicfusion_dialect::{
-    AckTarget, CopyFormat, CopyOptions, MAX_EXPR_DEPTH, MAX_USER_NAME_BYTES, ParsedStatement, SessionStatement,
-    StartPosition, Statement, Statements, parse_sql,
+    AckTarget, CopyFormat, CopyOptions, CopyStatement, MAX_EXPR_DEPTH, MAX_USER_NAME_BYTES, ParsedStatement,
+    SessionStatement, StartPosition, Statement, Statements, parse_sql,
 };
 pub use topicfusion_storage::{Clock, Durability, Message};
 pub use topics::groups::ConsumeRequest;

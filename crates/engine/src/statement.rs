@@ -159,6 +159,7 @@ impl CommandTag {
             Statement::Session(SessionStatement::Fetch { rows: false, .. }) => ("MOVE", Outcome::RowCount),
             Statement::Session(SessionStatement::Unlisten { .. }) => ("UNLISTEN", Outcome::Status),
             Statement::Cluster(_) => ("ALTER CLUSTER", Outcome::Status),
+            Statement::Subscribe(_) => ("SUBSCRIBE", Outcome::Rows),
         };
         Self { name, outcome }
     }

@@ -17,6 +17,6 @@ pub use error::{Result, StorageError};
 pub use message::{ChangeOp, Message, MessageBatches, NewMessage};
 pub use rocksdb::WriteBatch;
 pub use store::{
-    Applied, Clock, Commit, Committed, Durability, Export, Import, PartitionOp, PartitionState, Payload, Pending,
-    Replicator, Store,
+    Applied, Clock, Commit, Committed, Durability, Export, Import, OnWritten, PartitionOp, PartitionState, Payload,
+    Pending, Replicator, Store,
 };

@@ -206,7 +206,15 @@ pub struct Commit {
     pub batch: WriteBatch,
     pub messages: MessageBatches,
     pub partition_ops: Vec<PartitionOp>,
+    /// Called once the batch is written, still under the commit lock (so in commit order), with
+    /// the commit's position ([`Store::position`] right after it): for live queries, which must
+    /// see commits in the order they were made. Must be quick. A replicated store never calls
+    /// it (live queries run on a single node).
+    pub on_written: Option<OnWritten>,
 }
+
+/// See [`Commit::on_written`].
+pub type OnWritten = Box<dyn FnOnce(u64) + Send>;
 
 /// What a commit assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -562,14 +570,15 @@ impl Store {
     /// (slow) finish, so that concurrent commits share one fsync. The single-node path:
     /// [`Store::prepare`] and [`Store::apply`] in one step under the commit lock, with no
     /// encoding in between and no log position stored.
-    pub fn write(&self, commit: Commit) -> Result<Pending> {
+    pub fn write(&self, mut commit: Commit) -> Result<Pending> {
         self.check_wal_sync()?;
+        let on_written = commit.on_written.take();
         if let Some(replicator) = self.replicator.get() {
             return self.write_replicated(replicator.as_ref(), commit);
         }
         let log = self.lock();
         let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
-        self.apply_locked(log, None, command, offsets)
+        self.apply_locked(log, None, command, offsets, on_written)
     }
 
     /// Makes this store a replica: from now on [`Store::write`] (and so [`Store::commit`])
@@ -718,7 +727,7 @@ impl Store {
             }
             Payload::Blank => (blank(), false),
         };
-        let pending = self.apply_locked(log, Some(id), command, Vec::new())?;
+        let pending = self.apply_locked(log, Some(id), command, Vec::new(), None)?;
         Ok(if stale { Applied::Stale } else { Applied::Written(pending) })
     }
 
@@ -804,6 +813,7 @@ impl Store {
         id: Option<AppliedId>,
         command: Command,
         offsets: Vec<u64>,
+        on_written: Option<OnWritten>,
     ) -> Result<Pending> {
         let Command { timestamp_ms, partitions, mut batch } = command;
         if let Some(id) = id {
@@ -812,6 +822,9 @@ impl Store {
         // Never synced here: durability comes from `finish`, one fsync for every commit
         // written before it started.
         self.db.write_opt(batch, &WriteOptions::default())?;
+        if let Some(f) = on_written {
+            f(self.db.latest_sequence_number());
+        }
 
         log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
         if id.is_some() {
@@ -1104,6 +1117,56 @@ impl Store {
         Ok(out)
     }
 
+    /// The position of the last commit: RocksDB's sequence number, which every commit moves up
+    /// and which survives a restart (with [`Durability::Sync`], every acknowledged commit's).
+    pub fn position(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Calls `f` with the position of the last commit, under the commit lock: every commit whose
+    /// [`Commit::on_written`] ran is at or before it, every later one after it.
+    pub fn at_position<T>(&self, f: impl FnOnce(u64) -> T) -> T {
+        let _log = self.lock();
+        f(self.db.latest_sequence_number())
+    }
+
+    /// Reads `[start, end)` from one snapshot taken under the commit lock, where `at_snapshot`
+    /// is called with the snapshot's position: every commit whose [`Commit::on_written`] ran
+    /// before is in the snapshot, none after. Hands the pairs to `on_chunk` in chunks of
+    /// `chunk` (stops when it returns false). Blocking: call it from a blocking thread.
+    pub fn scan_at_position(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        chunk: usize,
+        at_snapshot: impl FnOnce(u64),
+        mut on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
+    ) -> Result<()> {
+        let snapshot = {
+            let _log = self.lock();
+            let snapshot = self.db.snapshot();
+            at_snapshot(self.db.latest_sequence_number());
+            snapshot
+        };
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(end.to_vec());
+        let mut it = snapshot.raw_iterator_opt(read_opts);
+        it.seek(start);
+        loop {
+            let mut rows = Vec::with_capacity(chunk);
+            while it.valid() && rows.len() < chunk {
+                let (k, v) = it.item().expect("valid iterator has an item");
+                rows.push((k.to_vec(), v.to_vec()));
+                it.next();
+            }
+            it.status()?;
+            let done = rows.len() < chunk;
+            if (!rows.is_empty() && !on_chunk(rows)) || done {
+                return Ok(());
+            }
+        }
+    }
+
     /// Streams `[start, end)` from one consistent snapshot, in chunks of `chunk` pairs, from a
     /// blocking task. Dropping the receiver stops the scan.
     ///
@@ -1318,7 +1381,7 @@ fn publish(read: &mut ReadState, appended: &[Watermark]) {
 /// [`Store::prepare`] under the commit lock, at time `now`; also returns the offset of each
 /// message, in the order of [`Commit::messages`].
 fn prepare(log: &LogState, now: i64, commit: Commit) -> Result<(Command, Vec<u64>)> {
-    let Commit { mut batch, messages, partition_ops } = commit;
+    let Commit { mut batch, messages, partition_ops, on_written: _ } = commit;
     let timestamp_ms = now.max(log.last_timestamp_ms);
     // Partition states this commit changes; `None` means dropped.
     let mut touched: HashMap<(u64, u32), Option<PartitionState>> = HashMap::new();

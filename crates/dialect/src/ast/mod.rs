@@ -6,6 +6,7 @@ mod consume;
 mod copy;
 mod group;
 mod session;
+mod subscribe;
 mod topic;
 mod user;
 
@@ -19,6 +20,7 @@ pub use consume::{Consume, ConsumeOption, StartPosition};
 pub use copy::{CopyEndpoint, CopyFormat, CopyFrom, CopyOptions, CopySource, CopyStatement, CopyTo};
 pub use group::{Ack, AckTarget, DropConsumerGroup, MAX_ACK_OFFSETS, ResetConsumerGroup};
 pub use session::{CursorDirection, SessionStatement};
+pub use subscribe::Subscribe;
 pub use topic::{
     AddSource, AlterTopic, AlterTopicAction, ClearTopic, CreateTopic, DropTopic, MAX_RETENTION_BYTES,
     MAX_RETENTION_SECONDS, PayloadMode, RunRetention, SourceOp, TopicOption,

@@ -71,6 +71,9 @@ pub struct Table {
     pub next_rowid: AtomicU64,
     /// Each column's DEFAULT as a DataFusion expression (what INSERT fills omitted columns with).
     pub defaults: Vec<Option<datafusion::logical_expr::Expr>>,
+    /// Set (under the exclusive `write_lock`) once a live query watches the table: from then on
+    /// every write hands its row changes to [`crate::live`].
+    pub live: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ pub fn new_table(meta: TableMeta, next_rowid: u64) -> Table {
         reserved_keys: Default::default(),
         keys_released: tokio::sync::Notify::new(),
         next_rowid: AtomicU64::new(next_rowid),
+        live: Default::default(),
     }
 }
 

@@ -58,21 +58,9 @@ fn parse_op(s: &str) -> Result<ChangeOp> {
 /// Compiles a route's filter and partitioning expression with DataFusion's expression planner;
 /// fails if they do not type-check against the table (the filter must be boolean).
 pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Result<CompiledRoute> {
-    let df_schema = DFSchema::try_from(table.schema.as_ref().clone())?;
-    let compile = |text: &str| -> Result<Arc<dyn PhysicalExpr>> {
-        // A stored expression too deep to plan safely (or quickly) is refused before planning.
-        topicfusion_dialect::parse_expr_checked(text)?;
-        let expr = ctx.parse_sql_expr(text, &df_schema)?;
-        ctx.create_physical_expr(expr, &df_schema)
-    };
-    let filter = meta.filter.as_deref().map(compile).transpose()?;
-    if let Some(f) = &filter {
-        let dt = f.data_type(&table.schema)?;
-        if dt != datafusion::arrow::datatypes::DataType::Boolean {
-            return plan_err!("the WHERE of a topic source must be a boolean expression, found {dt}");
-        }
-    }
-    let partition_by = meta.partition_by.as_deref().map(compile).transpose()?;
+    let filter =
+        meta.filter.as_deref().map(|f| compile_filter(ctx, f, table, "the WHERE of a topic source")).transpose()?;
+    let partition_by = meta.partition_by.as_deref().map(|e| compile_expr(ctx, e, table)).transpose()?;
     Ok(CompiledRoute {
         op: parse_op(&meta.op)?,
         payload: parse_payload(&meta.payload)?,
@@ -83,23 +71,56 @@ pub fn compile_route(ctx: &SessionContext, meta: RouteMeta, table: &Table) -> Re
     })
 }
 
+/// Compiles a row filter (SQL text) against `table`'s columns: the one way route filters and
+/// live-query filters ([`crate::live`]) become physical expressions, evaluated on Arrow batches
+/// of changed rows. `what` names the filter in the error when it is not boolean.
+pub fn compile_filter(ctx: &SessionContext, text: &str, table: &Table, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
+    let filter = compile_expr(ctx, text, table)?;
+    let dt = filter.data_type(&table.schema)?;
+    if dt != datafusion::arrow::datatypes::DataType::Boolean {
+        return plan_err!("{what} must be a boolean expression, found {dt}");
+    }
+    Ok(filter)
+}
+
+/// Compiles an expression (SQL text) over `table`'s columns.
+fn compile_expr(ctx: &SessionContext, text: &str, table: &Table) -> Result<Arc<dyn PhysicalExpr>> {
+    let df_schema = DFSchema::try_from(table.schema.as_ref().clone())?;
+    // A stored expression too deep to plan safely (or quickly) is refused before planning.
+    topicfusion_dialect::parse_expr_checked(text)?;
+    let expr = ctx.parse_sql_expr(text, &df_schema)?;
+    ctx.create_physical_expr(expr, &df_schema)
+}
+
 /// Evaluates a new route's expressions on one row of NULLs, so that an expression that can
 /// never evaluate (`v > 'abc'` on a BIGINT, `1/0 = 1`) is refused when the route is added
 /// instead of failing every later write to the table.
 pub fn validate_route(route: &CompiledRoute, table: &Table) -> Result<()> {
-    use datafusion::arrow::array::new_null_array;
-    use datafusion::arrow::datatypes::{Field, Schema};
-    let fields: Vec<Field> = table.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-    let schema = Arc::new(Schema::new(fields));
-    let columns = schema.fields().iter().map(|f| new_null_array(f.data_type(), 1)).collect();
-    let batch = RecordBatch::try_new(schema, columns)?;
     for (what, expr) in [("WHERE", &route.filter), ("PARTITION BY", &route.partition_by)] {
-        if let Some(e) = expr
-            && let Err(err) = e.evaluate(&batch)
-        {
-            let reason = crate::error::one_line(&err.to_string(), 500);
-            return plan_err!("the {what} of this topic source cannot be evaluated: {reason}");
+        if let Some(e) = expr {
+            check_evaluates(e.as_ref(), table, &format!("the {what} of this topic source"))?;
         }
     }
     Ok(())
+}
+
+/// Refuses an expression that fails on a row of NULLs of `table` (see [`validate_route`]).
+pub fn check_evaluates(expr: &dyn PhysicalExpr, table: &Table, what: &str) -> Result<()> {
+    use datafusion::arrow::array::new_null_array;
+    let schema = nullable_schema(table);
+    let columns = schema.fields().iter().map(|f| new_null_array(f.data_type(), 1)).collect();
+    let batch = RecordBatch::try_new(schema, columns)?;
+    if let Err(err) = expr.evaluate(&batch) {
+        let reason = crate::error::one_line(&err.to_string(), 500);
+        return plan_err!("{what} cannot be evaluated: {reason}");
+    }
+    Ok(())
+}
+
+/// `table`'s schema with every column nullable: for batches of row images where a missing image
+/// is a row of NULLs.
+pub fn nullable_schema(table: &Table) -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let fields: Vec<Field> = table.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    Arc::new(Schema::new(fields))
 }

@@ -196,7 +196,7 @@ pub async fn create_table(
     let meta =
         TableMeta { id: 0, schema: schema.clone(), name: name.clone(), columns, primary_key, created_at_ms: now_ms() };
     // The rows, read before any lock is taken (keys do not depend on the table id).
-    let changes = match rows {
+    let mut changes = match rows {
         Some(rows) => {
             let staging = crate::catalog::new_table(meta.clone(), 0);
             crate::write::writer::read_changes(rows.stream, &staging, ChangeOp::Insert, core.limits.max_statement_bytes)
@@ -215,7 +215,8 @@ pub async fn create_table(
     let mut next = st.clone();
     let mut commit = Commit::default();
     let table = put_new_table(&mut commit, &mut next, meta)?;
-    let count = crate::core::blocking(|| crate::write::writer::stage(&core.store, &table, &[], changes, &mut commit))?;
+    let count =
+        crate::core::blocking(|| crate::write::writer::stage(&core.store, &table, &[], &mut changes, &mut commit))?;
     crate::core::blocking(|| core.store.commit(commit)).map_err(storage_err)?;
     *st = next;
     if ctas {

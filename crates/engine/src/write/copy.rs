@@ -80,7 +80,7 @@ impl Chunks {
     }
 
     /// Adds a batch of full table rows; commits when the chunk is full.
-    async fn add(&mut self, core: &Core, batch: &RecordBatch) -> Result<()> {
+    async fn add(&mut self, core: &Arc<Core>, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows();
         self.bytes += batch.get_array_memory_size();
         if let Err(e) = writer::add_batch(&mut self.chunk, &self.table, ChangeOp::Insert, batch) {
@@ -89,7 +89,7 @@ impl Chunks {
         if self.rows >= COPY_CHUNK_ROWS || self.bytes >= COPY_CHUNK_BYTES { self.flush(core).await } else { Ok(()) }
     }
 
-    async fn flush(&mut self, core: &Core) -> Result<()> {
+    async fn flush(&mut self, core: &Arc<Core>) -> Result<()> {
         if self.rows == 0 {
             return Ok(());
         }
@@ -107,7 +107,7 @@ impl Chunks {
 }
 
 /// `COPY <table> FROM '<file>'`.
-pub async fn copy_from(ctx: &SessionContext, core: &Core, c: &CopyFrom) -> Result<String> {
+pub async fn copy_from(ctx: &SessionContext, core: &Arc<Core>, c: &CopyFrom) -> Result<String> {
     let CopyEndpoint::File(path_text) = &c.source else {
         return plan_err!("COPY FROM STDIN needs a PostgreSQL client (psql's \\copy, a driver's copy API)");
     };

@@ -95,7 +95,12 @@ impl Drop for KeyReservation {
 /// INSERTs into a table with a primary key share the table lock: each converts and routes its
 /// rows, reserves its keys, then checks and writes them, in parallel with other INSERTs of the
 /// table; UPDATE and DELETE wait for them and exclude them.
-pub async fn write_statement<F>(core: &Core, table: &Arc<Table>, read_under_table_lock: bool, read: F) -> Result<u64>
+pub async fn write_statement<F>(
+    core: &Arc<Core>,
+    table: &Arc<Table>,
+    read_under_table_lock: bool,
+    read: F,
+) -> Result<u64>
 where
     F: Future<Output = Result<Changes>>,
 {
@@ -135,9 +140,8 @@ where
     // fsync). Nothing in it awaits, so it cannot be cancelled half-way.
     let short = changes.changes.len() <= SHORT_PATH_ROWS;
     if short && let Some(_slot) = core.commit_threads.short_path() {
-        let written =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&core.store, table, &topics, changes)))
-                .unwrap_or_else(|_| exec_err!("internal: writing the statement panicked"));
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(core, table, &topics, changes)))
+            .unwrap_or_else(|_| exec_err!("internal: writing the statement panicked"));
         drop(guard);
         drop(ddl);
         drop(_slot);
@@ -148,10 +152,10 @@ where
         };
         return committed.map(|_| count).map_err(storage_err);
     }
-    let (store, table) = (Arc::clone(&core.store), Arc::clone(table));
+    let (store, table, job_core) = (Arc::clone(&core.store), Arc::clone(table), Arc::clone(core));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job = move || {
-        match write(&store, &table, &topics, changes) {
+        match write(&job_core, &table, &topics, changes) {
             // Asks for the fsync (Sync mode) before the locks are released.
             Ok((count, pending)) => store.when_durable(pending, move |durable| {
                 let _ = tx.send(durable.map(|_| count).map_err(storage_err));
@@ -290,16 +294,20 @@ pub fn add_batch(out: &mut Changes, table: &Table, op: ChangeOp, batch: &RecordB
 }
 
 /// Assigns hidden row ids, checks keys, routes and writes the changes (the caller holds the
-/// table's write lock). `topics` are the topics fed by the table.
+/// table's write lock). `topics` are the topics fed by the table. A table live queries watch
+/// hands its changes to them in commit order ([`crate::live::Live::on_written`]).
 fn write(
-    store: &Store,
-    table: &Table,
+    core: &Core,
+    table: &Arc<Table>,
     topics: &[Arc<crate::catalog::Topic>],
-    changes: Changes,
+    mut changes: Changes,
 ) -> Result<(u64, topicfusion_storage::Pending)> {
     let mut commit = Commit::default();
-    let count = stage(store, table, topics, changes, &mut commit)?;
-    let pending = store.write(commit).map_err(storage_err)?;
+    let count = stage(&core.store, table, topics, &mut changes, &mut commit)?;
+    if count > 0 && table.live.load(Ordering::Acquire) {
+        commit.on_written = Some(core.live.on_written(Arc::clone(table), changes.changes));
+    }
+    let pending = core.store.write(commit).map_err(storage_err)?;
     Ok((count, pending))
 }
 
@@ -309,7 +317,7 @@ pub fn stage(
     store: &Store,
     table: &Table,
     topics: &[Arc<crate::catalog::Topic>],
-    mut changes: Changes,
+    changes: &mut Changes,
     commit: &mut Commit,
 ) -> Result<u64> {
     if changes.needs_rowids && !changes.changes.is_empty() {

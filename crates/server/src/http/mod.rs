@@ -1,11 +1,13 @@
 //! The HTTP API (axum): the router, the shared state, the extractors (JSON bodies with our error
 //! shape, the caller's identity) and the bridge that runs engine work on the engine runtime.
-//! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `health`; on a cluster's follower
+//! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `live` (WebSocket and SSE live
+//! queries), `health`; on a cluster's follower
 //! what only the leader can do is forwarded to it (`forward`). See docs/http-api.md.
 
 pub mod error;
 pub mod forward;
 mod handlers;
+mod live;
 mod rows;
 
 use std::future::Future;
@@ -110,6 +112,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/api/sql", post(handlers::sql))
         .route("/v1/api/topics/consume", post(handlers::consume))
         .route("/v1/api/topics/ack", post(handlers::ack))
+        .route("/v1/api/live", get(live::websocket))
+        .route("/v1/api/live/sse", get(live::sse))
 }
 
 /// The layers around every endpoint: forwarding to a cluster's leader, JSON 404s, the body

@@ -21,6 +21,7 @@ pub mod copy;
 pub mod encode;
 pub mod introspection;
 pub mod limits;
+pub mod live;
 pub mod params;
 pub mod query;
 

@@ -474,6 +474,17 @@ impl Queries {
             send_execution_response(client, tag).await?;
             return Ok(false);
         }
+        if let Some(form) = super::live::live_form(text) {
+            // Streams until the subscription ends or the client cancels (this future dropped).
+            return match super::live::stream(client, &self.db, &principal, form).await {
+                Ok(()) => Ok(false),
+                Err(PgWireError::UserError(info)) => {
+                    client.feed(PgWireBackendMessage::ErrorResponse((*info).into())).await?;
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            };
+        }
         let outcome = {
             let mut session = self.session.lock().await;
             self.db.execute_in(&mut session, &principal, text).await

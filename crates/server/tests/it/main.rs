@@ -7,6 +7,7 @@ mod concurrency;
 mod consume;
 mod crash;
 mod http;
+mod live;
 mod pg_values;
 mod postgres;
 mod retention;

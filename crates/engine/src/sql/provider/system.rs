@@ -17,8 +17,17 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::core::Core;
 
-const TABLES: [&str; 8] =
-    ["cluster", "jobs", "tables", "topic_claims", "topic_offsets", "topic_partitions", "topics", "users"];
+const TABLES: [&str; 9] = [
+    "cluster",
+    "jobs",
+    "live_queries",
+    "tables",
+    "topic_claims",
+    "topic_offsets",
+    "topic_partitions",
+    "topics",
+    "users",
+];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -119,6 +128,13 @@ fn schema_of(name: &str) -> SchemaRef {
             f("raft_address", Utf8, false),
             f("http_address", Utf8, false),
             f("pg_address", Utf8, false),
+        ],
+        "live_queries" => vec![
+            f("id", UInt64, false),
+            f("user", Utf8, false),
+            f("sql", Utf8, false),
+            f("position", UInt64, false),
+            f("delivered", UInt64, false),
         ],
         "jobs" => vec![
             f("job_id", UInt64, false),
@@ -228,6 +244,16 @@ impl SystemTable {
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.offset))),
                     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.deadline_ms))),
                     Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.deliveries))),
+                ]
+            }
+            "live_queries" => {
+                let queries = core.live.list();
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(queries.iter().map(|q| q.id))),
+                    Arc::new(StringArray::from_iter_values(queries.iter().map(|q| q.user.as_str()))),
+                    Arc::new(StringArray::from_iter_values(queries.iter().map(|q| q.sql.as_str()))),
+                    Arc::new(UInt64Array::from_iter_values(queries.iter().map(|q| q.position))),
+                    Arc::new(UInt64Array::from_iter_values(queries.iter().map(|q| q.delivered))),
                 ]
             }
             "cluster" => {

@@ -1,0 +1,174 @@
+//! `SUBSCRIBE` over the PostgreSQL protocol (docs/live-queries.md): a simple query holding one
+//! `SUBSCRIBE` statement streams result rows (`op`, `position`, then the selected columns) as
+//! commits happen, each commit's rows flushed at once; `COPY (SUBSCRIBE ...) TO STDOUT [WITH
+//! (...)]` streams the same rows as COPY data, which psql prints as they arrive. Either runs
+//! until the client cancels it (a cancel request: psql's Ctrl-C) or the subscription ends
+//! (then an error says why and where to resume).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::{Sink, SinkExt};
+use pgwire::api::ClientInfo;
+use pgwire::api::portal::Format;
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyDone, CopyOutResponse};
+use pgwire::messages::data::RowDescription;
+use topicfusion_engine::catalog::types::rows_to_batch;
+use topicfusion_engine::{
+    CopyFormat, CopyOptions, CopyStatement, Database, LiveEvent, LiveRow, Principal, Statement, Subscription, parse_sql,
+};
+
+use super::copy::CopyEncoder;
+use super::encode::{DataRows, wire_fields};
+
+/// How a simple query streams a subscription.
+pub enum LiveForm {
+    /// `SUBSCRIBE ...`: a row result that never completes.
+    Rows(String),
+    /// `COPY (SUBSCRIBE ...) TO STDOUT [options]`: COPY data that never completes.
+    Copy(String, CopyOptions),
+}
+
+/// Whether a simple query is one `SUBSCRIBE` (or a `COPY` of one) to stream.
+pub fn live_form(text: &str) -> Option<LiveForm> {
+    let trimmed = text.trim().trim_end_matches(';').trim_end();
+    if trimmed.len() >= 9 && trimmed[..9].eq_ignore_ascii_case("subscribe") {
+        let mut parsed = parse_sql(trimmed).ok()?;
+        let last = parsed.pop()?;
+        let one = parsed.is_empty() && matches!(last.statement, Statement::Subscribe(_));
+        return one.then(|| LiveForm::Rows(trimmed.to_owned()));
+    }
+    // COPY ( SUBSCRIBE ... ) TO STDOUT ...: the options are parsed by the dialect's COPY, on the
+    // same text with the subscription replaced.
+    if !(trimmed.len() > 4 && trimmed[..4].eq_ignore_ascii_case("copy")) {
+        return None;
+    }
+    let rest = trimmed[4..].trim_start();
+    let inner = rest.strip_prefix('(')?;
+    let close = matching_paren(inner)?;
+    let (query, tail) = (inner[..close].trim(), &inner[close + 1..]);
+    if !(query.len() >= 9 && query[..9].eq_ignore_ascii_case("subscribe")) {
+        return None;
+    }
+    let Statement::Copy(CopyStatement::To(copy)) = parse_sql(&format!("COPY (SELECT 1) {tail}")).ok()?.pop()?.statement
+    else {
+        return None;
+    };
+    Some(LiveForm::Copy(query.to_owned(), copy.options))
+}
+
+/// The index of the `)` closing an already opened `(` in `text` (parentheses inside quoted
+/// strings and identifiers do not count).
+fn matching_paren(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') if depth == 0 => return Some(i),
+            (None, ')') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Streams a subscription to the client until it ends (an error) or the query is cancelled
+/// (the caller drops this future).
+pub async fn stream<C>(client: &mut C, db: &Arc<Database>, principal: &Principal, form: LiveForm) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let sql = match &form {
+        LiveForm::Rows(sql) | LiveForm::Copy(sql, _) => sql.clone(),
+    };
+    let (db, who) = (Arc::clone(db), principal.clone());
+    let subscribed = tokio::spawn(async move { db.subscribe(&who, &sql, None, None).await })
+        .await
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let mut subscription = subscribed.map_err(|e| super::query::statement_error(&e))?;
+    let schema = schema(&subscription);
+    match form {
+        LiveForm::Rows(_) => {
+            let fields = Arc::new(wire_fields(&schema, &Format::UnifiedText)?);
+            let description = RowDescription::new(fields.iter().map(Into::into).collect());
+            client.send(PgWireBackendMessage::RowDescription(description)).await?;
+            loop {
+                let rows = next_rows(&mut subscription).await?;
+                for row in DataRows::new(Arc::clone(&fields), vec![batch(&subscription, &schema, &rows)?]) {
+                    client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                }
+                client.flush().await?;
+            }
+        }
+        LiveForm::Copy(_, options) => {
+            let format = options.format.unwrap_or(CopyFormat::Text);
+            let mut encoder = CopyEncoder::new(Arc::clone(&schema), format, &options)?;
+            let formats = vec![encoder.format_code() as i16; encoder.columns()];
+            let response = CopyOutResponse::new(encoder.format_code(), encoder.columns() as i16, formats);
+            client.send(PgWireBackendMessage::CopyOutResponse(response)).await?;
+            if let Some(start) = encoder.leftover_start() {
+                client.send(PgWireBackendMessage::CopyData(start)).await?;
+            }
+            loop {
+                let rows = match next_rows(&mut subscription).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        // COPY data ends before the error, as PostgreSQL ends a failing COPY.
+                        client.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+                        return Err(e);
+                    }
+                };
+                for data in encoder.rows(&batch(&subscription, &schema, &rows)?)? {
+                    client.feed(PgWireBackendMessage::CopyData(data)).await?;
+                }
+                client.flush().await?;
+            }
+        }
+    }
+}
+
+/// The next rows (the snapshot's end has none); the end as an error.
+async fn next_rows(subscription: &mut Subscription) -> PgWireResult<Vec<LiveRow>> {
+    loop {
+        match subscription.next().await {
+            Some(LiveEvent::Rows(rows)) => return Ok(rows),
+            Some(LiveEvent::Ready { .. }) => continue,
+            Some(LiveEvent::End(end)) => {
+                let info = ErrorInfo::new("ERROR".into(), "57014".into(), format!("{}: {}", end.code, end.message));
+                return Err(PgWireError::UserError(Box::new(info)));
+            }
+            None => return Err(PgWireError::ApiError("the subscription ended".into())),
+        }
+    }
+}
+
+/// `op`, `position`, then the selected columns.
+fn schema(subscription: &Subscription) -> SchemaRef {
+    let mut fields = vec![Field::new("op", DataType::Utf8, false), Field::new("position", DataType::Int64, false)];
+    fields.extend(subscription.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)));
+    Arc::new(Schema::new(fields))
+}
+
+fn batch(subscription: &Subscription, schema: &SchemaRef, rows: &[LiveRow]) -> PgWireResult<RecordBatch> {
+    let columns = &subscription.columns;
+    let values: Vec<_> = rows.iter().map(|r| r.row.clone()).collect();
+    let all: Vec<usize> = (0..columns.len()).collect();
+    let nullable = Arc::new(Schema::new(schema.fields()[2..].to_vec()));
+    let data = rows_to_batch(&nullable, columns, &all, &values).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.op.as_str()))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.position as i64))),
+    ];
+    arrays.extend(data.columns().iter().cloned());
+    RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| PgWireError::ApiError(Box::new(e)))
+}

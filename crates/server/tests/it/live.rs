@@ -1,0 +1,755 @@
+//! Live queries: the engine's subscriptions (snapshot then changes in commit order, a filter's
+//! enter/leave/update, resume from a position, a slow subscriber cut off, many subscriptions
+//! indexed by equality, the end of a subscription whose table or user goes, clear errors), and
+//! the real server's WebSocket (tokio-tungstenite) and SSE (reqwest) endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value as Json, json};
+use topicfusion_engine::{Database, DatabaseOptions, LiveEvent, LiveOp, LiveOptions, Principal, Subscription};
+use topicfusion_storage::Value;
+
+use crate::http::{ROOT_PASSWORD, Server, data_dir};
+
+fn open(options: LiveOptions) -> (tempfile::TempDir, Arc<Database>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), DatabaseOptions { live: options, ..Default::default() }).unwrap();
+    (dir, Arc::new(db))
+}
+
+async fn run(db: &Database, sql: &str) {
+    db.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn subscribe(db: &Database, sql: &str) -> Subscription {
+    db.subscribe(&Principal::root(), sql, None, None).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The next event within 10 s.
+async fn next(sub: &mut Subscription) -> LiveEvent {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the subscription is open")
+}
+
+/// One row as `(op, position, values, old values)`.
+type Row = (LiveOp, u64, Vec<Value>, Option<Vec<Value>>);
+
+/// The rows of the next event, which must be rows.
+async fn rows(sub: &mut Subscription) -> Vec<Row> {
+    match next(sub).await {
+        LiveEvent::Rows(rows) => rows.into_iter().map(|r| (r.op, r.position, r.row, r.old)).collect(),
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+/// The snapshot's rows (up to the Ready event), checking they carry the subscription's position.
+async fn snapshot(sub: &mut Subscription) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    loop {
+        match next(sub).await {
+            LiveEvent::Rows(rows) => {
+                for r in rows {
+                    assert_eq!((r.op, r.position), (LiveOp::Snapshot, sub.position));
+                    out.push(r.row);
+                }
+            }
+            LiveEvent::Ready { position } => {
+                assert_eq!(position, sub.position);
+                return out;
+            }
+            LiveEvent::End(end) => panic!("ended: {end:?}"),
+        }
+    }
+}
+
+/// Asserts nothing arrives within 300 ms.
+async fn quiet(sub: &mut Subscription) {
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        panic!("expected nothing, got {event:?}");
+    }
+}
+
+fn int(n: i64) -> Value {
+    Value::Int64(n)
+}
+
+fn text(s: &str) -> Value {
+    Value::Utf8(s.to_owned())
+}
+
+#[tokio::test]
+async fn a_live_query_gets_its_snapshot_then_each_change_as_it_moves_through_the_filter() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id INT, v TEXT)").await;
+    run(&db, "INSERT INTO t VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 1, 'c')").await;
+    let mut sub = subscribe(&db, "SUBSCRIBE TO SELECT id, v FROM t WHERE user_id = 1").await;
+    assert_eq!(sub.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "v"]);
+    let mut snap = snapshot(&mut sub).await;
+    snap.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(snap, [vec![int(1), text("a")], vec![int(3), text("c")]]);
+    let start = sub.position;
+
+    // One statement's changes arrive together, in its order; other users' rows not at all.
+    run(&db, "INSERT INTO t VALUES (4, 1, 'd'), (5, 2, 'e'), (6, 1, 'f')").await;
+    let got = rows(&mut sub).await;
+    let p1 = got[0].1;
+    assert!(p1 > start);
+    assert_eq!(
+        got,
+        [(LiveOp::Insert, p1, vec![int(4), text("d")], None), (LiveOp::Insert, p1, vec![int(6), text("f")], None)]
+    );
+    run(&db, "INSERT INTO t VALUES (7, 2, 'g')").await;
+    // Entering the filter is an insert, changing inside it an update (with the old row),
+    // leaving it a delete (of the old row).
+    run(&db, "UPDATE t SET user_id = 1 WHERE id = 2").await;
+    let got = rows(&mut sub).await;
+    let p2 = got[0].1;
+    assert!(p2 > p1);
+    assert_eq!(got, [(LiveOp::Insert, p2, vec![int(2), text("b")], None)]);
+    run(&db, "UPDATE t SET v = 'A' WHERE id = 1").await;
+    let got = rows(&mut sub).await;
+    assert_eq!(got, [(LiveOp::Update, got[0].1, vec![int(1), text("A")], Some(vec![int(1), text("a")]))]);
+    run(&db, "UPDATE t SET user_id = 2, v = 'gone' WHERE id = 3").await;
+    let got = rows(&mut sub).await;
+    assert_eq!(got, [(LiveOp::Delete, got[0].1, vec![int(3), text("c")], None)]);
+    run(&db, "DELETE FROM t WHERE id IN (4, 5)").await;
+    let got = rows(&mut sub).await;
+    assert_eq!(got, [(LiveOp::Delete, got[0].1, vec![int(4), text("d")], None)]);
+    // A primary-key change inside the filter is an update of the row (new key, old row).
+    run(&db, "UPDATE t SET id = 40 WHERE id = 6").await;
+    let got = rows(&mut sub).await;
+    assert_eq!(got, [(LiveOp::Update, got[0].1, vec![int(40), text("f")], Some(vec![int(6), text("f")]))]);
+    // A failed statement changes nothing and sends nothing.
+    assert!(db.execute("INSERT INTO t VALUES (1, 1, 'dup')").await.is_err());
+    quiet(&mut sub).await;
+
+    // Without a snapshot: only what commits after the subscription.
+    let mut later = db.subscribe(&Principal::root(), "SELECT * FROM t", Some(false), None).await.unwrap();
+    run(&db, "INSERT INTO t VALUES (8, 3, 'h')").await;
+    let got = rows(&mut later).await;
+    assert_eq!(got[0].0, LiveOp::Insert);
+    assert_eq!(got[0].2, [int(8), Value::Int32(3), text("h")]);
+}
+
+#[tokio::test]
+async fn filters_without_an_equality_and_with_more_than_one_are_evaluated() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id INT, v TEXT)").await;
+    let mut like = subscribe(&db, "SELECT id FROM t WHERE v LIKE 'a%'").await;
+    let mut both = subscribe(&db, "SELECT id FROM t WHERE user_id = 1 AND v <> 'x'").await;
+    let mut all = subscribe(&db, "SELECT v FROM t").await;
+    for sub in [&mut like, &mut both, &mut all] {
+        assert!(snapshot(sub).await.is_empty());
+    }
+    run(&db, "INSERT INTO t VALUES (1, 1, 'abc'), (2, 1, 'x'), (3, 2, 'ab'), (4, 2, NULL)").await;
+    let ids = |rows: Vec<Row>| rows.into_iter().map(|r| r.2[0].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(rows(&mut like).await), [int(1), int(3)]);
+    assert_eq!(ids(rows(&mut both).await), [int(1)]);
+    assert_eq!(ids(rows(&mut all).await), [text("abc"), text("x"), text("ab"), Value::Null]);
+    // Into the residual filter of `both`: an insert; out of it: a delete.
+    run(&db, "UPDATE t SET v = 'y' WHERE id = 2").await;
+    assert_eq!(rows(&mut both).await[0].0, LiveOp::Insert);
+    run(&db, "UPDATE t SET v = 'x' WHERE id = 1").await;
+    assert_eq!(rows(&mut both).await[0].0, LiveOp::Delete);
+    assert_eq!(rows(&mut like).await[0].0, LiveOp::Delete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_changes_arrive_in_commit_order() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, n BIGINT)").await;
+    let mut sub = subscribe(&db, "SELECT id, n FROM t").await;
+    assert!(snapshot(&mut sub).await.is_empty());
+    let writers: Vec<_> = (0..8i64)
+        .map(|w| {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                for i in 0..25i64 {
+                    let id = w * 1000 + i;
+                    run(&db, &format!("INSERT INTO t VALUES ({id}, 0)")).await;
+                    // Also a row of the next writer's, when it exists: writers' updates interleave.
+                    let other = (w + 1) % 8 * 1000 + i;
+                    run(&db, &format!("UPDATE t SET n = n + 1 WHERE id = {id} OR id = {other}")).await;
+                    if i % 5 == 4 {
+                        run(&db, &format!("DELETE FROM t WHERE id = {}", id - 2)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Replaying the changes in the order they arrived gives the table as it is.
+    let expected: BTreeMap<i64, i64> = crate::query(&db, "SELECT id, n FROM t")
+        .await
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
+    let mut replayed: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut last = 0;
+    while replayed != expected {
+        // One event is one statement's commit: its rows share a position, and positions
+        // strictly increase from event to event.
+        let event = rows(&mut sub).await;
+        let position = event[0].1;
+        assert!(position > last, "position {position} after {last}");
+        last = position;
+        for (op, p, row, _) in event {
+            assert_eq!(p, position);
+            let (Value::Int64(id), Value::Int64(n)) = (&row[0], &row[1]) else { panic!("{row:?}") };
+            match op {
+                LiveOp::Insert | LiveOp::Update => replayed.insert(*id, *n),
+                LiveOp::Delete => replayed.remove(id),
+                LiveOp::Snapshot => panic!("snapshot row after the snapshot"),
+            };
+        }
+    }
+    quiet(&mut sub).await;
+}
+
+#[tokio::test]
+async fn resuming_from_a_position_replays_what_was_missed_within_the_kept_history() {
+    let (_dir, db) = open(LiveOptions { history_rows: 50, buffer_rows: 10_000 });
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id INT)").await;
+    let mut sub = subscribe(&db, "SELECT id FROM t WHERE user_id = 1").await;
+    assert!(snapshot(&mut sub).await.is_empty());
+    run(&db, "INSERT INTO t VALUES (1, 1)").await;
+    let seen = rows(&mut sub).await[0].1;
+    drop(sub);
+    // Missed while disconnected (the table stays watched).
+    run(&db, "INSERT INTO t VALUES (2, 1), (3, 2)").await;
+    run(&db, "UPDATE t SET user_id = 2 WHERE id = 1").await;
+    let mut resumed =
+        db.subscribe(&Principal::root(), "SELECT id FROM t WHERE user_id = 1", None, Some(seen)).await.unwrap();
+    assert_eq!(resumed.position, seen);
+    let got = rows(&mut resumed).await;
+    assert_eq!((got[0].0, &got[0].2), (LiveOp::Insert, &vec![int(2)]));
+    let got = rows(&mut resumed).await;
+    assert_eq!((got[0].0, &got[0].2), (LiveOp::Delete, &vec![int(1)]));
+    quiet(&mut resumed).await;
+    // Live changes follow the replay.
+    run(&db, "INSERT INTO t VALUES (4, 1)").await;
+    assert_eq!(rows(&mut resumed).await[0].2, [int(4)]);
+
+    let error = |e: topicfusion_engine::ExecuteError| e.to_string();
+    // A position this server never gave out.
+    let ahead = db.subscribe(&Principal::root(), "SELECT id FROM t", Some(false), Some(u64::MAX)).await;
+    assert!(error(ahead.err().unwrap()).contains("ahead of this server's last commit"));
+    // Further back than the 50 kept rows.
+    for i in 0..10 {
+        let values: Vec<String> = (0..10).map(|j| format!("({}, 3)", 100 + i * 10 + j)).collect();
+        run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    }
+    let old = db.subscribe(&Principal::root(), "SELECT id FROM t", Some(false), Some(seen)).await;
+    let message = error(old.err().unwrap());
+    assert!(message.contains("no longer kept") && message.contains("snapshot"), "{message}");
+    // Before the table was watched at all.
+    run(&db, "CREATE TABLE u (id BIGINT PRIMARY KEY)").await;
+    let before = db.store().position();
+    run(&db, "INSERT INTO u VALUES (1)").await;
+    let unwatched = db.subscribe(&Principal::root(), "SELECT id FROM u", Some(false), Some(before)).await;
+    assert!(error(unwatched.err().unwrap()).contains("no longer kept"));
+    // Both a snapshot and a position: refused.
+    let both = db.subscribe(&Principal::root(), "SELECT id FROM u", Some(true), Some(before)).await;
+    assert!(error(both.err().unwrap()).contains("not both"));
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_ended_while_writers_go_on_and_resumes_where_it_stopped() {
+    let (_dir, db) = open(LiveOptions { history_rows: 100_000, buffer_rows: 100 });
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY)").await;
+    let mut slow = subscribe(&db, "SELECT id FROM t").await;
+    assert!(snapshot(&mut slow).await.is_empty());
+    // The subscriber reads nothing while 1,000 rows commit: no write waits for it.
+    for i in 0..100 {
+        let values: Vec<String> = (0..10).map(|j| format!("({})", i * 10 + j)).collect();
+        run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    }
+    let mut ids = Vec::new();
+    let mut last = slow.position;
+    let end = loop {
+        match next(&mut slow).await {
+            LiveEvent::Rows(rows) => {
+                for r in rows {
+                    let Value::Int64(id) = r.row[0] else { panic!() };
+                    ids.push(id);
+                    last = r.position;
+                }
+            }
+            LiveEvent::End(end) => break end,
+            LiveEvent::Ready { .. } => panic!("no second snapshot"),
+        }
+    };
+    assert_eq!(end.code, "subscriber_too_slow");
+    assert!(end.message.contains(&format!("from_position = {last}")), "{}", end.message);
+    assert!(ids.len() <= 110 && !ids.is_empty(), "{} rows before the end", ids.len());
+    assert!(slow.next().await.is_none());
+    // Resuming from the last position it got gives exactly the rest.
+    let mut resumed = db.subscribe(&Principal::root(), "SELECT id FROM t", Some(false), Some(last)).await.unwrap();
+    while ids.len() < 1000 {
+        for r in rows(&mut resumed).await {
+            let Value::Int64(id) = r.2[0] else { panic!() };
+            ids.push(id);
+        }
+    }
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    quiet(&mut resumed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscriptions_by_key_each_get_their_rows() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id BIGINT, v TEXT)").await;
+    let mut subs = Vec::new();
+    for k in 0..1000 {
+        let mut sub = subscribe(&db, &format!("SELECT id, v FROM t WHERE user_id = {k}")).await;
+        assert!(snapshot(&mut sub).await.is_empty());
+        subs.push(sub);
+    }
+    let values: Vec<String> = (0..2000).map(|i| format!("({i}, {}, 'v{i}')", i % 1000)).collect();
+    run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    for (k, sub) in subs.iter_mut().enumerate() {
+        let got: Vec<Vec<Value>> = rows(sub).await.into_iter().map(|r| r.2).collect();
+        let k = k as i64;
+        assert_eq!(got, [vec![int(k), text(&format!("v{k}"))], vec![int(k + 1000), text(&format!("v{}", k + 1000))]]);
+    }
+    // A key moving from one subscription to another: a delete for one, an insert for the other.
+    run(&db, "UPDATE t SET user_id = 7 WHERE id = 3").await;
+    assert_eq!(rows(&mut subs[3]).await[0].0, LiveOp::Delete);
+    assert_eq!(rows(&mut subs[7]).await[0].0, LiveOp::Insert);
+    quiet(&mut subs[5]).await;
+    let listed = crate::query(&db, "SELECT count(*), sum(delivered) FROM system.live_queries").await;
+    assert_eq!(listed, [["1000", "2002"]]);
+    drop(subs);
+    assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);
+}
+
+#[tokio::test]
+async fn a_subscription_ends_when_its_table_is_dropped_or_its_user_is() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY); CREATE USER ann WITH PASSWORD 'pw' ROLE user").await;
+    let ann = db.principal("ann").unwrap();
+    let mut mine = db.subscribe(&ann, "SELECT * FROM t", None, None).await.unwrap();
+    let mut root = subscribe(&db, "SELECT id FROM t").await;
+    snapshot(&mut mine).await;
+    snapshot(&mut root).await;
+    let listed = crate::query(&db, "SELECT id, \"user\", sql, position FROM system.live_queries ORDER BY id").await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0][1].as_str(), listed[0][2].as_str()), ("ann", "SELECT * FROM t"));
+    assert_eq!(listed[0][3], mine.position.to_string());
+    run(&db, "DROP USER ann").await;
+    match next(&mut mine).await {
+        LiveEvent::End(end) => {
+            assert_eq!((end.code, end.message.as_str()), ("permission_denied", "user ann was dropped"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(mine.next().await.is_none());
+    run(&db, "DROP TABLE t").await;
+    match next(&mut root).await {
+        LiveEvent::End(end) => assert_eq!(end.code, "table_changed", "{end:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A table of the same name is a new table: a new subscription sees it.
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY)").await;
+    let mut again = subscribe(&db, "SELECT id FROM t").await;
+    snapshot(&mut again).await;
+    run(&db, "INSERT INTO t VALUES (1)").await;
+    assert_eq!(rows(&mut again).await[0].2, [int(1)]);
+}
+
+#[tokio::test]
+async fn bad_live_queries_get_clear_errors() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TABLE u (id BIGINT PRIMARY KEY)").await;
+    run(&db, "CREATE USER ann WITH PASSWORD 'pw' ROLE user").await;
+    let refused = |sql: &'static str, wanted: &'static str| {
+        let db = Arc::clone(&db);
+        async move {
+            let e =
+                db.subscribe(&Principal::root(), sql, None, None).await.err().unwrap_or_else(|| panic!("{sql} ran"));
+            assert!(e.to_string().contains(wanted), "{sql}: {e}");
+        }
+    };
+    refused("SELECT * FROM t JOIN u ON t.id = u.id", "joins").await;
+    refused("SELECT * FROM t, u", "exactly one table").await;
+    refused("SELECT v FROM t GROUP BY v", "GROUP BY").await;
+    refused("SELECT id FROM t ORDER BY id", "ORDER BY").await;
+    refused("SELECT id FROM t LIMIT 1", "LIMIT").await;
+    refused("SELECT DISTINCT id FROM t", "DISTINCT").await;
+    refused("SELECT id + 1 FROM t", "select columns by name").await;
+    refused("SELECT id AS x FROM t", "select columns by name").await;
+    refused("SELECT * FROM t AS x", "without an alias").await;
+    refused("SELECT 1", "exactly one table").await;
+    refused("SELECT * FROM nope", "table public.nope does not exist").await;
+    refused("SELECT nope FROM t", "column nope does not exist").await;
+    refused("SELECT * FROM t WHERE v + 1", "").await;
+    refused("SELECT * FROM t WHERE id", "must be a boolean expression").await;
+    refused("SELECT * FROM t WHERE 1/0 = 1", "cannot be evaluated").await;
+    refused("SELECT * FROM system.topics", "is a system table").await;
+    refused("SELECT * FROM t; SELECT * FROM u", "one SELECT or SUBSCRIBE").await;
+    refused("INSERT INTO t VALUES (1, 'a')", "one SELECT or SUBSCRIBE").await;
+    refused("SELECT * FROM t WHERE (((", "").await;
+    refused("SUBSCRIBE SELECT * FROM t WITH (snapshot = true, from_position = 1)", "not both").await;
+    // Reading system.users needs dba; a live query on it is refused by role first.
+    let ann = db.principal("ann").unwrap();
+    let e = db.subscribe(&ann, "SELECT * FROM system.users", None, None).await.err().unwrap();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    // SUBSCRIBE through a request/response interface says where it runs.
+    let e = db.execute("SUBSCRIBE TO SELECT * FROM t").await.err().unwrap();
+    assert_eq!(e.kind, topicfusion_engine::ErrorKind::FeatureNotSupported);
+    assert!(e.to_string().contains("/v1/api/live"), "{e}");
+    assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);
+}
+
+// --- over HTTP, against the real server ---------------------------------------------------
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn token(server: &Server, user: &str, password: &str) -> String {
+    let (status, body) =
+        server.post("/v1/api/auth/login", None, json!({ "username": user, "password": password })).await;
+    assert!(status.is_success(), "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn connect(server: &Server, token: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = server.url("/v1/api/live").replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+async fn send(socket: &mut Socket, frame: Json) {
+    socket.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON text frame within 10 s.
+async fn frame(socket: &mut Socket) -> Json {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    crate::http::setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'one')").await;
+    let root = token(&server, "root", ROOT_PASSWORD).await;
+    let mut socket = connect(&server, &root).await;
+
+    send(&mut socket, json!({ "type": "subscribe", "id": "a", "sql": "SELECT id, v FROM app.t" })).await;
+    let subscribed = frame(&mut socket).await;
+    assert_eq!((subscribed["type"].as_str(), subscribed["id"].as_str()), (Some("subscribed"), Some("a")));
+    let position = subscribed["position"].as_u64().unwrap();
+    let snap = frame(&mut socket).await;
+    assert_eq!(
+        snap,
+        json!({ "type": "rows", "id": "a", "rows": [
+        { "op": "snapshot", "position": position, "row": { "id": 1, "v": "one" } } ] })
+    );
+    assert_eq!(frame(&mut socket).await, json!({ "type": "ready", "id": "a", "position": position }));
+    server.sql("INSERT INTO app.t VALUES (2, 'two'); UPDATE app.t SET v = 'uno' WHERE id = 1").await;
+    let insert = frame(&mut socket).await;
+    assert_eq!(insert["rows"][0]["op"], "insert");
+    assert_eq!(insert["rows"][0]["row"], json!({ "id": 2, "v": "two" }));
+    let update = frame(&mut socket).await;
+    assert_eq!(update["rows"][0]["op"], "update");
+    assert_eq!(update["rows"][0]["old"], json!({ "id": 1, "v": "one" }));
+    let last_seen = update["rows"][0]["position"].as_u64().unwrap();
+    assert!(last_seen > position);
+
+    // Bad input: an error frame naming the subscription; the socket stays usable.
+    send(&mut socket, json!({ "type": "subscribe", "id": "bad", "sql": "SELEC nonsense" })).await;
+    let error = frame(&mut socket).await;
+    assert_eq!((error["type"].as_str(), error["id"].as_str()), (Some("error"), Some("bad")));
+    assert_eq!(error["error"]["code"], "syntax_error");
+    send(&mut socket, json!({ "type": "subscribe", "id": "a", "sql": "SELECT id FROM app.t" })).await;
+    assert_eq!(frame(&mut socket).await["error"]["message"], "a subscription with this id is open");
+    socket.send(tokio_tungstenite::tungstenite::Message::text("{not json")).await.unwrap();
+    assert_eq!(frame(&mut socket).await["error"]["code"], "bad_request");
+    send(&mut socket, json!({ "type": "unsubscribe", "id": "a" })).await;
+    assert_eq!(frame(&mut socket).await, json!({ "type": "unsubscribed", "id": "a" }));
+
+    // 1,000 subscriptions on one socket, each on its own key.
+    for k in 0..1000 {
+        let sql = format!("SELECT v FROM app.t WHERE id = {}", 1000 + k);
+        send(&mut socket, json!({ "type": "subscribe", "id": format!("k{k}"), "sql": sql, "snapshot": false })).await;
+    }
+    for _ in 0..1000 {
+        assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    }
+    let values: Vec<String> = (0..1000).map(|k| format!("({}, 'v{k}')", 1000 + k)).collect();
+    server.sql(&format!("INSERT INTO app.t VALUES {}", values.join(", "))).await;
+    let mut got = BTreeMap::new();
+    for _ in 0..1000 {
+        let f = frame(&mut socket).await;
+        assert_eq!(f["rows"].as_array().unwrap().len(), 1, "{f}");
+        got.insert(f["id"].as_str().unwrap().to_owned(), f["rows"][0]["row"]["v"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|(id, v)| id[1..] == v[1..]));
+    let listed = server.sql("SELECT count(*) AS n FROM system.live_queries").await;
+    assert_eq!(listed["results"][0]["rows"], json!([[1000]]));
+    drop(socket);
+
+    // A user without the right to read system.users is refused; over a query-string token too.
+    let user = token(&server, "u_user", "pw").await;
+    let url = format!("{}?access_token={user}", server.url("/v1/api/live").replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    send(&mut socket, json!({ "type": "subscribe", "id": "u", "sql": "SELECT * FROM system.users" })).await;
+    assert_eq!(frame(&mut socket).await["error"]["code"], "forbidden");
+    // Resume after a reconnect: what committed since the last position seen.
+    send(&mut socket, json!({ "type": "subscribe", "id": "r", "sql": "SELECT id, v FROM app.t WHERE id < 1000", "from_position": last_seen })).await;
+    assert_eq!(frame(&mut socket).await["position"], last_seen);
+    server.sql("DELETE FROM app.t WHERE id = 2").await;
+    let deleted = frame(&mut socket).await;
+    assert_eq!(
+        (deleted["rows"][0]["op"].as_str(), &deleted["rows"][0]["row"]),
+        (Some("delete"), &json!({ "id": 2, "v": "two" }))
+    );
+
+    // No credentials: 401 before any upgrade.
+    let url = server.url("/v1/api/live").replacen("http://", "ws://", 1);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+/// Reads SSE events (`(event, id, data)`) from a response until `count` arrived.
+async fn sse_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    count: usize,
+) -> Vec<(String, String, Json)> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = ("message".to_owned(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !data.is_empty() {
+                events.push((event, id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+        if events.len() >= count {
+            break;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.expect("data within 10 s");
+        buffer.push_str(std::str::from_utf8(&chunk.unwrap().expect("the stream is open")).unwrap());
+    }
+    events
+}
+
+#[tokio::test]
+async fn sse_streams_rows_and_resumes_with_last_event_id() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    crate::http::setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'one')").await;
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/api/live/sse");
+    let mut response = client
+        .get(&url)
+        .query(&[("sql", "SELECT id, v FROM app.t WHERE v <> 'skip'")])
+        .basic_auth("u_user", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let events = sse_events(&mut response, &mut buffer, 3).await;
+    let position = events[0].2["position"].as_u64().unwrap();
+    assert_eq!((events[0].0.as_str(), events[0].1.as_str()), ("subscribed", ""));
+    assert_eq!(
+        events[1],
+        (
+            "message".into(),
+            String::new(),
+            json!({ "op": "snapshot", "position": position, "row": { "id": 1, "v": "one" } })
+        )
+    );
+    assert_eq!((events[2].0.as_str(), events[2].1.clone()), ("ready", position.to_string()));
+    server.sql("INSERT INTO app.t VALUES (2, 'two'), (3, 'skip')").await;
+    let events = sse_events(&mut response, &mut buffer, 1).await;
+    let last_id = events[0].1.clone();
+    assert_eq!(events[0].2["row"], json!({ "id": 2, "v": "two" }));
+    assert_eq!(last_id, events[0].2["position"].to_string());
+    drop(response);
+    // Reconnecting as EventSource does: Last-Event-ID resumes after it, no snapshot.
+    server.sql("UPDATE app.t SET v = 'deux' WHERE id = 2").await;
+    let mut response = client
+        .get(&url)
+        .query(&[("sql", "SELECT id, v FROM app.t WHERE v <> 'skip'")])
+        .header("last-event-id", &last_id)
+        .basic_auth("u_user", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let events = sse_events(&mut response, &mut buffer, 2).await;
+    assert_eq!((events[0].0.as_str(), events[0].1.as_str()), ("subscribed", last_id.as_str()));
+    assert_eq!((events[1].2["op"].as_str(), &events[1].2["row"]), (Some("update"), &json!({ "id": 2, "v": "deux" })));
+
+    // Errors before the stream starts are the API's JSON errors.
+    let bad =
+        client.get(&url).query(&[("sql", "SELECT * FROM nope")]).basic_auth("u_user", Some("pw")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Json = bad.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
+    let anonymous = client.get(&url).query(&[("sql", "SELECT * FROM app.t")]).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let missing = client.get(&url).basic_auth("u_user", Some("pw")).send().await.unwrap();
+    assert_eq!(missing.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_over_the_postgresql_protocol_until_cancelled() {
+    use tokio_postgres::SimpleQueryMessage;
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    crate::http::setup(&server).await;
+    server.sql("INSERT INTO app.t VALUES (1, 'one')").await;
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .user("u_user")
+        .password("pw")
+        .dbname("topicfusion")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let stream = client.simple_query_raw("SUBSCRIBE TO SELECT id, v FROM app.t WHERE id < 100").await.unwrap();
+    let mut stream = Box::pin(stream);
+    let snapshot = next_row(&mut stream).await.unwrap();
+    assert_eq!((snapshot[0].as_str(), &snapshot[2..]), ("snapshot", &["1".to_owned(), "one".to_owned()][..]));
+    server.sql("INSERT INTO app.t VALUES (2, 'two'), (500, 'filtered'); DELETE FROM app.t WHERE id = 1").await;
+    let insert = next_row(&mut stream).await.unwrap();
+    assert_eq!((insert[0].as_str(), &insert[2..]), ("insert", &["2".to_owned(), "two".to_owned()][..]));
+    assert!(insert[1].parse::<u64>().unwrap() > snapshot[1].parse::<u64>().unwrap());
+    let delete = next_row(&mut stream).await.unwrap();
+    assert_eq!((delete[0].as_str(), &delete[2..]), ("delete", &["1".to_owned(), "one".to_owned()][..]));
+    // A cancel request ends it with 57014; the connection stays usable.
+    client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let error = next_row(&mut stream).await.unwrap_err();
+    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{error}");
+    let rows = client.simple_query("SELECT count(*) FROM system.live_queries").await.unwrap();
+    let count = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("0"));
+
+    // psql prints COPY (SUBSCRIBE ...) TO STDOUT as rows arrive (line by line when its output
+    // is a pipe: through stdbuf, as on a terminal).
+    let mut psql = std::process::Command::new("stdbuf")
+        .args(["-oL", "psql", "-h", host, "-p", port, "-U", "root", "-d", "topicfusion", "-X", "-c"])
+        .arg("COPY (SUBSCRIBE SELECT id, v FROM app.t WHERE id < 100 WITH (snapshot = false)) TO STDOUT WITH (FORMAT csv)")
+        .env("PGPASSWORD", ROOT_PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql (Debian's postgresql-client; scripts/setup.sh installs it)");
+    let stdout = psql.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Until the subscription is open, an insert may commit before it: insert until one shows.
+    let mut line = None;
+    for i in 0..50 {
+        server.sql(&format!("INSERT INTO app.t VALUES ({}, 'copy')", 10 + i)).await;
+        if let Ok(Ok(l)) = lines.recv_timeout(Duration::from_millis(200)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let _ = psql.kill();
+    let _ = psql.wait();
+    let line = line.expect("a COPY row from psql");
+    let fields: Vec<&str> = line.split(',').collect();
+    assert_eq!((fields[0], fields[3]), ("insert", "copy"), "{line}");
+    // Bad SQL: the error, not a stream.
+    let out = std::process::Command::new("psql")
+        .args(["-h", host, "-p", port, "-U", "root", "-d", "topicfusion", "-X", "-c", "SUBSCRIBE SELECT * FROM nope"])
+        .env("PGPASSWORD", ROOT_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+/// The next data row of a streaming simple query (cells as text), or its error.
+async fn next_row(
+    stream: &mut std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    use tokio_postgres::SimpleQueryMessage;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the stream is open");
+        match message {
+            Ok(SimpleQueryMessage::Row(row)) => {
+                return Ok((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_owned()).collect());
+            }
+            Ok(SimpleQueryMessage::RowDescription(columns)) => {
+                let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+                assert_eq!(names, ["op", "position", "id", "v"]);
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn subscribe_and_copy_of_subscribe_are_recognized_in_simple_queries() {
+    use topicfusion::pg::live::{LiveForm, live_form};
+    use topicfusion_engine::CopyFormat;
+    assert!(
+        matches!(live_form(" subscribe select * from t ; "), Some(LiveForm::Rows(s)) if s == "subscribe select * from t")
+    );
+    let Some(LiveForm::Copy(q, options)) = live_form(
+        "COPY (SUBSCRIBE SELECT a FROM t WHERE f(a) = ')' WITH (snapshot = false)) TO STDOUT WITH (FORMAT csv, HEADER)",
+    ) else {
+        panic!("not recognized");
+    };
+    assert_eq!(q, "SUBSCRIBE SELECT a FROM t WHERE f(a) = ')' WITH (snapshot = false)");
+    assert_eq!((options.format, options.header), (Some(CopyFormat::Csv), Some(true)));
+    assert!(live_form("SELECT 1").is_none());
+    assert!(live_form("SUBSCRIBE SELECT * FROM t; SELECT 1").is_none());
+    assert!(live_form("COPY (SELECT 1) TO STDOUT").is_none());
+    assert!(live_form("COPY (SUBSCRIBE SELECT 1) TO '/tmp/x'").is_none());
+}
