@@ -10,7 +10,8 @@
 //! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
 //! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
 //! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase),
-//! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase).
+//! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase), BENCH_LIVE_ROWS (50000
+//! rows per `live_` fan-out run).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -478,7 +479,13 @@ async fn main() {
         http::run(drain, lat_n, &mut out).await;
     }
 
-    // 9. Replication (issue #26, the store's layer only: the engine does not use the cluster
+    // 9. Live queries over WebSocket against a real server (synced commits, as PostgreSQL's
+    //    NOTIFY anchor): commit-to-subscriber latency, per-key fan-out and the writer's rate.
+    if wants(&["live_"]) {
+        live::run(env("BENCH_LIVE_ROWS", 50_000), lat_n, &mut out).await;
+    }
+
+    // 10. Replication (issue #26, the store's layer only: the engine does not use the cluster
     //    yet): three in-process nodes on loopback, one-message commits through the leader.
     if wants(&["cluster_store_"]) {
         cluster::run(env("BENCH_CLUSTER_N", 2000), &mut out).await;
@@ -677,11 +684,11 @@ mod http {
 
     use super::{metric, percentile};
 
-    struct Server {
+    pub(super) struct Server {
         child: Child,
-        base: String,
+        pub(super) base: String,
         client: reqwest::Client,
-        token: String,
+        pub(super) token: String,
         _dir: tempfile::TempDir,
     }
 
@@ -693,7 +700,7 @@ mod http {
     }
 
     impl Server {
-        async fn start(sync_writes: bool) -> Self {
+        pub(super) async fn start(sync_writes: bool) -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let config = dir.path().join("bench.toml");
             let toml = format!(
@@ -746,7 +753,7 @@ mod http {
             serde_json::from_slice(&bytes).expect("json")
         }
 
-        async fn sql(&self, sql: &str) -> Value {
+        pub(super) async fn sql(&self, sql: &str) -> Value {
             self.post("/v1/api/sql", &json!({ "sql": sql })).await
         }
     }
@@ -871,6 +878,170 @@ mod http {
             if sync_writers > 0 {
                 let rate = written.load(Ordering::Relaxed) as f64 / write_start.elapsed().as_secs_f64();
                 out.push(metric("http_insert_single_sync_c8_beside_consumer", rate, "stmts/s"));
+            }
+        }
+    }
+}
+
+mod live {
+    //! Live queries over WebSocket (tokio-tungstenite) against the real server with synced
+    //! commits, measured as `../shared/anchors/pg_notify_live.sh` measures PostgreSQL's
+    //! trigger + NOTIFY: (a) one subscriber of `user_id = 0`, a single-row INSERT every 2 ms,
+    //! latency = receipt - the time taken before the INSERT (carried in the row); (b) N
+    //! subscriptions `WHERE user_id = k` (k < N, over 8 sockets) while one writer inserts
+    //! 1000-row statements whose user_id cycles over 0..N: deliveries/s (every row reaches exactly
+    //! one subscription), and the writer's rows/s against the same writer on a table nobody
+    //! watches.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::http::Server;
+    use super::{metric, percentile};
+
+    type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    fn now_us() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_micros() as u64
+    }
+
+    async fn connect(server: &Server) -> Socket {
+        let url = format!("{}/v1/api/live", server.base).replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert("authorization", format!("Bearer {}", server.token).parse().expect("header"));
+        tokio_tungstenite::connect_async(request).await.expect("websocket").0
+    }
+
+    async fn subscribe(socket: &mut Socket, id: &str, sql: &str) {
+        let frame = json!({ "type": "subscribe", "id": id, "sql": sql, "snapshot": false });
+        socket.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    /// Reads frames until `subscribed` came `count` times.
+    async fn await_subscribed(socket: &mut Socket, count: usize) {
+        let mut seen = 0;
+        while seen < count {
+            let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("socket closed") };
+            let frame: Value = serde_json::from_str(text.as_str()).expect("json");
+            match frame["type"].as_str() {
+                Some("subscribed") => seen += 1,
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+    }
+
+    fn insert(from: u64, n: u64, users: u64) -> String {
+        let rows: Vec<String> =
+            (from..from + n).map(|i| format!("({i}, {}, {}, 'new', {i}.5)", i % users, now_us())).collect();
+        format!("INSERT INTO {{table}} VALUES {}", rows.join(","))
+    }
+
+    /// Inserts `rows` rows in 1000-row statements into `table`; returns rows/s and the start.
+    async fn write(server: &Server, table: &str, rows: u64, users: u64) -> (f64, Instant) {
+        let statements: Vec<String> =
+            (0..rows.div_ceil(1000)).map(|b| insert(b * 1000, 1000.min(rows - b * 1000), users).replace("{table}", table)).collect();
+        let start = Instant::now();
+        for s in &statements {
+            server.sql(s).await;
+        }
+        (rows as f64 / start.elapsed().as_secs_f64(), start)
+    }
+
+    pub async fn run(rows: u64, lat_n: u64, out: &mut Vec<String>) {
+        let server = Server::start(true).await;
+        let table = |name: &str| {
+            format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, user_id BIGINT, ts BIGINT, status TEXT, amount DOUBLE)")
+        };
+        // (a) Latency: one subscriber, one row every 2 ms.
+        server.sql(&table("lat")).await;
+        let mut socket = connect(&server).await;
+        subscribe(&mut socket, "l", "SELECT id, ts FROM lat WHERE user_id = 0").await;
+        await_subscribed(&mut socket, 1).await;
+        let reader = tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while latencies.len() < lat_n as usize {
+                let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+                else {
+                    break;
+                };
+                let at = now_us();
+                let frame: Value = serde_json::from_str(text.as_str()).expect("json");
+                for row in frame["rows"].as_array().into_iter().flatten() {
+                    latencies.push((at - row["row"]["ts"].as_u64().expect("ts")) as f64 / 1000.0);
+                }
+            }
+            latencies
+        });
+        for i in 0..lat_n {
+            server.sql(&format!("INSERT INTO lat VALUES ({i}, 0, {}, 'new', 1.5)", now_us())).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut latencies = reader.await.expect("reader");
+        assert_eq!(latencies.len() as u64, lat_n, "every row reached the subscriber");
+        latencies.sort_by(f64::total_cmp);
+        out.push(metric("live_commit_to_ws_p50", percentile(&latencies, 0.5), "ms"));
+        out.push(metric("live_commit_to_ws_p99", percentile(&latencies, 0.99), "ms"));
+
+        // (b) The writer alone, on a table nobody watches.
+        server.sql(&table("base")).await;
+        let (alone, _) = write(&server, "base", rows, 1000).await;
+        out.push(metric("live_writer_no_subscriptions", alone, "rows/s"));
+        for n in [1000u64, 10_000] {
+            let name = format!("key{n}");
+            server.sql(&table(&name)).await;
+            let mut sockets = Vec::new();
+            for s in 0..8u64 {
+                let mut socket = connect(&server).await;
+                let mine: Vec<u64> = (0..n).filter(|k| k % 8 == s).collect();
+                for &k in &mine {
+                    subscribe(&mut socket, &k.to_string(), &format!("SELECT id, ts FROM {name} WHERE user_id = {k}")).await;
+                }
+                await_subscribed(&mut socket, mine.len()).await;
+                sockets.push(socket);
+            }
+            let delivered = Arc::new(AtomicU64::new(0));
+            let last_us = Arc::new(AtomicU64::new(0));
+            let readers: Vec<_> = sockets
+                .into_iter()
+                .map(|mut socket| {
+                    let (delivered, last_us) = (Arc::clone(&delivered), Arc::clone(&last_us));
+                    tokio::spawn(async move {
+                        while let Ok(Some(Ok(Message::Text(text)))) =
+                            tokio::time::timeout(Duration::from_secs(15), socket.next()).await
+                        {
+                            let frame: Value = serde_json::from_str(text.as_str()).expect("json");
+                            assert_eq!(frame["type"], "rows", "{frame}");
+                            let got = frame["rows"].as_array().map_or(0, Vec::len) as u64;
+                            last_us.fetch_max(now_us(), Ordering::Relaxed);
+                            if delivered.fetch_add(got, Ordering::Relaxed) + got >= rows {
+                                break;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let start_us = now_us();
+            let (rate, _) = write(&server, &name, rows, n).await;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while delivered.load(Ordering::Relaxed) < rows && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let got = delivered.load(Ordering::Relaxed);
+            let secs = (last_us.load(Ordering::Relaxed).saturating_sub(start_us)) as f64 / 1e6;
+            for r in readers {
+                r.abort();
+            }
+            out.push(metric(&format!("live_key_n{n}_deliveries"), got as f64 / secs.max(1e-9), "deliveries/s"));
+            out.push(metric(&format!("live_key_n{n}_writer"), rate, "rows/s"));
+            out.push(metric(&format!("live_key_n{n}_writer_ratio"), rate / alone, "x"));
+            if got < rows {
+                eprintln!("live_key_n{n}: only {got} of {rows} rows delivered");
             }
         }
     }
