@@ -346,7 +346,19 @@ impl Database {
             )));
         }
         let compiled = crate::live::LiveQuery::compile(&self.core, principal, &query).map_err(fail)?;
-        self.core.live.subscribe(&self.core.store, &principal.name, sql, compiled, snapshot, from).await.map_err(fail)
+        let table = Arc::clone(&compiled.table);
+        let subscription =
+            self.core.live.subscribe(&self.core.store, principal, sql, compiled, snapshot, from).await.map_err(fail)?;
+        // A DROP TABLE or DROP USER that ran while this one registered may have checked the
+        // subscriptions before this one was among them: check it (its later checks see it).
+        let current = self.core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
+        if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
+            return Err(fail(DataFusionError::Plan(format!("table {} was dropped", table.meta.qualified_name()))));
+        }
+        if self.core.users.principal(&principal.name).is_none() {
+            return Err(fail(DataFusionError::Plan(format!("user {} was dropped", principal.name))));
+        }
+        Ok(subscription)
     }
 
     /// The open live queries (`system.live_queries`).
@@ -853,6 +865,7 @@ impl Database {
     /// and later ones do not wait. Statements still run; drop the database to close it.
     pub fn begin_shutdown(&self) {
         self.core.groups.begin_shutdown();
+        self.core.live.shutdown();
     }
 
     /// Syncs the write-ahead log to disk (a clean close also survives a power loss after it).

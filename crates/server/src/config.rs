@@ -17,6 +17,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub topics: TopicsConfig,
     pub auth: AuthConfig,
+    pub live: LiveConfig,
     /// Present: this server is one node of a replicated cluster (docs/cluster.md).
     pub cluster: Option<ClusterConfig>,
 }
@@ -107,6 +108,25 @@ pub struct TopicsConfig {
     pub allow_user_role_consume: bool,
     /// How often the retention job runs (0: only on `RUN RETENTION`).
     pub retention_interval_ms: u64,
+}
+
+/// `[live]`: the memory bounds of live queries (docs/live-queries.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Changed rows of watched tables kept to resume from a position.
+    pub history_rows: usize,
+    /// Rows one subscriber may have waiting before it is ended as too slow.
+    pub buffer_rows: usize,
+    /// Open live queries on this server.
+    pub max_subscriptions: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        let d = topicfusion_engine::LiveOptions::default();
+        Self { history_rows: d.history_rows, buffer_rows: d.buffer_rows, max_subscriptions: d.max_subscriptions }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +281,15 @@ impl Config {
                 self.storage.max_statement_bytes.to_string(),
                 "at least 1048576 (1 MiB)",
             );
+        }
+        for (key, value) in [
+            ("live.history_rows", self.live.history_rows),
+            ("live.buffer_rows", self.live.buffer_rows),
+            ("live.max_subscriptions", self.live.max_subscriptions),
+        ] {
+            if value == 0 || value > 100_000_000 {
+                return invalid(key, value.to_string(), "from 1 to 100000000");
+            }
         }
         if self.storage.commit_threads > 256 {
             return invalid(

@@ -63,6 +63,11 @@ pub fn run(config: Config) -> Result<(), String> {
             (n, _) => n,
         },
         retention_interval_ms: config.topics.retention_interval_ms,
+        live: topicfusion_engine::LiveOptions {
+            history_rows: config.live.history_rows,
+            buffer_rows: config.live.buffer_rows,
+            max_subscriptions: config.live.max_subscriptions,
+        },
         ..DatabaseOptions::default()
     };
     let data_dir = config.storage.data_dir.clone();

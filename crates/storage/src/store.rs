@@ -822,9 +822,6 @@ impl Store {
         // Never synced here: durability comes from `finish`, one fsync for every commit
         // written before it started.
         self.db.write_opt(batch, &WriteOptions::default())?;
-        if let Some(f) = on_written {
-            f(self.db.latest_sequence_number());
-        }
 
         log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
         if id.is_some() {
@@ -833,6 +830,11 @@ impl Store {
         let mut read = self.read_state();
         read.written_seq += 1;
         let seq = read.written_seq;
+        if let Some(f) = on_written {
+            // After `written_seq` moved: whoever sees what `f` queued and then waits for
+            // everything written (`finish(written())`) waits for this commit too.
+            f(self.db.latest_sequence_number());
+        }
         let mut appended = Vec::new();
         for PartitionChange { id, after, .. } in partitions {
             match after {

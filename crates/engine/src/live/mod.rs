@@ -4,40 +4,46 @@
 //! How a change reaches a subscriber: a write to a table that live queries watch hands its row
 //! changes to [`Live::on_written`], which the store calls under its commit lock right after the
 //! write ([`topicfusion_storage::Commit::on_written`]), with the commit's position (RocksDB's
-//! sequence number): so changes are staged in exactly the order they were committed, and
-//! nothing that failed to commit is staged. The dispatch thread takes what is staged, waits
-//! until it is durable (with `sync_writes`, the fsync that covers it), then, for each commit,
-//! finds the subscriptions it may concern — by the equality a filter requires (`user_id = 42`:
-//! one hash lookup per changed row and indexed column, so a write costs O(matching
-//! subscriptions)), plus the subscriptions without one — evaluates their filters (compiled as
-//! topic routes' are) on the rows before and after, and queues the rows for each subscriber:
-//! an UPDATE entering the filter as `insert`, leaving it as `delete`. The writer pays a move of
-//! its change list and a queue push; the rest runs on the dispatch thread.
+//! sequence number): so changes are queued in exactly the order they were committed, and
+//! nothing that failed to commit is queued. One dispatch thread owns every subscription: what
+//! else changes them (a new subscription, its end, DDL, user changes) is a job in the same
+//! queue, so it takes effect at its place in commit order and nobody waits for a lock the
+//! dispatcher holds. For each batch of jobs the thread waits until the queued commits are
+//! durable (with `sync_writes`, the fsync that covers them), then, per commit, finds the
+//! subscriptions it may concern — by the equality a filter requires (`user_id = 42`: one hash
+//! lookup per changed row and indexed column, so a write costs O(matching subscriptions)),
+//! plus the subscriptions without one — evaluates their filters (compiled as topic routes' are)
+//! on the rows before and after, and queues the rows for each subscriber: an UPDATE entering
+//! the filter as `insert`, leaving it as `delete`. The writer pays a move of its change list and
+//! a queue push.
 //!
 //! A subscriber's queue holds at most [`LiveOptions::buffer_rows`] rows: one that falls
 //! further behind is ended with `subscriber_too_slow` (naming the position to resume from), so it
 //! never slows writers or other subscribers. The last [`LiveOptions::history_rows`] changed rows
 //! of watched tables are kept in memory to resume from a position; older positions (or ones
-//! from before a restart) get `position_too_old`: subscribe again with a snapshot.
+//! from before a restart) get `position_too_old`: subscribe again with a snapshot. Idle
+//! subscriptions get a progress position about every second, so that the position they would
+//! resume from stays within the history.
 
 mod query;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::physical_expr::PhysicalExpr;
 use serde_json::{Map, Value as Json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use topicfusion_storage::codec::{decode_row, encode_key_value};
 use topicfusion_storage::{ChangeOp, OnWritten, Store, Value, keys};
 
 pub(crate) use query::LiveQuery;
 
-use crate::auth::{Action, Users, authorize};
+use crate::auth::{Action, Principal, Users, authorize};
 use crate::catalog::routes::nullable_schema;
 use crate::catalog::types::{ColumnMeta, rows_to_batch};
 use crate::catalog::{Catalog, Table, storage_err};
@@ -51,13 +57,27 @@ pub struct LiveOptions {
     pub history_rows: usize,
     /// Rows one subscriber may have waiting before it is ended as too slow.
     pub buffer_rows: usize,
+    /// Open subscriptions on this server, all users together.
+    pub max_subscriptions: usize,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
-        Self { history_rows: 100_000, buffer_rows: 10_000 }
+        Self { history_rows: 100_000, buffer_rows: 10_000, max_subscriptions: 100_000 }
     }
 }
+
+/// Snapshots read at once (each holds a blocking thread and a RocksDB snapshot while its
+/// client reads); more wait for a turn.
+const CONCURRENT_SNAPSHOTS: usize = 16;
+
+/// Changed rows queued for the dispatcher at most: past this (the dispatcher fell that far
+/// behind the writers) changes are dropped and every subscription is ended (`server_overloaded`)
+/// instead of letting the queue grow without bound.
+const MAX_QUEUED_ROWS: usize = 2_000_000;
+
+/// How often an idle subscription is told the position it has seen everything up to.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What a live row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +115,8 @@ pub struct LiveRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveEnd {
     /// `subscriber_too_slow`, `table_changed`, `permission_denied`, `filter_failed`,
-    /// `storage_failed`, `snapshot_failed`, `shutting_down`.
+    /// `position_too_old`, `server_overloaded`, `storage_failed`, `snapshot_failed`,
+    /// `too_many_subscriptions`, `shutting_down`.
     pub code: &'static str,
     pub message: String,
 }
@@ -108,6 +129,10 @@ impl std::fmt::Display for LiveEnd {
 
 impl std::error::Error for LiveEnd {}
 
+fn end(code: &'static str, message: impl Into<String>) -> LiveEnd {
+    LiveEnd { code, message: message.into() }
+}
+
 /// What a subscriber receives.
 #[derive(Debug)]
 pub enum LiveEvent {
@@ -116,6 +141,9 @@ pub enum LiveEvent {
     /// The snapshot is complete: changes after `position` follow (a client that lost the
     /// connection before this resumes only by subscribing again with a snapshot).
     Ready { position: u64 },
+    /// Every change up to `position` was delivered (none of the commits since the last rows
+    /// concerned this subscription): the position to resume from.
+    Progress { position: u64 },
     /// The subscription ended; nothing follows.
     End(LiveEnd),
 }
@@ -126,13 +154,13 @@ pub struct LiveQueryInfo {
     pub id: u64,
     pub user: String,
     pub sql: String,
-    /// The position of the last commit delivered (or the start).
+    /// The position everything up to which was delivered (or the start).
     pub position: u64,
     /// Rows delivered (snapshot rows not counted).
     pub delivered: u64,
 }
 
-/// The live queries of a database: the staging queue, the dispatch thread and the subscriptions.
+/// The live queries of a database: the job queue, the dispatch thread and the listing.
 pub struct Live {
     shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -142,16 +170,51 @@ struct Shared {
     options: LiveOptions,
     queue: Mutex<Queue>,
     work: Condvar,
-    hub: Mutex<Hub>,
     next_id: AtomicU64,
-    /// Open subscriptions (checked without the hub's lock).
+    /// [`Subscription`]s alive.
     open: AtomicUsize,
+    /// What `system.live_queries` shows: the dispatcher updates the counters.
+    listed: Mutex<BTreeMap<u64, Arc<Listed>>>,
+    snapshots: Arc<tokio::sync::Semaphore>,
+}
+
+struct Listed {
+    user: String,
+    sql: String,
+    position: AtomicU64,
+    delivered: AtomicU64,
 }
 
 #[derive(Default)]
 struct Queue {
-    staged: Vec<Staged>,
+    jobs: Vec<Job>,
+    /// Changed rows in `jobs`.
+    rows: usize,
+    /// Changes were dropped (the queue was full) up to this position.
+    dropped_through: Option<u64>,
     shutdown: bool,
+}
+
+/// What the dispatcher does, in queue order.
+enum Job {
+    /// A committed statement's changes to a watched table.
+    Changes(Staged),
+    /// A table is watched from `since` on.
+    Watch { table_id: u64, since: u64 },
+    /// A new subscription that sees the changes after `start`.
+    Register { id: u64, sub: Sub, start: u64 },
+    /// A subscription resuming after `from` (`now`: the store's position when asked).
+    Resume { id: u64, sub: Sub, from: u64, now: u64, reply: oneshot::Sender<Result<()>> },
+    /// A subscription's end: its [`Subscription`] was dropped (`None`), or why.
+    End { id: u64, end: Option<LiveEnd> },
+    /// A resuming subscriber took what it was sent: send it more of the history.
+    CatchUp { id: u64 },
+    /// After DDL: the tables as the catalog has them now.
+    Tables(Vec<Arc<Table>>),
+    /// After user changes: each user's role.
+    Users(HashMap<String, Principal>),
+    /// The server is stopping.
+    Shutdown,
 }
 
 /// A committed statement's changes to a watched table.
@@ -161,6 +224,7 @@ struct Staged {
     changes: Vec<RowChange>,
 }
 
+/// The dispatcher's state (its thread owns it).
 struct Hub {
     /// The position of the last commit dispatched (at start: the store's).
     position: u64,
@@ -172,6 +236,8 @@ struct Hub {
     watched_since: HashMap<u64, u64>,
     subs: HashMap<u64, Sub>,
     by_table: HashMap<u64, TableSubs>,
+    last_progress: Instant,
+    stopped: bool,
 }
 
 /// The subscriptions of one table: by the column value their filter requires, and the others.
@@ -182,16 +248,20 @@ struct TableSubs {
 }
 
 struct Sub {
-    user: String,
-    sql: String,
     query: LiveQuery,
     /// Changes at or before this position are not delivered (they are in the snapshot, or the
     /// subscriber had them).
     start: u64,
+    /// Everything up to here was delivered or did not concern it.
     position: u64,
-    delivered: u64,
     tx: mpsc::UnboundedSender<LiveEvent>,
+    /// Rows sent and not yet taken by the subscriber.
     buffered: Arc<AtomicUsize>,
+    /// A progress event sent and not yet taken.
+    progress_pending: Arc<AtomicBool>,
+    /// Resuming: it reads the kept history (as fast as it takes it) before live commits.
+    catching_up: Arc<AtomicBool>,
+    listed: Arc<Listed>,
 }
 
 /// A subscription: [`Subscription::next`] gives the snapshot's rows, then each commit's.
@@ -205,6 +275,8 @@ pub struct Subscription {
     snapshot: Option<mpsc::Receiver<LiveEvent>>,
     rx: mpsc::UnboundedReceiver<LiveEvent>,
     buffered: Arc<AtomicUsize>,
+    progress_pending: Arc<AtomicBool>,
+    catching_up: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
@@ -221,8 +293,15 @@ impl Subscription {
             }
         }
         let event = self.rx.recv().await?;
-        if let LiveEvent::Rows(rows) = &event {
-            self.buffered.fetch_sub(rows.len(), Ordering::AcqRel);
+        match &event {
+            LiveEvent::Rows(rows) => {
+                let left = self.buffered.fetch_sub(rows.len(), Ordering::AcqRel) - rows.len();
+                if left == 0 && self.catching_up.load(Ordering::Acquire) {
+                    self.shared.push(Job::CatchUp { id: self.id });
+                }
+            }
+            LiveEvent::Progress { .. } => self.progress_pending.store(false, Ordering::Release),
+            _ => {}
         }
         Some(event)
     }
@@ -240,108 +319,170 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.hub().end(&self.shared, self.id, None);
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        self.shared.listed().remove(&self.id);
+        self.shared.push(Job::End { id: self.id, end: None });
     }
 }
 
 impl Shared {
-    fn hub(&self) -> MutexGuard<'_, Hub> {
-        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    fn push(&self, job: Job) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.jobs.push(job);
+        self.work.notify_one();
+    }
+
+    fn listed(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Listed>>> {
+        self.listed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Live {
     /// Starts the dispatch thread. It holds the store weakly, so it never keeps it open.
     pub fn start(store: &Arc<Store>, options: LiveOptions) -> Result<Self> {
-        let position = store.position();
         let shared = Arc::new(Shared {
             options,
             queue: Mutex::default(),
             work: Condvar::new(),
-            hub: Mutex::new(Hub {
-                position,
-                floor: position,
-                history: VecDeque::new(),
-                history_rows: 0,
-                watched_since: HashMap::new(),
-                subs: HashMap::new(),
-                by_table: HashMap::new(),
-            }),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
+            listed: Mutex::default(),
+            snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
         });
+        let position = store.position();
+        let hub = Hub {
+            position,
+            floor: position,
+            history: VecDeque::new(),
+            history_rows: 0,
+            watched_since: HashMap::new(),
+            subs: HashMap::new(),
+            by_table: HashMap::new(),
+            last_progress: Instant::now(),
+            stopped: false,
+        };
         let (thread_shared, weak_store) = (Arc::clone(&shared), Arc::downgrade(store));
         let thread = std::thread::Builder::new()
             .name("live-dispatch".into())
-            .spawn(move || dispatch_loop(&thread_shared, &weak_store))?;
+            .spawn(move || dispatch_loop(&thread_shared, &weak_store, hub))?;
         Ok(Self { shared, thread: Mutex::new(Some(thread)) })
     }
 
-    /// What a write to a watched table passes to the store: stages its changes at its position.
+    /// What a write to a watched table passes to the store: queues its changes at its position.
     pub fn on_written(&self, table: Arc<Table>, changes: Vec<RowChange>) -> OnWritten {
         let shared = Arc::clone(&self.shared);
         Box::new(move |position| {
             let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.staged.push(Staged { position, table, changes });
+            if queue.dropped_through.is_some() || queue.rows + changes.len() > MAX_QUEUED_ROWS {
+                // The dispatcher is this far behind: drop (outside the lock) and end everything.
+                queue.dropped_through = Some(position);
+                drop(queue);
+                drop(changes);
+                shared.work.notify_one();
+                return;
+            }
+            queue.rows += changes.len();
+            queue.jobs.push(Job::Changes(Staged { position, table, changes }));
             shared.work.notify_one();
         })
     }
 
-    /// Starts a subscription on the query compiled for `user`. With `snapshot`, its first rows
-    /// are the query's current rows; else it starts after `from` (resuming) or now.
+    /// Starts a subscription on the query compiled for `principal`. With `snapshot`, its first
+    /// rows are the query's current rows; else it starts after `from` (resuming) or now.
     pub(crate) async fn subscribe(
         &self,
         store: &Arc<Store>,
-        user: &str,
+        principal: &Principal,
         sql: &str,
         query: LiveQuery,
         snapshot: bool,
         from: Option<u64>,
     ) -> Result<Subscription> {
+        let shared = &self.shared;
+        let max = shared.options.max_subscriptions;
+        if shared.open.fetch_add(1, Ordering::AcqRel) >= max {
+            shared.open.fetch_sub(1, Ordering::AcqRel);
+            let message = format!("this server has {max} live queries open, its limit");
+            return Err(DataFusionError::External(Box::new(end("too_many_subscriptions", message))));
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let progress_pending = Arc::new(AtomicBool::new(false));
+        let catching_up = Arc::new(AtomicBool::new(false));
         let table = Arc::clone(&query.table);
+        let listed = Arc::new(Listed {
+            user: principal.name.clone(),
+            sql: sql.to_owned(),
+            position: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
+        // From here on, dropping the subscription (an error below, a cancelled caller) ends it.
+        let mut subscription = Subscription {
+            id,
+            position: 0,
+            columns: query.projection.iter().map(|&i| table.meta.columns[i].clone()).collect(),
+            snapshot: None,
+            rx,
+            buffered: Arc::clone(&buffered),
+            progress_pending: Arc::clone(&progress_pending),
+            catching_up: Arc::clone(&catching_up),
+            shared: Arc::clone(shared),
+        };
+        shared.listed().insert(id, Arc::clone(&listed));
+        let shown = Arc::clone(&listed);
         if !table.live.load(Ordering::Acquire) {
             // With the table's lock held exclusively no write to it is between its check of
-            // `live` and its commit: every write after this one's position is staged.
+            // `live` and its commit: every write after `since` is queued, after this job.
             let _no_writer = Arc::clone(&table.write_lock).write_owned().await;
             if !table.live.load(Ordering::Acquire) {
-                self.shared.hub().watched_since.insert(table.meta.id, store.position());
+                shared.push(Job::Watch { table_id: table.meta.id, since: store.position() });
                 table.live.store(true, Ordering::Release);
             }
         }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let buffered = Arc::new(AtomicUsize::new(0));
-        let columns = query.projection.iter().map(|&i| table.meta.columns[i].clone()).collect();
-        let sub = Sub {
-            user: user.to_owned(),
-            sql: sql.to_owned(),
-            query: query.clone(),
-            start: 0,
-            position: 0,
-            delivered: 0,
-            tx,
-            buffered: Arc::clone(&buffered),
-        };
-        let shared = Arc::clone(&self.shared);
-        let mut subscription =
-            Subscription { id, position: 0, columns, snapshot: None, rx, buffered, shared: Arc::clone(&shared) };
+        let sub =
+            Sub { query: query.clone(), start: 0, position: 0, tx, buffered, progress_pending, catching_up, listed };
         if snapshot {
+            let permit = Arc::clone(&shared.snapshots)
+                .acquire_owned()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let (rows_tx, rows_rx) = mpsc::channel(2);
-            let (start_tx, start_rx) = tokio::sync::oneshot::channel();
-            let store = Arc::clone(store);
-            tokio::task::spawn_blocking(move || snapshot_scan(&store, &shared, id, sub, query, start_tx, rows_tx));
+            let (start_tx, start_rx) = oneshot::channel();
+            let (store, shared) = (Arc::clone(store), Arc::clone(shared));
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                snapshot_scan(&store, &shared, id, sub, &query, start_tx, &rows_tx);
+            });
             subscription.position = match start_rx.await {
                 Ok(Ok(position)) => position,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return exec_err!("internal: the snapshot of the live query stopped"),
             };
             subscription.snapshot = Some(rows_rx);
-        } else {
-            subscription.position = match from {
-                Some(from) => self.shared.hub().register_from(&self.shared, id, sub, from, store.position())?,
-                None => store.at_position(|position| self.shared.hub().register(&self.shared, id, sub, position)),
-            };
+            shown.position.fetch_max(subscription.position, Ordering::Relaxed);
+            return Ok(subscription);
         }
+        let now = match from {
+            Some(from) => {
+                let (reply, replied) = oneshot::channel();
+                shared.push(Job::Resume { id, sub, from, now: store.position(), reply });
+                replied.await.unwrap_or_else(|_| exec_err!("internal: the live-query dispatcher stopped"))?;
+                from
+            }
+            None => store.at_position(|position| {
+                shared.push(Job::Register { id, sub, start: position });
+                position
+            }),
+        };
+        // The position given out is durable (with sync_writes: no crash can take it back).
+        let durable = Arc::clone(store);
+        tokio::task::spawn_blocking(move || durable.finish(durable.written()))
+            .await
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+            .map_err(storage_err)?;
+        subscription.position = now;
+        shown.position.fetch_max(now, Ordering::Relaxed);
         Ok(subscription)
     }
 
@@ -352,144 +493,123 @@ impl Live {
 
     /// The open subscriptions.
     pub fn list(&self) -> Vec<LiveQueryInfo> {
-        let hub = self.shared.hub();
-        let mut out: Vec<LiveQueryInfo> = hub
-            .subs
+        self.shared
+            .listed()
             .iter()
-            .map(|(&id, s)| LiveQueryInfo {
+            .map(|(&id, l)| LiveQueryInfo {
                 id,
-                user: s.user.clone(),
-                sql: s.sql.clone(),
-                position: s.position,
-                delivered: s.delivered,
+                user: l.user.clone(),
+                sql: l.sql.clone(),
+                position: l.position.load(Ordering::Relaxed),
+                delivered: l.delivered.load(Ordering::Relaxed),
             })
-            .collect();
-        out.sort_by_key(|q| q.id);
-        out
+            .collect()
     }
 
-    /// Ends the subscriptions whose user was dropped or may no longer read tables.
+    /// After user changes: ends the subscriptions whose user was dropped or may no longer read.
     pub fn revalidate(&self, users: &Users) {
-        if !self.any() {
-            return;
-        }
-        let mut hub = self.shared.hub();
-        let ended: Vec<(u64, LiveEnd)> = hub
-            .subs
-            .iter()
-            .filter_map(|(&id, s)| {
-                let message = match users.principal(&s.user) {
-                    None => format!("user {} was dropped", s.user),
-                    Some(p) => match authorize(&p, Action::ReadWrite, false) {
-                        Ok(()) => return None,
-                        Err(e) => e.to_string(),
-                    },
-                };
-                Some((id, LiveEnd { code: "permission_denied", message }))
-            })
-            .collect();
-        for (id, end) in ended {
-            hub.end(&self.shared, id, Some(end));
+        if self.any() {
+            let all = users.list().into_iter().map(|u| (u.name.clone(), Principal { role: u.role(), name: u.name }));
+            self.shared.push(Job::Users(all.collect()));
         }
     }
 
-    /// Ends the subscriptions whose table was dropped or replaced (by DDL).
+    /// After DDL: ends the subscriptions whose table was dropped or replaced.
     pub fn check_tables(&self, catalog: &Catalog) {
-        if !self.any() {
-            return;
+        if self.any() {
+            let tables = catalog.read().tables.values().cloned().collect();
+            self.shared.push(Job::Tables(tables));
         }
-        let state = catalog.read();
-        let mut hub = self.shared.hub();
-        let ended: Vec<(u64, LiveEnd)> = hub
-            .subs
-            .iter()
-            .filter(|(_, s)| {
-                let meta = &s.query.table.meta;
-                !state.table(&meta.schema, &meta.name).is_some_and(|t| Arc::ptr_eq(t, &s.query.table))
-            })
-            .map(|(&id, s)| (id, table_changed(&s.query.table)))
-            .collect();
-        drop(state);
-        for (id, end) in ended {
-            hub.end(&self.shared, id, Some(end));
-        }
+    }
+
+    /// Ends every subscription (`shutting_down`) and refuses new ones: a server stopping.
+    pub fn shutdown(&self) {
+        self.shared.push(Job::Shutdown);
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.jobs.push(Job::Shutdown);
+            queue.shutdown = true;
+        }
         self.shared.work.notify_one();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
-        }
-        let mut hub = self.shared.hub();
-        let ids: Vec<u64> = hub.subs.keys().copied().collect();
-        for id in ids {
-            let end = LiveEnd { code: "shutting_down", message: "the server is shutting down".into() };
-            hub.end(&self.shared, id, Some(end));
         }
     }
 }
 
 fn table_changed(table: &Table) -> LiveEnd {
-    LiveEnd {
-        code: "table_changed",
-        message: format!("table {} was dropped or changed: subscribe again", table.meta.qualified_name()),
-    }
+    end("table_changed", format!("table {} was dropped or changed: subscribe again", table.meta.qualified_name()))
 }
 
-/// The dispatch thread: staged commits, once durable, to their subscribers, in commit order.
-fn dispatch_loop(shared: &Shared, store: &Weak<Store>) {
+/// The dispatch thread: the queued jobs, commits once durable, in order; progress positions
+/// for idle subscriptions.
+fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
     loop {
-        let staged = {
+        let (jobs, dropped_through, shutdown) = {
             let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            while queue.staged.is_empty() && !queue.shutdown {
-                queue = shared.work.wait(queue).unwrap_or_else(|e| e.into_inner());
+            while queue.jobs.is_empty() && queue.dropped_through.is_none() && !queue.shutdown {
+                let wait = PROGRESS_EVERY.saturating_sub(hub.last_progress.elapsed()).max(Duration::from_millis(10));
+                let (q, timeout) = shared.work.wait_timeout(queue, wait).unwrap_or_else(|e| e.into_inner());
+                queue = q;
+                if timeout.timed_out() && queue.jobs.is_empty() {
+                    break;
+                }
             }
-            if queue.staged.is_empty() {
-                return;
-            }
-            std::mem::take(&mut queue.staged)
+            queue.rows = 0;
+            (std::mem::take(&mut queue.jobs), queue.dropped_through.take(), queue.shutdown)
         };
-        // Everything staged is written; deliver it once durable.
-        let durable = match store.upgrade() {
-            Some(store) => store.finish(store.written()).map(drop).map_err(|e| e.to_string()),
-            None => Err("the database was closed".to_owned()),
-        };
-        let mut hub = shared.hub();
-        if let Err(reason) = durable {
-            let ids: Vec<u64> = hub.subs.keys().copied().collect();
-            for id in ids {
-                let end = LiveEnd {
-                    code: "storage_failed",
-                    message: format!("the commits could not be made durable: {reason}"),
-                };
-                hub.end(shared, id, Some(end));
+        // Every queued commit is written; deliver them once durable.
+        if jobs.iter().any(|j| matches!(j, Job::Changes(_))) {
+            let durable = match store.upgrade() {
+                Some(store) => store.finish(store.written()).map(drop).map_err(|e| e.to_string()),
+                None => Err("the database was closed".to_owned()),
+            };
+            if let Err(reason) = durable {
+                hub.end_all(shared, &end("storage_failed", format!("the commits could not be made durable: {reason}")));
+                hub.stopped = true;
             }
-            continue;
         }
-        for s in staged {
-            hub.dispatch(shared, Arc::new(s));
+        for job in jobs {
+            hub.run(shared, job);
+        }
+        if let Some(through) = dropped_through {
+            let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
+            hub.end_all(shared, &end("server_overloaded", message));
+            hub.history.clear();
+            hub.history_rows = 0;
+            hub.floor = hub.floor.max(through);
+            hub.position = hub.position.max(through);
+        }
+        if hub.last_progress.elapsed() >= PROGRESS_EVERY {
+            hub.progress();
+        }
+        if shutdown {
+            return;
         }
     }
 }
 
 /// The snapshot of a new subscription, on a blocking thread: registers it at the snapshot's
-/// position (under the commit lock, so no commit falls between the snapshot and its changes),
-/// waits until the snapshot is durable, reports the position, then streams the matching rows.
+/// position (a job queued under the commit lock, so no commit falls between the snapshot and
+/// its changes), waits until the snapshot is durable, reports the position, then streams the
+/// matching rows.
 fn snapshot_scan(
     store: &Store,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     id: u64,
     sub: Sub,
-    query: LiveQuery,
-    start_tx: tokio::sync::oneshot::Sender<Result<u64>>,
-    rows_tx: mpsc::Sender<LiveEvent>,
+    query: &LiveQuery,
+    start_tx: oneshot::Sender<Result<u64>>,
+    rows_tx: &mpsc::Sender<LiveEvent>,
 ) {
     let table = &query.table;
     let prefix = keys::table_prefix(table.meta.id);
-    let end = keys::prefix_end(&prefix);
+    let end_key = keys::prefix_end(&prefix);
     let position = Cell::new(0);
     let start_tx = RefCell::new(Some(start_tx));
     // Everything in the snapshot is durable before the position is given out.
@@ -505,23 +625,22 @@ fn snapshot_scan(
     let mut sub = Some(sub);
     let scanned = store.scan_at_position(
         &prefix,
-        &end,
+        &end_key,
         1024,
         |at| {
             position.set(at);
             let sub = sub.take().expect("called once");
-            shared.hub().register(shared, id, sub, at);
+            shared.push(Job::Register { id, sub, start: at });
         },
         |pairs| {
             if !announce() {
                 return false;
             }
-            match snapshot_rows(&query, &pairs, position.get()) {
+            match snapshot_rows(query, &pairs, position.get()) {
                 Ok(rows) if rows.is_empty() => true,
                 Ok(rows) => rows_tx.blocking_send(LiveEvent::Rows(rows)).is_ok(),
                 Err(e) => {
-                    let end = LiveEnd { code: "snapshot_failed", message: e.to_string() };
-                    let _ = rows_tx.blocking_send(LiveEvent::End(end));
+                    let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
                     false
                 }
             }
@@ -536,8 +655,7 @@ fn snapshot_scan(
                 let _ = tx.send(Err(storage_err(e)));
             }
             None => {
-                let end = LiveEnd { code: "snapshot_failed", message: e.to_string() };
-                let _ = rows_tx.blocking_send(LiveEvent::End(end));
+                let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
             }
         },
     }
@@ -584,28 +702,36 @@ fn key_of(value: &Value) -> Option<Vec<u8>> {
 }
 
 /// The Arrow batches of a commit's row images before and after, built once per commit when a
-/// filter needs them (a missing image is a row of NULLs, never counted as a match).
+/// filter needs all of them (a missing image is a row of NULLs, never counted as a match).
 struct Images<'a> {
     staged: &'a Staged,
-    before: Option<RecordBatch>,
-    after: Option<RecordBatch>,
+    all: Option<(RecordBatch, RecordBatch)>,
 }
 
 impl Images<'_> {
-    fn masks(&mut self, filter: &dyn PhysicalExpr) -> Result<(BooleanArray, BooleanArray)> {
+    /// The filter on the images of `rows` (all changes when `None`), before and after.
+    fn masks(&mut self, filter: &dyn PhysicalExpr, rows: Option<&[usize]>) -> Result<(BooleanArray, BooleanArray)> {
         let table = &self.staged.table;
-        let nulls = || vec![Value::Null; table.meta.columns.len()];
-        let build = |pick: fn(&RowChange) -> Option<&Vec<Value>>| -> Result<RecordBatch> {
-            let rows: Vec<Vec<Value>> =
-                self.staged.changes.iter().map(|c| pick(c).cloned().unwrap_or_else(nulls)).collect();
-            batch_of(table, &rows)
+        let changes = &self.staged.changes;
+        let build = |which: &[usize], pick: fn(&RowChange) -> Option<&Vec<Value>>| -> Result<RecordBatch> {
+            let nulls = || vec![Value::Null; table.meta.columns.len()];
+            let images: Vec<Vec<Value>> =
+                which.iter().map(|&i| pick(&changes[i]).cloned().unwrap_or_else(nulls)).collect();
+            batch_of(table, &images)
         };
-        if self.before.is_none() {
-            self.before = Some(build(|c| c.before.as_ref())?);
-            self.after = Some(build(|c| c.after.as_ref())?);
-        }
-        let (before, after) = (self.before.as_ref().expect("built"), self.after.as_ref().expect("built"));
-        Ok((evaluate(filter, before)?, evaluate(filter, after)?))
+        let (before, after) = match rows {
+            // Only the candidates the index found: O(matching rows), not O(commit).
+            Some(rows) => (build(rows, |c| c.before.as_ref())?, build(rows, |c| c.after.as_ref())?),
+            None => {
+                if self.all.is_none() {
+                    let every: Vec<usize> = (0..changes.len()).collect();
+                    self.all = Some((build(&every, |c| c.before.as_ref())?, build(&every, |c| c.after.as_ref())?));
+                }
+                let (b, a) = self.all.as_ref().expect("built");
+                (b.clone(), a.clone())
+            }
+        };
+        Ok((evaluate(filter, &before)?, evaluate(filter, &after)?))
     }
 }
 
@@ -670,13 +796,13 @@ impl Sub {
         let query = &self.query;
         let masks = match (&query.filter, &query.equality) {
             (Some(_), Some(eq)) if eq.exact => None,
-            (Some(filter), _) => Some(images.masks(filter.as_ref())?),
+            (Some(filter), _) => Some(images.masks(filter.as_ref(), rows)?),
             (None, _) => None,
         };
-        let matches = |i: usize, image: Option<&Vec<Value>>, mask: Option<&BooleanArray>| -> bool {
+        let matches = |at: usize, image: Option<&Vec<Value>>, mask: Option<&BooleanArray>| -> bool {
             let Some(image) = image else { return false };
             match (mask, &query.equality) {
-                (Some(mask), _) => mask.is_valid(i) && mask.value(i),
+                (Some(mask), _) => mask.is_valid(at) && mask.value(at),
                 (None, Some(eq)) => key_of(&image[eq.column]).is_some_and(|k| k == eq.key),
                 (None, None) => true,
             }
@@ -690,11 +816,13 @@ impl Sub {
             }
         };
         let mut out = Vec::new();
-        for &i in indexes {
+        for (k, &i) in indexes.iter().enumerate() {
             let change = &staged.changes[i];
             let (before, after) = (change.before.as_ref(), change.after.as_ref());
-            let b = matches(i, before, masks.as_ref().map(|m| &m.0));
-            let a = matches(i, after, masks.as_ref().map(|m| &m.1));
+            // The masks cover `indexes` when the index gave candidates, else every change.
+            let at = if rows.is_some() { k } else { i };
+            let b = matches(at, before, masks.as_ref().map(|m| &m.0));
+            let a = matches(at, after, masks.as_ref().map(|m| &m.1));
             let (op, row, old) = match (change.op, b, a) {
                 (ChangeOp::Insert, _, true) => (LiveOp::Insert, after, None),
                 (ChangeOp::Delete, true, _) => (LiveOp::Delete, before, None),
@@ -714,45 +842,103 @@ impl Sub {
         Ok(out)
     }
 
-    /// Queues a commit's rows, unless the subscriber is too far behind (or gone).
-    fn send(&mut self, rows: Vec<LiveRow>, position: u64, limit: Option<usize>) -> std::result::Result<(), LiveEnd> {
+    /// Queues a commit's rows, unless the subscriber is too far behind (`resume`: the position
+    /// it has everything up to once it took what is queued) or gone.
+    fn send(
+        &mut self,
+        rows: Vec<LiveRow>,
+        position: u64,
+        limit: usize,
+        resume: u64,
+    ) -> std::result::Result<(), LiveEnd> {
         let n = rows.len();
         let waiting = self.buffered.load(Ordering::Acquire);
-        if let Some(limit) = limit
-            && waiting > 0
-            && waiting + n > limit
-        {
-            return Err(LiveEnd {
-                code: "subscriber_too_slow",
-                message: format!(
-                    "the subscriber fell {waiting} rows behind (the limit is {limit}): resume with from_position = {}",
-                    self.position
-                ),
-            });
+        if waiting > 0 && waiting + n > limit {
+            let message = format!(
+                "the subscriber fell {waiting} rows behind (the limit is {limit}): resume with from_position = {resume}"
+            );
+            return Err(end("subscriber_too_slow", message));
         }
         self.buffered.fetch_add(n, Ordering::AcqRel);
         if self.tx.send(LiveEvent::Rows(rows)).is_err() {
-            return Err(LiveEnd { code: "closed", message: String::new() });
+            return Err(end("closed", ""));
         }
         self.position = position;
-        self.delivered += n as u64;
+        self.listed.position.store(position, Ordering::Relaxed);
+        self.listed.delivered.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 }
 
 impl Hub {
-    /// Adds a subscription that sees the changes after `start`; returns `start`.
-    fn register(&mut self, shared: &Shared, id: u64, mut sub: Sub, start: u64) -> u64 {
+    fn run(&mut self, shared: &Shared, job: Job) {
+        match job {
+            Job::Changes(staged) => self.dispatch(shared, Arc::new(staged)),
+            Job::Watch { table_id, since } => {
+                self.watched_since.entry(table_id).or_insert(since);
+            }
+            Job::Register { id, sub, start } => self.register(id, sub, start),
+            Job::Resume { id, sub, from, now, reply } => {
+                let _ = reply.send(self.resume(shared, id, sub, from, now));
+            }
+            Job::End { id, end } => self.end(id, end),
+            Job::CatchUp { id } => self.catch_up(shared, id),
+            Job::Tables(tables) => {
+                let current: HashMap<u64, Arc<Table>> = tables.into_iter().map(|t| (t.meta.id, t)).collect();
+                let gone: Vec<(u64, LiveEnd)> = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| {
+                        !current.get(&s.query.table.meta.id).is_some_and(|t| Arc::ptr_eq(t, &s.query.table))
+                    })
+                    .map(|(&id, s)| (id, table_changed(&s.query.table)))
+                    .collect();
+                for (id, e) in gone {
+                    self.end(id, Some(e));
+                }
+            }
+            Job::Users(users) => {
+                let denied: Vec<(u64, LiveEnd)> = self
+                    .subs
+                    .iter()
+                    .filter_map(|(&id, s)| {
+                        let message = match users.get(&s.listed.user) {
+                            None => format!("user {} was dropped", s.listed.user),
+                            Some(p) => authorize(p, Action::ReadWrite, false).err()?.to_string(),
+                        };
+                        Some((id, end("permission_denied", message)))
+                    })
+                    .collect();
+                for (id, e) in denied {
+                    self.end(id, Some(e));
+                }
+            }
+            Job::Shutdown => {
+                self.end_all(shared, &end("shutting_down", "the server is shutting down"));
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Adds a subscription that sees the changes after `start` (unless its subscriber is gone
+    /// already, or the dispatcher stopped).
+    fn register(&mut self, id: u64, mut sub: Sub, start: u64) {
+        if sub.tx.is_closed() {
+            return;
+        }
+        if self.stopped {
+            let _ = sub.tx.send(LiveEvent::End(end("shutting_down", "the server is shutting down")));
+            return;
+        }
         sub.start = start;
         sub.position = start;
+        sub.listed.position.fetch_max(start, Ordering::Relaxed);
         self.by_table.entry(sub.query.table.meta.id).or_default().add(id, &sub.query);
         self.subs.insert(id, sub);
-        shared.open.fetch_add(1, Ordering::AcqRel);
-        start
     }
 
     /// Adds a subscription resuming after `from`: the kept changes after it first.
-    fn register_from(&mut self, shared: &Shared, id: u64, mut sub: Sub, from: u64, now: u64) -> Result<u64> {
+    fn resume(&mut self, shared: &Shared, id: u64, sub: Sub, from: u64, now: u64) -> Result<()> {
         let table = Arc::clone(&sub.query.table);
         if from > now {
             return exec_err!("from_position {from} is ahead of this server's last commit ({now})");
@@ -763,28 +949,81 @@ impl Hub {
             let message = format!(
                 "the changes after position {from} are no longer kept (this server keeps those after {kept_from}): subscribe again with a snapshot"
             );
-            return Err(DataFusionError::External(Box::new(LiveEnd { code: "position_too_old", message })));
+            return Err(DataFusionError::External(Box::new(end("position_too_old", message))));
         }
-        sub.start = from;
-        sub.position = from;
-        for staged in self.history.iter().filter(|s| s.position > from && s.table.meta.id == table.meta.id) {
-            if !Arc::ptr_eq(&staged.table, &table) {
-                return exec_err!("{}", table_changed(&table).message);
+        // It reads the history after `from` first, at the pace it takes it, then live commits.
+        sub.catching_up.store(true, Ordering::Release);
+        self.register(id, sub, from);
+        self.catch_up(shared, id);
+        Ok(())
+    }
+
+    /// Sends a resuming subscription the kept commits after its position, until it has
+    /// `buffer_rows` waiting (it asks for more when it took them: [`Job::CatchUp`]) or it is
+    /// level with the dispatched commits (then it gets live commits like any other).
+    fn catch_up(&mut self, shared: &Shared, id: u64) {
+        let limit = shared.options.buffer_rows;
+        let floor = self.floor;
+        let Some(sub) = self.subs.get_mut(&id) else { return };
+        if !sub.catching_up.load(Ordering::Acquire) {
+            return;
+        }
+        let outcome = if sub.position < floor {
+            Err(end(
+                "position_too_old",
+                format!(
+                    "the changes after position {} left the kept history while the subscriber caught up: subscribe again with a snapshot",
+                    sub.position
+                ),
+            ))
+        } else {
+            let table = Arc::clone(&sub.query.table);
+            let first = self.history.partition_point(|s| s.position <= sub.position);
+            let mut outcome = Ok(true);
+            for staged in self.history.range(first..) {
+                if sub.buffered.load(Ordering::Acquire) >= limit {
+                    outcome = Ok(false);
+                    break;
+                }
+                if staged.table.meta.id == table.meta.id {
+                    if !Arc::ptr_eq(&staged.table, &table) {
+                        outcome = Err(table_changed(&table));
+                        break;
+                    }
+                    let mut images = Images { staged, all: None };
+                    match sub.rows(&mut images, None) {
+                        Ok(rows) if rows.is_empty() => {}
+                        Ok(rows) => {
+                            if let Err(e) = sub.send(rows, staged.position, usize::MAX, sub.position) {
+                                outcome = Err(e);
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            outcome = Err(end("filter_failed", e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                sub.position = staged.position;
+                sub.start = staged.position;
             }
-            let mut images = Images { staged, before: None, after: None };
-            let rows = sub.rows(&mut images, None)?;
-            if !rows.is_empty() {
-                // The replay is bounded by the history, not by the subscriber's buffer.
-                let _ = sub.send(rows, staged.position, None);
+            outcome
+        };
+        match outcome {
+            // Level with the history: live from here on.
+            Ok(true) => sub.catching_up.store(false, Ordering::Release),
+            Ok(false) => {}
+            Err(e) => {
+                let e = (e.code != "closed").then_some(e);
+                self.end(id, e);
             }
         }
-        Ok(self.register(shared, id, sub, from))
     }
 
     /// Removes a subscription; with `end`, tells the subscriber why.
-    fn end(&mut self, shared: &Shared, id: u64, end: Option<LiveEnd>) {
+    fn end(&mut self, id: u64, end: Option<LiveEnd>) {
         let Some(sub) = self.subs.remove(&id) else { return };
-        shared.open.fetch_sub(1, Ordering::AcqRel);
         let table_id = sub.query.table.meta.id;
         if let Some(subs) = self.by_table.get_mut(&table_id) {
             subs.remove(id, &sub.query);
@@ -797,36 +1036,72 @@ impl Hub {
         }
     }
 
+    fn end_all(&mut self, _shared: &Shared, why: &LiveEnd) {
+        let ids: Vec<u64> = self.subs.keys().copied().collect();
+        for id in ids {
+            self.end(id, Some(why.clone()));
+        }
+    }
+
+    /// Tells each idle subscription that it has seen everything up to the last dispatched
+    /// commit (once it took what it was sent), so it resumes from there.
+    fn progress(&mut self) {
+        self.last_progress = Instant::now();
+        let position = self.position;
+        for sub in self.subs.values_mut() {
+            if sub.position >= position
+                || sub.catching_up.load(Ordering::Acquire)
+                || sub.buffered.load(Ordering::Acquire) > 0
+                || sub.progress_pending.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            sub.progress_pending.store(true, Ordering::Release);
+            if sub.tx.send(LiveEvent::Progress { position }).is_ok() {
+                sub.position = position;
+                sub.listed.position.store(position, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Delivers one durable commit to the subscriptions it concerns and keeps it for resuming.
     fn dispatch(&mut self, shared: &Shared, staged: Arc<Staged>) {
+        // Everything before this commit was dispatched: where a subscriber ended now resumes.
+        let before = self.position;
         self.position = self.position.max(staged.position);
         let table_id = staged.table.meta.id;
         if let Some(subs) = self.by_table.get(&table_id) {
             let targets = subs.targets(&staged);
-            let mut images = Images { staged: &staged, before: None, after: None };
+            let mut images = Images { staged: &staged, all: None };
             let mut ended = Vec::new();
             for (id, rows) in targets {
                 let Some(sub) = self.subs.get_mut(&id) else { continue };
-                if sub.start >= staged.position {
+                // A resuming subscription gets this commit from the history.
+                if sub.start >= staged.position || sub.catching_up.load(Ordering::Acquire) {
                     continue;
                 }
                 if !Arc::ptr_eq(&sub.query.table, &staged.table) {
                     ended.push((id, table_changed(&sub.query.table)));
                     continue;
                 }
-                match sub.rows(&mut images, rows.as_deref()) {
+                // A filter that panics ends its subscription, not the dispatcher.
+                let rows =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sub.rows(&mut images, rows.as_deref())))
+                        .unwrap_or_else(|_| exec_err!("evaluating the filter panicked"));
+                match rows {
                     Ok(rows) if rows.is_empty() => {}
                     Ok(rows) => {
-                        if let Err(end) = sub.send(rows, staged.position, Some(shared.options.buffer_rows)) {
-                            ended.push((id, end));
+                        let resume = before.max(sub.position);
+                        if let Err(e) = sub.send(rows, staged.position, shared.options.buffer_rows, resume) {
+                            ended.push((id, e));
                         }
                     }
-                    Err(e) => ended.push((id, LiveEnd { code: "filter_failed", message: e.to_string() })),
+                    Err(e) => ended.push((id, end("filter_failed", e.to_string()))),
                 }
             }
-            for (id, end) in ended {
-                let end = (end.code != "closed").then_some(end);
-                self.end(shared, id, end);
+            for (id, e) in ended {
+                let e = (e.code != "closed").then_some(e);
+                self.end(id, e);
             }
         }
         self.history_rows += staged.changes.len();

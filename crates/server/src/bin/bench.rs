@@ -944,8 +944,9 @@ mod live {
 
     /// Inserts `rows` rows in 1000-row statements into `table`; returns rows/s and the start.
     async fn write(server: &Server, table: &str, rows: u64, users: u64) -> (f64, Instant) {
-        let statements: Vec<String> =
-            (0..rows.div_ceil(1000)).map(|b| insert(b * 1000, 1000.min(rows - b * 1000), users).replace("{table}", table)).collect();
+        let statements: Vec<String> = (0..rows.div_ceil(1000))
+            .map(|b| insert(b * 1000, 1000.min(rows - b * 1000), users).replace("{table}", table))
+            .collect();
         let start = Instant::now();
         for s in &statements {
             server.sql(s).await;
@@ -956,7 +957,9 @@ mod live {
     pub async fn run(rows: u64, lat_n: u64, out: &mut Vec<String>) {
         let server = Server::start(true).await;
         let table = |name: &str| {
-            format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, user_id BIGINT, ts BIGINT, status TEXT, amount DOUBLE)")
+            format!(
+                "CREATE TABLE {name} (id BIGINT PRIMARY KEY, user_id BIGINT, ts BIGINT, status TEXT, amount DOUBLE)"
+            )
         };
         // (a) Latency: one subscriber, one row every 2 ms.
         server.sql(&table("lat")).await;
@@ -966,7 +969,8 @@ mod live {
         let reader = tokio::spawn(async move {
             let mut latencies = Vec::new();
             while latencies.len() < lat_n as usize {
-                let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+                let Ok(Some(Ok(Message::Text(text)))) =
+                    tokio::time::timeout(Duration::from_secs(10), socket.next()).await
                 else {
                     break;
                 };
@@ -1000,7 +1004,8 @@ mod live {
                 let mut socket = connect(&server).await;
                 let mine: Vec<u64> = (0..n).filter(|k| k % 8 == s).collect();
                 for &k in &mine {
-                    subscribe(&mut socket, &k.to_string(), &format!("SELECT id, ts FROM {name} WHERE user_id = {k}")).await;
+                    subscribe(&mut socket, &k.to_string(), &format!("SELECT id, ts FROM {name} WHERE user_id = {k}"))
+                        .await;
                 }
                 await_subscribed(&mut socket, mine.len()).await;
                 sockets.push(socket);

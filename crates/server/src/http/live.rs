@@ -108,6 +108,11 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
                     send(&out, error_frame(Some(&id), "bad_request", &message)).await;
                     continue;
                 }
+                // The user as they are now (a dropped user's socket subscribes no more).
+                let Some(principal) = state.db.principal(&principal.name) else {
+                    send(&out, error_frame(Some(&id), "unauthorized", "the user no longer exists")).await;
+                    break;
+                };
                 match subscribe(&state, &principal, &sql, snapshot, from_position).await {
                     Ok(subscription) => {
                         let position = subscription.position;
@@ -181,6 +186,7 @@ async fn pump_socket(id: String, mut subscription: Subscription, out: mpsc::Send
                 json!({ "type": "rows", "id": id, "rows": rows })
             }
             LiveEvent::Ready { position } => json!({ "type": "ready", "id": id, "position": position }),
+            LiveEvent::Progress { position } => json!({ "type": "progress", "id": id, "position": position }),
             LiveEvent::End(end) => {
                 send(&out, error_frame(Some(&id), end.code, &end.message)).await;
                 return;
@@ -260,9 +266,10 @@ pub async fn sse(
 }
 
 /// The subscription as SSE events: `subscribed` (`id:` its position when it resumes), each row
-/// as a `data:` event (`id:` its commit's position; snapshot rows have none, so a reconnect
-/// during the snapshot starts over), `ready` when the snapshot is complete (`id:` its
-/// position), `error` when it ends.
+/// as a `data:` event (the last row of a commit with `id:` = its position; snapshot rows have
+/// none, so a reconnect during the snapshot starts over), `ready` when the snapshot is complete
+/// and `progress` when commits that did not concern it passed (both with `id:` = the position),
+/// `error` when it ends.
 fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut first = Event::default().event("subscribed").data(json!({ "position": subscription.position }).to_string());
     if !subscription.has_snapshot() {
@@ -271,16 +278,31 @@ fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Event, In
     let rows = futures::stream::unfold(Some(subscription), |state| async move {
         let mut subscription = state?;
         let events = match subscription.next().await? {
-            LiveEvent::Rows(rows) => rows
-                .iter()
-                .map(|r| {
-                    let event = Event::default().data(row_json(&subscription, r).to_string());
-                    if r.op == topicfusion_engine::LiveOp::Snapshot { event } else { event.id(r.position.to_string()) }
-                })
-                .collect::<Vec<_>>(),
+            // `id:` (what Last-Event-ID resumes after) only on the last row of a commit, so a
+            // reconnect in the middle of one gets it again whole; none on snapshot rows.
+            LiveEvent::Rows(rows) => {
+                let last = rows.len().saturating_sub(1);
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let event = Event::default().data(row_json(&subscription, r).to_string());
+                        if r.op == topicfusion_engine::LiveOp::Snapshot || i < last {
+                            event
+                        } else {
+                            event.id(r.position.to_string())
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
             LiveEvent::Ready { position } => vec![
                 Event::default()
                     .event("ready")
+                    .id(position.to_string())
+                    .data(json!({ "position": position }).to_string()),
+            ],
+            LiveEvent::Progress { position } => vec![
+                Event::default()
+                    .event("progress")
                     .id(position.to_string())
                     .data(json!({ "position": position }).to_string()),
             ],

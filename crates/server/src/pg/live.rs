@@ -15,7 +15,7 @@ use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::copy::{CopyDone, CopyOutResponse};
+use pgwire::messages::copy::CopyOutResponse;
 use pgwire::messages::data::RowDescription;
 use topicfusion_engine::catalog::types::rows_to_batch;
 use topicfusion_engine::{
@@ -36,7 +36,7 @@ pub enum LiveForm {
 /// Whether a simple query is one `SUBSCRIBE` (or a `COPY` of one) to stream.
 pub fn live_form(text: &str) -> Option<LiveForm> {
     let trimmed = text.trim().trim_end_matches(';').trim_end();
-    if trimmed.len() >= 9 && trimmed[..9].eq_ignore_ascii_case("subscribe") {
+    if starts_with_word(trimmed, "subscribe") {
         let mut parsed = parse_sql(trimmed).ok()?;
         let last = parsed.pop()?;
         let one = parsed.is_empty() && matches!(last.statement, Statement::Subscribe(_));
@@ -44,14 +44,14 @@ pub fn live_form(text: &str) -> Option<LiveForm> {
     }
     // COPY ( SUBSCRIBE ... ) TO STDOUT ...: the options are parsed by the dialect's COPY, on the
     // same text with the subscription replaced.
-    if !(trimmed.len() > 4 && trimmed[..4].eq_ignore_ascii_case("copy")) {
+    if !starts_with_word(trimmed, "copy") {
         return None;
     }
-    let rest = trimmed[4..].trim_start();
+    let rest = trimmed["copy".len()..].trim_start();
     let inner = rest.strip_prefix('(')?;
     let close = matching_paren(inner)?;
     let (query, tail) = (inner[..close].trim(), &inner[close + 1..]);
-    if !(query.len() >= 9 && query[..9].eq_ignore_ascii_case("subscribe")) {
+    if !starts_with_word(query, "subscribe") {
         return None;
     }
     let Statement::Copy(CopyStatement::To(copy)) = parse_sql(&format!("COPY (SELECT 1) {tail}")).ok()?.pop()?.statement
@@ -59,6 +59,12 @@ pub fn live_form(text: &str) -> Option<LiveForm> {
         return None;
     };
     Some(LiveForm::Copy(query.to_owned(), copy.options))
+}
+
+/// Whether `text` starts with the ASCII word `word`, in any case (compared as bytes: the text may
+/// hold any UTF-8 after it).
+fn starts_with_word(text: &str, word: &str) -> bool {
+    text.as_bytes().get(..word.len()).is_some_and(|b| b.eq_ignore_ascii_case(word.as_bytes()))
 }
 
 /// The index of the `)` closing an already opened `(` in `text` (parentheses inside quoted
@@ -120,14 +126,9 @@ where
                 client.send(PgWireBackendMessage::CopyData(start)).await?;
             }
             loop {
-                let rows = match next_rows(&mut subscription).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        // COPY data ends before the error, as PostgreSQL ends a failing COPY.
-                        client.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
-                        return Err(e);
-                    }
-                };
+                // An end is an ErrorResponse in the middle of the COPY, as PostgreSQL ends a
+                // failing COPY TO (no CopyDone).
+                let rows = next_rows(&mut subscription).await?;
                 for data in encoder.rows(&batch(&subscription, &schema, &rows)?)? {
                     client.feed(PgWireBackendMessage::CopyData(data)).await?;
                 }
@@ -142,13 +143,26 @@ async fn next_rows(subscription: &mut Subscription) -> PgWireResult<Vec<LiveRow>
     loop {
         match subscription.next().await {
             Some(LiveEvent::Rows(rows)) => return Ok(rows),
-            Some(LiveEvent::Ready { .. }) => continue,
+            Some(LiveEvent::Ready { .. } | LiveEvent::Progress { .. }) => continue,
             Some(LiveEvent::End(end)) => {
-                let info = ErrorInfo::new("ERROR".into(), "57014".into(), format!("{}: {}", end.code, end.message));
+                let info =
+                    ErrorInfo::new("ERROR".into(), sqlstate(end.code).into(), format!("{}: {}", end.code, end.message));
                 return Err(PgWireError::UserError(Box::new(info)));
             }
             None => return Err(PgWireError::ApiError("the subscription ended".into())),
         }
+    }
+}
+
+/// The SQLSTATE of a subscription's end (a cancel request is 57014, query_canceled).
+fn sqlstate(code: &str) -> &'static str {
+    match code {
+        "permission_denied" => "42501",
+        "table_changed" | "position_too_old" => "55000",
+        "subscriber_too_slow" | "server_overloaded" | "too_many_subscriptions" => "53400",
+        "filter_failed" => "22000",
+        "shutting_down" => "57P01",
+        _ => "XX000",
     }
 }
 

@@ -862,6 +862,8 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         ("[topics]\nmax_consume_timeout_ms = 999999999\n", "topics.max_consume_timeout_ms"),
         ("[topics]\ndefault_visibility_timeout_ms = 0\n", "topics.default_visibility_timeout_ms"),
         ("[auth]\ntoken_ttl_seconds = \"soon\"\n", "token_ttl_seconds"),
+        ("[live]\nbuffer_rows = 0\n", "live.buffer_rows"),
+        ("[live]\nhistory_rows = 1000000000000\n", "live.history_rows"),
         ("[nope]\n", "nope"),
         // [cluster]: this node among the peers, addresses with ports, a real secret.
         (CLUSTER_OK.replace("node_id = 1", "node_id = 4").as_str(), "cluster.node_id"),
