@@ -282,6 +282,11 @@ impl Users {
         users.get(name).map(|u| Principal { name: u.name.clone(), role: u.role() })
     }
 
+    /// Calls `f` with every user, holding the users' read lock (changes wait meanwhile).
+    pub fn while_read<R>(&self, f: impl FnOnce(&BTreeMap<String, UserMeta>) -> R) -> R {
+        f(&self.users.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn list(&self) -> Vec<UserMeta> {
         self.users.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }

@@ -289,8 +289,7 @@ impl Database {
             let sql = parsed.sql.clone();
             let command = CommandTag::of(&parsed.statement);
             let executed = self.execute_statement(session, principal, parsed.statement).await;
-            // DDL may have dropped or replaced a table live queries watch.
-            self.core.live.check_tables(&self.core.catalog);
+            self.after_table_ddl(command);
             match executed {
                 Ok(result) => {
                     let copy = result.copy.is_some();
@@ -361,6 +360,14 @@ impl Database {
         Ok(subscription)
     }
 
+    /// After a statement that may have dropped tables (`DROP TABLE`, `DROP SCHEMA ... CASCADE`):
+    /// live queries of a table that is gone end.
+    fn after_table_ddl(&self, command: CommandTag) {
+        if matches!(command.name, "DROP TABLE" | "DROP SCHEMA") {
+            self.core.live.check_tables(&self.core.catalog);
+        }
+    }
+
     /// The open live queries (`system.live_queries`).
     pub fn live_queries(&self) -> Vec<crate::live::LiveQueryInfo> {
         self.core.live.list()
@@ -405,7 +412,7 @@ impl Database {
         let command = CommandTag::of(&statement);
         crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
         let executed = self.execute_statement(session, principal, statement).await;
-        self.core.live.check_tables(&self.core.catalog);
+        self.after_table_ddl(command);
         let result = executed.map_err(fail)?;
         Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
     }

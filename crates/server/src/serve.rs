@@ -67,6 +67,7 @@ pub fn run(config: Config) -> Result<(), String> {
             history_rows: config.live.history_rows,
             buffer_rows: config.live.buffer_rows,
             max_subscriptions: config.live.max_subscriptions,
+            ..Default::default()
         },
         ..DatabaseOptions::default()
     };

@@ -822,6 +822,7 @@ impl Store {
         // Never synced here: durability comes from `finish`, one fsync for every commit
         // written before it started.
         self.db.write_opt(batch, &WriteOptions::default())?;
+        let position = on_written.is_some().then(|| self.db.latest_sequence_number());
 
         log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
         if id.is_some() {
@@ -830,11 +831,6 @@ impl Store {
         let mut read = self.read_state();
         read.written_seq += 1;
         let seq = read.written_seq;
-        if let Some(f) = on_written {
-            // After `written_seq` moved: whoever sees what `f` queued and then waits for
-            // everything written (`finish(written())`) waits for this commit too.
-            f(self.db.latest_sequence_number());
-        }
         let mut appended = Vec::new();
         for PartitionChange { id, after, .. } in partitions {
             match after {
@@ -861,13 +857,32 @@ impl Store {
                 }
             }
         }
-        drop(log);
+        match (on_written, position) {
+            (Some(f), Some(position)) => {
+                // After `written_seq` moved (whoever sees what `f` queued and then waits for
+                // everything written waits for this commit too) and outside the readers' lock,
+                // but still under the commit lock: in commit order.
+                self.publish_written(&mut read, seq, appended);
+                drop(read);
+                f(position);
+                drop(log);
+            }
+            _ => {
+                drop(log);
+                self.publish_written(&mut read, seq, appended);
+            }
+        }
+        Ok(Pending { seq, committed: Committed { timestamp_ms, offsets } })
+    }
+
+    /// Moves the watermarks a written commit appended: at once with [`Durability::Process`],
+    /// else with the fsync that covers it.
+    fn publish_written(&self, read: &mut ReadState, seq: u64, appended: Vec<Watermark>) {
         match self.durability {
-            Durability::Process => publish(&mut read, &appended),
+            Durability::Process => publish(read, &appended),
             Durability::Sync if !appended.is_empty() => read.unpublished.push_back((seq, appended)),
             Durability::Sync => {}
         }
-        Ok(Pending { seq, committed: Committed { timestamp_ms, offsets } })
     }
 
     /// Makes a written commit durable (with [`Durability::Sync`]: waits until the WAL-sync

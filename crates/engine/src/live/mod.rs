@@ -59,22 +59,22 @@ pub struct LiveOptions {
     pub buffer_rows: usize,
     /// Open subscriptions on this server, all users together.
     pub max_subscriptions: usize,
+    /// Changed rows queued for the dispatcher at most: past this (the dispatcher fell that far
+    /// behind the writers) changes are dropped and every subscription is ended
+    /// (`server_overloaded`) instead of letting the queue grow without bound. One commit alone
+    /// is always queued, whatever its size.
+    pub max_queued_rows: usize,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
-        Self { history_rows: 100_000, buffer_rows: 10_000, max_subscriptions: 100_000 }
+        Self { history_rows: 100_000, buffer_rows: 10_000, max_subscriptions: 100_000, max_queued_rows: 2_000_000 }
     }
 }
 
 /// Snapshots read at once (each holds a blocking thread and a RocksDB snapshot while its
 /// client reads); more wait for a turn.
 const CONCURRENT_SNAPSHOTS: usize = 16;
-
-/// Changed rows queued for the dispatcher at most: past this (the dispatcher fell that far
-/// behind the writers) changes are dropped and every subscription is ended (`server_overloaded`)
-/// instead of letting the queue grow without bound.
-const MAX_QUEUED_ROWS: usize = 2_000_000;
 
 /// How often an idle subscription is told the position it has seen everything up to.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -237,7 +237,8 @@ struct Hub {
     subs: HashMap<u64, Sub>,
     by_table: HashMap<u64, TableSubs>,
     last_progress: Instant,
-    stopped: bool,
+    /// Why new subscriptions are refused (shutdown, a failed fsync).
+    stopped: Option<LiveEnd>,
 }
 
 /// The subscriptions of one table: by the column value their filter requires, and the others.
@@ -261,6 +262,8 @@ struct Sub {
     progress_pending: Arc<AtomicBool>,
     /// Resuming: it reads the kept history (as fast as it takes it) before live commits.
     catching_up: Arc<AtomicBool>,
+    /// Set when it ends: its snapshot scan (if still running) stops.
+    ended: Arc<AtomicBool>,
     listed: Arc<Listed>,
 }
 
@@ -277,20 +280,33 @@ pub struct Subscription {
     buffered: Arc<AtomicUsize>,
     progress_pending: Arc<AtomicBool>,
     catching_up: Arc<AtomicBool>,
+    /// Set when the subscription ended (or was dropped): a snapshot scan stops.
+    ended: Arc<AtomicBool>,
+    /// An End was returned: nothing follows.
+    finished: bool,
     shared: Arc<Shared>,
 }
 
 impl Subscription {
     /// The next rows, or the end (`None` once ended, after the [`LiveEvent::End`]).
     pub async fn next(&mut self) -> Option<LiveEvent> {
+        if self.finished {
+            return None;
+        }
         if let Some(snapshot) = &mut self.snapshot {
-            match snapshot.recv().await {
-                Some(event) => return Some(event),
-                None => {
-                    self.snapshot = None;
-                    return Some(LiveEvent::Ready { position: self.position });
+            let event = snapshot.recv().await.unwrap_or_else(|| {
+                LiveEvent::End(end("snapshot_failed", "the snapshot stopped before it was complete"))
+            });
+            match &event {
+                // The scan's last event: live changes follow.
+                LiveEvent::Ready { .. } => self.snapshot = None,
+                LiveEvent::End(_) => {
+                    self.finished = true;
+                    self.ended.store(true, Ordering::Release);
                 }
+                _ => {}
             }
+            return Some(event);
         }
         let event = self.rx.recv().await?;
         match &event {
@@ -301,7 +317,11 @@ impl Subscription {
                 }
             }
             LiveEvent::Progress { .. } => self.progress_pending.store(false, Ordering::Release),
-            _ => {}
+            LiveEvent::End(_) => {
+                self.finished = true;
+                self.ended.store(true, Ordering::Release);
+            }
+            LiveEvent::Ready { .. } => {}
         }
         Some(event)
     }
@@ -319,6 +339,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // Closed first: a registration the dispatcher has not run yet sees it and skips it.
+        self.rx.close();
+        self.ended.store(true, Ordering::Release);
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
         self.shared.listed().remove(&self.id);
         self.shared.push(Job::End { id: self.id, end: None });
@@ -340,6 +363,7 @@ impl Shared {
 impl Live {
     /// Starts the dispatch thread. It holds the store weakly, so it never keeps it open.
     pub fn start(store: &Arc<Store>, options: LiveOptions) -> Result<Self> {
+        let options = LiveOptions { buffer_rows: options.buffer_rows.max(1), ..options };
         let shared = Arc::new(Shared {
             options,
             queue: Mutex::default(),
@@ -359,7 +383,7 @@ impl Live {
             subs: HashMap::new(),
             by_table: HashMap::new(),
             last_progress: Instant::now(),
-            stopped: false,
+            stopped: None,
         };
         let (thread_shared, weak_store) = (Arc::clone(&shared), Arc::downgrade(store));
         let thread = std::thread::Builder::new()
@@ -373,12 +397,16 @@ impl Live {
         let shared = Arc::clone(&self.shared);
         Box::new(move |position| {
             let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.dropped_through.is_some() || queue.rows + changes.len() > MAX_QUEUED_ROWS {
-                // The dispatcher is this far behind: drop (outside the lock) and end everything.
+            if queue.dropped_through.is_some()
+                || (queue.rows > 0 && queue.rows + changes.len() > shared.options.max_queued_rows)
+            {
+                // The dispatcher is this far behind (one large commit alone is not): drop the
+                // changes and end everything. Freeing millions of rows takes a while: not
+                // under the commit lock.
                 queue.dropped_through = Some(position);
                 drop(queue);
-                drop(changes);
                 shared.work.notify_one();
+                let _ = std::thread::Builder::new().name("live-drop".into()).spawn(move || drop(changes));
                 return;
             }
             queue.rows += changes.len();
@@ -410,6 +438,7 @@ impl Live {
         let buffered = Arc::new(AtomicUsize::new(0));
         let progress_pending = Arc::new(AtomicBool::new(false));
         let catching_up = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
         let table = Arc::clone(&query.table);
         let listed = Arc::new(Listed {
             user: principal.name.clone(),
@@ -427,6 +456,8 @@ impl Live {
             buffered: Arc::clone(&buffered),
             progress_pending: Arc::clone(&progress_pending),
             catching_up: Arc::clone(&catching_up),
+            ended: Arc::clone(&ended),
+            finished: false,
             shared: Arc::clone(shared),
         };
         shared.listed().insert(id, Arc::clone(&listed));
@@ -440,8 +471,17 @@ impl Live {
                 table.live.store(true, Ordering::Release);
             }
         }
-        let sub =
-            Sub { query: query.clone(), start: 0, position: 0, tx, buffered, progress_pending, catching_up, listed };
+        let sub = Sub {
+            query: query.clone(),
+            start: 0,
+            position: 0,
+            tx,
+            buffered,
+            progress_pending,
+            catching_up,
+            ended: Arc::clone(&ended),
+            listed,
+        };
         if snapshot {
             let permit = Arc::clone(&shared.snapshots)
                 .acquire_owned()
@@ -452,7 +492,13 @@ impl Live {
             let (store, shared) = (Arc::clone(store), Arc::clone(shared));
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                snapshot_scan(&store, &shared, id, sub, &query, start_tx, &rows_tx);
+                let scan = std::panic::AssertUnwindSafe(|| {
+                    snapshot_scan(&store, &shared, id, sub, &query, start_tx, &rows_tx, &ended)
+                });
+                if std::panic::catch_unwind(scan).is_err() {
+                    // The client must not take a partial snapshot for a whole one.
+                    let _ = rows_tx.try_send(LiveEvent::End(end("snapshot_failed", "reading the snapshot failed")));
+                }
             });
             subscription.position = match start_rx.await {
                 Ok(Ok(position)) => position,
@@ -509,16 +555,22 @@ impl Live {
     /// After user changes: ends the subscriptions whose user was dropped or may no longer read.
     pub fn revalidate(&self, users: &Users) {
         if self.any() {
-            let all = users.list().into_iter().map(|u| (u.name.clone(), Principal { role: u.role(), name: u.name }));
-            self.shared.push(Job::Users(all.collect()));
+            // Read and queued under the users' lock: no user created meanwhile is missing from it.
+            users.while_read(|all| {
+                let all = all.values().map(|u| (u.name.clone(), Principal { role: u.role(), name: u.name.clone() }));
+                self.shared.push(Job::Users(all.collect()));
+            });
         }
     }
 
     /// After DDL: ends the subscriptions whose table was dropped or replaced.
     pub fn check_tables(&self, catalog: &Catalog) {
         if self.any() {
-            let tables = catalog.read().tables.values().cloned().collect();
-            self.shared.push(Job::Tables(tables));
+            // Read and queued under the catalog's lock: no table created meanwhile (and
+            // subscribed to) is missing from it.
+            let state = catalog.read();
+            self.shared.push(Job::Tables(state.tables.values().cloned().collect()));
+            drop(state);
         }
     }
 
@@ -570,12 +622,17 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
                 None => Err("the database was closed".to_owned()),
             };
             if let Err(reason) = durable {
-                hub.end_all(shared, &end("storage_failed", format!("the commits could not be made durable: {reason}")));
-                hub.stopped = true;
+                let why = end("storage_failed", format!("the commits could not be made durable: {reason}"));
+                hub.end_all(shared, &why);
+                hub.stopped = Some(why);
             }
         }
         for job in jobs {
-            hub.run(shared, job);
+            // A bug in one job must not stop the dispatcher (and with it every subscription).
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub.run(shared, job))).is_err() {
+                tracing::error!("a live-query job panicked: ending every subscription");
+                hub.end_all(shared, &end("internal", "internal error: see the server log"));
+            }
         }
         if let Some(through) = dropped_through {
             let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
@@ -598,6 +655,7 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
 /// position (a job queued under the commit lock, so no commit falls between the snapshot and
 /// its changes), waits until the snapshot is durable, reports the position, then streams the
 /// matching rows.
+#[allow(clippy::too_many_arguments)]
 fn snapshot_scan(
     store: &Store,
     shared: &Shared,
@@ -606,6 +664,7 @@ fn snapshot_scan(
     query: &LiveQuery,
     start_tx: oneshot::Sender<Result<u64>>,
     rows_tx: &mpsc::Sender<LiveEvent>,
+    ended: &AtomicBool,
 ) {
     let table = &query.table;
     let prefix = keys::table_prefix(table.meta.id);
@@ -638,7 +697,7 @@ fn snapshot_scan(
             }
             match snapshot_rows(query, &pairs, position.get()) {
                 Ok(rows) if rows.is_empty() => true,
-                Ok(rows) => rows_tx.blocking_send(LiveEvent::Rows(rows)).is_ok(),
+                Ok(rows) => send_snapshot(rows_tx, LiveEvent::Rows(rows), ended),
                 Err(e) => {
                     let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
                     false
@@ -648,7 +707,9 @@ fn snapshot_scan(
     );
     match scanned {
         Ok(()) => {
-            announce();
+            if announce() {
+                send_snapshot(rows_tx, LiveEvent::Ready { position: position.get() }, ended);
+            }
         }
         Err(e) => match start_tx.borrow_mut().take() {
             Some(tx) => {
@@ -658,6 +719,36 @@ fn snapshot_scan(
                 let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
             }
         },
+    }
+}
+
+/// How long a snapshot waits for its client to take a chunk before it gives up (freeing its
+/// thread, its turn and its RocksDB snapshot).
+const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+
+/// Hands a snapshot event to the subscriber; false (stop reading) when it is gone, ended, or
+/// took nothing for [`SNAPSHOT_STALL`].
+fn send_snapshot(rows_tx: &mpsc::Sender<LiveEvent>, event: LiveEvent, ended: &AtomicBool) -> bool {
+    let since = Instant::now();
+    let mut event = event;
+    loop {
+        match rows_tx.try_send(event) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if ended.load(Ordering::Acquire) {
+                    return false;
+                }
+                if since.elapsed() > SNAPSHOT_STALL {
+                    let message = "the client took no snapshot rows for 60 s";
+                    // Room for the end once the client reads again.
+                    let _ = rows_tx.blocking_send(LiveEvent::End(end("subscriber_too_slow", message)));
+                    return false;
+                }
+                event = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 
@@ -914,8 +1005,9 @@ impl Hub {
                 }
             }
             Job::Shutdown => {
-                self.end_all(shared, &end("shutting_down", "the server is shutting down"));
-                self.stopped = true;
+                let why = end("shutting_down", "the server is shutting down");
+                self.end_all(shared, &why);
+                self.stopped.get_or_insert(why);
             }
         }
     }
@@ -926,8 +1018,8 @@ impl Hub {
         if sub.tx.is_closed() {
             return;
         }
-        if self.stopped {
-            let _ = sub.tx.send(LiveEvent::End(end("shutting_down", "the server is shutting down")));
+        if let Some(why) = &self.stopped {
+            let _ = sub.tx.send(LiveEvent::End(why.clone()));
             return;
         }
         sub.start = start;
@@ -991,7 +1083,9 @@ impl Hub {
                         break;
                     }
                     let mut images = Images { staged, all: None };
-                    match sub.rows(&mut images, None) {
+                    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sub.rows(&mut images, None)))
+                        .unwrap_or_else(|_| exec_err!("evaluating the filter panicked"));
+                    match rows {
                         Ok(rows) if rows.is_empty() => {}
                         Ok(rows) => {
                             if let Err(e) = sub.send(rows, staged.position, usize::MAX, sub.position) {
@@ -1011,9 +1105,12 @@ impl Hub {
             outcome
         };
         match outcome {
-            // Level with the history: live from here on.
-            Ok(true) => sub.catching_up.store(false, Ordering::Release),
-            Ok(false) => {}
+            // Level with the history: live from here on, once it has room for live commits
+            // (else the next CatchUp, when it took what is waiting, sends the history since).
+            Ok(true) if sub.buffered.load(Ordering::Acquire) <= limit / 2 => {
+                sub.catching_up.store(false, Ordering::Release)
+            }
+            Ok(_) => {}
             Err(e) => {
                 let e = (e.code != "closed").then_some(e);
                 self.end(id, e);
@@ -1031,6 +1128,7 @@ impl Hub {
                 self.by_table.remove(&table_id);
             }
         }
+        sub.ended.store(true, Ordering::Release);
         if let Some(end) = end {
             let _ = sub.tx.send(LiveEvent::End(end));
         }
@@ -1061,6 +1159,10 @@ impl Hub {
                 sub.position = position;
                 sub.listed.position.store(position, Ordering::Relaxed);
             }
+        }
+        let gone: Vec<u64> = self.subs.iter().filter(|(_, s)| s.tx.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            self.end(id, None);
         }
     }
 

@@ -354,13 +354,49 @@ async fn an_idle_subscription_learns_its_resume_position_and_resumes_from_it_aft
             other => panic!("expected progress, got {other:?}"),
         }
     };
+    let start = sub.position;
     drop(sub);
     run(&db, "INSERT INTO t VALUES (1000, 1)").await;
+    // From where it started, the changes are gone from the history; from its progress, not.
+    let old = db.subscribe(&Principal::root(), "SELECT id FROM t WHERE user_id = 1", None, Some(start)).await;
+    assert!(old.err().unwrap().to_string().contains("no longer kept"));
     let mut resumed =
         db.subscribe(&Principal::root(), "SELECT id FROM t WHERE user_id = 1", None, Some(progress)).await.unwrap();
-    assert_eq!(rows(&mut resumed).await[0].2, [int(1000)]);
-    let listed = crate::query(&db, "SELECT position >= 0, delivered FROM system.live_queries").await;
-    assert_eq!(listed, [["true", "1"]]);
+    let got = rows(&mut resumed).await;
+    assert_eq!(got[0].2, [int(1000)]);
+    let listed = crate::query(&db, "SELECT position, delivered FROM system.live_queries").await;
+    assert_eq!(listed, [[got[0].1.to_string(), "1".to_owned()]]);
+}
+
+#[tokio::test]
+async fn limits_a_large_commit_and_shutdown() {
+    let (_dir, db) = open(LiveOptions { max_subscriptions: 2, max_queued_rows: 1000, ..Default::default() });
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY)").await;
+    let mut a = subscribe(&db, "SELECT id FROM t").await;
+    let _b = subscribe(&db, "SELECT id FROM t WHERE id = 1").await;
+    let third = db.subscribe(&Principal::root(), "SELECT id FROM t", None, None).await;
+    assert!(third.err().unwrap().to_string().contains("2 live queries open, its limit"));
+    snapshot(&mut a).await;
+    // One commit larger than the dispatcher's queue bound is delivered whole, not dropped.
+    run(&db, "INSERT INTO t SELECT value FROM generate_series(1, 5000)").await;
+    let got = rows(&mut a).await;
+    assert_eq!(got.len(), 5000);
+    drop(got);
+    // A server shutting down ends its subscriptions, and refuses new ones.
+    db.begin_shutdown();
+    match next(&mut a).await {
+        LiveEvent::End(end) => assert_eq!(end.code, "shutting_down"),
+        other => panic!("{other:?}"),
+    }
+    drop(a);
+    let mut late = subscribe(&db, "SELECT id FROM t WHERE id = 5").await;
+    loop {
+        match next(&mut late).await {
+            LiveEvent::End(end) => break assert_eq!(end.code, "shutting_down"),
+            LiveEvent::Rows(_) | LiveEvent::Ready { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
