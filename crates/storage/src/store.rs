@@ -1157,7 +1157,7 @@ impl Store {
         end: &[u8],
         chunk: usize,
         at_snapshot: impl FnOnce(u64),
-        mut on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
+        on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
     ) -> Result<()> {
         let snapshot = {
             let _log = self.lock();
@@ -1165,23 +1165,7 @@ impl Store {
             at_snapshot(self.db.latest_sequence_number());
             snapshot
         };
-        let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_upper_bound(end.to_vec());
-        let mut it = snapshot.raw_iterator_opt(read_opts);
-        it.seek(start);
-        loop {
-            let mut rows = Vec::with_capacity(chunk);
-            while it.valid() && rows.len() < chunk {
-                let (k, v) = it.item().expect("valid iterator has an item");
-                rows.push((k.to_vec(), v.to_vec()));
-                it.next();
-            }
-            it.status()?;
-            let done = rows.len() < chunk;
-            if (!rows.is_empty() && !on_chunk(rows)) || done {
-                return Ok(());
-            }
-        }
+        read_chunks(&snapshot, start, end, chunk, on_chunk)
     }
 
     /// Streams `[start, end)` from one consistent snapshot, in chunks of `chunk` pairs, from a
@@ -1211,11 +1195,25 @@ impl Store {
 
 /// The body of [`Store::scan_chunks`].
 fn scan_into(db: &DB, start: Vec<u8>, end: Vec<u8>, chunk: usize, tx: &mpsc::Sender<Result<Vec<KeyValue>>>) {
-    let snapshot = db.snapshot();
+    let sent = read_chunks(&db.snapshot(), &start, &end, chunk, |rows| tx.blocking_send(Ok(rows)).is_ok());
+    if let Err(e) = sent {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+/// Reads `[start, end)` of `snapshot` in chunks of `chunk` pairs, each handed to `on_chunk`
+/// until it returns false.
+fn read_chunks(
+    snapshot: &rocksdb::Snapshot<'_>,
+    start: &[u8],
+    end: &[u8],
+    chunk: usize,
+    mut on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
+) -> Result<()> {
     let mut read_opts = ReadOptions::default();
-    read_opts.set_iterate_upper_bound(end);
+    read_opts.set_iterate_upper_bound(end.to_vec());
     let mut it = snapshot.raw_iterator_opt(read_opts);
-    it.seek(&start);
+    it.seek(start);
     loop {
         let mut rows = Vec::with_capacity(chunk);
         while it.valid() && rows.len() < chunk {
@@ -1223,16 +1221,10 @@ fn scan_into(db: &DB, start: Vec<u8>, end: Vec<u8>, chunk: usize, tx: &mpsc::Sen
             rows.push((k.to_vec(), v.to_vec()));
             it.next();
         }
-        if let Err(e) = it.status() {
-            let _ = tx.blocking_send(Err(e.into()));
-            return;
-        }
+        it.status()?;
         let done = rows.len() < chunk;
-        if !rows.is_empty() && tx.blocking_send(Ok(rows)).is_err() {
-            return;
-        }
-        if done {
-            return;
+        if (!rows.is_empty() && !on_chunk(rows)) || done {
+            return Ok(());
         }
     }
 }

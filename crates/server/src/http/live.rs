@@ -70,8 +70,19 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
     let (mut sink, mut incoming) = socket.split();
     let (out, mut frames) = mpsc::channel::<WsMessage>(SOCKET_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = frames.recv().await {
-            if sink.send(frame).await.is_err() {
+        // Every frame waiting goes out in one write (a commit reaching many subscriptions of a
+        // socket is many frames: one system call each would cost the server more than the rest
+        // of their delivery).
+        'write: while let Some(frame) = frames.recv().await {
+            if sink.feed(frame).await.is_err() {
+                break;
+            }
+            while let Ok(more) = frames.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    break 'write;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

@@ -81,6 +81,14 @@ async fn quiet(sub: &mut Subscription) {
     }
 }
 
+/// `statements` INSERTs into `t` of `per` rows each; row `i` (from 0) is `row(i)`.
+async fn insert_many(db: &Database, statements: i64, per: i64, row: impl Fn(i64) -> String) {
+    for s in 0..statements {
+        let values: Vec<String> = (0..per).map(|j| row(s * per + j)).collect();
+        run(db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    }
+}
+
 fn int(n: i64) -> Value {
     Value::Int64(n)
 }
@@ -310,10 +318,7 @@ async fn resuming_from_a_position_replays_what_was_missed_within_the_kept_histor
     let ahead = db.subscribe(&Principal::root(), "SELECT id FROM t", Some(false), Some(u64::MAX)).await;
     assert!(error(ahead.err().unwrap()).contains("ahead of this server's last commit"));
     // Further back than the 50 kept rows.
-    for i in 0..10 {
-        let values: Vec<String> = (0..10).map(|j| format!("({}, 3)", 100 + i * 10 + j)).collect();
-        run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
-    }
+    insert_many(&db, 10, 10, |i| format!("({}, 3)", 100 + i)).await;
     // (Evicted once the dispatch thread has handled those commits: it runs behind the writers.)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let message = loop {
@@ -342,10 +347,7 @@ async fn an_idle_subscription_learns_its_resume_position_and_resumes_from_it_aft
     let mut sub = subscribe(&db, "SELECT id FROM t WHERE user_id = 1").await;
     assert!(snapshot(&mut sub).await.is_empty());
     // 100 rows of other users: more than the history keeps.
-    for i in 0..10 {
-        let values: Vec<String> = (0..10).map(|j| format!("({}, 2)", i * 10 + j)).collect();
-        run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
-    }
+    insert_many(&db, 10, 10, |i| format!("({i}, 2)")).await;
     let last = db.store().position();
     let progress = loop {
         match next(&mut sub).await {
@@ -406,10 +408,7 @@ async fn a_slow_subscriber_is_ended_while_writers_go_on_and_resumes_where_it_sto
     let mut slow = subscribe(&db, "SELECT id FROM t").await;
     assert!(snapshot(&mut slow).await.is_empty());
     // The subscriber reads nothing while 1,000 rows commit: no write waits for it.
-    for i in 0..100 {
-        let values: Vec<String> = (0..10).map(|j| format!("({})", i * 10 + j)).collect();
-        run(&db, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
-    }
+    insert_many(&db, 100, 10, |i| format!("({i})")).await;
     let mut ids = Vec::new();
     let mut last = slow.position;
     let end = loop {
