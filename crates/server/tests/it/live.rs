@@ -89,6 +89,15 @@ async fn insert_many(db: &Database, statements: i64, per: i64, row: impl Fn(i64)
     }
 }
 
+/// `t`'s rows as `id -> n`.
+async fn table_state(db: &Database) -> BTreeMap<i64, i64> {
+    crate::query(db, "SELECT id, n FROM t")
+        .await
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect()
+}
+
 fn int(n: i64) -> Value {
     Value::Int64(n)
 }
@@ -174,6 +183,40 @@ async fn filters_without_an_equality_and_with_more_than_one_are_evaluated() {
     assert_eq!(rows(&mut like).await[0].0, LiveOp::Delete);
 }
 
+#[tokio::test]
+async fn equality_filters_match_as_sql_compares_whether_or_not_they_are_indexed() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id INT, name TEXT, score DOUBLE)").await;
+    // (filter, the ids of the rows below it must see)
+    let cases: [(&str, &[i64]); 9] = [
+        ("user_id = 42", &[1]),
+        ("(42 = user_id)", &[1]),
+        ("score > 1 AND (user_id = 42 AND id > 0)", &[1]),
+        ("name = 'a'", &[2]),
+        ("user_id = 42 OR user_id = 7", &[1, 3]),
+        ("user_id = 1.5", &[]),
+        ("user_id = 99999999999", &[]),
+        ("score = 2", &[1]),
+        ("user_id = id", &[4]),
+    ];
+    let mut subs = Vec::new();
+    for (filter, _) in cases {
+        let mut sub = subscribe(&db, &format!("SELECT id FROM t WHERE {filter}")).await;
+        snapshot(&mut sub).await;
+        subs.push(sub);
+    }
+    run(&db, "INSERT INTO t VALUES (1, 42, 'b', 2), (2, 1, 'a', 0.5), (3, 7, NULL, NULL), (4, 4, 'c', 0)").await;
+    for ((filter, wanted), sub) in cases.iter().zip(&mut subs) {
+        let got: Vec<Value> = if wanted.is_empty() {
+            quiet(sub).await;
+            Vec::new()
+        } else {
+            rows(sub).await.into_iter().map(|r| r.2[0].clone()).collect()
+        };
+        assert_eq!(got, wanted.iter().map(|&i| int(i)).collect::<Vec<_>>(), "{filter}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_changes_arrive_in_commit_order() {
     let (_dir, db) = open(LiveOptions::default());
@@ -201,11 +244,7 @@ async fn concurrent_writers_changes_arrive_in_commit_order() {
         w.await.unwrap();
     }
     // Replaying the changes in the order they arrived gives the table as it is.
-    let expected: BTreeMap<i64, i64> = crate::query(&db, "SELECT id, n FROM t")
-        .await
-        .into_iter()
-        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
-        .collect();
+    let expected = table_state(&db).await;
     let mut replayed: BTreeMap<i64, i64> = BTreeMap::new();
     let mut last = 0;
     while replayed != expected {
@@ -258,11 +297,7 @@ async fn subscriptions_made_while_writers_run_see_a_snapshot_then_exactly_the_la
     for w in writers {
         w.await.unwrap();
     }
-    let expected: BTreeMap<i64, i64> = crate::query(&db, "SELECT id, n FROM t")
-        .await
-        .into_iter()
-        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
-        .collect();
+    let expected = table_state(&db).await;
     let pair = |row: &[Value]| match row {
         [Value::Int64(id), Value::Int64(n)] => (*id, *n),
         other => panic!("{other:?}"),
