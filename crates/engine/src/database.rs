@@ -94,6 +94,14 @@ pub struct PreparedStatement {
     insert: Option<literal_insert::InsertTemplate>,
 }
 
+/// SUBSCRIBE through an interface that answers once (HTTP `/sql`, a statement among others, a
+/// prepared statement): where it runs instead.
+fn subscribe_elsewhere() -> DataFusionError {
+    DataFusionError::NotImplemented(
+        "SUBSCRIBE streams its rows as they change: run it as the only statement of a PostgreSQL simple query, or over the WebSocket /v1/api/live or SSE /v1/api/live/sse (docs/live-queries.md)".into(),
+    )
+}
+
 fn denied(e: PermissionDenied) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -377,6 +385,10 @@ impl Database {
     /// holds no statement.
     pub fn prepare(&self, sql: &str) -> Result<Option<PreparedStatement>, ExecuteError> {
         let Some(parsed) = parse_one(sql)? else { return Ok(None) };
+        if matches!(parsed.statement, Statement::Subscribe(_)) {
+            // Refused at Parse: a client must not learn a statement that never answers.
+            return Err(ExecuteError::new(1, parsed.sql, subscribe_elsewhere()));
+        }
         let insert = match &parsed.statement {
             Statement::DataFusion(df) => match df.as_ref() {
                 DFStatement::Statement(st) => match st.as_ref() {
@@ -410,6 +422,10 @@ impl Database {
         }
         let mut statement = parsed.statement.clone();
         let command = CommandTag::of(&statement);
+        if matches!(statement, Statement::Subscribe(_)) {
+            // Refused before its parameters are looked at: it does not run here at all.
+            return Err(fail(subscribe_elsewhere()));
+        }
         crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
         let executed = self.execute_statement(session, principal, statement).await;
         self.after_table_ddl(command);
@@ -603,11 +619,7 @@ impl Database {
                 self.authorize(principal, Action::FileSystem)?
             }
             Statement::Cluster(_) => self.authorize(principal, Action::ManageCluster)?,
-            Statement::Subscribe(_) => {
-                return not_impl_err!(
-                    "SUBSCRIBE streams its rows as they change: run it as the only statement of a PostgreSQL simple query, or over the WebSocket /v1/api/live or SSE /v1/api/live/sse (docs/live-queries.md)"
-                );
-            }
+            Statement::Subscribe(_) => return Err(subscribe_elsewhere()),
             Statement::Copy(_) | Statement::DataFusion(_) | Statement::Session(_) => {}
         }
         let plan = match statement {

@@ -255,6 +255,8 @@ struct Sub {
     start: u64,
     /// Everything up to here was delivered or did not concern it.
     position: u64,
+    /// The last position the subscriber was given (subscribed, rows, progress).
+    told: u64,
     tx: mpsc::UnboundedSender<LiveEvent>,
     /// Rows sent and not yet taken by the subscriber.
     buffered: Arc<AtomicUsize>,
@@ -475,6 +477,7 @@ impl Live {
             query: query.clone(),
             start: 0,
             position: 0,
+            told: 0,
             tx,
             buffered,
             progress_pending,
@@ -955,6 +958,7 @@ impl Sub {
             return Err(end("closed", ""));
         }
         self.position = position;
+        self.told = position;
         self.listed.position.store(position, Ordering::Relaxed);
         self.listed.delivered.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
@@ -1024,6 +1028,7 @@ impl Hub {
         }
         sub.start = start;
         sub.position = start;
+        sub.told = sub.told.max(start);
         sub.listed.position.fetch_max(start, Ordering::Relaxed);
         self.by_table.entry(sub.query.table.meta.id).or_default().add(id, &sub.query);
         self.subs.insert(id, sub);
@@ -1147,7 +1152,9 @@ impl Hub {
         self.last_progress = Instant::now();
         let position = self.position;
         for sub in self.subs.values_mut() {
-            if sub.position >= position
+            // Told nothing since `position`: every commit up to it was dispatched to it (or, for
+            // a catching-up subscription, not yet: it is told once level).
+            if sub.told >= position
                 || sub.catching_up.load(Ordering::Acquire)
                 || sub.buffered.load(Ordering::Acquire) > 0
                 || sub.progress_pending.load(Ordering::Acquire)
@@ -1156,7 +1163,8 @@ impl Hub {
             }
             sub.progress_pending.store(true, Ordering::Release);
             if sub.tx.send(LiveEvent::Progress { position }).is_ok() {
-                sub.position = position;
+                sub.position = sub.position.max(position);
+                sub.told = position;
                 sub.listed.position.store(position, Ordering::Relaxed);
             }
         }

@@ -19,7 +19,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 use topicfusion_engine::{LiveEnd, LiveEvent, LiveRow, Principal, Subscription};
 
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 use super::{Caller, SharedState};
 
 /// Subscriptions one socket may hold.
@@ -263,16 +263,21 @@ pub async fn sse(
         Some(position) => (Some(false), Some(position)),
         None => (query.snapshot, query.from_position),
     };
-    let subscription = subscribe(&state, &principal, &query.sql, snapshot, from).await.map_err(|e| {
-        let code = match e.code.as_str() {
-            "forbidden" => ErrorCode::Forbidden,
-            "internal" => ErrorCode::Internal,
-            "syntax_error" => ErrorCode::SyntaxError,
-            "not_leader" => ErrorCode::NotLeader,
-            _ => ErrorCode::BadRequest,
-        };
-        ApiError::new(code, format!("{}: {}", e.code, e.message))
-    })?;
+    let subscription = match subscribe(&state, &principal, &query.sql, snapshot, from).await {
+        Ok(s) => s,
+        // The API's error shape with the code the WebSocket's error frame has.
+        Err(e) => {
+            let status = match e.code.as_str() {
+                "forbidden" => axum::http::StatusCode::FORBIDDEN,
+                "unauthorized" => axum::http::StatusCode::UNAUTHORIZED,
+                "internal" => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "not_leader" => axum::http::StatusCode::MISDIRECTED_REQUEST,
+                _ => axum::http::StatusCode::BAD_REQUEST,
+            };
+            let body = json!({ "error": { "code": e.code, "message": e.message } });
+            return Ok((status, axum::Json(body)).into_response());
+        }
+    };
     Ok(Sse::new(sse_events(subscription)).keep_alive(KeepAlive::default()).into_response())
 }
 
