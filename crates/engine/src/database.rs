@@ -376,11 +376,6 @@ impl Database {
         }
     }
 
-    /// The open live queries (`system.live_queries`).
-    pub fn live_queries(&self) -> Vec<crate::live::LiveQueryInfo> {
-        self.core.live.list()
-    }
-
     /// Parses the text of a prepared statement (at most one statement). `Ok(None)`: the text
     /// holds no statement.
     pub fn prepare(&self, sql: &str) -> Result<Option<PreparedStatement>, ExecuteError> {

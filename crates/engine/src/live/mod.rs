@@ -626,7 +626,7 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
             };
             if let Err(reason) = durable {
                 let why = end("storage_failed", format!("the commits could not be made durable: {reason}"));
-                hub.end_all(shared, &why);
+                hub.end_all(&why);
                 hub.stopped = Some(why);
             }
         }
@@ -634,12 +634,12 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
             // A bug in one job must not stop the dispatcher (and with it every subscription).
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub.run(shared, job))).is_err() {
                 tracing::error!("a live-query job panicked: ending every subscription");
-                hub.end_all(shared, &end("internal", "internal error: see the server log"));
+                hub.end_all(&end("internal", "internal error: see the server log"));
             }
         }
         if let Some(through) = dropped_through {
             let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
-            hub.end_all(shared, &end("server_overloaded", message));
+            hub.end_all(&end("server_overloaded", message));
             hub.history.clear();
             hub.history_rows = 0;
             hub.floor = hub.floor.max(through);
@@ -1010,7 +1010,7 @@ impl Hub {
             }
             Job::Shutdown => {
                 let why = end("shutting_down", "the server is shutting down");
-                self.end_all(shared, &why);
+                self.end_all(&why);
                 self.stopped.get_or_insert(why);
             }
         }
@@ -1139,7 +1139,7 @@ impl Hub {
         }
     }
 
-    fn end_all(&mut self, _shared: &Shared, why: &LiveEnd) {
+    fn end_all(&mut self, why: &LiveEnd) {
         let ids: Vec<u64> = self.subs.keys().copied().collect();
         for id in ids {
             self.end(id, Some(why.clone()));
