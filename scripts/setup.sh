@@ -3,8 +3,9 @@
 # crate), a C++ compiler (RocksDB itself) and a C compiler (mimalloc). The Rust toolchain comes
 # from rust-toolchain.toml.
 # With --tests, also the real clients the tests drive: psql (postgresql-client), openssl (a
-# certificate for the TLS test) and Python's PostgreSQL drivers (psycopg, psycopg2, asyncpg,
-# pg8000, SQLAlchemy).
+# certificate for the TLS test), Python's PostgreSQL drivers (psycopg, psycopg2, asyncpg,
+# pg8000, SQLAlchemy), Prometheus' text-format parser (prometheus_client), and headless Chromium
+# with its WebDriver (Debian's chromium and chromium-driver) for the web console's tests.
 # The libclang check looks for the files clang-sys loads (libclang.so, libclang-N.so,
 # libclang.so.N, libclang-N.so.N), never libclang-cpp, which is a different library.
 set -euo pipefail
@@ -39,13 +40,17 @@ if [ "${1:-}" = "--tests" ]; then
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 has_libclang || { echo "setup: libclang still missing after installing libclang-dev" >&2; exit 1; }
 
 # The PostgreSQL drivers the protocol is tested with (tests/it/drivers/): module name, pip
 # requirement.
-drivers=("psycopg:psycopg[binary]" "psycopg2:psycopg2-binary" "asyncpg:asyncpg" "pg8000:pg8000" "sqlalchemy:sqlalchemy>=2")
+# Also Prometheus' own parser of the text format, which the /metrics tests check against.
+drivers=("psycopg:psycopg[binary]" "psycopg2:psycopg2-binary" "asyncpg:asyncpg" "pg8000:pg8000" "sqlalchemy:sqlalchemy>=2"
+  "prometheus_client:prometheus_client")
 if [ "${1:-}" = "--tests" ]; then
   missing=()
   for d in "${drivers[@]}"; do

@@ -37,6 +37,8 @@ pub struct Core {
     pub cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
     /// Live queries: the changes of watched tables, dispatched to their subscribers.
     pub live: crate::live::Live,
+    /// What `/metrics` exports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The replicated cluster this node is part of, given by the server on a cluster node.

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -160,11 +161,11 @@ impl Database {
         users.ensure_root(&store, None)?;
         let jobs = retention::Jobs::load(&store)?;
         let store_for_live = Arc::clone(&store);
+        let groups = Groups::new(options.visibility_timeout_ms);
         let core = Arc::new(Core {
             store,
             catalog,
             users,
-            groups: Groups::new(options.visibility_timeout_ms),
             ddl_lock: Arc::new(tokio::sync::RwLock::new(())),
             expr_ctx,
             limits: crate::core::Limits { max_statement_bytes: options.max_statement_bytes },
@@ -172,6 +173,8 @@ impl Database {
             commit_threads: crate::write::commit_threads::CommitThreads::start(options.commit_threads)?,
             cluster: std::sync::OnceLock::new(),
             live: crate::live::Live::start(&store_for_live, options.live)?,
+            metrics: crate::metrics::Metrics::new(store_for_live.metrics(), &groups.dead_letters),
+            groups,
         });
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -282,7 +285,10 @@ impl Database {
             let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
             if let Some(fast) = fast {
                 let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
-                return match self.insert_rows(fast).await {
+                let started = Instant::now();
+                let inserted = self.insert_rows(fast).await;
+                self.core.metrics.statement(command.name, inserted.is_ok(), started.elapsed());
+                return match inserted {
                     Ok((schema, batches)) => {
                         Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches, copy: None }])
                     }
@@ -296,7 +302,9 @@ impl Database {
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
             let command = CommandTag::of(&parsed.statement);
+            let started = Instant::now();
             let executed = self.execute_statement(session, principal, parsed.statement).await;
+            self.core.metrics.statement(command.name, executed.is_ok(), started.elapsed());
             self.after_table_ddl(command);
             match executed {
                 Ok(result) => {
@@ -412,7 +420,10 @@ impl Database {
         let rows = template.and_then(|t| t.rows(&self.core.catalog.read(), params));
         if let Some(rows) = rows {
             let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
-            let (schema, batches) = self.insert_rows(rows).await.map_err(fail)?;
+            let started = Instant::now();
+            let inserted = self.insert_rows(rows).await;
+            self.core.metrics.statement(command.name, inserted.is_ok(), started.elapsed());
+            let (schema, batches) = inserted.map_err(fail)?;
             return Ok(StatementResult { sql: parsed.sql.clone(), command, schema, batches, copy: None });
         }
         let mut statement = parsed.statement.clone();
@@ -422,7 +433,9 @@ impl Database {
             return Err(fail(subscribe_elsewhere()));
         }
         crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
+        let started = Instant::now();
         let executed = self.execute_statement(session, principal, statement).await;
+        self.core.metrics.statement(command.name, executed.is_ok(), started.elapsed());
         self.after_table_ddl(command);
         let result = executed.map_err(fail)?;
         Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
@@ -778,19 +791,39 @@ impl Database {
         topic: &str,
         request: &ConsumeRequest,
     ) -> Result<Vec<Message>> {
-        self.authorize(principal, Action::Consume)?;
-        if let Some(g) = &request.group {
-            check_group_name(g)?;
+        let started = Instant::now();
+        let consumed = async {
+            self.authorize(principal, Action::Consume)?;
+            if let Some(g) = &request.group {
+                check_group_name(g)?;
+            }
+            let topic = self.find_topic(topic)?;
+            let partition = crate::topics::groups::check_partition(&topic, request.partition.map(u64::from))?;
+            let request = ConsumeRequest { partition, ..request.clone() };
+            self.core.groups.consume(&self.core, &topic, &request).await
         }
-        let topic = self.find_topic(topic)?;
-        let partition = crate::topics::groups::check_partition(&topic, request.partition.map(u64::from))?;
-        let request = ConsumeRequest { partition, ..request.clone() };
-        self.core.groups.consume(&self.core, &topic, &request).await
+        .await;
+        self.core.metrics.statement("CONSUME", consumed.is_ok(), started.elapsed());
+        consumed
     }
 
     /// ACK through the engine API as `principal`: returns the group's position in the partition
     /// (its lowest offset not yet acknowledged).
     pub async fn ack_as(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        group: &str,
+        partition: Option<u32>,
+        target: &AckTarget,
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let acked = self.ack_unrecorded(principal, topic, group, partition, target).await;
+        self.core.metrics.statement("ACK", acked.is_ok(), started.elapsed());
+        acked
+    }
+
+    async fn ack_unrecorded(
         &self,
         principal: &Principal,
         topic: &str,
@@ -895,6 +928,16 @@ impl Database {
     /// How many INSERT statements took the literal fast path since the database was opened.
     pub fn literal_inserts(&self) -> u64 {
         self.literal_inserts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Everything `/metrics` shows now (docs/operations.md).
+    pub fn gather_metrics(&self) -> Vec<prometheus::proto::MetricFamily> {
+        crate::metrics::gather(&self.core)
+    }
+
+    /// The registry `/metrics` gathers, for the server's own instruments.
+    pub fn metrics_registry(&self) -> &prometheus::Registry {
+        self.core.metrics.registry()
     }
 
     /// How many long polls are waiting on commit signals now.

@@ -11,7 +11,9 @@
 //! - [`topics`]: topic DDL and routes, change capture, consumer groups, retention;
 //! - [`auth`]: users, roles and what each may do;
 //! - [`catalog`]: the durable catalog of schemas, tables and topics, and column types;
-//! - [`core`]: the shared state every layer is handed (store, catalog, groups, users, locks).
+//! - [`core`]: the shared state every layer is handed (store, catalog, groups, users, locks);
+//! - [`metrics`]: the figures `/metrics` exports (counted on the statement path, or read from
+//!   that state when scraped).
 
 pub mod auth;
 pub mod catalog;
@@ -19,6 +21,7 @@ pub mod core;
 pub mod database;
 pub mod error;
 pub mod live;
+pub mod metrics;
 pub mod session;
 pub mod sql;
 pub mod statement;

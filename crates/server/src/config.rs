@@ -79,6 +79,19 @@ pub struct ServerConfig {
     /// parameters, one CopyData); larger ones end the connection with an error. Before login
     /// the limit is 10,000 bytes.
     pub pg_max_message_bytes: usize,
+    /// Who may read `GET /metrics`.
+    pub metrics: MetricsAccess,
+}
+
+/// `[server] metrics`: who may scrape `GET /metrics` (docs/operations.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Any logged-in user (Bearer token or Basic), whatever the role.
+    #[default]
+    Auth,
+    /// Anyone who reaches the listener (for a scraper on a private network).
+    Open,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +162,7 @@ impl Default for ServerConfig {
             pg_tls_cert: None,
             pg_tls_key: None,
             pg_max_message_bytes: 64 << 20,
+            metrics: MetricsAccess::Auth,
         }
     }
 }

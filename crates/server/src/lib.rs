@@ -1,5 +1,6 @@
 //! The topicfusion server and CLI: configuration ([`config`]), authentication ([`auth`]), the
-//! HTTP API ([`http`]), the PostgreSQL protocol ([`pg`]), `topicfusion serve` ([`serve`]) and
+//! HTTP API ([`http`], with the web console), the PostgreSQL protocol ([`pg`]), what `/metrics`
+//! adds to the engine's figures ([`metrics`]), `topicfusion serve` ([`serve`]) and
 //! the client of `sql --url` ([`client`]). The binary (`main.rs`) is only argument parsing and output.
 
 pub mod auth;
@@ -7,6 +8,7 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod pg;
 pub mod serve;
 

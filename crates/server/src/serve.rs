@@ -98,7 +98,9 @@ pub fn run(config: Config) -> Result<(), String> {
     let secret = until_replicated(cluster.is_some(), || db.secret(TOKEN_SECRET, 32))
         .map_err(|e| format!("cannot read the token secret: {e}"))?;
     let throttle = Arc::new(LoginThrottle::default());
+    let metrics = crate::metrics::ServerMetrics::register(&db);
     let state = Arc::new(AppState {
+        metrics: Arc::clone(&metrics),
         db: Arc::clone(&db),
         tokens: Tokens::new(secret, config.auth.token_ttl_seconds),
         throttle: Arc::clone(&throttle),
@@ -135,6 +137,7 @@ pub fn run(config: Config) -> Result<(), String> {
             connections: Default::default(),
         }),
         max_message_bytes: config.server.pg_max_message_bytes,
+        metrics,
     });
     let shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     let engine = engine_rt.handle().clone();
@@ -366,7 +369,9 @@ async fn accept_postgres(
                         }
                     };
                     let state = Arc::clone(&state);
+                    let open = state.metrics.pg_connection();
                     engine.spawn(async move {
+                        let _open = open;
                         match tokio::net::TcpStream::from_std(socket) {
                             Ok(socket) => crate::pg::serve_connection(state, socket).await,
                             Err(e) => tracing::warn!(error = %e, "cannot register a PostgreSQL connection"),

@@ -9,6 +9,7 @@ pub mod command;
 pub mod error;
 pub mod keys;
 pub mod message;
+pub mod metrics;
 pub mod store;
 
 pub use codec::Value;

@@ -22,7 +22,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::metrics::StoreMetrics;
 
 use rocksdb::{DB, DBRawIterator, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, watch};
@@ -265,6 +267,8 @@ struct WalSync {
     work: std::sync::Condvar,
     /// Wakes blocking waiters when `synced` moves or the sync fails.
     done: std::sync::Condvar,
+    /// How long each fsync takes (`topicfusion_wal_sync_duration_seconds`).
+    fsync_seconds: prometheus::Histogram,
 }
 
 /// Called once a commit is durable, or with the error if its fsync failed.
@@ -352,7 +356,9 @@ fn wal_sync_loop(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) {
 fn sync_round(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) -> bool {
     // Every commit written before this read is covered by the fsync below.
     let target = read.lock().unwrap_or_else(|e| e.into_inner()).written_seq;
+    let timer = sync.fsync_seconds.start_timer();
     let result = db.flush_wal(true);
+    timer.observe_duration();
     if result.is_ok() {
         // Consumers wake right after the fsync, before the writers: they do not wait for
         // each writer to be scheduled again.
@@ -395,6 +401,15 @@ fn sync_round(db: &DB, read: &Mutex<ReadState>, sync: &WalSync) -> bool {
 pub struct Pending {
     seq: u64,
     committed: Committed,
+    /// When the commit started (for `topicfusion_commit_duration_seconds`); `None` for
+    /// [`Store::written`], which commits nothing.
+    started: Option<Instant>,
+}
+
+impl Pending {
+    pub(crate) fn into_parts(self) -> (Committed, Option<Instant>) {
+        (self.committed, self.started)
+    }
 }
 
 /// What a replicated-log entry gives [`Store::apply`].
@@ -450,6 +465,7 @@ pub struct Store {
     wal_sync: Arc<WalSync>,
     /// The WAL-sync thread ([`Durability::Sync`] only), stopped and joined on drop.
     wal_sync_thread: Option<std::thread::JoinHandle<()>>,
+    metrics: StoreMetrics,
 }
 
 impl Drop for Store {
@@ -476,6 +492,7 @@ impl Store {
 
     /// [`Store::open`] with the clock that stamps commits.
     pub fn open_with_clock(path: &Path, durability: Durability, clock: Clock) -> Result<Self> {
+        let metrics = StoreMetrics::new();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         // Consumers mostly read messages soon after they are written, from the upper levels:
@@ -520,6 +537,7 @@ impl Store {
             state: Mutex::new(SyncState::default()),
             work: std::sync::Condvar::new(),
             done: std::sync::Condvar::new(),
+            fsync_seconds: metrics.wal_sync.clone(),
         });
         let wal_sync_thread = match durability {
             Durability::Process => None,
@@ -544,6 +562,7 @@ impl Store {
             read,
             wal_sync,
             wal_sync_thread,
+            metrics,
         })
     }
 
@@ -571,14 +590,18 @@ impl Store {
     /// [`Store::prepare`] and [`Store::apply`] in one step under the commit lock, with no
     /// encoding in between and no log position stored.
     pub fn write(&self, mut commit: Commit) -> Result<Pending> {
+        let started = Instant::now();
         self.check_wal_sync()?;
         let on_written = commit.on_written.take();
-        if let Some(replicator) = self.replicator.get() {
-            return self.write_replicated(replicator.as_ref(), commit);
-        }
-        let log = self.lock();
-        let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
-        self.apply_locked(log, None, command, offsets, on_written)
+        let pending = match self.replicator.get() {
+            Some(replicator) => self.write_replicated(replicator.as_ref(), commit),
+            None => {
+                let log = self.lock();
+                let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
+                self.apply_locked(log, None, command, offsets, on_written)
+            }
+        }?;
+        Ok(Pending { started: Some(started), ..pending })
     }
 
     /// Makes this store a replica: from now on [`Store::write`] (and so [`Store::commit`])
@@ -616,7 +639,7 @@ impl Store {
             // are taken by their own writers' turns).
             if let Ok(done) = outcome.try_recv() {
                 let committed = done?;
-                return Ok(Pending { seq: self.read_state().written_seq, committed });
+                return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
             }
             let batch = std::mem::take(&mut *self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()));
             if !batch.is_empty() {
@@ -627,7 +650,7 @@ impl Store {
             outcome.recv().map_err(|_| StorageError::Replication("the proposing writer stopped".into()))??;
         // Applied (and, as the apply wrote it, counted as written): finishing it waits for what
         // this store's durability asks, as for any write.
-        Ok(Pending { seq: self.read_state().written_seq, committed })
+        Ok(Pending { seq: self.read_state().written_seq, committed, started: None })
     }
 
     /// Prepares, proposes and answers one batch of queued writes (under the proposing turn).
@@ -872,7 +895,7 @@ impl Store {
                 self.publish_written(&mut read, seq, appended);
             }
         }
-        Ok(Pending { seq, committed: Committed { timestamp_ms, offsets } })
+        Ok(Pending { seq, committed: Committed { timestamp_ms, offsets }, started: None })
     }
 
     /// Moves the watermarks a written commit appended: at once with [`Durability::Process`],
@@ -898,7 +921,7 @@ impl Store {
                 return Err(StorageError::WalSync(reason.clone()));
             }
         }
-        Ok(pending.committed)
+        Ok(self.metrics.committed(pending))
     }
 
     /// Every commit written so far, as one pending commit: [`Store::durable`] or [`Store::finish`]
@@ -906,7 +929,7 @@ impl Store {
     /// return before what it found is durable (a repeated ACK).
     pub fn written(&self) -> Pending {
         let seq = self.read_state().written_seq;
-        Pending { seq, committed: Committed { timestamp_ms: 0, offsets: Vec::new() } }
+        Pending { seq, committed: Committed { timestamp_ms: 0, offsets: Vec::new() }, started: None }
     }
 
     /// Asks for the fsync that makes a written commit durable without waiting for it, so that it
@@ -936,14 +959,15 @@ impl Store {
     /// block is acceptable.
     pub fn sync_here(&self, pending: Pending) -> std::result::Result<Result<Committed>, Pending> {
         if self.durability == Durability::Process {
-            return Ok(Ok(pending.committed));
+            return Ok(Ok(self.metrics.committed(pending)));
         }
         let mut st = match self.wal_sync.request_quietly(pending.seq) {
             Ok(st) => st,
             Err(e) => return Ok(Err(e)),
         };
         if st.synced >= pending.seq {
-            return Ok(Ok(pending.committed));
+            drop(st);
+            return Ok(Ok(self.metrics.committed(pending)));
         }
         if st.syncing {
             // The running fsync's end hands this request to the thread.
@@ -952,7 +976,7 @@ impl Store {
         st.syncing = true;
         drop(st);
         if sync_round(&self.db, &self.read, &self.wal_sync) {
-            return Ok(Ok(pending.committed));
+            return Ok(Ok(self.metrics.committed(pending)));
         }
         let reason = self.wal_sync.lock().failed.clone().unwrap_or_default();
         Ok(Err(StorageError::WalSync(reason)))
@@ -967,14 +991,14 @@ impl Store {
             match self.wal_sync.request(pending.seq) {
                 Err(e) => return on_durable(Err(e)),
                 Ok(mut st) if st.synced < pending.seq => {
-                    let committed = pending.committed;
-                    st.waiters.push((pending.seq, Box::new(move |result| on_durable(result.map(|()| committed)))));
+                    let (seq, metrics) = (pending.seq, self.metrics.clone());
+                    st.waiters.push((seq, Box::new(move |result| on_durable(result.map(|()| metrics.committed(pending))))));
                     return;
                 }
                 Ok(_) => {}
             }
         }
-        on_durable(Ok(pending.committed))
+        on_durable(Ok(self.metrics.committed(pending)))
     }
 
     /// The state of one partition as readers see it (its `next_offset` is the durable, visible
@@ -990,6 +1014,20 @@ impl Store {
         let next = read.partitions.get(&(topic_id, partition))?.next_offset;
         let sender = read.signals.entry((topic_id, partition)).or_insert_with(|| watch::channel(next).0);
         Some(sender.subscribe())
+    }
+
+    /// The store's commit and fsync histograms (registered by whoever exports metrics).
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// RocksDB's own figures that predict trouble, read now ([`crate::metrics::ROCKSDB_PROPERTIES`]
+    /// names them): `(name, value)`, a property RocksDB does not answer left out.
+    pub fn rocksdb_properties(&self) -> Vec<(&'static str, u64)> {
+        crate::metrics::ROCKSDB_PROPERTIES
+            .iter()
+            .filter_map(|p| Some((p.property, self.db.property_int_value(p.property).ok()??)))
+            .collect()
     }
 
     /// fsyncs the write-ahead log.

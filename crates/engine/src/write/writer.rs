@@ -308,6 +308,9 @@ fn write(
         commit.on_written = Some(core.live.on_written(Arc::clone(table), changes.changes));
     }
     let pending = core.store.write(commit).map_err(storage_err)?;
+    if count > 0 {
+        core.metrics.rows_written(&table.meta.qualified_name(), count);
+    }
     Ok((count, pending))
 }
 

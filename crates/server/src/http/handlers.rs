@@ -41,6 +41,19 @@ pub async fn health(State(state): State<SharedState>) -> Response {
     Json(body).into_response()
 }
 
+/// `GET /metrics`: every figure in Prometheus' text format 0.0.4 (docs/operations.md); with
+/// `[server] metrics = "auth"` (the default) only for a logged-in caller.
+pub async fn metrics(State(state): State<SharedState>, caller: Result<Caller, ApiError>) -> Result<Response, ApiError> {
+    if state.config.server.metrics == crate::config::MetricsAccess::Auth {
+        caller?;
+    }
+    let db = Arc::clone(&state.db);
+    let families = state.run(async move { db.gather_metrics() }).await?;
+    let encoder = prometheus::TextEncoder::new();
+    let text = encoder.encode_to_string(&families).map_err(ApiError::internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
@@ -61,7 +74,13 @@ pub async fn login(
     let (token, exp) = state.tokens.issue(&principal.name, &tag, now);
     let expires_at = chrono::DateTime::from_timestamp(exp, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
     tracing::info!(user = principal.name, role = %principal.role, "login");
-    Ok(Json(serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_at": expires_at })))
+    Ok(Json(serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_at": expires_at,
+        "user": principal.name,
+        "role": principal.role.to_string(),
+    })))
 }
 
 #[derive(Deserialize)]

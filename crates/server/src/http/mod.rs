@@ -1,11 +1,13 @@
 //! The HTTP API (axum): the router, the shared state, the extractors (JSON bodies with our error
 //! shape, the caller's identity) and the bridge that runs engine work on the engine runtime.
 //! Endpoints: `auth` (login), `sql`, `topics` (consume, ack), `live` (WebSocket and SSE live
-//! queries), `health`; on a cluster's follower
+//! queries), `health`, `/metrics` (Prometheus), the web console under `/console/` (`console`);
+//! on a cluster's follower
 //! what only the leader can do is forwarded to it (`forward`). See docs/http-api.md.
 
 pub mod error;
 pub mod forward;
+mod console;
 mod handlers;
 mod live;
 mod rows;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub engine: Handle,
     /// On a cluster node: sends what only the leader can do to it (see [`forward`]).
     pub forwarder: Option<forward::Forwarder>,
+    /// HTTP and PostgreSQL figures for `/metrics`.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -114,12 +118,20 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/api/topics/ack", post(handlers::ack))
         .route("/v1/api/live", get(live::websocket))
         .route("/v1/api/live/sse", get(live::sse))
+        .route("/metrics", get(handlers::metrics))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::file))
 }
 
-/// The layers around every endpoint: forwarding to a cluster's leader, JSON 404s, the body
-/// limit, panics as 500s, request tracing.
+/// The layers around every endpoint: request metrics, forwarding to a cluster's leader, JSON
+/// 404s, the body limit, panics as 500s, request tracing.
 pub fn with_layers(routes: Router<SharedState>, state: SharedState) -> Router {
     let max_body = state.config.server.max_body_bytes;
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state.metrics),
+        crate::metrics::record_http,
+    ));
     let routes = match state.forwarder {
         Some(_) => routes.route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), forward::to_leader)),
         None => routes,

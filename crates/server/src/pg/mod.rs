@@ -53,6 +53,8 @@ pub struct PgState {
     pub logins: Arc<Logins>,
     /// The largest message a logged-in client may send.
     pub max_message_bytes: usize,
+    /// Counts open connections (`topicfusion_pg_connections`).
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl PgState {

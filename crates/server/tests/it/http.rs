@@ -910,8 +910,10 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
     use topicfusion::http::{AppState, routes, with_layers};
 
     let (_dir, db) = crate::open_temp();
+    let db = Arc::new(db);
     let state = Arc::new(AppState {
-        db: Arc::new(db),
+        metrics: topicfusion::metrics::ServerMetrics::register(&db),
+        db,
         config: topicfusion::config::Config::default(),
         tokens: Tokens::new(vec![7; 32], 60),
         throttle: Default::default(),

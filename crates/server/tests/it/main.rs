@@ -8,6 +8,7 @@ mod consume;
 mod crash;
 mod http;
 mod live;
+mod ops;
 mod pg_values;
 mod postgres;
 mod retention;

@@ -177,6 +177,8 @@ pub struct Groups {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Bumped by RESET, DROP CONSUMER GROUP and topic changes: long polls look again.
     changes: tokio::sync::watch::Sender<u64>,
+    /// `topicfusion_dead_letters_total{topic,group}`.
+    pub(crate) dead_letters: prometheus::IntCounterVec,
 }
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds.
@@ -267,6 +269,7 @@ impl Groups {
             default_visibility_timeout_ms,
             shutdown: tokio::sync::watch::channel(false).0,
             changes: tokio::sync::watch::channel(0).0,
+            dead_letters: crate::metrics::dead_letters_counter(),
         }
     }
 
@@ -575,6 +578,7 @@ impl Groups {
         }
         crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions = next;
+        self.dead_letters.with_label_values(&[topic.meta.qualified_name().as_str(), group]).inc_by(dead.len() as u64);
         Ok(())
     }
 
