@@ -31,7 +31,10 @@ impl Metrics {
     /// The registry with the engine's instruments and the store's histograms in it.
     pub(crate) fn new(store: &topicfusion_storage::metrics::StoreMetrics, dead_letters: &IntCounterVec) -> Self {
         let statements = IntCounterVec::new(
-            Opts::new("topicfusion_statements_total", "Statements run, by kind (the command tag) and outcome (ok, error)."),
+            Opts::new(
+                "topicfusion_statements_total",
+                "Statements run, by kind (the command tag) and outcome (ok, error).",
+            ),
             &["kind", "outcome"],
         )
         .expect("valid metric");
@@ -136,7 +139,8 @@ fn state_families(core: &Core) -> datafusion::common::Result<Vec<MetricFamily>> 
         "Messages a partition holds now (from its log start to its next offset).",
         &["topic", "partition"],
     );
-    let bytes = gauge("topicfusion_topic_bytes", "Bytes of the messages a partition holds now.", &["topic", "partition"]);
+    let bytes =
+        gauge("topicfusion_topic_bytes", "Bytes of the messages a partition holds now.", &["topic", "partition"]);
     let lag = gauge(
         "topicfusion_consumer_group_lag",
         "Messages of a partition a consumer group has not acknowledged yet.",
@@ -185,11 +189,7 @@ fn state_families(core: &Core) -> datafusion::common::Result<Vec<MetricFamily>> 
         g.set(value);
         registry.register(Box::new(g)).expect("metric names are unique");
     };
-    single(
-        "topicfusion_consume_waiting",
-        "CONSUME long polls waiting for messages now.",
-        core.store.waiters() as i64,
-    );
+    single("topicfusion_consume_waiting", "CONSUME long polls waiting for messages now.", core.store.waiters() as i64);
     single("topicfusion_live_queries", "Live queries (SUBSCRIBE) running now.", core.live.list().len() as i64);
     let properties: BTreeMap<&str, u64> = core.store.rocksdb_properties().into_iter().collect();
     for p in topicfusion_storage::metrics::ROCKSDB_PROPERTIES {

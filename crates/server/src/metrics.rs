@@ -38,8 +38,8 @@ impl ServerMetrics {
             &["route"],
         )
         .expect("valid metric");
-        let pg_connections =
-            IntGauge::new("topicfusion_pg_connections", "PostgreSQL protocol connections open now.").expect("valid metric");
+        let pg_connections = IntGauge::new("topicfusion_pg_connections", "PostgreSQL protocol connections open now.")
+            .expect("valid metric");
         let registry = db.metrics_registry();
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,

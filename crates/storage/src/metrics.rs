@@ -17,9 +17,8 @@ pub struct StoreMetrics {
 
 /// Buckets from 50 µs to 2.5 s: a commit in memory takes tens of microseconds, a synced one
 /// an fsync (about a millisecond on a fast disk, tens on a slow one).
-const BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+const BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 impl StoreMetrics {
     pub(crate) fn new() -> Self {
@@ -32,7 +31,10 @@ impl StoreMetrics {
                 "topicfusion_commit_duration_seconds",
                 "Time from a commit's start until it is durable (RocksDB write and, with sync, its fsync).",
             ),
-            wal_sync: histogram("topicfusion_wal_sync_duration_seconds", "Time of one fsync of RocksDB's write-ahead log."),
+            wal_sync: histogram(
+                "topicfusion_wal_sync_duration_seconds",
+                "Time of one fsync of RocksDB's write-ahead log.",
+            ),
         }
     }
 

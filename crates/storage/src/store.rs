@@ -992,7 +992,8 @@ impl Store {
                 Err(e) => return on_durable(Err(e)),
                 Ok(mut st) if st.synced < pending.seq => {
                     let (seq, metrics) = (pending.seq, self.metrics.clone());
-                    st.waiters.push((seq, Box::new(move |result| on_durable(result.map(|()| metrics.committed(pending))))));
+                    st.waiters
+                        .push((seq, Box::new(move |result| on_durable(result.map(|()| metrics.committed(pending))))));
                     return;
                 }
                 Ok(_) => {}

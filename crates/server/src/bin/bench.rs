@@ -11,7 +11,7 @@
 //! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
 //! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase),
 //! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase), BENCH_LIVE_ROWS (50000
-//! rows per `live_` fan-out run).
+//! rows per `live_` fan-out run), BENCH_SCRAPE_ROUNDS (8 pairs of 2 s rounds of `metrics_scrape_`).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
 //! to it over loopback with reqwest, as a service would.
@@ -485,7 +485,13 @@ async fn main() {
         live::run(env("BENCH_LIVE_ROWS", 50_000), lat_n, &mut out).await;
     }
 
-    // 10. Replication (issue #26, the store's layer only: the engine does not use the cluster
+    // 10. Scraping /metrics does not slow writers: 16 synced single-row INSERT clients over HTTP
+    //     against a real server, in rounds with and without a scraper every 100 ms.
+    if wants(&["metrics_scrape_"]) {
+        metrics_scrape::run(&mut out).await;
+    }
+
+    // 11. Replication (issue #26, the store's layer only: the engine does not use the cluster
     //    yet): three in-process nodes on loopback, one-message commits through the leader.
     if wants(&["cluster_store_"]) {
         cluster::run(env("BENCH_CLUSTER_N", 2000), &mut out).await;
@@ -1052,5 +1058,114 @@ mod live {
                 eprintln!("live_key_n{n}: only {got} of {rows} rows delivered");
             }
         }
+    }
+}
+
+mod metrics_scrape {
+    //! The cost of `GET /metrics` to writers: 16 clients send synced single-row INSERTs through
+    //! `/v1/api/sql` of a real server without pause; rounds of 2 s take turns with and without a
+    //! scraper that GETs `/metrics` every 100 ms (10 times Prometheus' usual fastest interval).
+    //! The server holds 21 topics of 4 partitions and 2 consumer groups, so a scrape has figures
+    //! to read. Printed: each mode's median rate, the median of the per-pair ratios, and the
+    //! scrape's own time and size.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::{env, metric, percentile};
+
+    const CLIENTS: u64 = 16;
+    const ROUND: Duration = Duration::from_secs(2);
+
+    pub(super) async fn run(out: &mut Vec<String>) {
+        let server = Arc::new(super::http::Server::start(true).await);
+        server.sql("CREATE TABLE t (id BIGINT PRIMARY KEY, status TEXT, amount DOUBLE)").await;
+        server.sql("CREATE TOPIC ev PARTITIONS 4; ALTER TOPIC ev ADD SOURCE t ON INSERT").await;
+        for i in 0..20 {
+            server.sql(&format!("CREATE TOPIC idle{i} PARTITIONS 4")).await;
+        }
+        for g in ["a", "b"] {
+            server.sql(&format!("CONSUME FROM ev GROUP '{g}' FROM EARLIEST LIMIT 1")).await;
+        }
+        let written = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (server, written, stop) = (Arc::clone(&server), Arc::clone(&written), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let sql = format!("INSERT INTO t VALUES ({}, 'new', 42.5)", c * 1_000_000_000 + n);
+                        server.sql(&sql).await;
+                        written.fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        let scraping = Arc::new(AtomicBool::new(false));
+        let scrapes = Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
+        let scraper = {
+            let (server, scraping, stop, scrapes) =
+                (Arc::clone(&server), Arc::clone(&scraping), Arc::clone(&stop), Arc::clone(&scrapes));
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    if !scraping.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let start = Instant::now();
+                    let resp = client
+                        .get(format!("{}/metrics", server.base))
+                        .bearer_auth(&server.token)
+                        .send()
+                        .await
+                        .expect("scrape");
+                    assert!(resp.status().is_success(), "/metrics: {}", resp.status());
+                    let body = resp.bytes().await.expect("scrape body");
+                    let mut s = scrapes.lock().expect("scrapes");
+                    s.0.push(start.elapsed().as_secs_f64() * 1000.0);
+                    s.1 = body.len();
+                }
+            })
+        };
+        // A round of warm-up, then pairs in alternating order (without first, then with first).
+        tokio::time::sleep(ROUND).await;
+        let rounds = env("BENCH_SCRAPE_ROUNDS", 8).max(1);
+        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let mut pair = [0.0; 2];
+            let order = if r % 2 == 0 { [false, true] } else { [true, false] };
+            for on in order {
+                scraping.store(on, Ordering::Relaxed);
+                let (before, start) = (written.load(Ordering::Relaxed), Instant::now());
+                tokio::time::sleep(ROUND).await;
+                pair[on as usize] = (written.load(Ordering::Relaxed) - before) as f64 / start.elapsed().as_secs_f64();
+            }
+            without.push(pair[0]);
+            with.push(pair[1]);
+            ratios.push(pair[1] / pair[0]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.expect("writer");
+        }
+        scraper.await.expect("scraper");
+        for v in [&mut without, &mut with, &mut ratios] {
+            v.sort_by(f64::total_cmp);
+        }
+        out.push(metric("metrics_scrape_writer_c16_without", percentile(&without, 0.5), "stmts/s"));
+        out.push(metric("metrics_scrape_writer_c16_with_scraper", percentile(&with, 0.5), "stmts/s"));
+        out.push(metric("metrics_scrape_writer_ratio", percentile(&ratios, 0.5), "x"));
+        let (mut took, size) = std::mem::take(&mut *scrapes.lock().expect("scrapes"));
+        took.sort_by(f64::total_cmp);
+        if !took.is_empty() {
+            out.push(metric("metrics_scrape_p50", percentile(&took, 0.5), "ms"));
+            out.push(metric("metrics_scrape_p99", percentile(&took, 0.99), "ms"));
+        }
+        out.push(metric("metrics_scrape_bytes", size as f64, "bytes"));
     }
 }

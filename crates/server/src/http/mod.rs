@@ -5,9 +5,9 @@
 //! on a cluster's follower
 //! what only the leader can do is forwarded to it (`forward`). See docs/http-api.md.
 
+mod console;
 pub mod error;
 pub mod forward;
-mod console;
 mod handlers;
 mod live;
 mod rows;
@@ -128,10 +128,8 @@ pub fn routes() -> Router<SharedState> {
 /// 404s, the body limit, panics as 500s, request tracing.
 pub fn with_layers(routes: Router<SharedState>, state: SharedState) -> Router {
     let max_body = state.config.server.max_body_bytes;
-    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&state.metrics),
-        crate::metrics::record_http,
-    ));
+    let routes = routes
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state.metrics), crate::metrics::record_http));
     let routes = match state.forwarder {
         Some(_) => routes.route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), forward::to_leader)),
         None => routes,
