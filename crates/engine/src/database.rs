@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -173,7 +173,7 @@ impl Database {
             commit_threads: crate::write::commit_threads::CommitThreads::start(options.commit_threads)?,
             cluster: std::sync::OnceLock::new(),
             live: crate::live::Live::start(&store_for_live, options.live)?,
-            metrics: crate::metrics::Metrics::new(store_for_live.metrics(), &groups.dead_letters),
+            metrics: crate::metrics::Metrics::new(store_for_live.metrics()),
             groups,
         });
         let mut config = SessionConfig::new()
@@ -296,7 +296,9 @@ impl Database {
                 };
             }
         }
-        let statements = parse(sql)?;
+        let statements = parse(sql).inspect_err(|_| {
+            self.core.metrics.statement("UNPARSED", false, Duration::ZERO);
+        })?;
         let count = statements.len();
         let mut out = Vec::with_capacity(count);
         for (i, parsed) in statements.into_iter().enumerate() {

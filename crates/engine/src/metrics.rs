@@ -1,16 +1,23 @@
 //! The engine's figures for Prometheus (docs/operations.md). What happens on the statement path
-//! is counted there with atomics (statements and their durations, rows written, dead letters,
-//! retention's deletions); what describes state (offsets, bytes, lag, claims, waiting long polls,
-//! RocksDB's properties) is read only when `/metrics` is scraped, so scraping costs writers
-//! nothing. Labels are bounded by the catalog: statement kinds, tables, topics, partitions and
-//! consumer groups, never users, offsets or SQL text.
+//! is counted there with atomics (statements and their durations; rows written, on each table;
+//! dead letters and retention's deletions, rare, under their own small locks); what describes
+//! state (offsets, bytes, lag, claims, waiting long polls, RocksDB's properties) is read only
+//! when `/metrics` is scraped. Labels are bounded by the catalog: statement kinds, tables,
+//! topics, partitions and consumer groups, never users, offsets or SQL text.
+//!
+//! Series labelled with names from the catalog (tables, topics, groups) are built here as metric
+//! families, not with the `prometheus` crate's `MetricVec`: that one finds a series by a hash of
+//! its label values written back to back, so `("ev", "10")` and `("ev1", "0")` would be one
+//! series. The crate's vectors are used only where that cannot happen: a statement kind with one
+//! of two outcomes, a route pattern with a three-digit status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::proto::MetricFamily;
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::core::Core;
 
@@ -19,8 +26,8 @@ pub struct Metrics {
     registry: Registry,
     statements: IntCounterVec,
     statement_seconds: HistogramVec,
-    rows_written: IntCounterVec,
-    retention_deleted: IntCounterVec,
+    /// Messages retention deleted since start, by topic id.
+    retention_deleted: Mutex<BTreeMap<u64, u64>>,
 }
 
 /// Statement durations from 100 µs to 10 s.
@@ -29,7 +36,8 @@ const STATEMENT_BUCKETS: &[f64] =
 
 impl Metrics {
     /// The registry with the engine's instruments and the store's histograms in it.
-    pub(crate) fn new(store: &topicfusion_storage::metrics::StoreMetrics, dead_letters: &IntCounterVec) -> Self {
+    pub(crate) fn new(store: &topicfusion_storage::metrics::StoreMetrics) -> Self {
+        // Labels: a command tag and "ok" or "error" (see the module doc).
         let statements = IntCounterVec::new(
             Opts::new(
                 "topicfusion_statements_total",
@@ -47,30 +55,17 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
-        let rows_written = IntCounterVec::new(
-            Opts::new("topicfusion_rows_written_total", "Rows inserted, updated or deleted, by table."),
-            &["table"],
-        )
-        .expect("valid metric");
-        let retention_deleted = IntCounterVec::new(
-            Opts::new("topicfusion_retention_deleted_messages_total", "Messages deleted by retention, by topic."),
-            &["topic"],
-        )
-        .expect("valid metric");
         let registry = Registry::new();
-        let collectors: [Box<dyn Collector>; 7] = [
+        let collectors: [Box<dyn Collector>; 4] = [
             Box::new(statements.clone()),
             Box::new(statement_seconds.clone()),
-            Box::new(rows_written.clone()),
-            Box::new(retention_deleted.clone()),
-            Box::new(dead_letters.clone()),
             Box::new(store.commit.clone()),
             Box::new(store.wal_sync.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, statements, statement_seconds, rows_written, retention_deleted }
+        Self { registry, statements, statement_seconds, retention_deleted: Mutex::default() }
     }
 
     /// Where the server registers its own instruments (HTTP, PostgreSQL connections), so that
@@ -79,34 +74,20 @@ impl Metrics {
         &self.registry
     }
 
-    /// Records one statement.
+    /// Records one statement: `kind` is its command tag (or `UNPARSED` for text that did not
+    /// parse).
     pub fn statement(&self, kind: &str, ok: bool, took: Duration) {
         self.statements.with_label_values(&[kind, if ok { "ok" } else { "error" }]).inc();
         self.statement_seconds.with_label_values(&[kind]).observe(took.as_secs_f64());
     }
 
-    pub(crate) fn rows_written(&self, table: &str, rows: u64) {
-        self.rows_written.with_label_values(&[table]).inc_by(rows);
-    }
-
-    pub(crate) fn retention_deleted(&self, topic: &str, messages: u64) {
-        self.retention_deleted.with_label_values(&[topic]).inc_by(messages);
+    pub(crate) fn retention_deleted(&self, topic_id: u64, messages: u64) {
+        *self.retention_deleted.lock().unwrap_or_else(|e| e.into_inner()).entry(topic_id).or_default() += messages;
     }
 }
 
-/// The dead-letter counter, owned by consumer groups (which move the messages).
-pub(crate) fn dead_letters_counter() -> IntCounterVec {
-    IntCounterVec::new(
-        Opts::new(
-            "topicfusion_dead_letters_total",
-            "Messages moved to a dead-letter topic after max_deliveries, by source topic and group.",
-        ),
-        &["topic", "group"],
-    )
-    .expect("valid metric")
-}
-
-/// Everything `/metrics` shows: the registry's instruments, then the state read now.
+/// Everything `/metrics` shows: the registry's instruments, then the state read now. Blocking
+/// (one scan of the stored group positions): call it off async workers.
 pub fn gather(core: &Core) -> Vec<MetricFamily> {
     let mut families = core.metrics.registry.gather();
     match state_families(core) {
@@ -114,88 +95,174 @@ pub fn gather(core: &Core) -> Vec<MetricFamily> {
         // A figure that cannot be read now is left out of this scrape, not the scrape.
         Err(e) => tracing::warn!(error = %e, "cannot read topic and group figures for /metrics"),
     }
+    families.sort_by(|a, b| a.name().cmp(b.name()));
     families
 }
 
-/// Topic, group and RocksDB figures, read from the current state.
-fn state_families(core: &Core) -> datafusion::common::Result<Vec<MetricFamily>> {
-    let registry = Registry::new();
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        registry.register(Box::new(g.clone())).expect("metric names are unique");
-        g
-    };
-    let messages = IntCounterVec::new(
-        Opts::new(
-            "topicfusion_topic_messages_total",
-            "Messages ever appended to a partition: its next offset (never goes down, not even with retention).",
-        ),
-        &["topic", "partition"],
-    )
-    .expect("valid metric");
-    registry.register(Box::new(messages.clone())).expect("metric names are unique");
-    let retained = gauge(
-        "topicfusion_topic_retained_messages",
-        "Messages a partition holds now (from its log start to its next offset).",
-        &["topic", "partition"],
-    );
-    let bytes =
-        gauge("topicfusion_topic_bytes", "Bytes of the messages a partition holds now.", &["topic", "partition"]);
-    let lag = gauge(
-        "topicfusion_consumer_group_lag",
-        "Messages of a partition a consumer group has not acknowledged yet.",
-        &["topic", "group", "partition"],
-    );
-    let claimed = gauge(
-        "topicfusion_consumer_group_claimed",
-        "Messages a consumer group has delivered and not acknowledged (claimed, or claim expired and not yet redelivered).",
-        &["topic", "group"],
-    );
-
-    let topics: BTreeMap<u64, (String, u32)> = core
-        .catalog
-        .read()
-        .topics
-        .values()
-        .map(|t| (t.meta.id, (t.meta.qualified_name(), t.meta.partitions)))
+/// One metric family built from `(labels, value)` samples; `None` without samples (Prometheus'
+/// registries leave empty families out too).
+fn family(name: &str, help: &str, kind: MetricType, samples: Vec<(Vec<(&str, String)>, f64)>) -> Option<MetricFamily> {
+    if samples.is_empty() {
+        return None;
+    }
+    let metrics = samples
+        .into_iter()
+        .map(|(labels, value)| {
+            let mut m = Metric::default();
+            m.set_label(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(k.to_owned());
+                        pair.set_value(v);
+                        pair
+                    })
+                    .collect(),
+            );
+            match kind {
+                MetricType::COUNTER => {
+                    let mut c = Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                }
+                _ => {
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+            }
+            m
+        })
         .collect();
-    for (id, (name, partitions)) in &topics {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    Some(f)
+}
+
+type Samples<'a> = Vec<(Vec<(&'a str, String)>, f64)>;
+
+/// Topic, table, group and RocksDB figures, read from the current state.
+fn state_families(core: &Core) -> datafusion::common::Result<Vec<MetricFamily>> {
+    use MetricType::{COUNTER, GAUGE};
+    let (topics, rows_written): (HashMap<u64, (String, u32)>, Samples) = {
+        let catalog = core.catalog.read();
+        let topics =
+            catalog.topics.values().map(|t| (t.meta.id, (t.meta.qualified_name(), t.meta.partitions))).collect();
+        let rows = catalog
+            .tables
+            .values()
+            .map(|t| {
+                (
+                    vec![("table", t.meta.qualified_name())],
+                    t.rows_written.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+            })
+            .collect();
+        (topics, rows)
+    };
+    let mut ordered: Vec<(&u64, &(String, u32))> = topics.iter().collect();
+    ordered.sort_by(|a, b| a.1.0.cmp(&b.1.0));
+    let states = core.store.partition_states();
+    let (mut messages, mut retained, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, (name, partitions)) in ordered {
         for p in 0..*partitions {
-            let state = core.store.partition_state(*id, p).unwrap_or_default();
-            let partition = p.to_string();
-            let labels = [name.as_str(), partition.as_str()];
-            messages.with_label_values(&labels).inc_by(state.next_offset);
-            retained.with_label_values(&labels).set(state.message_count() as f64);
-            bytes.with_label_values(&labels).set(state.bytes as f64);
+            let state = states.get(&(*id, p)).copied().unwrap_or_default();
+            let labels = || vec![("topic", name.clone()), ("partition", p.to_string())];
+            messages.push((labels(), state.next_offset as f64));
+            retained.push((labels(), state.message_count() as f64));
+            bytes.push((labels(), state.bytes as f64));
         }
     }
+    let mut lag = Vec::new();
     for row in core.groups.positions(core)? {
         let Some((topic, _)) = topics.get(&row.topic_id) else { continue };
         let value = row.next_offset.saturating_sub(row.position).saturating_sub(row.acked_above);
-        lag.with_label_values(&[topic.as_str(), row.group.as_str(), row.partition.to_string().as_str()])
-            .set(value as f64);
+        lag.push((
+            vec![("topic", topic.clone()), ("group", row.group), ("partition", row.partition.to_string())],
+            value as f64,
+        ));
     }
-    let mut claims: BTreeMap<(u64, String), u64> = BTreeMap::new();
-    for row in core.groups.claims() {
-        *claims.entry((row.topic_id, row.group)).or_default() += 1;
-    }
-    for ((topic_id, group), n) in claims {
-        let Some((topic, _)) = topics.get(&topic_id) else { continue };
-        claimed.with_label_values(&[topic.as_str(), group.as_str()]).set(n as f64);
-    }
-
-    let single = |name: &str, help: &str, value: i64| {
-        let g = IntGauge::new(name, help).expect("valid metric");
-        g.set(value);
-        registry.register(Box::new(g)).expect("metric names are unique");
+    let by_group = |counts: Vec<((u64, String), u64)>| -> Samples {
+        counts
+            .into_iter()
+            .filter_map(|((id, group), n)| {
+                topics.get(&id).map(|(topic, _)| (vec![("topic", topic.clone()), ("group", group)], n as f64))
+            })
+            .collect()
     };
-    single("topicfusion_consume_waiting", "CONSUME long polls waiting for messages now.", core.store.waiters() as i64);
-    single("topicfusion_live_queries", "Live queries (SUBSCRIBE) running now.", core.live.list().len() as i64);
+    let claimed = by_group(core.groups.claim_counts());
+    let dead = by_group(core.groups.dead_letter_counts());
+    let retention: Samples = core
+        .metrics
+        .retention_deleted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|(id, &n)| topics.get(id).map(|(topic, _)| (vec![("topic", topic.clone())], n as f64)))
+        .collect();
+    let single = |value: f64| vec![(Vec::new(), value)];
+
+    let mut out: Vec<Option<MetricFamily>> = vec![
+        family("topicfusion_rows_written_total", "Rows inserted, updated or deleted, by table.", COUNTER, rows_written),
+        family(
+            "topicfusion_topic_messages_total",
+            "Messages ever appended to a partition: its next offset (never goes down, not even with retention).",
+            COUNTER,
+            messages,
+        ),
+        family(
+            "topicfusion_topic_retained_messages",
+            "Messages a partition holds now (from its log start to its next offset).",
+            GAUGE,
+            retained,
+        ),
+        family("topicfusion_topic_bytes", "Bytes of the messages a partition holds now.", GAUGE, bytes),
+        family(
+            "topicfusion_consumer_group_lag",
+            "Messages of a partition a consumer group has not acknowledged yet.",
+            GAUGE,
+            lag,
+        ),
+        family(
+            "topicfusion_consumer_group_claimed",
+            "Messages a consumer group has been delivered and not acknowledged (claimed, or claim expired and not yet redelivered).",
+            GAUGE,
+            claimed,
+        ),
+        family(
+            "topicfusion_dead_letters_total",
+            "Messages moved to a dead-letter topic after max_deliveries, by source topic and group.",
+            COUNTER,
+            dead,
+        ),
+        family(
+            "topicfusion_retention_deleted_messages_total",
+            "Messages deleted by retention, by topic.",
+            COUNTER,
+            retention,
+        ),
+        family(
+            "topicfusion_consume_waiting",
+            "CONSUME long polls waiting for messages now (one per partition they wait on).",
+            GAUGE,
+            single(core.store.waiters() as f64),
+        ),
+        family(
+            "topicfusion_live_queries",
+            "Live queries (SUBSCRIBE) running now.",
+            GAUGE,
+            single(core.live.count() as f64),
+        ),
+    ];
     let properties: BTreeMap<&str, u64> = core.store.rocksdb_properties().into_iter().collect();
     for p in topicfusion_storage::metrics::ROCKSDB_PROPERTIES {
         if let Some(&value) = properties.get(p.property) {
-            single(p.metric, p.help, i64::try_from(value).unwrap_or(i64::MAX));
+            out.push(family(p.metric, p.help, GAUGE, single(value as f64)));
         }
     }
-    Ok(registry.gather())
+    Ok(out.into_iter().flatten().collect())
 }

@@ -4,6 +4,7 @@
 // refuses them anyway.
 
 const ROLES = ["user", "service", "dba", "system"];
+const PAGES = ["login", "overview", "lag", "messages", "sql", "users"];
 const REFRESH_MS = 2000;
 const LAG_WINDOW_MS = 10 * 60 * 1000;
 
@@ -24,6 +25,8 @@ class ApiError extends Error {
     this.status = status;
     this.code = e.code || "http_" + status;
     this.statement = e.statement;
+    // /v1/api/sql: the results of the statements before the failing one (they committed).
+    this.results = (body && body.results) || [];
   }
   // The error as the API returned it: its code, the failing statement and the message.
   shown() {
@@ -32,7 +35,8 @@ class ApiError extends Error {
 }
 
 async function call(path, { method = "POST", body, text = false } = {}) {
-  const headers = {};
+  // X-Requested-With: a 401 then challenges Bearer only, so the browser shows no password dialog.
+  const headers = { "x-requested-with": "topicfusion-console" };
   if (session.token) headers.authorization = `Bearer ${session.token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -120,7 +124,10 @@ async function deadLetters() {
   const out = new Map();
   for (const line of text.split("\n")) {
     if (!line.startsWith("topicfusion_dead_letters_total{")) continue;
-    const labels = Object.fromEntries([...line.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
+    // Label values escape \\, \" and newlines (\n).
+    const unescape = (v) => v.replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    const labels = Object.fromEntries(
+      [...line.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], unescape(m[2])]));
     out.set(labels.topic + "\u0000" + labels.group, Number(line.slice(line.lastIndexOf(" ") + 1)));
   }
   return out;
@@ -135,9 +142,9 @@ async function loadState() {
     query(`SELECT t.name, o.group_id, o.partition_id, o.position, o.next_offset, o.lag
            FROM system.topic_offsets o JOIN system.topics t ON t.topic_id = o.topic_id
            ORDER BY t.name, o.group_id, o.partition_id`),
-    query(`SELECT t.name, c.group_id, count(*) AS claimed
+    query(`SELECT t.name, c.group_id, c.partition_id, count(*) AS claimed
            FROM system.topic_claims c JOIN system.topics t ON t.topic_id = c.topic_id
-           GROUP BY t.name, c.group_id`),
+           GROUP BY t.name, c.group_id, c.partition_id`),
   ]);
   return { partitions, groups, claims };
 }
@@ -183,7 +190,8 @@ async function refresh() {
     sampleLag(state.groups);
     if (page === "overview") {
       const dead = await deadLetters().catch(() => new Map());
-      const claimed = new Map(state.claims.map((c) => [c.name + "\u0000" + c.group_id, c.claimed]));
+      const part = (name, group, p) => `${name}\u0000${group}\u0000${p}`;
+      const claimed = new Map(state.claims.map((c) => [part(c.name, c.group_id, c.partition_id), c.claimed]));
       fillRows($("topics-table").tBodies[0], state.partitions, (tr, p) => {
         cell(tr, p.name);
         cell(tr, p.partition_id, "num");
@@ -193,16 +201,21 @@ async function refresh() {
         cell(tr, retention(p));
       });
       fillRows($("groups-table").tBodies[0], state.groups, (tr, g) => {
-        const k = g.name + "\u0000" + g.group_id;
         cell(tr, g.name);
         cell(tr, g.group_id);
         cell(tr, g.partition_id, "num");
         cell(tr, g.position, "num");
         cell(tr, g.next_offset, "num");
         cell(tr, g.lag, Number(g.lag) > 0 ? "num lagging" : "num");
-        cell(tr, claimed.get(k) || 0, "num");
-        cell(tr, dead.get(k) || 0, "num");
+        cell(tr, claimed.get(part(g.name, g.group_id, g.partition_id)) || 0, "num");
       });
+      fillRows($("dead-table").tBodies[0], [...dead].sort(), (tr, [k, n]) => {
+        const [topic, group] = k.split("\u0000");
+        cell(tr, topic);
+        cell(tr, group);
+        cell(tr, n, "num");
+      });
+      $("dead-none").hidden = dead.size > 0;
       $("overview-updated").textContent = "updated " + new Date().toLocaleTimeString();
       showError($("overview-error"), null);
     }
@@ -328,6 +341,8 @@ async function runSql() {
     for (const r of out.results) results.appendChild(resultTable(r));
     $("sql-took").textContent = `${out.results.length} result(s) in ${out.took_ms} ms`;
   } catch (err) {
+    // The statements before a failing one committed: their results stay shown above the error.
+    for (const r of err.results || []) results.appendChild(resultTable(r));
     $("sql-took").textContent = "";
     showError($("sql-error"), err);
   }
@@ -344,7 +359,8 @@ async function loadUsers() {
       cell(tr, u.role);
       cell(tr, u.created_at);
       const td = cell(tr, "");
-      if (u.name !== session.user) {
+      // Only a system user may drop a system user (the API refuses the others).
+      if (u.name !== session.user && (u.role !== "system" || session.role === "system")) {
         const b = document.createElement("button");
         b.type = "button";
         b.textContent = "Drop";
@@ -384,7 +400,7 @@ function allowed(page) {
 function currentPage() {
   const page = location.hash.slice(1) || "overview";
   if (!session.token) return "login";
-  return allowed(page) ? page : "overview";
+  return PAGES.includes(page) && allowed(page) ? page : "overview";
 }
 
 function route() {
@@ -398,6 +414,12 @@ function route() {
     a.hidden = !!a.dataset.needs && !atLeast(a.dataset.needs);
     a.classList.toggle("active", a.dataset.page === page);
   });
+  // Only a system user may grant role system: the others are not offered it.
+  $("user-role").replaceChildren(...ROLES.filter((r) => r !== "system" || session.role === "system").map((r) => {
+    const o = document.createElement("option");
+    o.textContent = r;
+    return o;
+  }));
   clearInterval(refreshTimer);
   if (!session.token) return;
   refreshTimer = setInterval(refresh, REFRESH_MS);

@@ -1008,6 +1008,11 @@ impl Store {
         self.read_state().partitions.get(&(topic_id, partition)).copied()
     }
 
+    /// Every partition's state as readers see it, read under one lock (for `/metrics`).
+    pub fn partition_states(&self) -> HashMap<(u64, u32), PartitionState> {
+        self.read_state().partitions.clone()
+    }
+
     /// A receiver that changes after every commit that appends to the partition (its value is
     /// the new high watermark), and closes when the partition is dropped.
     pub fn subscribe(&self, topic_id: u64, partition: u32) -> Option<watch::Receiver<u64>> {

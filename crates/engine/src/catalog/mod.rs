@@ -74,6 +74,8 @@ pub struct Table {
     /// Set (under the exclusive `write_lock`) once a live query watches the table: from then on
     /// every write hands its row changes to [`crate::live`].
     pub live: std::sync::atomic::AtomicBool,
+    /// Rows written since the table was loaded (`topicfusion_rows_written_total`).
+    pub rows_written: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,6 +260,7 @@ pub fn new_table(meta: TableMeta, next_rowid: u64) -> Table {
         keys_released: tokio::sync::Notify::new(),
         next_rowid: AtomicU64::new(next_rowid),
         live: Default::default(),
+        rows_written: AtomicU64::new(0),
     }
 }
 

@@ -535,6 +535,11 @@ impl Live {
         Ok(subscription)
     }
 
+    /// How many subscriptions are open.
+    pub fn count(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
     /// Whether any subscription is open.
     pub fn any(&self) -> bool {
         self.shared.open.load(Ordering::Acquire) > 0

@@ -150,7 +150,7 @@ pub fn run(core: &Core, only: Option<u64>) -> Vec<JobRecord> {
             Err(e) => (Outcome::default(), Some(crate::error::one_line(&e.to_string(), 500))),
         };
         if outcome.messages_deleted > 0 {
-            core.metrics.retention_deleted(&topic.qualified_name(), outcome.messages_deleted);
+            core.metrics.retention_deleted(topic.id, outcome.messages_deleted);
         }
         let record = JobRecord {
             job_id: 0,

@@ -308,9 +308,7 @@ fn write(
         commit.on_written = Some(core.live.on_written(Arc::clone(table), changes.changes));
     }
     let pending = core.store.write(commit).map_err(storage_err)?;
-    if count > 0 {
-        core.metrics.rows_written(&table.meta.qualified_name(), count);
-    }
+    table.rows_written.fetch_add(count, Ordering::Relaxed);
     Ok((count, pending))
 }
 

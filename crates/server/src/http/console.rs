@@ -14,7 +14,7 @@ const APP: &str = include_str!("../../console/app.js");
 const STYLE: &str = include_str!("../../console/style.css");
 
 /// The console's pages load only its own files and talk only to this server.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 pub async fn redirect() -> Redirect {
     Redirect::permanent("/console/")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -43,12 +43,17 @@ pub async fn health(State(state): State<SharedState>) -> Response {
 
 /// `GET /metrics`: every figure in Prometheus' text format 0.0.4 (docs/operations.md); with
 /// `[server] metrics = "auth"` (the default) only for a logged-in caller.
-pub async fn metrics(State(state): State<SharedState>, caller: Result<Caller, ApiError>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<SharedState>,
+    mut parts: axum::http::request::Parts,
+) -> Result<Response, ApiError> {
+    // "open" checks no credentials at all (stale ones of a scraper cost nothing).
     if state.config.server.metrics == crate::config::MetricsAccess::Auth {
-        caller?;
+        Caller::from_request_parts(&mut parts, &state).await?;
     }
     let db = Arc::clone(&state.db);
-    let families = state.run(async move { db.gather_metrics() }).await?;
+    // Reading the state scans the stored group positions: on the blocking pool.
+    let families = tokio::task::spawn_blocking(move || db.gather_metrics()).await.map_err(ApiError::internal)?;
     let encoder = prometheus::TextEncoder::new();
     let text = encoder.encode_to_string(&families).map_err(ApiError::internal)?;
     Ok(([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())

@@ -140,9 +140,24 @@ pub fn with_layers(routes: Router<SharedState>, state: SharedState) -> Router {
             ApiError::new(ErrorCode::BadRequest, "method not allowed for this endpoint")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(script_challenge))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A 401 offers Basic besides Bearer (`WWW-Authenticate`), for command-line clients; a browser
+/// answers that with its own password dialog, even to a script's request. Scripts that say so
+/// (`X-Requested-With`, as the web console sends) get the Bearer challenge alone.
+async fn script_challenge(request: Request, next: axum::middleware::Next) -> Response {
+    let script = request.headers().contains_key("x-requested-with");
+    let mut response = next.run(request).await;
+    if script && response.headers().contains_key(header::WWW_AUTHENTICATE) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"topicfusion\""));
+    }
+    response
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -52,7 +52,10 @@ async fn scrape(server: &Server) -> Samples {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the exposition does not parse: {}\n{text}", String::from_utf8_lossy(&out.stderr));
     let parsed: Vec<(String, Labels, f64)> = serde_json::from_slice(&out.stdout).unwrap();
-    parsed.into_iter().map(|(name, labels, value)| ((name, labels), value)).collect()
+    let count = parsed.len();
+    let samples: Samples = parsed.into_iter().map(|(name, labels, value)| ((name, labels), value)).collect();
+    assert_eq!(samples.len(), count, "a series appears twice:\n{text}");
+    samples
 }
 
 fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -91,6 +94,9 @@ async fn metrics_parse_and_move_with_the_workload() {
     let inserts_before = get(&before, "topicfusion_statements_total", &[("kind", "INSERT"), ("outcome", "ok")]);
 
     server.sql("INSERT INTO app.t VALUES (1, 'a'), (2, 'b'); INSERT INTO app.t VALUES (3, 'c')").await;
+    // Two commits, each observed once (scraping commits nothing).
+    let commits = |s: &Samples| get(s, "topicfusion_commit_duration_seconds_count", &[]).unwrap();
+    assert_eq!(commits(&scrape(&server).await) - commits(&before), 2.0);
     let (status, _) = server
         .post("/v1/api/sql", Some(("root", ROOT_PASSWORD)), json!({"sql": "INSERT INTO app.t VALUES (1, 'dup')"}))
         .await;
@@ -125,8 +131,7 @@ async fn metrics_parse_and_move_with_the_workload() {
     assert_eq!(get(&mid, "topicfusion_statements_total", &[("kind", "INSERT"), ("outcome", "error")]), Some(1.0));
     assert_eq!(get(&mid, "topicfusion_statements_total", &[("kind", "CONSUME"), ok]), Some(1.0));
     assert!(get(&mid, "topicfusion_statement_duration_seconds_count", &[("kind", "INSERT")]).unwrap() >= 3.0);
-    // Every commit (the failed INSERT's none) went through the histogram; with sync on, fsyncs too.
-    assert!(get(&mid, "topicfusion_commit_duration_seconds_count", &[]).unwrap() >= 2.0);
+    // With sync on (the default) commits were fsynced.
     assert!(get(&mid, "topicfusion_wal_sync_duration_seconds_count", &[]).unwrap() >= 1.0);
     assert!(
         get(&mid, "topicfusion_http_requests_total", &[("route", "/v1/api/sql"), ("status", "200")]).unwrap() >= 1.0
@@ -222,6 +227,44 @@ async fn metrics_parse_and_move_with_the_workload() {
     assert_eq!(get(&last, "topicfusion_topic_messages_total", &[("topic", "app.dlq"), ("partition", "0")]), Some(1.0));
     assert_eq!(get(&last, "topicfusion_retention_deleted_messages_total", &[("topic", "app.small")]), Some(deleted));
     assert_eq!(sum(&last, "topicfusion_rows_written_total", &[("table", "app.t")]), 7.0);
+    // A dropped table's series goes with it.
+    server.sql("CREATE TABLE app.gone (id INT PRIMARY KEY); INSERT INTO app.gone VALUES (1)").await;
+    assert_eq!(get(&scrape(&server).await, "topicfusion_rows_written_total", &[("table", "app.gone")]), Some(1.0));
+    server.sql("DROP TABLE app.gone").await;
+    assert_eq!(get(&scrape(&server).await, "topicfusion_rows_written_total", &[("table", "app.gone")]), None);
+    // Series whose label values run together alike stay apart: ("app.wide", "10") and
+    // ("app.wide1", "0"); groups "g" and "g1" at partitions "10" and "0".
+    server
+        .sql(
+            "CREATE TOPIC app.wide PARTITIONS 12; CREATE TOPIC app.wide1;
+             ALTER TOPIC app.wide1 ADD SOURCE app.t ON INSERT;
+             INSERT INTO app.t VALUES (8, 'h'), (9, 'i');
+             CONSUME FROM app.wide GROUP 'g' FROM EARLIEST; CONSUME FROM app.wide GROUP 'g1' FROM EARLIEST",
+        )
+        .await;
+    let wide = scrape(&server).await;
+    let series = |name: &str, topic: &str| {
+        wide.keys().filter(|(n, labels)| n == name && labels.contains(&("topic".into(), topic.into()))).count()
+    };
+    assert_eq!(series("topicfusion_topic_messages_total", "app.wide"), 12);
+    assert_eq!(
+        get(&wide, "topicfusion_topic_messages_total", &[("topic", "app.wide"), ("partition", "10")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        get(&wide, "topicfusion_topic_messages_total", &[("topic", "app.wide1"), ("partition", "0")]),
+        Some(2.0)
+    );
+    assert_eq!(series("topicfusion_consumer_group_lag", "app.wide"), 24);
+    assert_eq!(get(&wide, "topicfusion_statements_total", &[("kind", "UNPARSED"), ("outcome", "error")]), None);
+    let (status, _) = server.post("/v1/api/sql", Some(("root", ROOT_PASSWORD)), json!({"sql": "SELEC 1"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let unparsed = scrape(&server).await;
+    assert_eq!(
+        get(&unparsed, "topicfusion_statements_total", &[("kind", "UNPARSED"), ("outcome", "error")]),
+        Some(1.0)
+    );
+
     // No label names a user, an offset or SQL text.
     for (name, labels) in last.keys() {
         for (k, _) in labels {
@@ -494,6 +537,24 @@ async fn the_console_in_a_real_browser() {
     wait_text(&driver, By::Id("users-table"), "the new user", |t| t.contains("carol")).await;
     save(&driver, "users.png").await;
 
+    // A dba is not offered what only system may do: granting role system, dropping a system user.
+    driver.find(By::Id("logout")).await.unwrap().click().await.unwrap();
+    log_in(&driver, "u_dba", "pw").await;
+    wait_text(&driver, By::Id("who-name"), "the dba", |t| t == "u_dba (dba)").await;
+    driver.find(By::Css("#nav a[data-page=users]")).await.unwrap().click().await.unwrap();
+    wait_text(&driver, By::Id("users-table"), "the users", |t| t.contains("u_system")).await;
+    let mut roles = Vec::new();
+    for option in driver.find_all(By::Css("#user-role option")).await.unwrap() {
+        roles.push(option.text().await.unwrap());
+    }
+    assert_eq!(roles, ["user", "service", "dba"]);
+    for tr in driver.find_all(By::Css("#users-table tbody tr")).await.unwrap() {
+        let cells = tr.find_all(By::Tag("td")).await.unwrap();
+        let (name, role) = (cells[0].text().await.unwrap(), cells[1].text().await.unwrap());
+        let offered = !tr.find_all(By::Tag("button")).await.unwrap().is_empty();
+        assert_eq!(offered, role != "system" && name != "u_dba", "{name} ({role})");
+    }
+
     // A service logs in: no user management offered, and the API refuses it anyway.
     driver.find(By::Id("logout")).await.unwrap().click().await.unwrap();
     log_in(&driver, "u_service", "pw").await;
@@ -517,6 +578,21 @@ async fn the_console_in_a_real_browser() {
 
     // The console's files: the right types, and an unknown one is a 404.
     let http = reqwest::Client::new();
+    // A script's 401 challenges Bearer only (no browser password dialog); others get Basic too.
+    let login = |script: bool| {
+        let mut req = http.post(server.url("/v1/api/auth/login")).json(&json!({"username": "root", "password": "no"}));
+        if script {
+            req = req.header("x-requested-with", "topicfusion-console");
+        }
+        req.send()
+    };
+    let challenge = |r: &reqwest::Response| r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let (script, plain) = (login(true).await.unwrap(), login(false).await.unwrap());
+    assert_eq!(
+        (script.status(), challenge(&script).as_str()),
+        (StatusCode::UNAUTHORIZED, "Bearer realm=\"topicfusion\"")
+    );
+    assert!(challenge(&plain).contains("Basic"), "{}", challenge(&plain));
     let js = http.get(server.url("/console/app.js")).send().await.unwrap();
     assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
     let missing = http.get(server.url("/console/nope.js")).send().await.unwrap();

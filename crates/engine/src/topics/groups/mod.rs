@@ -177,8 +177,9 @@ pub struct Groups {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Bumped by RESET, DROP CONSUMER GROUP and topic changes: long polls look again.
     changes: tokio::sync::watch::Sender<u64>,
-    /// `topicfusion_dead_letters_total{topic,group}`.
-    pub(crate) dead_letters: prometheus::IntCounterVec,
+    /// Messages moved to a dead-letter topic since start, by (topic id, group)
+    /// (`topicfusion_dead_letters_total`).
+    dead_letters: Mutex<BTreeMap<(u64, String), u64>>,
 }
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds.
@@ -269,7 +270,7 @@ impl Groups {
             default_visibility_timeout_ms,
             shutdown: tokio::sync::watch::channel(false).0,
             changes: tokio::sync::watch::channel(0).0,
-            dead_letters: crate::metrics::dead_letters_counter(),
+            dead_letters: Mutex::default(),
         }
     }
 
@@ -578,7 +579,7 @@ impl Groups {
         }
         crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions = next;
-        self.dead_letters.with_label_values(&[topic.meta.qualified_name().as_str(), group]).inc_by(dead.len() as u64);
+        *lock(&self.dead_letters).entry((topic.meta.id, group.to_owned())).or_default() += dead.len() as u64;
         Ok(())
     }
 
@@ -839,6 +840,31 @@ impl Groups {
                 })
             })
             .collect()
+    }
+
+    /// Messages moved to dead-letter topics since start, by (topic id, group).
+    pub fn dead_letter_counts(&self) -> Vec<((u64, String), u64)> {
+        lock(&self.dead_letters).iter().map(|(k, &n)| (k.clone(), n)).collect()
+    }
+
+    /// How many claims each (topic id, group) holds (what [`Groups::claims`] lists, counted).
+    pub fn claim_counts(&self) -> Vec<((u64, String), u64)> {
+        let handles: Vec<(GroupKey, Arc<Mutex<GroupState>>)> =
+            lock(&self.groups).groups.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut out = Vec::new();
+        for (key, handle) in handles {
+            let g = lock(&handle);
+            let n: usize = g
+                .partitions
+                .values()
+                .map(|pg| pg.claims.keys().filter(|&&o| o >= pg.position && !pg.acked.contains(o)).count())
+                .sum();
+            drop(g);
+            if n > 0 {
+                out.push((key, n as u64));
+            }
+        }
+        out
     }
 
     /// Every live or expired-but-unacknowledged claim (for `system.topic_claims`).
