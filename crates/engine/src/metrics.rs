@@ -194,7 +194,7 @@ fn state_families(core: &Core) -> datafusion::common::Result<Vec<MetricFamily>> 
             })
             .collect()
     };
-    let claimed = by_group(core.groups.claim_counts());
+    let claimed = by_group(core.groups.claim_counts(&core.store));
     let dead = by_group(core.groups.dead_letter_counts());
     let retention: Samples = core
         .metrics

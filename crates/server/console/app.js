@@ -34,21 +34,42 @@ class ApiError extends Error {
   }
 }
 
+// JSON numbers as the server wrote them: a BIGINT beyond 2^53 or a DECIMAL like 1.10 would lose
+// digits as a JS number, so those stay raw JSON (shown and re-serialized exactly as sent).
+const exactJson = (text) => JSON.parse(text, (_key, value, context) =>
+  typeof value === "number" && context && context.source !== String(value) ? JSON.rawJSON(context.source) : value);
+
+// A value for display: raw JSON numbers as their text.
+const shown = (v) => (v !== null && typeof v === "object" && "rawJSON" in v ? v.rawJSON : v);
+
 async function call(path, { method = "POST", body, text = false } = {}) {
   // X-Requested-With: a 401 then challenges Bearer only, so the browser shows no password dialog.
   const headers = { "x-requested-with": "topicfusion-console" };
   if (session.token) headers.authorization = `Bearer ${session.token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
-  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (err) {
+    connection(false);
+    throw new Error("no answer from the server (is it running?)");
+  }
+  connection(true);
   if (resp.status === 401 && session.token) {
     logout("Your session ended: log in again.");
   }
+  const raw = await resp.text();
   if (!resp.ok) {
     let parsed = null;
-    try { parsed = await resp.json(); } catch (_) { /* not JSON */ }
+    try { parsed = exactJson(raw); } catch (_) { /* not JSON */ }
     throw new ApiError(resp.status, parsed);
   }
-  return text ? resp.text() : resp.json();
+  return text ? raw : exactJson(raw);
+}
+
+// The banner that says the server does not answer (the pages keep what they last showed).
+function connection(ok) {
+  $("offline").hidden = ok;
 }
 
 const sql = (text) => call("/v1/api/sql", { body: { sql: text } });
@@ -66,6 +87,7 @@ const atLeast = (role) => ROLES.indexOf(session.role) >= ROLES.indexOf(role);
 
 function cell(tr, value, cls) {
   const td = document.createElement("td");
+  value = shown(value);
   td.textContent = value === null || value === undefined ? "" : String(value);
   if (cls) td.className = cls;
   tr.appendChild(td);
@@ -154,7 +176,7 @@ function sampleLag(groups) {
   const totals = new Map();
   for (const g of groups) {
     const k = g.name + "\u0000" + g.group_id;
-    totals.set(k, (totals.get(k) || 0) + Number(g.lag));
+    totals.set(k, (totals.get(k) || 0) + Number(shown(g.lag)));
   }
   for (const [k, lag] of totals) {
     const h = lagHistory.get(k) || [];
@@ -174,10 +196,10 @@ function inUnits(value, units) {
 function retention(p) {
   const parts = [];
   if (p.retention_seconds !== null) {
-    parts.push(inUnits(Number(p.retention_seconds), [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]]));
+    parts.push(inUnits(Number(shown(p.retention_seconds)), [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]]));
   }
   if (p.retention_max_bytes !== null) {
-    parts.push(inUnits(Number(p.retention_max_bytes), [[1 << 30, "GiB"], [1 << 20, "MiB"], [1 << 10, "KiB"], [1, "bytes"]]) + " per partition");
+    parts.push(inUnits(Number(shown(p.retention_max_bytes)), [[1 << 30, "GiB"], [1 << 20, "MiB"], [1 << 10, "KiB"], [1, "bytes"]]) + " per partition");
   }
   return parts.join(", ") || "forever";
 }
@@ -206,7 +228,7 @@ async function refresh() {
         cell(tr, g.partition_id, "num");
         cell(tr, g.position, "num");
         cell(tr, g.next_offset, "num");
-        cell(tr, g.lag, Number(g.lag) > 0 ? "num lagging" : "num");
+        cell(tr, g.lag, Number(shown(g.lag)) > 0 ? "num lagging" : "num");
         cell(tr, claimed.get(part(g.name, g.group_id, g.partition_id)) || 0, "num");
       });
       fillRows($("dead-table").tBodies[0], [...dead].sort(), (tr, [k, n]) => {
@@ -274,6 +296,7 @@ async function loadTopics() {
 async function browse(ev) {
   ev.preventDefault();
   showError($("browse-error"), null);
+  $("messages-table").tBodies[0].replaceChildren();
   const topic = $("browse-topic").value;
   const partition = Number($("browse-partition").value);
   const limit = Number($("browse-limit").value);
@@ -288,7 +311,7 @@ async function browse(ev) {
         JOIN system.topics t ON t.topic_id = p.topic_id
         WHERE t.name = ${quoteText(topic)} AND p.partition_id = ${partition}`);
       const p = rows[0] || { earliest_offset: 0, next_offset: 0 };
-      start = { Offset: Math.max(Number(p.earliest_offset), Number(p.next_offset) - limit) };
+      start = { Offset: Math.max(Number(shown(p.earliest_offset)), Number(shown(p.next_offset)) - limit) };
     }
     const out = await call("/v1/api/topics/consume", {
       body: { topic_id: topic, partition_id: partition, start, limit, timeout_ms: 0 },
@@ -309,9 +332,11 @@ async function browse(ev) {
 
 // ---- SQL editor ----
 
-function resultTable(result) {
+function resultTable(result, n) {
   const table = document.createElement("table");
   table.className = "grid";
+  const caption = table.createCaption();
+  caption.textContent = `${n}. ${result.row_count} row${result.row_count === 1 ? "" : "s"}`;
   const head = table.createTHead().insertRow();
   for (const c of result.columns) {
     const th = document.createElement("th");
@@ -322,11 +347,14 @@ function resultTable(result) {
   const body = table.createTBody();
   for (const row of result.rows) {
     const tr = body.insertRow();
-    row.forEach((v, i) => {
-      const numeric = typeof v === "number";
-      cell(tr, v !== null && typeof v === "object" ? JSON.stringify(v) : v, numeric ? "num" : undefined);
-      void i;
-    });
+    for (const v of row) {
+      if (v === null) {
+        cell(tr, "NULL", "null");
+        continue;
+      }
+      const numeric = typeof v === "number" || (typeof v === "object" && "rawJSON" in v);
+      cell(tr, typeof v === "object" ? JSON.stringify(v) : v, numeric ? "num" : undefined);
+    }
   }
   return table;
 }
@@ -338,11 +366,11 @@ async function runSql() {
   results.replaceChildren();
   try {
     const out = await sql($("sql-text").value);
-    for (const r of out.results) results.appendChild(resultTable(r));
+    out.results.forEach((r, i) => results.appendChild(resultTable(r, i + 1)));
     $("sql-took").textContent = `${out.results.length} result(s) in ${out.took_ms} ms`;
   } catch (err) {
     // The statements before a failing one committed: their results stay shown above the error.
-    for (const r of err.results || []) results.appendChild(resultTable(r));
+    (err.results || []).forEach((r, i) => results.appendChild(resultTable(r, i + 1)));
     $("sql-took").textContent = "";
     showError($("sql-error"), err);
   }
@@ -350,8 +378,9 @@ async function runSql() {
 
 // ---- users ----
 
-async function loadUsers() {
-  showError($("users-error"), null);
+// `keepError`: after a create or drop, whose error must stay shown.
+async function loadUsers(keepError) {
+  if (!keepError) showError($("users-error"), null);
   try {
     const users = await query("SELECT name, role, created_at FROM system.users ORDER BY name");
     fillRows($("users-table").tBodies[0], users, (tr, u) => {
@@ -366,8 +395,9 @@ async function loadUsers() {
         b.textContent = "Drop";
         b.onclick = async () => {
           if (!confirm(`Drop user ${u.name}?`)) return;
+          showError($("users-error"), null);
           try { await sql(`DROP USER ${quoteIdent(u.name)}`); } catch (err) { showError($("users-error"), err); }
-          loadUsers();
+          loadUsers(true);
         };
         td.appendChild(b);
       }
@@ -387,7 +417,7 @@ async function createUser(ev) {
   } catch (err) {
     showError($("users-error"), err);
   }
-  loadUsers();
+  loadUsers(true);
 }
 
 // ---- routing ----

@@ -218,6 +218,8 @@ async fn metrics_parse_and_move_with_the_workload() {
     server.sql(consume_dead).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.sql(consume_dead).await;
+    // Claims of messages retention deletes stop counting.
+    server.sql("CONSUME FROM app.small GROUP 'c' FROM EARLIEST").await;
     server.sql("RUN RETENTION ON app.small").await;
     let deleted = server.sql("SELECT sum(messages_deleted) FROM system.jobs WHERE topic = 'app.small'").await;
     let deleted = deleted["results"][0]["rows"][0][0].as_f64().unwrap();
@@ -226,6 +228,13 @@ async fn metrics_parse_and_move_with_the_workload() {
     assert_eq!(get(&last, "topicfusion_dead_letters_total", &[("topic", "app.ev"), ("group", "flaky")]), Some(1.0));
     assert_eq!(get(&last, "topicfusion_topic_messages_total", &[("topic", "app.dlq"), ("partition", "0")]), Some(1.0));
     assert_eq!(get(&last, "topicfusion_retention_deleted_messages_total", &[("topic", "app.small")]), Some(deleted));
+    let retained = get(&last, "topicfusion_topic_retained_messages", &[("topic", "app.small"), ("partition", "0")]);
+    let claimed = get(&last, "topicfusion_consumer_group_claimed", &[("topic", "app.small"), ("group", "c")]);
+    assert_eq!(claimed.unwrap_or(0.0), retained.unwrap());
+    // A dropped group's dead letters go with it.
+    server.sql("DROP CONSUMER GROUP 'flaky' ON app.ev").await;
+    let dropped = scrape(&server).await;
+    assert_eq!(get(&dropped, "topicfusion_dead_letters_total", &[("topic", "app.ev"), ("group", "flaky")]), None);
     assert_eq!(sum(&last, "topicfusion_rows_written_total", &[("table", "app.t")]), 7.0);
     // A dropped table's series goes with it.
     server.sql("CREATE TABLE app.gone (id INT PRIMARY KEY); INSERT INTO app.gone VALUES (1)").await;
@@ -256,6 +265,16 @@ async fn metrics_parse_and_move_with_the_workload() {
         Some(2.0)
     );
     assert_eq!(series("topicfusion_consumer_group_lag", "app.wide"), 24);
+    // A partition added after a group stored its positions lags from its log start.
+    server.sql("CONSUME FROM app.wide1 GROUP 'late' FROM EARLIEST; ALTER TOPIC app.wide1 SET PARTITIONS 2").await;
+    server.sql("INSERT INTO app.t VALUES (100, 'x'), (101, 'y'), (102, 'z'), (103, 'w')").await;
+    let grown = scrape(&server).await;
+    let lag = |p: &str| {
+        get(&grown, "topicfusion_consumer_group_lag", &[("topic", "app.wide1"), ("group", "late"), ("partition", p)])
+    };
+    let next =
+        |p: &str| get(&grown, "topicfusion_topic_messages_total", &[("topic", "app.wide1"), ("partition", p)]).unwrap();
+    assert_eq!(lag("0").unwrap() + lag("1").expect("the new partition's lag"), next("0") + next("1"));
     assert_eq!(get(&wide, "topicfusion_statements_total", &[("kind", "UNPARSED"), ("outcome", "error")]), None);
     let (status, _) = server.post("/v1/api/sql", Some(("root", ROOT_PASSWORD)), json!({"sql": "SELEC 1"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -387,17 +406,12 @@ async fn log_in(driver: &WebDriver, user: &str, password: &str) {
     driver.find(By::Id("login-submit")).await.unwrap().click().await.unwrap();
 }
 
-/// The rows of a table as text, cell by cell.
+/// The rows of a table as text, cell by cell, read in one script (the console replaces the rows
+/// every 2 s: elements found one request earlier may be gone).
 async fn table_rows(driver: &WebDriver, id: &str) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    for tr in driver.find_all(By::Css(format!("#{id} tbody tr"))).await.unwrap() {
-        let mut row = Vec::new();
-        for td in tr.find_all(By::Tag("td")).await.unwrap() {
-            row.push(td.text().await.unwrap_or_default());
-        }
-        rows.push(row);
-    }
-    rows
+    let script = "return [...document.querySelectorAll(`#${arguments[0]} tbody tr`)]
+        .map((tr) => [...tr.cells].map((td) => td.textContent));";
+    driver.execute(script, vec![json!(id)]).await.unwrap().convert().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +499,13 @@ async fn the_console_in_a_real_browser() {
     // The lag chart of the group, with the samples taken so far.
     driver.find(By::Css("#nav a[data-page=lag]")).await.unwrap().click().await.unwrap();
     wait_text(&driver, By::Id("lag-now"), "the current lag", |t| t == "0").await;
-    let points = driver.find(By::Css("#lag-chart polyline")).await.unwrap().attr("points").await.unwrap().unwrap();
+    // Read in one script: the chart is redrawn every 2 s.
+    let points: String = driver
+        .execute("return document.querySelector('#lag-chart polyline').getAttribute('points');", vec![])
+        .await
+        .unwrap()
+        .convert()
+        .unwrap();
     assert!(points.split(' ').count() >= 2, "a line of samples: {points}");
     save(&driver, "lag.png").await;
 
@@ -515,10 +535,20 @@ async fn the_console_in_a_real_browser() {
     driver.find(By::Css("#nav a[data-page=sql]")).await.unwrap().click().await.unwrap();
     let editor = driver.find(By::Id("sql-text")).await.unwrap();
     editor.clear().await.unwrap();
-    editor.send_keys("SELECT count(*) AS n, max(v) AS last FROM app.t").await.unwrap();
+    editor
+        .send_keys(
+            "SELECT count(*) AS n, max(v) AS last FROM app.t;
+             SELECT 9223372036854775807 AS big, CAST(1.10 AS DECIMAL(10,2)) AS d, NULL AS nothing",
+        )
+        .await
+        .unwrap();
     driver.find(By::Id("sql-run")).await.unwrap().click().await.unwrap();
     let grid = wait_text(&driver, By::Id("sql-results"), "the result grid", |t| t.contains("third")).await;
     assert!(grid.contains('3') && grid.contains("last"), "{grid}");
+    // Shown as the server sent them: no 64-bit integer or decimal rounded by JavaScript.
+    for exact in ["9223372036854775807", "1.10", "NULL", "1. 1 row", "2. 1 row"] {
+        assert!(grid.contains(exact), "{exact} not in {grid}");
+    }
     save(&driver, "sql.png").await;
     editor.clear().await.unwrap();
     editor.send_keys("SELEC 1").await.unwrap();
@@ -548,10 +578,11 @@ async fn the_console_in_a_real_browser() {
         roles.push(option.text().await.unwrap());
     }
     assert_eq!(roles, ["user", "service", "dba"]);
-    for tr in driver.find_all(By::Css("#users-table tbody tr")).await.unwrap() {
-        let cells = tr.find_all(By::Tag("td")).await.unwrap();
-        let (name, role) = (cells[0].text().await.unwrap(), cells[1].text().await.unwrap());
-        let offered = !tr.find_all(By::Tag("button")).await.unwrap().is_empty();
+    let script = "return [...document.querySelectorAll('#users-table tbody tr')]
+        .map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent, tr.querySelector('button') !== null]);";
+    let users: Vec<(String, String, bool)> = driver.execute(script, vec![]).await.unwrap().convert().unwrap();
+    assert!(users.len() >= 5, "{users:?}");
+    for (name, role, offered) in users {
         assert_eq!(offered, role != "system" && name != "u_dba", "{name} ({role})");
     }
 

@@ -236,7 +236,7 @@ impl SystemTable {
                 ]
             }
             "topic_claims" => {
-                let rows = core.groups.claims();
+                let rows = core.groups.claims(&core.store);
                 vec![
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.topic_id))),
                     Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.group.as_str()))),

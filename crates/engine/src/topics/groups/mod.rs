@@ -229,6 +229,11 @@ pub fn check_partition(topic: &Topic, partition: Option<u64>) -> Result<Option<u
     }
 }
 
+/// The first offset a partition still holds (0 for one that is gone).
+fn log_start(store: &Store, topic_id: u64, partition: u32) -> u64 {
+    store.partition_state(topic_id, partition).map_or(0, |s| s.log_start)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State changes are applied only after their commit succeeded, so a poisoned lock is
     // still consistent.
@@ -791,6 +796,7 @@ impl Groups {
         crate::core::blocking(|| store.commit(commit)).map_err(storage_err)?;
         g.partitions.clear();
         drop(g);
+        lock(&self.dead_letters).remove(&(topic.meta.id, group.to_owned()));
         self.notify_change();
         Ok(())
     }
@@ -818,9 +824,40 @@ impl Groups {
         TopicsForgotten { map, topic_ids: topic_ids.to_vec() }
     }
 
-    /// Every stored group position (for `system.topic_offsets`); positions below the log start
-    /// (after CLEAR TOPIC or retention) show as the log start.
+    /// Every group's position in every partition of its topic (for `system.topic_offsets`):
+    /// the stored ones, positions below the log start (after CLEAR TOPIC or retention) shown as
+    /// the log start; a partition added to the topic after the group stored its positions shows
+    /// at its log start, where the group starts reading it.
     pub fn positions(&self, core: &Core) -> Result<Vec<GroupPosition>> {
+        let mut rows = self.stored_positions(core)?;
+        let partitions: HashMap<u64, u32> =
+            core.catalog.read().topics.values().map(|t| (t.meta.id, t.meta.partitions)).collect();
+        let mut seen: BTreeMap<(u64, String), BTreeSet<u32>> = BTreeMap::new();
+        for r in &rows {
+            seen.entry((r.topic_id, r.group.clone())).or_default().insert(r.partition);
+        }
+        for ((topic_id, group), stored) in seen {
+            for partition in 0..partitions.get(&topic_id).copied().unwrap_or(0) {
+                if stored.contains(&partition) {
+                    continue;
+                }
+                let state = core.store.partition_state(topic_id, partition).unwrap_or_default();
+                rows.push(GroupPosition {
+                    topic_id,
+                    group: group.clone(),
+                    partition,
+                    position: state.log_start,
+                    acked_above: 0,
+                    next_offset: state.next_offset,
+                    updated_at_ms: 0,
+                });
+            }
+        }
+        rows.sort_by(|a, b| (a.topic_id, &a.group, a.partition).cmp(&(b.topic_id, &b.group, b.partition)));
+        Ok(rows)
+    }
+
+    fn stored_positions(&self, core: &Core) -> Result<Vec<GroupPosition>> {
         let prefix = keys::groups_prefix();
         let rows = core.store.scan(&prefix, &keys::prefix_end(&prefix), usize::MAX).map_err(storage_err)?;
         rows.into_iter()
@@ -848,7 +885,7 @@ impl Groups {
     }
 
     /// How many claims each (topic id, group) holds (what [`Groups::claims`] lists, counted).
-    pub fn claim_counts(&self) -> Vec<((u64, String), u64)> {
+    pub fn claim_counts(&self, store: &Store) -> Vec<((u64, String), u64)> {
         let handles: Vec<(GroupKey, Arc<Mutex<GroupState>>)> =
             lock(&self.groups).groups.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let mut out = Vec::new();
@@ -856,8 +893,11 @@ impl Groups {
             let g = lock(&handle);
             let n: usize = g
                 .partitions
-                .values()
-                .map(|pg| pg.claims.keys().filter(|&&o| o >= pg.position && !pg.acked.contains(o)).count())
+                .iter()
+                .map(|(&p, pg)| {
+                    let floor = pg.position.max(log_start(store, key.0, p));
+                    pg.claims.range(floor..).filter(|&(&o, _)| !pg.acked.contains(o)).count()
+                })
                 .sum();
             drop(g);
             if n > 0 {
@@ -867,16 +907,18 @@ impl Groups {
         out
     }
 
-    /// Every live or expired-but-unacknowledged claim (for `system.topic_claims`).
-    pub fn claims(&self) -> Vec<ClaimRow> {
+    /// Every live or expired-but-unacknowledged claim of a message that still exists (for
+    /// `system.topic_claims`; claims of messages retention or CLEAR TOPIC deleted are left out).
+    pub fn claims(&self, store: &Store) -> Vec<ClaimRow> {
         let handles: Vec<(GroupKey, Arc<Mutex<GroupState>>)> =
             lock(&self.groups).groups.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let mut rows = Vec::new();
         for ((topic_id, group), handle) in handles {
             let g = lock(&handle);
             for (&partition, pg) in &g.partitions {
-                for (&offset, c) in &pg.claims {
-                    if offset < pg.position || pg.acked.contains(offset) {
+                let floor = pg.position.max(log_start(store, topic_id, partition));
+                for (&offset, c) in pg.claims.range(floor..) {
+                    if pg.acked.contains(offset) {
                         continue;
                     }
                     rows.push(ClaimRow {
