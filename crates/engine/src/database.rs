@@ -285,7 +285,10 @@ impl Database {
             let fast = literal_insert::from_scanned(&self.core.catalog.read(), &scanned);
             if let Some(fast) = fast {
                 let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
-                return match self.recorded(command.name, self.insert_rows(fast)).await {
+                let started = Instant::now();
+                let inserted = self.insert_rows(fast).await;
+                self.core.metrics.statement(command.name, inserted.is_ok(), started.elapsed());
+                return match inserted {
                     Ok((schema, batches)) => {
                         Ok(vec![StatementResult { sql: scanned.sql.to_owned(), command, schema, batches, copy: None }])
                     }
@@ -301,8 +304,9 @@ impl Database {
         for (i, parsed) in statements.into_iter().enumerate() {
             let sql = parsed.sql.clone();
             let command = CommandTag::of(&parsed.statement);
-            let executed =
-                self.recorded(command.name, self.execute_statement(session, principal, parsed.statement)).await;
+            let started = Instant::now();
+            let executed = self.execute_statement(session, principal, parsed.statement).await;
+            self.core.metrics.statement(command.name, executed.is_ok(), started.elapsed());
             self.after_table_ddl(command);
             match executed {
                 Ok(result) => {
@@ -418,7 +422,10 @@ impl Database {
         let rows = template.and_then(|t| t.rows(&self.core.catalog.read(), params));
         if let Some(rows) = rows {
             let command = CommandTag { name: "INSERT", outcome: Outcome::RowCount };
-            let (schema, batches) = self.recorded(command.name, self.insert_rows(rows)).await.map_err(fail)?;
+            let started = Instant::now();
+            let inserted = self.insert_rows(rows).await;
+            self.core.metrics.statement(command.name, inserted.is_ok(), started.elapsed());
+            let (schema, batches) = inserted.map_err(fail)?;
             return Ok(StatementResult { sql: parsed.sql.clone(), command, schema, batches, copy: None });
         }
         let mut statement = parsed.statement.clone();
@@ -428,7 +435,9 @@ impl Database {
             return Err(fail(subscribe_elsewhere()));
         }
         crate::sql::postgres::bind_parameters(&mut statement, params).map_err(fail)?;
-        let executed = self.recorded(command.name, self.execute_statement(session, principal, statement)).await;
+        let started = Instant::now();
+        let executed = self.execute_statement(session, principal, statement).await;
+        self.core.metrics.statement(command.name, executed.is_ok(), started.elapsed());
         self.after_table_ddl(command);
         let result = executed.map_err(fail)?;
         Ok(StatementResult { sql: parsed.sql.clone(), command, ..result })
@@ -784,7 +793,8 @@ impl Database {
         topic: &str,
         request: &ConsumeRequest,
     ) -> Result<Vec<Message>> {
-        self.recorded("CONSUME", async {
+        let started = Instant::now();
+        let consumed = async {
             self.authorize(principal, Action::Consume)?;
             if let Some(g) = &request.group {
                 check_group_name(g)?;
@@ -793,8 +803,10 @@ impl Database {
             let partition = crate::topics::groups::check_partition(&topic, request.partition.map(u64::from))?;
             let request = ConsumeRequest { partition, ..request.clone() };
             self.core.groups.consume(&self.core, &topic, &request).await
-        })
-        .await
+        }
+        .await;
+        self.core.metrics.statement("CONSUME", consumed.is_ok(), started.elapsed());
+        consumed
     }
 
     /// ACK through the engine API as `principal`: returns the group's position in the partition
@@ -807,23 +819,34 @@ impl Database {
         partition: Option<u32>,
         target: &AckTarget,
     ) -> Result<u64> {
-        self.recorded("ACK", async {
-            self.authorize(principal, Action::Consume)?;
-            check_group_name(group)?;
-            let topic = self.find_topic(topic)?;
-            let partition = crate::topics::groups::check_partition(&topic, partition.map(u64::from))?;
-            if let AckTarget::Offsets(list) = target
-                && (list.is_empty() || list.len() > topicfusion_dialect::MAX_ACK_OFFSETS)
-            {
-                return datafusion::common::plan_err!(
-                    "an ACK lists 1 to {} offsets, got {}",
-                    topicfusion_dialect::MAX_ACK_OFFSETS,
-                    list.len()
-                );
-            }
-            self.core.groups.ack(&self.core.store, &topic, group, partition, target).await
-        })
-        .await
+        let started = Instant::now();
+        let acked = self.ack_unrecorded(principal, topic, group, partition, target).await;
+        self.core.metrics.statement("ACK", acked.is_ok(), started.elapsed());
+        acked
+    }
+
+    async fn ack_unrecorded(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        group: &str,
+        partition: Option<u32>,
+        target: &AckTarget,
+    ) -> Result<u64> {
+        self.authorize(principal, Action::Consume)?;
+        check_group_name(group)?;
+        let topic = self.find_topic(topic)?;
+        let partition = crate::topics::groups::check_partition(&topic, partition.map(u64::from))?;
+        if let AckTarget::Offsets(list) = target
+            && (list.is_empty() || list.len() > topicfusion_dialect::MAX_ACK_OFFSETS)
+        {
+            return datafusion::common::plan_err!(
+                "an ACK lists 1 to {} offsets, got {}",
+                topicfusion_dialect::MAX_ACK_OFFSETS,
+                list.len()
+            );
+        }
+        self.core.groups.ack(&self.core.store, &topic, group, partition, target).await
     }
 
     /// Whether a topic (by `[schema.]name` or alias) exists.
@@ -907,15 +930,6 @@ impl Database {
     /// How many INSERT statements took the literal fast path since the database was opened.
     pub fn literal_inserts(&self) -> u64 {
         self.literal_inserts.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Runs `work` and records it as one statement of `kind` (`topicfusion_statements_total` and
-    /// its duration).
-    async fn recorded<T, E>(&self, kind: &str, work: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
-        let started = Instant::now();
-        let result = work.await;
-        self.core.metrics.statement(kind, result.is_ok(), started.elapsed());
-        result
     }
 
     /// Everything `/metrics` shows now (docs/operations.md).

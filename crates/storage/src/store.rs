@@ -24,6 +24,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::StoreMetrics;
+
 use rocksdb::{DB, DBRawIterator, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, watch};
 
@@ -33,7 +35,6 @@ use crate::keys;
 use crate::message::{
     BatchReader, Entry, Message, MessageBatches, batch_of_legacy_message, decode_batch_header, finish_batch,
 };
-use crate::metrics::StoreMetrics;
 
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);

@@ -590,7 +590,7 @@ impl Groups {
 
     fn touched_log_starts(&self, store: &Store, topic_id: u64, ps: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
         let set: BTreeSet<u32> = ps.collect();
-        set.into_iter().map(|p| (p, log_start(store, topic_id, p))).collect()
+        set.into_iter().map(|p| (p, store.partition_state(topic_id, p).map_or(0, |s| s.log_start))).collect()
     }
 
     /// Creates the group if it has no stored positions: `start` for the named partition (or for
