@@ -584,6 +584,10 @@ impl Node {
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let app = router(raft.clone(), &config.secret);
         let server = tokio::spawn(async move {
+            // TCP_NODELAY, as the client side sets it: a small RPC answer never waits for an ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |socket: &mut tokio::net::TcpStream| {
+                let _ = socket.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("the Raft listener stopped: {e}");
             }

@@ -168,6 +168,12 @@ pub fn run(config: Config) -> Result<(), String> {
             let _ = stop_tx.send(true);
         });
         let mut graceful_rx = stop_rx.clone();
+        // TCP_NODELAY on every connection, as on PostgreSQL's: a WebSocket or SSE frame must
+        // leave at once, not wait (Nagle) for the client's delayed ACK of the frame before it
+        // (up to 40 ms: the first live rows after a subscribe arrived 40 ms late without it).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |socket: &mut tokio::net::TcpStream| {
+            let _ = socket.set_nodelay(true);
+        });
         let server = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = graceful_rx.wait_for(|stop| *stop).await;

@@ -25,6 +25,7 @@
 //! subscriptions get a progress position about every second, so that the position they would
 //! resume from stays within the history.
 
+mod inbox;
 mod query;
 
 use std::cell::{Cell, RefCell};
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::physical_expr::PhysicalExpr;
-use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use topicfusion_storage::codec::{decode_row, encode_key_value};
 use topicfusion_storage::{ChangeOp, OnWritten, Store, Value, keys};
@@ -47,7 +47,7 @@ use crate::auth::{Action, Principal, Users, authorize};
 use crate::catalog::routes::nullable_schema;
 use crate::catalog::types::{ColumnMeta, rows_to_batch};
 use crate::catalog::{Catalog, Table, storage_err};
-use crate::topics::cdc::payload::object;
+use crate::topics::cdc::payload::{name_prefixes, write_object};
 use crate::topics::cdc::router::RowChange;
 
 /// Memory bounds of live queries.
@@ -176,6 +176,8 @@ struct Shared {
     /// What `system.live_queries` shows: the dispatcher updates the counters.
     listed: Mutex<BTreeMap<u64, Arc<Listed>>>,
     snapshots: Arc<tokio::sync::Semaphore>,
+    /// The subscribers the dispatcher pushed to in its current round.
+    wakes: Arc<inbox::Wakes>,
 }
 
 struct Listed {
@@ -257,7 +259,7 @@ struct Sub {
     position: u64,
     /// The last position the subscriber was given (subscribed, rows, progress).
     told: u64,
-    tx: mpsc::UnboundedSender<LiveEvent>,
+    tx: inbox::Sender,
     /// Rows sent and not yet taken by the subscriber.
     buffered: Arc<AtomicUsize>,
     /// A progress event sent and not yet taken.
@@ -277,8 +279,10 @@ pub struct Subscription {
     pub position: u64,
     /// The selected columns.
     pub columns: Vec<ColumnMeta>,
+    /// Their escaped `"name":` keys.
+    prefixes: Vec<Vec<u8>>,
     snapshot: Option<mpsc::Receiver<LiveEvent>>,
-    rx: mpsc::UnboundedReceiver<LiveEvent>,
+    rx: inbox::Receiver,
     buffered: Arc<AtomicUsize>,
     progress_pending: Arc<AtomicBool>,
     catching_up: Arc<AtomicBool>,
@@ -333,9 +337,20 @@ impl Subscription {
         self.snapshot.is_some()
     }
 
-    /// A row's selected columns as a JSON object, values as in message payloads.
-    pub fn row_object(&self, row: &[Value]) -> Map<String, Json> {
-        object(&self.columns, row, 0..self.columns.len())
+    /// Appends a row as both HTTP transports send it, `{"op","position","row","old"?}`: its
+    /// selected columns as a JSON object, values as in message payloads (written as text, no
+    /// JSON tree: a commit reaching many subscriptions renders each of their rows).
+    pub fn write_row(&self, out: &mut Vec<u8>, row: &LiveRow) {
+        use std::io::Write as _;
+        let all = 0..self.columns.len();
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{{\"op\":\"{}\",\"position\":{},\"row\":", row.op.as_str(), row.position);
+        write_object(out, &self.columns, &self.prefixes, &row.row, all.clone());
+        if let Some(old) = &row.old {
+            out.extend_from_slice(b",\"old\":");
+            write_object(out, &self.columns, &self.prefixes, old, all);
+        }
+        out.push(b'}');
     }
 }
 
@@ -374,6 +389,7 @@ impl Live {
             open: AtomicUsize::new(0),
             listed: Mutex::default(),
             snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
+            wakes: Arc::default(),
         });
         let position = store.position();
         let hub = Hub {
@@ -436,7 +452,7 @@ impl Live {
             return Err(DataFusionError::External(Box::new(end("too_many_subscriptions", message))));
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox::inbox(&shared.wakes);
         let buffered = Arc::new(AtomicUsize::new(0));
         let progress_pending = Arc::new(AtomicBool::new(false));
         let catching_up = Arc::new(AtomicBool::new(false));
@@ -448,11 +464,13 @@ impl Live {
             position: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
         });
+        let columns: Vec<ColumnMeta> = query.projection.iter().map(|&i| table.meta.columns[i].clone()).collect();
         // From here on, dropping the subscription (an error below, a cancelled caller) ends it.
         let mut subscription = Subscription {
             id,
             position: 0,
-            columns: query.projection.iter().map(|&i| table.meta.columns[i].clone()).collect(),
+            columns: columns.clone(),
+            prefixes: name_prefixes(&columns),
             snapshot: None,
             rx,
             buffered: Arc::clone(&buffered),
@@ -653,6 +671,8 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
         if hub.last_progress.elapsed() >= PROGRESS_EVERY {
             hub.progress();
         }
+        // Each subscriber reached in this round, once.
+        shared.wakes.wake_all();
         if shutdown {
             return;
         }

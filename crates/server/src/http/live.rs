@@ -13,10 +13,11 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, Stream, StreamExt};
+use futures::future::{AbortHandle, Abortable};
+use futures::stream::{BoxStream, SelectAll, SplitSink};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::sync::mpsc;
 use topicfusion_engine::{LiveEnd, LiveEvent, LiveRow, Principal, Subscription};
 
 use super::error::ApiError;
@@ -24,10 +25,6 @@ use super::{Caller, SharedState};
 
 /// Subscriptions one socket may hold.
 pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 10_000;
-
-/// Frames waiting to be written to one socket; a subscription whose frames do not fit waits,
-/// and its rows wait in its own bounded buffer (see the engine's `live` module).
-const SOCKET_QUEUE: usize = 256;
 
 #[derive(Deserialize)]
 pub struct TokenQuery {
@@ -66,93 +63,143 @@ enum ClientFrame {
     Unsubscribe { id: String },
 }
 
+/// One socket: its client frames and the frames of all its subscriptions, in one task. A
+/// subscription is a stream of rendered frames in a [`SelectAll`], which polls only the
+/// subscriptions that were woken: a commit reaching many subscriptions of the socket wakes this
+/// task once, and their frames go out in one write (a task per subscription, with a queue to a
+/// writer task, cost the server more than the rest of the delivery).
 async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
-    let (out, mut frames) = mpsc::channel::<WsMessage>(SOCKET_QUEUE);
-    let writer = tokio::spawn(async move {
-        // Every frame waiting goes out in one write (a commit reaching many subscriptions of a
-        // socket is many frames: one system call each would cost the server more than the rest
-        // of their delivery).
-        'write: while let Some(frame) = frames.recv().await {
-            if sink.feed(frame).await.is_err() {
-                break;
-            }
-            while let Ok(more) = frames.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    break 'write;
+    let mut open: HashMap<String, AbortHandle> = HashMap::new();
+    let mut live: Live = SelectAll::new();
+    loop {
+        let message = tokio::select! {
+            message = incoming.next() => match message {
+                Some(Ok(message)) => message,
+                _ => break,
+            },
+            Some(out) = live.next(), if !live.is_empty() => {
+                if write_frames(&mut sink, out, &mut live, &mut open).await.is_err() {
+                    break;
                 }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    while let Some(Ok(message)) = incoming.next().await {
-        let text = match message {
-            WsMessage::Text(text) => text,
-            WsMessage::Close(_) => break,
-            WsMessage::Binary(_) => {
-                send(&out, error_frame(None, "bad_request", "frames are JSON text")).await;
                 continue;
             }
+        };
+        let reply = match message {
+            WsMessage::Text(text) => on_client_frame(&state, &principal, text.as_str(), &mut open, &mut live).await,
+            WsMessage::Close(_) => break,
+            WsMessage::Binary(_) => Reply::Frame(error_frame(None, "bad_request", "frames are JSON text")),
             _ => continue,
         };
-        subscriptions.retain(|_, task| !task.is_finished());
-        let frame = match serde_json::from_str::<ClientFrame>(text.as_str()) {
-            Ok(frame) => frame,
-            Err(e) => {
-                send(&out, error_frame(None, "bad_request", &format!("not a subscribe or unsubscribe frame: {e}")))
-                    .await;
-                continue;
-            }
+        let (frame, close) = match reply {
+            Reply::Frame(frame) => (frame, false),
+            Reply::Close(frame) => (frame, true),
         };
-        match frame {
-            ClientFrame::Subscribe { id, sql, from_position, snapshot } => {
-                if subscriptions.contains_key(&id) {
-                    send(&out, error_frame(Some(&id), "bad_request", "a subscription with this id is open")).await;
-                    continue;
-                }
-                if subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
-                    let message = format!("a socket holds at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions");
-                    send(&out, error_frame(Some(&id), "bad_request", &message)).await;
-                    continue;
-                }
-                // The user as they are now (a dropped user's socket subscribes no more).
-                let Some(principal) = state.db.principal(&principal.name) else {
-                    send(&out, error_frame(Some(&id), "unauthorized", "the user no longer exists")).await;
-                    break;
-                };
-                match subscribe(&state, &principal, &sql, snapshot, from_position).await {
-                    Ok(subscription) => {
-                        let position = subscription.position;
-                        send(&out, json!({ "type": "subscribed", "id": id, "position": position })).await;
-                        let task = tokio::spawn(pump_socket(id.clone(), subscription, out.clone()));
-                        subscriptions.insert(id, task);
-                    }
-                    Err(e) => {
-                        send(&out, error_frame(Some(&id), e.code.as_str(), &e.message)).await;
-                    }
-                }
-            }
-            ClientFrame::Unsubscribe { id } => match subscriptions.remove(&id) {
-                Some(task) => {
-                    // Dropping the subscription (with the task) ends it.
-                    task.abort();
-                    send(&out, json!({ "type": "unsubscribed", "id": id })).await;
-                }
-                None => {
-                    send(&out, error_frame(Some(&id), "not_found", "no open subscription has this id")).await;
-                }
-            },
+        if sink.send(text_message(frame.to_string())).await.is_err() || close {
+            break;
         }
     }
-    for (_, task) in subscriptions {
-        task.abort();
+    // Dropping the streams ends their subscriptions.
+    drop(live);
+    let _ = sink.close().await;
+}
+
+/// A socket's subscriptions, each a stream of its frames that its unsubscribe can abort.
+type Live = SelectAll<Abortable<BoxStream<'static, Out>>>;
+
+/// What a subscription's stream yields: a frame, or that it ended (after its last frame).
+enum Out {
+    Frame(WsMessage),
+    Ended(Arc<str>),
+}
+
+/// The answer to a client frame; `Close`: the socket closes after it.
+enum Reply {
+    Frame(Json),
+    Close(Json),
+}
+
+/// Writes `first` and every other frame ready now (up to [`WRITE_BATCH`], so that the client's
+/// own frames are read between), then flushes them in one write.
+async fn write_frames(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    first: Out,
+    live: &mut Live,
+    open: &mut HashMap<String, AbortHandle>,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(out) = next.take() {
+        match out {
+            Out::Frame(frame) => {
+                sink.feed(frame).await?;
+                written += 1;
+            }
+            Out::Ended(id) => {
+                open.remove(&*id);
+            }
+        }
+        if written < WRITE_BATCH {
+            // Polled with a no-op waker: the select! polls it again before it waits.
+            next = live.next().now_or_never().flatten();
+        }
     }
-    drop(out);
-    let _ = writer.await;
+    sink.flush().await
+}
+
+/// Frames written to a socket before it is flushed and its client's frames are read again.
+const WRITE_BATCH: usize = 1024;
+
+/// Runs a client frame: subscribe (a stream of the subscription's frames joins `live`) or
+/// unsubscribe.
+async fn on_client_frame(
+    state: &SharedState,
+    principal: &Principal,
+    text: &str,
+    open: &mut HashMap<String, AbortHandle>,
+    live: &mut Live,
+) -> Reply {
+    let frame = match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let message = format!("not a subscribe or unsubscribe frame: {e}");
+            return Reply::Frame(error_frame(None, "bad_request", &message));
+        }
+    };
+    match frame {
+        ClientFrame::Subscribe { id, sql, from_position, snapshot } => {
+            if open.contains_key(&id) {
+                return Reply::Frame(error_frame(Some(&id), "bad_request", "a subscription with this id is open"));
+            }
+            if open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+                let message = format!("a socket holds at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions");
+                return Reply::Frame(error_frame(Some(&id), "bad_request", &message));
+            }
+            // The user as they are now (a dropped user's socket subscribes no more).
+            let Some(principal) = state.db.principal(&principal.name) else {
+                return Reply::Close(error_frame(Some(&id), "unauthorized", "the user no longer exists"));
+            };
+            match subscribe(state, &principal, &sql, snapshot, from_position).await {
+                Ok(subscription) => {
+                    let position = subscription.position;
+                    let (handle, registration) = AbortHandle::new_pair();
+                    live.push(Abortable::new(frames(Arc::from(id.as_str()), subscription), registration));
+                    let reply = json!({ "type": "subscribed", "id": id, "position": position });
+                    open.insert(id, handle);
+                    Reply::Frame(reply)
+                }
+                Err(e) => Reply::Frame(error_frame(Some(&id), e.code.as_str(), &e.message)),
+            }
+        }
+        ClientFrame::Unsubscribe { id } => match open.remove(&id) {
+            Some(handle) => {
+                // Its stream ends at its next poll, dropping (ending) the subscription.
+                handle.abort();
+                Reply::Frame(json!({ "type": "unsubscribed", "id": id }))
+            }
+            None => Reply::Frame(error_frame(Some(&id), "not_found", "no open subscription has this id")),
+        },
+    }
 }
 
 /// Starts a subscription on the engine runtime; errors in the API's shape.
@@ -188,38 +235,56 @@ impl LiveError {
     }
 }
 
-/// Forwards one subscription's rows to the socket until it ends (or the socket goes).
-async fn pump_socket(id: String, mut subscription: Subscription, out: mpsc::Sender<WsMessage>) {
-    while let Some(event) = subscription.next().await {
-        let frame = match event {
-            LiveEvent::Rows(rows) => {
-                let rows: Vec<Json> = rows.iter().map(|r| row_json(&subscription, r)).collect();
-                json!({ "type": "rows", "id": id, "rows": rows })
-            }
-            LiveEvent::Ready { position } => json!({ "type": "ready", "id": id, "position": position }),
-            LiveEvent::Progress { position } => json!({ "type": "progress", "id": id, "position": position }),
-            LiveEvent::End(end) => {
-                send(&out, error_frame(Some(&id), end.code, &end.message)).await;
-                return;
-            }
-        };
-        if !send(&out, frame).await {
-            return;
+/// A subscription's frames, rendered, then `Out::Ended` once it ended.
+fn frames(id: Arc<str>, subscription: Subscription) -> BoxStream<'static, Out> {
+    let ended = Arc::clone(&id);
+    futures::stream::unfold(Some(subscription), move |state| {
+        let id = Arc::clone(&id);
+        async move {
+            let mut subscription = state?;
+            let (frame, next) = match subscription.next().await? {
+                LiveEvent::Rows(rows) => (rows_frame(&id, &subscription, &rows), Some(subscription)),
+                LiveEvent::Ready { position } => {
+                    (json!({ "type": "ready", "id": &*id, "position": position }).to_string(), Some(subscription))
+                }
+                LiveEvent::Progress { position } => {
+                    (json!({ "type": "progress", "id": &*id, "position": position }).to_string(), Some(subscription))
+                }
+                LiveEvent::End(end) => (error_frame(Some(&id), end.code, &end.message).to_string(), None),
+            };
+            Some((Out::Frame(text_message(frame)), next))
         }
-    }
+    })
+    .chain(futures::stream::once(async move { Out::Ended(ended) }))
+    .boxed()
 }
 
-/// `{"op", "position", "row", "old"?}`: a row as both transports send it.
-fn row_json(subscription: &Subscription, row: &LiveRow) -> Json {
-    let mut object = json!({
-        "op": row.op.as_str(),
-        "position": row.position,
-        "row": subscription.row_object(&row.row),
-    });
-    if let Some(old) = &row.old {
-        object["old"] = Json::Object(subscription.row_object(old));
+/// `{"type":"rows","id":..,"rows":[...]}`, written as text.
+fn rows_frame(id: &str, subscription: &Subscription, rows: &[LiveRow]) -> String {
+    let mut out = Vec::with_capacity(48 + id.len() + rows.len() * 128);
+    out.extend_from_slice(br#"{"type":"rows","id":"#);
+    serde_json::to_writer(&mut out, id).expect("a string serializes");
+    out.extend_from_slice(br#","rows":["#);
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        subscription.write_row(&mut out, row);
     }
-    object
+    out.extend_from_slice(b"]}");
+    utf8(out)
+}
+
+/// The text of JSON written as bytes (always UTF-8: every string in it came from a `String`).
+fn utf8(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A row as the SSE `data:` of its event.
+fn row_text(subscription: &Subscription, row: &LiveRow) -> String {
+    let mut out = Vec::with_capacity(128);
+    subscription.write_row(&mut out, row);
+    utf8(out)
 }
 
 fn error_frame(id: Option<&str>, code: &str, message: &str) -> Json {
@@ -227,8 +292,8 @@ fn error_frame(id: Option<&str>, code: &str, message: &str) -> Json {
     json!({ "type": "error", "id": id, "error": { "code": code, "message": message } })
 }
 
-async fn send(out: &mpsc::Sender<WsMessage>, frame: Json) -> bool {
-    out.send(WsMessage::Text(frame.to_string().into())).await.is_ok()
+fn text_message(text: String) -> WsMessage {
+    WsMessage::Text(text.into())
 }
 
 #[derive(Deserialize)]
@@ -301,7 +366,7 @@ fn sse_events(subscription: Subscription) -> impl Stream<Item = Result<Event, In
                 rows.iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        let event = Event::default().data(row_json(&subscription, r).to_string());
+                        let event = Event::default().data(row_text(&subscription, r));
                         if r.op == topicfusion_engine::LiveOp::Snapshot || i < last {
                             event
                         } else {

@@ -679,6 +679,36 @@ async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket(
     assert_eq!(frame(&mut socket).await["error"]["code"], "bad_request");
     send(&mut socket, json!({ "type": "unsubscribe", "id": "a" })).await;
     assert_eq!(frame(&mut socket).await, json!({ "type": "unsubscribed", "id": "a" }));
+    // Its id is free again, and the old subscription sends nothing more.
+    send(
+        &mut socket,
+        json!({ "type": "subscribe", "id": "a", "sql": "SELECT id FROM app.t WHERE id = 3", "snapshot": false }),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    server.sql("INSERT INTO app.t VALUES (3, 'three'); INSERT INTO app.t VALUES (4, 'four')").await;
+    let mine = frame(&mut socket).await;
+    assert_eq!((mine["id"].as_str(), &mine["rows"][0]["row"]), (Some("a"), &json!({ "id": 3 })), "{mine}");
+    assert_eq!(mine["rows"].as_array().unwrap().len(), 1, "{mine}");
+    // A subscription that ends by itself (its table dropped) frees its id too.
+    server.sql("CREATE TABLE app.gone (id INT PRIMARY KEY)").await;
+    send(&mut socket, json!({ "type": "subscribe", "id": "g", "sql": "SELECT id FROM app.gone" })).await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    assert_eq!(frame(&mut socket).await["type"], "ready");
+    server.sql("DROP TABLE app.gone").await;
+    let ended = frame(&mut socket).await;
+    assert_eq!((ended["id"].as_str(), ended["error"]["code"].as_str()), (Some("g"), Some("table_changed")), "{ended}");
+    send(&mut socket, json!({ "type": "subscribe", "id": "g", "sql": "SELECT id FROM app.t WHERE id = 4" })).await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    assert_eq!(frame(&mut socket).await["rows"][0]["row"], json!({ "id": 4 }));
+    let ready = frame(&mut socket).await;
+    assert_eq!(ready["type"], "ready");
+    // Where a client that saw everything so far would resume.
+    let last_seen = ready["position"].as_u64().unwrap();
+    for id in ["a", "g"] {
+        send(&mut socket, json!({ "type": "unsubscribe", "id": id })).await;
+        assert_eq!(frame(&mut socket).await, json!({ "type": "unsubscribed", "id": id }));
+    }
 
     // 1,000 subscriptions on one socket, each on its own key.
     for k in 0..1000 {

@@ -98,27 +98,43 @@ pub struct ObjectWriter<'a> {
 
 impl<'a> ObjectWriter<'a> {
     pub fn new(columns: &'a [ColumnMeta]) -> Self {
-        let prefixes = columns
-            .iter()
-            .map(|c| {
-                let mut p = serde_json::to_vec(c.name.as_str()).expect("a string serializes");
-                p.push(b':');
-                p
-            })
-            .collect();
-        Self { columns, prefixes }
+        Self { columns, prefixes: name_prefixes(columns) }
     }
 
     /// Appends `{"name":value,...}` of the columns `which` of `row`.
     pub fn write_into(&self, out: &mut Vec<u8>, row: &[Value], which: impl Iterator<Item = usize>) {
-        out.push(b'{');
-        for (n, i) in which.enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&self.prefixes[i]);
-            write_value(out, &row[i], self.columns[i].data_type);
-        }
-        out.push(b'}');
+        write_object(out, self.columns, &self.prefixes, row, which);
     }
+}
+
+/// Each column's escaped `"name":`, the key an object of its values starts with.
+pub fn name_prefixes(columns: &[ColumnMeta]) -> Vec<Vec<u8>> {
+    columns
+        .iter()
+        .map(|c| {
+            let mut p = serde_json::to_vec(c.name.as_str()).expect("a string serializes");
+            p.push(b':');
+            p
+        })
+        .collect()
+}
+
+/// Appends `{"name":value,...}` of the columns `which` of `row` (`prefixes`: [`name_prefixes`]
+/// of `columns`).
+pub fn write_object(
+    out: &mut Vec<u8>,
+    columns: &[ColumnMeta],
+    prefixes: &[Vec<u8>],
+    row: &[Value],
+    which: impl Iterator<Item = usize>,
+) {
+    out.push(b'{');
+    for (n, i) in which.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&prefixes[i]);
+        write_value(out, &row[i], columns[i].data_type);
+    }
+    out.push(b'}');
 }
