@@ -1,6 +1,6 @@
-//! A subscription's queue of events from the dispatcher, woken in rounds: a push does not wake
-//! the subscriber; the dispatcher wakes every subscriber it pushed to once, after its round of
-//! jobs ([`Wakes::wake_all`]). A commit that reaches many subscriptions of one WebSocket then
+//! A subscription's queue of events from the dispatcher, woken per job: a push does not wake
+//! the subscriber; the dispatcher wakes every subscriber it pushed to once, after each job (a
+//! commit; [`Wakes::wake_all`]). A commit that reaches many subscriptions of one WebSocket then
 //! wakes the socket's task once: with a channel that woke on every send, the task was woken,
 //! ran, flushed and parked again several times per commit (about 130 context switches per
 //! 1000-row commit spread over 8 sockets).
@@ -33,7 +33,7 @@ impl Inbox {
     }
 }
 
-/// The inboxes pushed to since the dispatcher last woke them.
+/// The inboxes pushed to since the dispatcher last woke them (after its last job).
 #[derive(Default)]
 pub(super) struct Wakes(Mutex<Vec<Arc<Inbox>>>);
 
@@ -90,6 +90,12 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.inbox.sender_gone.store(true, Ordering::Release);
         self.inbox.waker.wake();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -281,6 +281,9 @@ pub struct Subscription {
     pub columns: Vec<ColumnMeta>,
     /// Their escaped `"name":` keys.
     prefixes: Vec<Vec<u8>>,
+    /// The columns a row object shows: each name once, at its first place (`SELECT id, id`
+    /// gives one key, as a JSON object must).
+    shown: Vec<usize>,
     snapshot: Option<mpsc::Receiver<LiveEvent>>,
     rx: inbox::Receiver,
     buffered: Arc<AtomicUsize>,
@@ -342,13 +345,13 @@ impl Subscription {
     /// JSON tree: a commit reaching many subscriptions renders each of their rows).
     pub fn write_row(&self, out: &mut Vec<u8>, row: &LiveRow) {
         use std::io::Write as _;
-        let all = 0..self.columns.len();
+        let shown = || self.shown.iter().copied();
         // Writing to a Vec cannot fail.
         let _ = write!(out, "{{\"op\":\"{}\",\"position\":{},\"row\":", row.op.as_str(), row.position);
-        write_object(out, &self.columns, &self.prefixes, &row.row, all.clone());
+        write_object(out, &self.columns, &self.prefixes, &row.row, shown());
         if let Some(old) = &row.old {
             out.extend_from_slice(b",\"old\":");
-            write_object(out, &self.columns, &self.prefixes, old, all);
+            write_object(out, &self.columns, &self.prefixes, old, shown());
         }
         out.push(b'}');
     }
@@ -471,6 +474,7 @@ impl Live {
             position: 0,
             columns: columns.clone(),
             prefixes: name_prefixes(&columns),
+            shown: (0..columns.len()).filter(|&i| !columns[..i].iter().any(|c| c.name == columns[i].name)).collect(),
             snapshot: None,
             rx,
             buffered: Arc::clone(&buffered),
@@ -659,6 +663,10 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
                 tracing::error!("a live-query job panicked: ending every subscription");
                 hub.end_all(&end("internal", "internal error: see the server log"));
             }
+            // Each subscriber this commit (or job) reached, once: a subscriber takes one
+            // commit's rows while the next is dispatched (woken once per batch of jobs, a fast
+            // subscriber could be ended as too slow by commits it had no chance to take).
+            shared.wakes.wake_all();
         }
         if let Some(through) = dropped_through {
             let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
@@ -671,7 +679,7 @@ fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
         if hub.last_progress.elapsed() >= PROGRESS_EVERY {
             hub.progress();
         }
-        // Each subscriber reached in this round, once.
+        // Those reached by the progress positions and ends above.
         shared.wakes.wake_all();
         if shutdown {
             return;
@@ -727,7 +735,7 @@ fn snapshot_scan(
                 Ok(rows) if rows.is_empty() => true,
                 Ok(rows) => send_snapshot(rows_tx, LiveEvent::Rows(rows), ended),
                 Err(e) => {
-                    let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
+                    send_end(rows_tx, end("snapshot_failed", e.to_string()), ended);
                     false
                 }
             }
@@ -744,7 +752,7 @@ fn snapshot_scan(
                 let _ = tx.send(Err(storage_err(e)));
             }
             None => {
-                let _ = rows_tx.blocking_send(LiveEvent::End(end("snapshot_failed", e.to_string())));
+                send_end(rows_tx, end("snapshot_failed", e.to_string()), ended);
             }
         },
     }
@@ -769,9 +777,29 @@ fn send_snapshot(rows_tx: &mpsc::Sender<LiveEvent>, event: LiveEvent, ended: &At
                 }
                 if since.elapsed() > SNAPSHOT_STALL {
                     let message = "the client took no snapshot rows for 60 s";
-                    // Room for the end once the client reads again.
-                    let _ = rows_tx.blocking_send(LiveEvent::End(end("subscriber_too_slow", message)));
+                    send_end(rows_tx, end("subscriber_too_slow", message), ended);
                     return false;
+                }
+                event = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Hands the end of a snapshot to the subscriber once it has room, waiting at most another
+/// [`SNAPSHOT_STALL`] (never for ever: a client that reads nothing must not keep the thread, its
+/// turn and its RocksDB snapshot). Not delivered, the subscriber still sees the snapshot stop
+/// (`snapshot_failed`) when the channel closes.
+fn send_end(rows_tx: &mpsc::Sender<LiveEvent>, why: LiveEnd, ended: &AtomicBool) {
+    let since = Instant::now();
+    let mut event = LiveEvent::End(why);
+    loop {
+        match rows_tx.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if ended.load(Ordering::Acquire) || since.elapsed() > SNAPSHOT_STALL {
+                    return;
                 }
                 event = back;
                 std::thread::sleep(Duration::from_millis(5));

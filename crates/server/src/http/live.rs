@@ -94,6 +94,7 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
         let (frame, close) = match reply {
             Reply::Frame(frame) => (frame, false),
             Reply::Close(frame) => (frame, true),
+            Reply::None => continue,
         };
         if sink.send(text_message(frame.to_string())).await.is_err() || close {
             break;
@@ -113,10 +114,12 @@ enum Out {
     Ended(Arc<str>),
 }
 
-/// The answer to a client frame; `Close`: the socket closes after it.
+/// The answer to a client frame; `Close`: the socket closes after it; `None`: it comes from the
+/// subscription's stream (`subscribed` or the error).
 enum Reply {
     Frame(Json),
     Close(Json),
+    None,
 }
 
 /// Writes `first` and every other frame ready now (up to [`WRITE_BATCH`], so that the client's
@@ -179,17 +182,29 @@ async fn on_client_frame(
             let Some(principal) = state.db.principal(&principal.name) else {
                 return Reply::Close(error_frame(Some(&id), "unauthorized", "the user no longer exists"));
             };
-            match subscribe(state, &principal, &sql, snapshot, from_position).await {
-                Ok(subscription) => {
-                    let position = subscription.position;
-                    let (handle, registration) = AbortHandle::new_pair();
-                    live.push(Abortable::new(frames(Arc::from(id.as_str()), subscription), registration));
-                    let reply = json!({ "type": "subscribed", "id": id, "position": position });
-                    open.insert(id, handle);
-                    Reply::Frame(reply)
+            // Subscribing (a snapshot may wait for its turn) runs in the subscription's stream,
+            // not here: the socket's other subscriptions and frames go on meanwhile.
+            let (handle, registration) = AbortHandle::new_pair();
+            let state = SharedState::clone(state);
+            let key: Arc<str> = Arc::from(id.as_str());
+            let started = futures::stream::once(async move {
+                match subscribe(&state, &principal, &sql, snapshot, from_position).await {
+                    Ok(subscription) => {
+                        let reply = json!({ "type": "subscribed", "id": &*key, "position": subscription.position });
+                        futures::stream::once(std::future::ready(Out::Frame(text_message(reply.to_string()))))
+                            .chain(frames(key, subscription))
+                            .boxed()
+                    }
+                    Err(e) => {
+                        let error = error_frame(Some(&key), e.code.as_str(), &e.message);
+                        futures::stream::iter([Out::Frame(text_message(error.to_string())), Out::Ended(key)]).boxed()
+                    }
                 }
-                Err(e) => Reply::Frame(error_frame(Some(&id), e.code.as_str(), &e.message)),
-            }
+            })
+            .flatten();
+            live.push(Abortable::new(started.boxed(), registration));
+            open.insert(id, handle);
+            Reply::None
         }
         ClientFrame::Unsubscribe { id } => match open.remove(&id) {
             Some(handle) => {

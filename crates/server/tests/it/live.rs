@@ -772,6 +772,48 @@ async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket(
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_snapshots_on_one_socket_all_complete_and_a_repeated_column_is_one_key() {
+    let (_tmp, data) = data_dir();
+    let server = Server::start(&data, "");
+    crate::http::setup(&server).await;
+    server.sql("CREATE TABLE app.big (id INT PRIMARY KEY, v TEXT)").await;
+    server.sql("INSERT INTO app.big SELECT value, concat('v', value) FROM generate_series(0, 7999)").await;
+    let root = token(&server, "root", ROOT_PASSWORD).await;
+    let mut socket = connect(&server, &root).await;
+    // More snapshots than the server reads at once (16), each of 8 chunks (its channel holds
+    // 2): every one completes, whole, on one socket.
+    for k in 0..17 {
+        send(&mut socket, json!({ "type": "subscribe", "id": format!("s{k}"), "sql": "SELECT id, v FROM app.big" }))
+            .await;
+    }
+    let mut rows: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut subscribed, mut ready) = (0, 0);
+    while ready < 17 {
+        let f = frame(&mut socket).await;
+        match f["type"].as_str() {
+            Some("subscribed") => subscribed += 1,
+            Some("rows") => {
+                *rows.entry(f["id"].as_str().unwrap().to_owned()).or_default() += f["rows"].as_array().unwrap().len()
+            }
+            Some("ready") => ready += 1,
+            _ => panic!("unexpected frame {f}"),
+        }
+    }
+    assert_eq!(subscribed, 17);
+    assert_eq!(rows.len(), 17);
+    assert!(rows.values().all(|&n| n == 8000), "{rows:?}");
+
+    // A column selected twice is one key of the row object (JSON objects have unique keys).
+    send(&mut socket, json!({ "type": "subscribe", "id": "d", "sql": "SELECT id, v, id FROM app.big WHERE id = 7" }))
+        .await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    // The text as sent (a parser would fold repeated keys into one).
+    let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
+    let text = message.into_text().unwrap();
+    assert!(text.contains(r#""row":{"id":7,"v":"v7"}}"#), "{text}");
+}
+
 /// Reads SSE events (`(event, id, data)`) from a response until `count` arrived.
 async fn sse_events(
     response: &mut reqwest::Response,
