@@ -44,6 +44,15 @@ pub fn run(config: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+    // Live queries' WebSockets are served on threads of their own at a lower CPU priority, as
+    // the engine's dispatcher runs (`live::lower_thread_priority`): writers first.
+    let live_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(2))
+        .thread_name("tf-live")
+        .on_thread_start(topicfusion_engine::live::lower_thread_priority)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the live-query runtime: {e}"))?;
 
     let options = DatabaseOptions {
         // A cluster node's commits are durable in a majority's fsynced Raft logs; its store is
@@ -106,6 +115,7 @@ pub fn run(config: Config) -> Result<(), String> {
         throttle: Arc::clone(&throttle),
         verifications: tokio::sync::Semaphore::new(cores.max(1)),
         engine: engine_rt.handle().clone(),
+        live: live_rt.handle().clone(),
         config: config.clone(),
         forwarder: match &cluster {
             Some((node, _)) => Some(crate::http::forward::Forwarder::new(node.id(), node.status())?),
@@ -191,6 +201,7 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     });
     http_rt.shutdown_timeout(Duration::from_secs(1));
+    live_rt.shutdown_timeout(Duration::from_secs(1));
     engine_rt.shutdown_timeout(Duration::from_secs(5));
     if let Some((node, raft_rt)) = cluster {
         raft_rt.block_on(node.shutdown());

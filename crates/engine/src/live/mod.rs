@@ -407,9 +407,10 @@ impl Live {
             stopped: None,
         };
         let (thread_shared, weak_store) = (Arc::clone(&shared), Arc::downgrade(store));
-        let thread = std::thread::Builder::new()
-            .name("live-dispatch".into())
-            .spawn(move || dispatch_loop(&thread_shared, &weak_store, hub))?;
+        let thread = std::thread::Builder::new().name("live-dispatch".into()).spawn(move || {
+            lower_thread_priority();
+            dispatch_loop(&thread_shared, &weak_store, hub)
+        })?;
         Ok(Self { shared, thread: Mutex::new(Some(thread)) })
     }
 
@@ -621,6 +622,21 @@ impl Drop for Live {
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The nice value of the threads that deliver live queries (the dispatcher, the server's
+/// WebSocket threads): on a busy machine writers get the cores first and subscribers what is
+/// left; a subscriber that falls too far behind is ended, never waited for.
+const DELIVERY_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to [`DELIVERY_NICE`] (on Linux the nice value is
+/// per thread); elsewhere, or when refused, it runs at the usual priority.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes no pointers; PRIO_PROCESS with id 0 names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, DELIVERY_NICE);
     }
 }
 

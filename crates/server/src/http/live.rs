@@ -52,7 +52,11 @@ pub async fn websocket(
 ) -> Result<Response, ApiError> {
     let principal = caller(&state, header, query.access_token.as_deref())?;
     let max = state.config.server.max_body_bytes;
-    Ok(ws.max_message_size(max).on_upgrade(move |socket| serve_socket(state, principal, socket)))
+    let live = state.live.clone();
+    Ok(ws.max_message_size(max).on_upgrade(move |socket| async move {
+        // On the live-query runtime (lower priority than writers); ends with the socket.
+        let _ = live.spawn(serve_socket(state, principal, socket)).await;
+    }))
 }
 
 /// A client frame.

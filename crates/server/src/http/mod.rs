@@ -42,6 +42,8 @@ pub struct AppState {
     /// The runtime engine work runs on, so that RocksDB I/O and query execution never occupy
     /// the threads that accept connections and serve other requests.
     pub engine: Handle,
+    /// The runtime WebSockets of live queries are served on (threads of a lower CPU priority).
+    pub live: Handle,
     /// On a cluster node: sends what only the leader can do to it (see [`forward`]).
     pub forwarder: Option<forward::Forwarder>,
     /// HTTP and PostgreSQL figures for `/metrics`.

@@ -919,6 +919,7 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
         throttle: Default::default(),
         verifications: tokio::sync::Semaphore::new(2),
         engine: tokio::runtime::Handle::current(),
+        live: tokio::runtime::Handle::current(),
         forwarder: None,
     });
     let router = with_layers(routes().route("/boom", axum::routing::get(boom)), Arc::clone(&state));
