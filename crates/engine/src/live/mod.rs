@@ -31,7 +31,7 @@ mod query;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
@@ -168,8 +168,14 @@ pub struct Live {
 
 struct Shared {
     options: LiveOptions,
-    queue: Mutex<Queue>,
-    work: Condvar,
+    /// The dispatcher's jobs, in order. A channel, not a locked queue: a writer queuing its
+    /// changes under the commit lock never waits for a lock that a delivery thread (running at
+    /// a lower priority, see [`lower_thread_priority`]) might hold while preempted.
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// Changed rows queued and not yet taken by the dispatcher.
+    queued_rows: AtomicUsize,
+    /// Changes were dropped (the queue was full) up to this position; 0: none.
+    dropped_through: AtomicU64,
     next_id: AtomicU64,
     /// [`Subscription`]s alive.
     open: AtomicUsize,
@@ -185,16 +191,6 @@ struct Listed {
     sql: String,
     position: AtomicU64,
     delivered: AtomicU64,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: Vec<Job>,
-    /// Changed rows in `jobs`.
-    rows: usize,
-    /// Changes were dropped (the queue was full) up to this position.
-    dropped_through: Option<u64>,
-    shutdown: bool,
 }
 
 /// What the dispatcher does, in queue order.
@@ -217,6 +213,10 @@ enum Job {
     Users(HashMap<String, Principal>),
     /// The server is stopping.
     Shutdown,
+    /// Changes were dropped (see `Shared::dropped_through`): only wakes the dispatcher.
+    Overloaded,
+    /// The database is closing: the dispatcher ends every subscription and stops.
+    Exit,
 }
 
 /// A committed statement's changes to a watched table.
@@ -370,9 +370,8 @@ impl Drop for Subscription {
 
 impl Shared {
     fn push(&self, job: Job) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.jobs.push(job);
-        self.work.notify_one();
+        // Fails only once the dispatcher stopped, when nothing is left to do.
+        let _ = self.jobs.send(job);
     }
 
     fn listed(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Listed>>> {
@@ -384,10 +383,12 @@ impl Live {
     /// Starts the dispatch thread. It holds the store weakly, so it never keeps it open.
     pub fn start(store: &Arc<Store>, options: LiveOptions) -> Result<Self> {
         let options = LiveOptions { buffer_rows: options.buffer_rows.max(1), ..options };
+        let (jobs, receiver) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             options,
-            queue: Mutex::default(),
-            work: Condvar::new(),
+            jobs,
+            queued_rows: AtomicUsize::new(0),
+            dropped_through: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             listed: Mutex::default(),
@@ -409,7 +410,7 @@ impl Live {
         let (thread_shared, weak_store) = (Arc::clone(&shared), Arc::downgrade(store));
         let thread = std::thread::Builder::new().name("live-dispatch".into()).spawn(move || {
             lower_thread_priority();
-            dispatch_loop(&thread_shared, &weak_store, hub)
+            dispatch_loop(&thread_shared, &receiver, &weak_store, hub)
         })?;
         Ok(Self { shared, thread: Mutex::new(Some(thread)) })
     }
@@ -418,22 +419,20 @@ impl Live {
     pub fn on_written(&self, table: Arc<Table>, changes: Vec<RowChange>) -> OnWritten {
         let shared = Arc::clone(&self.shared);
         Box::new(move |position| {
-            let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.dropped_through.is_some()
-                || (queue.rows > 0 && queue.rows + changes.len() > shared.options.max_queued_rows)
+            let queued = shared.queued_rows.load(Ordering::Acquire);
+            if shared.dropped_through.load(Ordering::Acquire) != 0
+                || (queued > 0 && queued + changes.len() > shared.options.max_queued_rows)
             {
                 // The dispatcher is this far behind (one large commit alone is not): drop the
                 // changes and end everything. Freeing millions of rows takes a while: not
                 // under the commit lock.
-                queue.dropped_through = Some(position);
-                drop(queue);
-                shared.work.notify_one();
+                shared.dropped_through.fetch_max(position, Ordering::AcqRel);
+                shared.push(Job::Overloaded);
                 let _ = std::thread::Builder::new().name("live-drop".into()).spawn(move || drop(changes));
                 return;
             }
-            queue.rows += changes.len();
-            queue.jobs.push(Job::Changes(Staged { position, table, changes }));
-            shared.work.notify_one();
+            shared.queued_rows.fetch_add(changes.len(), Ordering::AcqRel);
+            shared.push(Job::Changes(Staged { position, table, changes }));
         })
     }
 
@@ -613,12 +612,7 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.jobs.push(Job::Shutdown);
-            queue.shutdown = true;
-        }
-        self.shared.work.notify_one();
+        self.shared.push(Job::Exit);
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
@@ -646,21 +640,21 @@ fn table_changed(table: &Table) -> LiveEnd {
 
 /// The dispatch thread: the queued jobs, commits once durable, in order; progress positions
 /// for idle subscriptions.
-fn dispatch_loop(shared: &Shared, store: &Weak<Store>, mut hub: Hub) {
+fn dispatch_loop(shared: &Shared, receiver: &std::sync::mpsc::Receiver<Job>, store: &Weak<Store>, mut hub: Hub) {
     loop {
-        let (jobs, dropped_through, shutdown) = {
-            let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            while queue.jobs.is_empty() && queue.dropped_through.is_none() && !queue.shutdown {
-                let wait = PROGRESS_EVERY.saturating_sub(hub.last_progress.elapsed()).max(Duration::from_millis(10));
-                let (q, timeout) = shared.work.wait_timeout(queue, wait).unwrap_or_else(|e| e.into_inner());
-                queue = q;
-                if timeout.timed_out() && queue.jobs.is_empty() {
-                    break;
-                }
-            }
-            queue.rows = 0;
-            (std::mem::take(&mut queue.jobs), queue.dropped_through.take(), queue.shutdown)
-        };
+        let wait = PROGRESS_EVERY.saturating_sub(hub.last_progress.elapsed()).max(Duration::from_millis(10));
+        let mut jobs = Vec::new();
+        match receiver.recv_timeout(wait) {
+            Ok(job) => jobs.push(job),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        jobs.extend(receiver.try_iter());
+        let taken: usize = jobs.iter().map(|j| if let Job::Changes(c) = j { c.changes.len() } else { 0 }).sum();
+        shared.queued_rows.fetch_sub(taken, Ordering::AcqRel);
+        // After taking the jobs: every commit queued before the first dropped one was taken.
+        let dropped_through = Some(shared.dropped_through.swap(0, Ordering::AcqRel)).filter(|&p| p != 0);
+        let shutdown = jobs.iter().any(|j| matches!(j, Job::Exit));
         // Every queued commit is written; deliver them once durable.
         if jobs.iter().any(|j| matches!(j, Job::Changes(_))) {
             let durable = match store.upgrade() {
@@ -1077,11 +1071,13 @@ impl Hub {
                     self.end(id, Some(e));
                 }
             }
-            Job::Shutdown => {
+            Job::Shutdown | Job::Exit => {
                 let why = end("shutting_down", "the server is shutting down");
                 self.end_all(&why);
                 self.stopped.get_or_insert(why);
             }
+            // The loop handles `Shared::dropped_through` after the jobs.
+            Job::Overloaded => {}
         }
     }
 
