@@ -169,8 +169,8 @@ pub struct Live {
 struct Shared {
     options: LiveOptions,
     /// The dispatcher's jobs, in order. A channel, not a locked queue: a writer queuing its
-    /// changes under the commit lock never waits for a lock that a delivery thread (running at
-    /// a lower priority, see [`lower_thread_priority`]) might hold while preempted.
+    /// changes under the commit lock does not wait for the queue's lock held by a delivery
+    /// thread (running at a lower priority, see [`lower_thread_priority`]) while preempted.
     jobs: std::sync::mpsc::Sender<Job>,
     /// Changed rows queued and not yet taken by the dispatcher.
     queued_rows: AtomicUsize,
@@ -213,8 +213,9 @@ enum Job {
     Users(HashMap<String, Principal>),
     /// The server is stopping.
     Shutdown,
-    /// Changes were dropped (see `Shared::dropped_through`): only wakes the dispatcher.
-    Overloaded,
+    /// The commit at `through` was dropped (the queue was full; `Shared::dropped_through`):
+    /// every subscription ends, in queue order (one registered before it is ended with them).
+    Overloaded { through: u64 },
     /// The database is closing: the dispatcher ends every subscription and stops.
     Exit,
 }
@@ -427,7 +428,7 @@ impl Live {
                 // changes and end everything. Freeing millions of rows takes a while: not
                 // under the commit lock.
                 shared.dropped_through.fetch_max(position, Ordering::AcqRel);
-                shared.push(Job::Overloaded);
+                shared.push(Job::Overloaded { through: position });
                 let _ = std::thread::Builder::new().name("live-drop".into()).spawn(move || drop(changes));
                 return;
             }
@@ -650,10 +651,11 @@ fn dispatch_loop(shared: &Shared, receiver: &std::sync::mpsc::Receiver<Job>, sto
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         jobs.extend(receiver.try_iter());
-        let taken: usize = jobs.iter().map(|j| if let Job::Changes(c) = j { c.changes.len() } else { 0 }).sum();
-        shared.queued_rows.fetch_sub(taken, Ordering::AcqRel);
-        // After taking the jobs: every commit queued before the first dropped one was taken.
-        let dropped_through = Some(shared.dropped_through.swap(0, Ordering::AcqRel)).filter(|&p| p != 0);
+        for job in &jobs {
+            if let Job::Changes(c) = job {
+                shared.queued_rows.fetch_sub(c.changes.len(), Ordering::AcqRel);
+            }
+        }
         let shutdown = jobs.iter().any(|j| matches!(j, Job::Exit));
         // Every queued commit is written; deliver them once durable.
         if jobs.iter().any(|j| matches!(j, Job::Changes(_))) {
@@ -677,14 +679,6 @@ fn dispatch_loop(shared: &Shared, receiver: &std::sync::mpsc::Receiver<Job>, sto
             // commit's rows while the next is dispatched (woken once per batch of jobs, a fast
             // subscriber could be ended as too slow by commits it had no chance to take).
             shared.wakes.wake_all();
-        }
-        if let Some(through) = dropped_through {
-            let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
-            hub.end_all(&end("server_overloaded", message));
-            hub.history.clear();
-            hub.history_rows = 0;
-            hub.floor = hub.floor.max(through);
-            hub.position = hub.position.max(through);
         }
         if hub.last_progress.elapsed() >= PROGRESS_EVERY {
             hub.progress();
@@ -1076,8 +1070,17 @@ impl Hub {
                 self.end_all(&why);
                 self.stopped.get_or_insert(why);
             }
-            // The loop handles `Shared::dropped_through` after the jobs.
-            Job::Overloaded => {}
+            Job::Overloaded { through } => {
+                let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
+                self.end_all(&end("server_overloaded", message));
+                self.history.clear();
+                self.history_rows = 0;
+                self.floor = self.floor.max(through);
+                self.position = self.position.max(through);
+                // Writers queue again, unless a later commit was dropped meanwhile (its own job
+                // follows this one and ends what registered in between).
+                let _ = shared.dropped_through.compare_exchange(through, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
         }
     }
 

@@ -54,7 +54,9 @@ pub async fn websocket(
     let max = state.config.server.max_body_bytes;
     let live = state.live.clone();
     Ok(ws.max_message_size(max).on_upgrade(move |socket| async move {
-        // On the live-query runtime (lower priority than writers); ends with the socket.
+        // On the live-query runtime (lower priority than writers); ends with the socket. Its
+        // threads' nice value is inherited by threads they start: no `spawn_blocking` here
+        // (engine work goes through `state.run`, on the engine runtime).
         let _ = live.spawn(serve_socket(state, principal, socket)).await;
     }))
 }

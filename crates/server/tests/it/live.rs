@@ -445,6 +445,54 @@ async fn limits_a_large_commit_and_shutdown() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatcher_too_far_behind_ends_every_subscription_and_forgets_the_dropped_positions() {
+    // A queue of at most 100 changed rows: two 60-row commits queued before the dispatcher
+    // takes them overflow it (8 writers' group commits queue several at once).
+    let (_dir, db) = open(LiveOptions { max_queued_rows: 100, ..Default::default() });
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, w BIGINT)").await;
+    let mut sub = subscribe(&db, "SELECT id FROM t").await;
+    snapshot(&mut sub).await;
+    let start = sub.position;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8i64)
+        .map(|w| {
+            let (db, stop) = (Arc::clone(&db), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let base = w * 1_000_000_000 + i * 100;
+                    run(&db, &format!("INSERT INTO t SELECT value + {base}, {w} FROM generate_series(0, 59)")).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await.expect("server_overloaded within 60 s") {
+            Some(LiveEvent::End(end)) => break end,
+            Some(_) => {}
+            None => panic!("the subscription stopped without an end"),
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(ended.code, "server_overloaded", "{ended:?}");
+    // The dropped changes are gone: resuming from before them is refused (subscribe again with
+    // a snapshot), and a new subscription gets every change after its snapshot.
+    let resumed = db.subscribe(&Principal::root(), "SELECT id FROM t", Some(false), Some(start)).await;
+    let message = resumed.err().expect("resuming past dropped changes is refused").to_string();
+    assert!(message.contains("no longer kept"), "{message}");
+    let mut fresh = subscribe(&db, "SELECT id FROM t").await;
+    assert!(!snapshot(&mut fresh).await.is_empty());
+    run(&db, "INSERT INTO t VALUES (-1, -1)").await;
+    let got = rows(&mut fresh).await;
+    assert_eq!((got.len(), got[0].0, &got[0].2), (1, LiveOp::Insert, &vec![int(-1)]));
+}
+
 #[tokio::test]
 async fn a_slow_subscriber_is_ended_while_writers_go_on_and_resumes_where_it_stopped() {
     let (_dir, db) = open(LiveOptions { buffer_rows: 100, ..Default::default() });
