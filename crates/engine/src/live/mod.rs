@@ -182,7 +182,7 @@ struct Shared {
     /// What `system.live_queries` shows: the dispatcher updates the counters.
     listed: Mutex<BTreeMap<u64, Arc<Listed>>>,
     snapshots: Arc<tokio::sync::Semaphore>,
-    /// The subscribers the dispatcher pushed to in its current round.
+    /// The subscribers the dispatcher pushed to since it last woke them (after each job).
     wakes: Arc<inbox::Wakes>,
 }
 
