@@ -662,6 +662,13 @@ async fn send(socket: &mut Socket, frame: Json) {
     socket.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.unwrap();
 }
 
+/// Subscribes `id` to `sql` without a snapshot and checks the `subscribed` answer.
+async fn subscribe_now(socket: &mut Socket, id: &str, sql: &str) {
+    send(socket, json!({ "type": "subscribe", "id": id, "sql": sql, "snapshot": false })).await;
+    let answer = frame(socket).await;
+    assert_eq!((answer["type"].as_str(), answer["id"].as_str()), (Some("subscribed"), Some(id)), "{answer}");
+}
+
 /// The next JSON text frame within 10 s, progress positions skipped.
 async fn frame(socket: &mut Socket) -> Json {
     loop {
@@ -728,12 +735,7 @@ async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket(
     send(&mut socket, json!({ "type": "unsubscribe", "id": "a" })).await;
     assert_eq!(frame(&mut socket).await, json!({ "type": "unsubscribed", "id": "a" }));
     // Its id is free again, and the old subscription sends nothing more.
-    send(
-        &mut socket,
-        json!({ "type": "subscribe", "id": "a", "sql": "SELECT id FROM app.t WHERE id = 3", "snapshot": false }),
-    )
-    .await;
-    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    subscribe_now(&mut socket, "a", "SELECT id FROM app.t WHERE id = 3").await;
     server.sql("INSERT INTO app.t VALUES (3, 'three'); INSERT INTO app.t VALUES (4, 'four')").await;
     let mine = frame(&mut socket).await;
     assert_eq!((mine["id"].as_str(), &mine["rows"][0]["row"]), (Some("a"), &json!({ "id": 3 })), "{mine}");
@@ -797,12 +799,7 @@ async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket(
     );
 
     // An idle subscription is told how far it has seen, so it can resume from there.
-    send(
-        &mut socket,
-        json!({ "type": "subscribe", "id": "idle", "sql": "SELECT id FROM app.t WHERE id = -1", "snapshot": false }),
-    )
-    .await;
-    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    subscribe_now(&mut socket, "idle", "SELECT id FROM app.t WHERE id = -1").await;
     server.sql("INSERT INTO app.t VALUES (5, 'five')").await;
     let progress = loop {
         let f = any_frame(&mut socket).await;
