@@ -245,7 +245,9 @@ fn check_depth(statement: &Statement) -> Result<()> {
             t.expressions().into_iter().try_for_each(|e| e.visit(&mut limit))
         }
         Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => q.visit(&mut limit),
-        Statement::Subscribe(s) => s.query.visit(&mut limit),
+        Statement::Subscribe(s) | Statement::Session(SessionStatement::DeclareSubscribe { subscribe: s, .. }) => {
+            s.query.visit(&mut limit)
+        }
         Statement::User(_) | Statement::Copy(_) | Statement::Session(_) | Statement::Cluster(_) => {
             ControlFlow::Continue(())
         }
@@ -272,6 +274,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         match &mut statement {
             Statement::DataFusion(s) => dismantle_df_statement(s),
             Statement::Copy(CopyStatement::To(CopyTo { source: CopySource::Query(q), .. })) => dismantle(q.as_mut()),
+            Statement::Subscribe(s) | Statement::Session(SessionStatement::DeclareSubscribe { subscribe: s, .. }) => {
+                dismantle(s.query.as_mut())
+            }
             _ => {}
         }
         return Err(e);

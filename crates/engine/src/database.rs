@@ -97,9 +97,9 @@ pub struct PreparedStatement {
 
 /// SUBSCRIBE through an interface that answers once (HTTP `/sql`, a statement among others, a
 /// prepared statement): where it runs instead.
-fn subscribe_elsewhere() -> DataFusionError {
+pub(crate) fn subscribe_elsewhere() -> DataFusionError {
     DataFusionError::NotImplemented(
-        "SUBSCRIBE streams its rows as they change: run it as the only statement of a PostgreSQL simple query, or over the WebSocket /v1/api/live or SSE /v1/api/live/sse (docs/live-queries.md)".into(),
+        "SUBSCRIBE streams its rows as they change: run it as the only statement of a PostgreSQL simple query (or in a cursor over the PostgreSQL protocol: DECLARE c CURSOR FOR SUBSCRIBE ...), or over the WebSocket /v1/api/live or SSE /v1/api/live/sse (docs/live-queries.md)".into(),
     )
 }
 
@@ -337,11 +337,6 @@ impl Database {
     ) -> Result<crate::live::Subscription, ExecuteError> {
         let mut statements = parse_sql(sql).map_err(|e| ExecuteError::new(0, sql.to_owned(), e))?;
         let fail = |e| ExecuteError::new(1, sql.to_owned(), e);
-        if self.core.cluster.get().is_some() {
-            return Err(fail(DataFusionError::NotImplemented(
-                "live queries are not available on a cluster node yet (docs/live-queries.md)".into(),
-            )));
-        }
         let one = || fail(DataFusionError::Plan("a live query is one SELECT or SUBSCRIBE statement".into()));
         let (query, snapshot, from) = match statements.pop().map(|p| p.statement) {
             Some(Statement::Subscribe(s)) if statements.is_empty() => {
@@ -356,24 +351,40 @@ impl Database {
             },
             _ => return Err(one()),
         };
+        self.start_live_query(principal, sql, query, snapshot, from).await.map_err(fail)
+    }
+
+    /// Starts the live query `query` (its text `sql`, as `system.live_queries` shows it).
+    pub(crate) async fn start_live_query(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        query: Box<datafusion::sql::sqlparser::ast::Query>,
+        snapshot: Option<bool>,
+        from: Option<u64>,
+    ) -> Result<crate::live::Subscription> {
+        if self.core.cluster.get().is_some() {
+            return Err(DataFusionError::NotImplemented(
+                "live queries are not available on a cluster node yet (docs/live-queries.md)".into(),
+            ));
+        }
         let snapshot = snapshot.unwrap_or(from.is_none());
         if snapshot && from.is_some() {
-            return Err(fail(DataFusionError::Plan(
+            return Err(DataFusionError::Plan(
                 "a live query starts either with a snapshot or from a position, not both: set snapshot = false with from_position".into(),
-            )));
+            ));
         }
-        let compiled = crate::live::LiveQuery::compile(&self.core, principal, &query).map_err(fail)?;
+        let compiled = crate::live::LiveQuery::compile(&self.core, principal, &query)?;
         let table = Arc::clone(&compiled.table);
-        let subscription =
-            self.core.live.subscribe(&self.core.store, principal, sql, compiled, snapshot, from).await.map_err(fail)?;
+        let subscription = self.core.live.subscribe(&self.core.store, principal, sql, compiled, snapshot, from).await?;
         // A DROP TABLE or DROP USER that ran while this one registered may have checked the
         // subscriptions before this one was among them: check it (its later checks see it).
         let current = self.core.catalog.read().table(&table.meta.schema, &table.meta.name).cloned();
         if !current.is_some_and(|t| Arc::ptr_eq(&t, &table)) {
-            return Err(fail(DataFusionError::Plan(format!("table {} was dropped", table.meta.qualified_name()))));
+            return Err(DataFusionError::Plan(format!("table {} was dropped", table.meta.qualified_name())));
         }
         if self.core.users.principal(&principal.name).is_none() {
-            return Err(fail(DataFusionError::Plan(format!("user {} was dropped", principal.name))));
+            return Err(DataFusionError::Plan(format!("user {} was dropped", principal.name)));
         }
         Ok(subscription)
     }
@@ -609,6 +620,7 @@ impl Database {
         if principal.role >= crate::auth::Role::Dba {
             return Ok(plan);
         }
+        let plan = crate::sql::provider::system::only_own_live_queries(plan, &principal.name)?;
         crate::sql::postgres::catalog::only_own_role(plan, &principal.name)
     }
 

@@ -7,6 +7,7 @@ use datafusion::common::DataFusionError;
 use topicfusion_storage::StorageError;
 
 use crate::auth::PermissionDenied;
+use crate::live::LiveEnd;
 
 /// What kind of failure an error is, for interfaces that map errors to status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,12 @@ pub enum ErrorKind {
     InvalidStatementName,
     /// A write sent to a cluster node that is not the leader (the message names the leader).
     ReadOnly,
+    /// A live query ended because it fell behind or the server is out of room for it.
+    InsufficientResources,
+    /// A live query's filter failed on a row.
+    DataException,
+    /// A live query ended because the server is shutting down.
+    AdminShutdown,
 }
 
 impl ErrorKind {
@@ -80,6 +87,7 @@ impl ErrorKind {
                 _ => ErrorKind::Internal,
             },
             DataFusionError::External(inner) if inner.is::<PermissionDenied>() => ErrorKind::PermissionDenied,
+            DataFusionError::External(inner) if let Some(end) = inner.downcast_ref::<LiveEnd>() => end.kind(),
             DataFusionError::Context(_, inner) => ErrorKind::of(inner),
             DataFusionError::Shared(inner) => ErrorKind::of(inner),
             DataFusionError::Diagnostic(_, inner) => ErrorKind::of(inner),
@@ -184,6 +192,9 @@ impl ErrorKind {
             ErrorKind::InvalidStatementName => "26000",
             // read_only_sql_transaction, as a PostgreSQL standby answers a write.
             ErrorKind::ReadOnly => "25006",
+            ErrorKind::InsufficientResources => "53400",
+            ErrorKind::DataException => "22000",
+            ErrorKind::AdminShutdown => "57P01",
         }
     }
 }

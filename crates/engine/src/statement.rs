@@ -158,6 +158,7 @@ impl CommandTag {
             Statement::Session(SessionStatement::Fetch { rows: true, .. }) => ("FETCH", Outcome::Rows),
             Statement::Session(SessionStatement::Fetch { rows: false, .. }) => ("MOVE", Outcome::RowCount),
             Statement::Session(SessionStatement::Unlisten { .. }) => ("UNLISTEN", Outcome::Status),
+            Statement::Session(SessionStatement::DeclareSubscribe { .. }) => ("DECLARE CURSOR", Outcome::Status),
             Statement::Cluster(_) => ("ALTER CLUSTER", Outcome::Status),
             Statement::Subscribe(_) => ("SUBSCRIBE", Outcome::Rows),
         };
@@ -239,9 +240,10 @@ fn client_message(e: &DataFusionError) -> String {
         DataFusionError::Context(context, inner) if context.starts_with("Optimizer rule '") => client_message(inner),
         DataFusionError::Shared(inner) => client_message(inner),
         DataFusionError::ArrowError(e, _) => e.to_string(),
-        // The store's own errors say what happened (a cluster node that does not lead names the
-        // leader): without DataFusion's "External error: " in front.
-        DataFusionError::External(inner) if inner.is::<topicfusion_storage::StorageError>() => inner.to_string(),
+        // The engine's own errors say what happened (a cluster node that does not lead names
+        // the leader, a permission says which, a live query's end says why): without
+        // DataFusion's "External error: " in front.
+        DataFusionError::External(inner) => inner.to_string(),
         e => e.to_string(),
     }
 }

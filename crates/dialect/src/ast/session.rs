@@ -1,13 +1,16 @@
 //! Statements of a client session that sqlparser does not read the way PostgreSQL writes them:
 //! `FETCH` and `MOVE` on a cursor (PostgreSQL's full grammar: the direction and `FROM`/`IN` are
-//! optional), and `UNLISTEN` (drivers' connection pools send it on release). `DECLARE`, `CLOSE`,
-//! `DISCARD`, `SET`, `SHOW` and `RESET` are sqlparser's own.
+//! optional), a cursor over a live query (`DECLARE c CURSOR FOR SUBSCRIBE ...`: psycopg's
+//! server-side cursors), and `UNLISTEN` (drivers' connection pools send it on release). `DECLARE`
+//! of a query, `CLOSE`, `DISCARD`, `SET`, `SHOW` and `RESET` are sqlparser's own.
 //!
 //! ```text
 //! FETCH [ <direction> ] [ FROM | IN ] <cursor>
 //! MOVE  [ <direction> ] [ FROM | IN ] <cursor>
 //! <direction> ::= NEXT | PRIOR | FIRST | LAST | ABSOLUTE <n> | RELATIVE <n> | <n> | ALL
 //!               | FORWARD [ <n> | ALL ] | BACKWARD [ <n> | ALL ]
+//! DECLARE <cursor> [ ASENSITIVE | INSENSITIVE ] [ NO SCROLL ] CURSOR [ { WITH | WITHOUT } HOLD ]
+//!     FOR SUBSCRIBE ...
 //! UNLISTEN { <channel> | * }
 //! ```
 
@@ -17,6 +20,7 @@ use datafusion_sql::sqlparser::ast::Ident;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_sql::sqlparser::tokenizer::Token;
 
+use crate::ast::Subscribe;
 use crate::parser::{expect_word, is_word, parse_word};
 
 /// Which rows a FETCH or MOVE reads, counted from the cursor's position.
@@ -73,18 +77,28 @@ impl fmt::Display for CursorDirection {
 pub enum SessionStatement {
     /// `FETCH` (`rows`: return the rows) or `MOVE` (only move the cursor).
     Fetch { rows: bool, direction: CursorDirection, cursor: Ident },
+    /// `DECLARE cursor CURSOR [WITH HOLD] FOR SUBSCRIBE ...`: a cursor whose FETCH returns the
+    /// live query's rows as they come (waiting for the first one).
+    DeclareSubscribe { cursor: Ident, hold: bool, subscribe: Subscribe },
     /// `UNLISTEN channel` or `UNLISTEN *` (`None`).
     Unlisten { channel: Option<Ident> },
 }
+
+/// The most words between `DECLARE <name>` and `FOR` (`ASENSITIVE NO SCROLL CURSOR WITHOUT
+/// HOLD`).
+const MAX_DECLARE_WORDS: usize = 6;
 
 impl SessionStatement {
     /// Whether the statement ahead is one of these.
     pub fn claims(p: &Parser<'_>) -> bool {
         let first = p.peek_token().token;
-        is_word(&first, "FETCH") || is_word(&first, "MOVE") || is_word(&first, "UNLISTEN")
+        is_word(&first, "FETCH") || is_word(&first, "MOVE") || is_word(&first, "UNLISTEN") || declares_subscribe(p)
     }
 
-    pub fn parse(p: &mut Parser<'_>) -> Result<Self, ParserError> {
+    pub fn parse(p: &mut Parser<'_>) -> datafusion_common::Result<Self> {
+        if parse_word(p, "DECLARE") {
+            return parse_declare_subscribe(p);
+        }
         if parse_word(p, "UNLISTEN") {
             if p.consume_token(&Token::Mul) {
                 return Ok(SessionStatement::Unlisten { channel: None });
@@ -104,6 +118,50 @@ impl SessionStatement {
         let cursor = p.parse_identifier()?;
         Ok(SessionStatement::Fetch { rows, direction, cursor })
     }
+}
+
+/// Whether the statement ahead is `DECLARE <name> ... CURSOR ... FOR SUBSCRIBE` (a DECLARE of
+/// a query is sqlparser's).
+fn declares_subscribe(p: &Parser<'_>) -> bool {
+    if !is_word(&p.peek_nth_token(0).token, "DECLARE") {
+        return false;
+    }
+    (2..2 + MAX_DECLARE_WORDS + 1)
+        .any(|at| is_word(&p.peek_nth_token(at).token, "FOR") && is_word(&p.peek_nth_token(at + 1).token, "SUBSCRIBE"))
+}
+
+/// The rest of `DECLARE <name> ... CURSOR ... FOR SUBSCRIBE ...` after `DECLARE`.
+fn parse_declare_subscribe(p: &mut Parser<'_>) -> datafusion_common::Result<SessionStatement> {
+    let cursor = p.parse_identifier()?;
+    let not_supported = |what: &str| {
+        datafusion_common::DataFusionError::NotImplemented(format!(
+            "not supported: {what} cursors over a live query (they read forward, as text)"
+        ))
+    };
+    if parse_word(p, "BINARY") {
+        return Err(not_supported("BINARY"));
+    }
+    if !parse_word(p, "ASENSITIVE") {
+        parse_word(p, "INSENSITIVE");
+    }
+    if parse_word(p, "NO") {
+        expect_word(p, "SCROLL")?;
+    } else if parse_word(p, "SCROLL") {
+        return Err(not_supported("SCROLL"));
+    }
+    expect_word(p, "CURSOR")?;
+    let hold = if parse_word(p, "WITH") {
+        expect_word(p, "HOLD")?;
+        true
+    } else {
+        if parse_word(p, "WITHOUT") {
+            expect_word(p, "HOLD")?;
+        }
+        false
+    };
+    expect_word(p, "FOR")?;
+    let subscribe = Subscribe::parse(p)?;
+    Ok(SessionStatement::DeclareSubscribe { cursor, hold, subscribe })
 }
 
 /// A direction, or `NEXT` when the next word is already the cursor's name (or `FROM`/`IN`).
@@ -168,6 +226,10 @@ impl fmt::Display for SessionStatement {
             SessionStatement::Fetch { rows, direction, cursor } => {
                 write!(f, "{} {direction} FROM {cursor}", if *rows { "FETCH" } else { "MOVE" })
             }
+            SessionStatement::DeclareSubscribe { cursor, hold, subscribe } => {
+                let hold = if *hold { "WITH" } else { "WITHOUT" };
+                write!(f, "DECLARE {cursor} NO SCROLL CURSOR {hold} HOLD FOR {subscribe}")
+            }
             SessionStatement::Unlisten { channel: Some(c) } => write!(f, "UNLISTEN {c}"),
             SessionStatement::Unlisten { channel: None } => f.write_str("UNLISTEN *"),
         }
@@ -217,6 +279,38 @@ mod tests {
     fn unlisten() {
         parses_to("UNLISTEN *", "UNLISTEN *");
         parses_to("unlisten chan", "UNLISTEN chan");
+    }
+
+    #[test]
+    fn cursors_over_a_live_query_in_the_forms_drivers_send() {
+        // psycopg2's named cursor, psycopg 3's ServerCursor, by hand.
+        parses_to(
+            "DECLARE \"c_1\" CURSOR WITHOUT HOLD FOR SUBSCRIBE SELECT id FROM t WHERE k = 1",
+            "DECLARE \"c_1\" NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE TO SELECT id FROM t WHERE k = 1",
+        );
+        parses_to(
+            "declare c no scroll cursor with hold for subscribe to select * from t with (snapshot = false)",
+            "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SUBSCRIBE TO SELECT * FROM t WITH (snapshot = false)",
+        );
+        parses_to(
+            "DECLARE c ASENSITIVE CURSOR FOR SUBSCRIBE SELECT a FROM t",
+            "DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE TO SELECT a FROM t",
+        );
+        // A DECLARE of a query stays sqlparser's.
+        assert!(matches!(
+            parse_sql("DECLARE c CURSOR FOR SELECT 1").unwrap().remove(0).statement,
+            Statement::DataFusion(_)
+        ));
+        for (sql, expected) in [
+            ("DECLARE c SCROLL CURSOR FOR SUBSCRIBE SELECT a FROM t", "not supported: SCROLL"),
+            ("DECLARE c BINARY CURSOR FOR SUBSCRIBE SELECT a FROM t", "not supported: BINARY"),
+            ("DECLARE c CURSOR WITH FOR SUBSCRIBE SELECT a FROM t", "HOLD"),
+            ("DECLARE c CURSOR FOR SUBSCRIBE", "Expected"),
+            ("DECLARE c CURSOR FOR SUBSCRIBE SELECT a FROM t WITH (snapshot = 3)", "true or false"),
+        ] {
+            let err = parse_sql(sql).unwrap_err().to_string();
+            assert!(err.contains(expected), "{sql}: {err}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! subscriptions get a progress position about every second, so that the position they would
 //! resume from stays within the history.
 
+mod batches;
 mod inbox;
 mod query;
 
@@ -121,13 +122,30 @@ pub struct LiveEnd {
     pub message: String,
 }
 
+/// `code: message`.
 impl std::fmt::Display for LiveEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.message)
+        write!(f, "{}: {}", self.code, self.message)
     }
 }
 
 impl std::error::Error for LiveEnd {}
+
+impl LiveEnd {
+    /// The kind of error the end is, for the interfaces' codes (a FETCH from a live cursor fails
+    /// with it).
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self.code {
+            "permission_denied" => ErrorKind::PermissionDenied,
+            "table_changed" | "position_too_old" => ErrorKind::ObjectNotInPrerequisiteState,
+            "subscriber_too_slow" | "server_overloaded" | "too_many_subscriptions" => ErrorKind::InsufficientResources,
+            "filter_failed" => ErrorKind::DataException,
+            "shutting_down" => ErrorKind::AdminShutdown,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
 
 fn end(code: &'static str, message: impl Into<String>) -> LiveEnd {
     LiveEnd { code, message: message.into() }

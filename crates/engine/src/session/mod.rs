@@ -6,7 +6,8 @@
 //!   `current_setting(...)`: [`crate::session::settings`]);
 //! - whether a driver opened a transaction block (`BEGIN` ... `COMMIT`);
 //! - its open cursors (`DECLARE` / `FETCH` / `MOVE` / `CLOSE`), each a running query whose rows
-//!   are read as they are fetched.
+//!   are read as they are fetched, or a live query (`DECLARE c CURSOR FOR SUBSCRIBE ...`) whose
+//!   FETCH waits for its next rows.
 //!
 //! A session is used by one caller at a time (`&mut`); it is `Send`, so a connection's task can
 //! hold it across awaits.
@@ -41,6 +42,9 @@ pub struct Session {
     pub(crate) cursors: BTreeMap<String, Cursor>,
     /// The savepoints of the transaction block, oldest first.
     pub(crate) savepoints: Vec<String>,
+    /// Whether the client can wait on a FETCH from a live query and cancel it (a PostgreSQL
+    /// connection): others are refused such cursors.
+    pub(crate) live_cursors: bool,
 }
 
 impl fmt::Debug for Session {
@@ -57,6 +61,12 @@ impl fmt::Debug for Session {
 impl Session {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The session of a PostgreSQL connection, whose client can wait on a FETCH from a live
+    /// query (`DECLARE c CURSOR FOR SUBSCRIBE ...`) and cancel it.
+    pub fn for_connection() -> Self {
+        Self { live_cursors: true, ..Self::default() }
     }
 
     /// Whether a driver has opened a transaction block (`BEGIN`) and not ended it.
@@ -140,32 +150,68 @@ pub(crate) struct Cursor {
     stream: crate::statement::RowStream,
     /// Rows read from the stream and not yet fetched.
     pending: Option<RecordBatch>,
+    /// The error that stopped the stream after rows a FETCH returned: the next one fails with it.
+    failed: Option<datafusion::common::DataFusionError>,
     /// `WITH HOLD`: stays open after the transaction block ends.
     pub hold: bool,
+    /// Over a live query: a FETCH waits for the first row only, then takes what is ready.
+    live: bool,
     done: bool,
 }
 
 impl Cursor {
+    /// A cursor over a query's rows (`schema`: its planned result columns).
     pub fn new(schema: SchemaRef, stream: SendableRecordBatchStream, hold: bool) -> Self {
-        Self { schema, stream: crate::statement::RowStream::new(stream), pending: None, hold, done: false }
+        Self::open(schema, stream, hold, false)
+    }
+
+    /// A cursor over a live query's never-ending stream.
+    pub fn live(stream: SendableRecordBatchStream, hold: bool) -> Self {
+        Self::open(stream.schema(), stream, hold, true)
+    }
+
+    fn open(schema: SchemaRef, stream: SendableRecordBatchStream, hold: bool, live: bool) -> Self {
+        let stream = crate::statement::RowStream::new(stream);
+        Self { schema, stream, pending: None, failed: None, hold, live, done: false }
     }
 
     /// The next `n` rows (fewer at the end; `u64::MAX`: all the rest). `keep`: whether to
-    /// return them (FETCH) or only count them (MOVE). Returns the rows and their count.
+    /// return them (FETCH) or only count them (MOVE). Returns the rows and their count. Over a
+    /// live query it waits for one row, then returns without waiting for more (as
+    /// Materialize's FETCH does), so `FETCH 100` returns the rows of the next commit.
     pub async fn read(&mut self, n: u64, keep: bool) -> Result<(Vec<RecordBatch>, u64)> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let mut out = Vec::new();
         let mut count = 0u64;
         while count < n {
             let batch = match self.pending.take() {
                 Some(b) => b,
                 None if self.done => break,
-                None => match self.stream.get_mut().next().await {
-                    Some(b) => b?,
-                    None => {
-                        self.done = true;
-                        break;
+                None => {
+                    let next = self.stream.get_mut().next();
+                    let next = if self.live && count > 0 {
+                        match futures::FutureExt::now_or_never(next) {
+                            Some(next) => next,
+                            None => break,
+                        }
+                    } else {
+                        next.await
+                    };
+                    match next {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) if count > 0 => {
+                            self.failed = Some(e);
+                            break;
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => {
+                            self.done = true;
+                            break;
+                        }
                     }
-                },
+                }
             };
             let want = (n - count).min(batch.num_rows() as u64) as usize;
             if want < batch.num_rows() {

@@ -254,16 +254,33 @@ impl Database {
         Ok(Cursor::new(schema, df.execute_stream().await?, hold))
     }
 
-    /// `FETCH`, `MOVE`, `UNLISTEN`.
+    /// `FETCH`, `MOVE`, `DECLARE ... CURSOR FOR SUBSCRIBE`, `UNLISTEN`.
     pub(crate) async fn session_statement(
         &self,
         session: &mut Session,
-        _principal: &Principal,
+        principal: &Principal,
         statement: SessionStatement,
     ) -> Result<StatementResult> {
         match statement {
             // This server never LISTENs, so there is nothing to stop listening to.
             SessionStatement::Unlisten { .. } => Ok(status_result("UNLISTEN".into())),
+            SessionStatement::DeclareSubscribe { cursor, hold, subscribe } => {
+                if !session.live_cursors {
+                    return Err(crate::database::subscribe_elsewhere());
+                }
+                if !hold && !session.in_transaction {
+                    return plan_err!("DECLARE CURSOR can only be used in transaction blocks (or WITH HOLD)");
+                }
+                let name = cursor_name(&cursor);
+                if session.cursors.contains_key(&name) {
+                    return plan_err!("cursor \"{name}\" already exists");
+                }
+                let sql = subscribe.to_string();
+                let (snapshot, from) = (subscribe.snapshot, subscribe.from_position);
+                let subscription = self.start_live_query(principal, &sql, subscribe.query, snapshot, from).await?;
+                session.declare(name, Cursor::live(subscription.into_stream(), hold))?;
+                Ok(status_result("DECLARE CURSOR".into()))
+            }
             SessionStatement::Fetch { rows, direction, cursor } => {
                 let name = cursor_name(&cursor);
                 let cursor = session.cursor(&name)?;

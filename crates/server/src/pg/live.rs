@@ -8,8 +8,9 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DataFusionError;
 use futures::{Sink, SinkExt};
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
@@ -17,9 +18,8 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::CopyOutResponse;
 use pgwire::messages::data::RowDescription;
-use topicfusion_engine::catalog::types::rows_to_batch;
 use topicfusion_engine::{
-    CopyFormat, CopyOptions, CopyStatement, Database, LiveEvent, LiveRow, Principal, Statement, Subscription, parse_sql,
+    CopyFormat, CopyOptions, CopyStatement, Database, LiveEnd, LiveRow, Principal, Statement, Subscription, parse_sql,
 };
 
 use super::copy::CopyEncoder;
@@ -102,7 +102,7 @@ where
         .await
         .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
     let mut subscription = subscribed.map_err(|e| super::query::statement_error(&e))?;
-    let schema = schema(&subscription);
+    let schema = subscription.schema();
     match form {
         LiveForm::Rows(_) => {
             let fields = Arc::new(wire_fields(&schema, &Format::UnifiedText)?);
@@ -138,51 +138,18 @@ where
     }
 }
 
-/// The next rows (the snapshot's end has none); the end as an error.
+/// The next rows (the snapshot's end has none); the end as an error with the SQLSTATE of its
+/// kind (a cancel request is 57014, query_canceled).
 async fn next_rows(subscription: &mut Subscription) -> PgWireResult<Vec<LiveRow>> {
-    loop {
-        match subscription.next().await {
-            Some(LiveEvent::Rows(rows)) => return Ok(rows),
-            Some(LiveEvent::Ready { .. } | LiveEvent::Progress { .. }) => continue,
-            Some(LiveEvent::End(end)) => {
-                let info =
-                    ErrorInfo::new("ERROR".into(), sqlstate(end.code).into(), format!("{}: {}", end.code, end.message));
-                return Err(PgWireError::UserError(Box::new(info)));
-            }
-            None => return Err(PgWireError::ApiError("the subscription ended".into())),
+    subscription.next_rows().await.map_err(|e| match &e {
+        DataFusionError::External(inner) if let Some(end) = inner.downcast_ref::<LiveEnd>() => {
+            let (code, message) = (end.kind().sqlstate().into(), end.to_string());
+            PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code, message)))
         }
-    }
-}
-
-/// The SQLSTATE of a subscription's end (a cancel request is 57014, query_canceled).
-fn sqlstate(code: &str) -> &'static str {
-    match code {
-        "permission_denied" => "42501",
-        "table_changed" | "position_too_old" => "55000",
-        "subscriber_too_slow" | "server_overloaded" | "too_many_subscriptions" => "53400",
-        "filter_failed" => "22000",
-        "shutting_down" => "57P01",
-        _ => "XX000",
-    }
-}
-
-/// `op`, `position`, then the selected columns.
-fn schema(subscription: &Subscription) -> SchemaRef {
-    let mut fields = vec![Field::new("op", DataType::Utf8, false), Field::new("position", DataType::Int64, false)];
-    fields.extend(subscription.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)));
-    Arc::new(Schema::new(fields))
+        _ => PgWireError::ApiError(Box::new(e)),
+    })
 }
 
 fn batch(subscription: &Subscription, schema: &SchemaRef, rows: &[LiveRow]) -> PgWireResult<RecordBatch> {
-    let columns = &subscription.columns;
-    let values: Vec<_> = rows.iter().map(|r| r.row.clone()).collect();
-    let all: Vec<usize> = (0..columns.len()).collect();
-    let nullable = Arc::new(Schema::new(schema.fields()[2..].to_vec()));
-    let data = rows_to_batch(&nullable, columns, &all, &values).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-    let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.op.as_str()))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.position as i64))),
-    ];
-    arrays.extend(data.columns().iter().cloned());
-    RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| PgWireError::ApiError(Box::new(e)))
+    subscription.batch(schema, rows).map_err(|e| PgWireError::ApiError(Box::new(e)))
 }

@@ -103,7 +103,7 @@ impl Queries {
     pub fn new(db: Arc<Database>) -> Self {
         Self {
             db,
-            session: Arc::new(Mutex::new(Session::new())),
+            session: Arc::new(Mutex::new(Session::for_connection())),
             copy_in: Mutex::new(None),
             statement_names: Default::default(),
         }

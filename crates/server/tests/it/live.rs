@@ -533,6 +533,77 @@ async fn a_slow_subscriber_is_ended_while_writers_go_on_and_resumes_where_it_sto
     quiet(&mut resumed).await;
 }
 
+/// The rows of a FETCH from a cursor over a live query, as `(op, id)`.
+async fn fetch(db: &Database, session: &mut topicfusion_engine::Session, sql: &str) -> Vec<(String, i64)> {
+    use datafusion::arrow::array::{AsArray, StringArray};
+    use datafusion::arrow::datatypes::Int64Type;
+    let fetched = tokio::time::timeout(Duration::from_secs(10), db.execute_in(session, &Principal::root(), sql))
+        .await
+        .expect("a FETCH with rows to return answers at once");
+    let result = fetched.unwrap_or_else(|e| panic!("{sql}: {e}")).remove(0);
+    let mut out = Vec::new();
+    for b in &result.batches {
+        let ops = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let ids = b.column(2).as_primitive::<Int64Type>();
+        out.extend((0..b.num_rows()).map(|i| (ops.value(i).to_owned(), ids.value(i))));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_over_a_live_query_fetches_what_is_ready_and_fails_with_the_end() {
+    use topicfusion_engine::{ErrorKind, Session};
+    let (_dir, db) = open(LiveOptions { buffer_rows: 100, ..Default::default() });
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT)").await;
+    run(&db, "INSERT INTO t VALUES (1, 0), (2, 0), (3, 1)").await;
+    let mut session = Session::for_connection();
+    let root = Principal::root();
+    // Outside a transaction block only WITH HOLD, as in PostgreSQL.
+    let e = db.execute_in(&mut session, &root, "DECLARE c CURSOR FOR SUBSCRIBE SELECT id FROM t").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoActiveTransaction, "{e}");
+    db.execute_in(&mut session, &root, "DECLARE c CURSOR WITH HOLD FOR SUBSCRIBE SELECT id, k FROM t WHERE k = 0")
+        .await
+        .unwrap();
+    // FETCH n waits for the first row only: the snapshot, then one commit's rows.
+    assert_eq!(fetch(&db, &mut session, "FETCH 1 FROM c").await, [("snapshot".to_owned(), 1)]);
+    assert_eq!(fetch(&db, &mut session, "FETCH 100 FROM c").await, [("snapshot".to_owned(), 2)]);
+    run(&db, "INSERT INTO t VALUES (4, 0), (5, 1), (6, 0)").await;
+    let inserted = [("insert".to_owned(), 4), ("insert".to_owned(), 6)];
+    assert_eq!(fetch(&db, &mut session, "FETCH ALL FROM c").await, inserted);
+    // With nothing to come, FETCH waits.
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(300), db.execute_in(&mut session, &root, "FETCH FORWARD 5 FROM c"));
+    assert!(waiting.await.is_err(), "a FETCH returned with no change");
+    // A reader that stops fetching is ended as too slow: FETCH returns the rows it had, then
+    // fails with the end (SQLSTATE 53400 on the PostgreSQL protocol).
+    insert_many(&db, 30, 10, |i| format!("({}, 0)", 100 + i)).await;
+    let mut fetched = 0;
+    let e = loop {
+        match db.execute_in(&mut session, &root, "FETCH 1000 FROM c").await {
+            Ok(mut r) => fetched += r.remove(0).batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::InsufficientResources, "{e}");
+    assert!(e.to_string().contains("subscriber_too_slow") && e.to_string().contains("from_position"), "{e}");
+    assert!(fetched > 0 && fetched < 300, "{fetched} rows before the end");
+    db.execute_in(&mut session, &root, "CLOSE c").await.unwrap();
+    // A cursor whose table is dropped fails with table_changed (55000).
+    db.execute_in(&mut session, &root, "BEGIN; DECLARE d CURSOR FOR SUBSCRIBE SELECT id FROM t WHERE k = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(&db, &mut session, "FETCH ALL FROM d").await,
+        [("snapshot".to_owned(), 3), ("snapshot".to_owned(), 5)]
+    );
+    run(&db, "DROP TABLE t").await;
+    let e = db.execute_in(&mut session, &root, "FETCH 1 FROM d").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ObjectNotInPrerequisiteState, "{e}");
+    // COMMIT closes the cursor and ends its subscription.
+    db.execute_in(&mut session, &root, "COMMIT").await.unwrap();
+    assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscriptions_by_key_each_get_their_rows() {
     let (_dir, db) = open(LiveOptions::default());
@@ -628,12 +699,37 @@ async fn bad_live_queries_get_clear_errors() {
     refused("INSERT INTO t VALUES (1, 'a')", "one SELECT or SUBSCRIBE").await;
     refused("SELECT * FROM t WHERE (((", "Expected").await;
     refused("SUBSCRIBE SELECT * FROM t WITH (snapshot = true, from_position = 1)", "not both").await;
-    // Reading system.users needs dba; a live query on it is refused by role first.
+    // Roles below dba see only their own live queries in system.live_queries (whatever the
+    // query reads of it); dba and system see everyone's.
+    run(&db, "CREATE USER bob WITH PASSWORD 'pw' ROLE service; CREATE USER dee WITH PASSWORD 'pw' ROLE dba").await;
     let ann = db.principal("ann").unwrap();
+    let (bob, dee) = (db.principal("bob").unwrap(), db.principal("dee").unwrap());
+    let _anns = db.subscribe(&ann, "SELECT id FROM t WHERE v = 'ann''s secret'", None, None).await.unwrap();
+    let _bobs = db.subscribe(&bob, "SELECT id FROM t", None, None).await.unwrap();
+    let own = "SELECT user, sql FROM system.live_queries";
+    assert_eq!(crate::query_as(&db, &ann, own).await, [["ann", "SELECT id FROM t WHERE v = 'ann''s secret'"]]);
+    assert_eq!(crate::query_as(&db, &bob, own).await, [["bob", "SELECT id FROM t"]]);
+    for count in
+        ["SELECT count(*) FROM system.live_queries", "SELECT count(*) FROM (SELECT sql FROM system.live_queries)"]
+    {
+        assert_eq!(crate::query_as(&db, &ann, count).await, [["1"]], "{count}");
+        assert_eq!(crate::query_as(&db, &dee, count).await, [["2"]], "{count}");
+    }
+    assert_eq!(
+        crate::query_as(&db, &ann, "SELECT count(*) FROM system.live_queries WHERE user = 'bob'").await,
+        [["0"]]
+    );
+    drop((_anns, _bobs));
+    // Reading system.users needs dba; a live query on it is refused by role first.
     let e = db.subscribe(&ann, "SELECT * FROM system.users", None, None).await.err().unwrap();
     assert!(e.to_string().contains("permission denied"), "{e}");
     // SUBSCRIBE through a request/response interface says where it runs.
     let e = db.execute("SUBSCRIBE TO SELECT * FROM t").await.err().unwrap();
+    assert_eq!(e.kind, topicfusion_engine::ErrorKind::FeatureNotSupported);
+    assert!(e.to_string().contains("/v1/api/live"), "{e}");
+    // So does a cursor over one (its FETCH would wait for changes; only a PostgreSQL connection
+    // can wait and cancel).
+    let e = db.execute("DECLARE c CURSOR WITH HOLD FOR SUBSCRIBE SELECT * FROM t").await.err().unwrap();
     assert_eq!(e.kind, topicfusion_engine::ErrorKind::FeatureNotSupported);
     assert!(e.to_string().contains("/v1/api/live"), "{e}");
     assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);

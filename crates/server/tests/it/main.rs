@@ -26,7 +26,12 @@ pub fn open_temp() -> (tempfile::TempDir, Database) {
 
 /// Runs SQL and returns the last statement's rows, each cell formatted as text.
 pub async fn query(db: &Database, sql: &str) -> Vec<Vec<String>> {
-    let results = db.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    query_as(db, &topicfusion_engine::Principal::root(), sql).await
+}
+
+/// [`query`] as `principal`.
+pub async fn query_as(db: &Database, principal: &topicfusion_engine::Principal, sql: &str) -> Vec<Vec<String>> {
+    let results = db.execute_as(principal, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let last = results.last().expect("a statement");
     let mut rows = Vec::new();
     for batch in &last.batches {

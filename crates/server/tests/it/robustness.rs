@@ -56,6 +56,8 @@ async fn deep_expressions_get_a_clear_error_at_every_interface() {
         format!("SELECT {}", chain("1", " + ", 200_000)),
         format!("ALTER TOPIC ev ADD SOURCE t ON DELETE WHERE {}", chain("v", " - ", 200_000)),
         format!("SELECT v {} FROM t", " IS NULL".repeat(100_000)),
+        format!("SUBSCRIBE SELECT id FROM t WHERE v > {}", chain("1", " + ", 200_000)),
+        format!("DECLARE c CURSOR FOR SUBSCRIBE SELECT id FROM t WHERE v > {}", chain("1", " + ", 200_000)),
     ] {
         let err = db.execute(&sql).await.unwrap_err().to_string();
         assert!(err.contains("expression nesting too deep"), "{}: {err}", &sql[..60]);

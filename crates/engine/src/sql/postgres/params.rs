@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 
 use datafusion::common::{Result, plan_err};
 use datafusion::sql::parser::Statement as DFStatement;
-use topicfusion_dialect::Statement;
 use topicfusion_dialect::sqlparser::ast::{self as sql, CastKind, DataType as SqlDataType, Expr, Value, ValueWithSpan};
+use topicfusion_dialect::{SessionStatement, Statement};
 
 pub use crate::catalog::types::ParamValue;
 
@@ -67,16 +67,23 @@ pub fn parameter_count(statement: &Statement) -> Result<usize> {
             }
         }
     };
+    let mut visit = |e: &Expr| {
+        if let Expr::Value(v) = e {
+            check(&v.value);
+        }
+        ControlFlow::<()>::Continue(())
+    };
     // The topic and user statements take their values as literals.
-    if let Statement::DataFusion(df) = statement
-        && let DFStatement::Statement(st) = df.as_ref()
-    {
-        let _ = sql::visit_expressions(st.as_ref(), |e| {
-            if let Expr::Value(v) = e {
-                check(&v.value);
+    match statement {
+        Statement::DataFusion(df) => {
+            if let DFStatement::Statement(st) = df.as_ref() {
+                let _ = sql::visit_expressions(st.as_ref(), &mut visit);
             }
-            ControlFlow::<()>::Continue(())
-        });
+        }
+        Statement::Session(SessionStatement::DeclareSubscribe { subscribe, .. }) => {
+            let _ = sql::visit_expressions(subscribe.query.as_ref(), &mut visit);
+        }
+        _ => {}
     }
     if let Some(p) = bad {
         return plan_err!("invalid parameter {p}: parameters are written $1, $2, ...");
@@ -85,7 +92,8 @@ pub fn parameter_count(statement: &Statement) -> Result<usize> {
 }
 
 /// Replaces every `$n` of a statement with the literal of `params[n - 1]`. Only SELECT, INSERT,
-/// UPDATE, DELETE and the other statements DataFusion parses take parameters.
+/// UPDATE, DELETE and the other statements DataFusion parses take parameters, and the query of
+/// a cursor over a live query (psycopg's server-side cursors bind them).
 pub fn bind_parameters(statement: &mut Statement, params: &[ParamValue]) -> Result<()> {
     let needed = parameter_count(statement)?;
     if needed > params.len() {
@@ -94,15 +102,23 @@ pub fn bind_parameters(statement: &mut Statement, params: &[ParamValue]) -> Resu
     if params.is_empty() {
         return Ok(());
     }
-    let Statement::DataFusion(df) = statement else {
-        return plan_err!(
+    match statement {
+        Statement::DataFusion(df) => match df.as_mut() {
+            DFStatement::Statement(st) => replace_parameters(st.as_mut(), params),
+            _ => plan_err!("this statement takes no parameters"),
+        },
+        Statement::Session(SessionStatement::DeclareSubscribe { subscribe, .. }) => {
+            replace_parameters(subscribe.query.as_mut(), params)
+        }
+        _ => plan_err!(
             "only SELECT, INSERT, UPDATE, DELETE and other standard statements take parameters; write the values of a topic or user statement into its text"
-        );
-    };
-    let DFStatement::Statement(st) = df.as_mut() else {
-        return plan_err!("this statement takes no parameters");
-    };
-    let _ = sql::visit_expressions_mut(st.as_mut(), |e| {
+        ),
+    }
+}
+
+/// Replaces each `$n` in `node` (its count checked) with the literal of `params[n - 1]`.
+fn replace_parameters<V: sql::VisitMut>(node: &mut V, params: &[ParamValue]) -> Result<()> {
+    let _ = sql::visit_expressions_mut(node, |e| {
         if let Expr::Value(v) = e
             && let Value::Placeholder(p) = &v.value
             && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())

@@ -48,7 +48,8 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(TABLES.contains(&name).then(|| {
-            Arc::new(SystemTable { name: name.to_owned(), core: Arc::clone(&self.core) }) as Arc<dyn TableProvider>
+            Arc::new(SystemTable { name: name.to_owned(), core: Arc::clone(&self.core), only_user: None })
+                as Arc<dyn TableProvider>
         }))
     }
 
@@ -61,14 +62,40 @@ impl SchemaProvider for SystemSchema {
 struct SystemTable {
     name: String,
     core: Arc<Core>,
+    /// Only this user's rows (`live_queries` as roles below dba see it).
+    only_user: Option<String>,
+}
+
+/// `plan` with every scan of `system.live_queries` limited to `user`'s own subscriptions: roles
+/// below dba see only theirs (their text and position are theirs; other users' queries may name
+/// what they filter on), as PostgreSQL shows only one's own `pg_stat_activity.query`.
+pub fn only_own_live_queries(
+    plan: datafusion::logical_expr::LogicalPlan,
+    user: &str,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::{LogicalPlan, TableScan};
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+        let Some(table) = system_table(scan.source.as_ref()).filter(|t| t.name == "live_queries") else {
+            return Ok(Transformed::no(node));
+        };
+        let own = SystemTable { name: table.name.clone(), core: Arc::clone(&table.core), only_user: Some(user.into()) };
+        let source = datafusion::datasource::provider_as_source(Arc::new(own));
+        Ok(Transformed::yes(LogicalPlan::TableScan(TableScan { source, ..scan.clone() })))
+    })
+    .map(|t| t.data)
+}
+
+fn system_table(source: &dyn datafusion::logical_expr::TableSource) -> Option<&SystemTable> {
+    source
+        .downcast_ref::<datafusion::datasource::DefaultTableSource>()
+        .and_then(|s| s.table_provider.downcast_ref::<SystemTable>())
 }
 
 /// Whether a plan's table source is `system.users` (whatever name the statement used for it).
 pub fn is_users_table(source: &dyn datafusion::logical_expr::TableSource) -> bool {
-    source
-        .downcast_ref::<datafusion::datasource::DefaultTableSource>()
-        .and_then(|s| s.table_provider.downcast_ref::<SystemTable>())
-        .is_some_and(|t| t.name == "users")
+    system_table(source).is_some_and(|t| t.name == "users")
 }
 
 fn ts() -> DataType {
@@ -247,7 +274,10 @@ impl SystemTable {
                 ]
             }
             "live_queries" => {
-                let queries = core.live.list();
+                let mut queries = core.live.list();
+                if let Some(user) = &self.only_user {
+                    queries.retain(|q| &q.user == user);
+                }
                 vec![
                     Arc::new(UInt64Array::from_iter_values(queries.iter().map(|q| q.id))),
                     Arc::new(StringArray::from_iter_values(queries.iter().map(|q| q.user.as_str()))),

@@ -443,7 +443,12 @@ impl Groups {
                     &topicfusion_dialect::sqlparser::dialect::GenericDialect {},
                 )
                 .try_with_sql(name)
-                .and_then(|mut p| p.parse_object_name(false));
+                .and_then(|mut p| {
+                    // The whole text is the name: `'dlq junk'` is not topic dlq.
+                    let object = p.parse_object_name(false)?;
+                    p.expect_token(&topicfusion_dialect::sqlparser::tokenizer::Token::EOF)?;
+                    Ok(object)
+                });
                 let Ok(object) = parsed else {
                     return plan_err!("invalid dead_letter_topic '{name}'");
                 };

@@ -122,4 +122,47 @@ try:
     raise SystemExit("role user consumed")
 except psycopg2.errors.InsufficientPrivilege:
     pass
+
+# A live query read through a named cursor (DECLARE ... CURSOR FOR SUBSCRIBE, then FETCH FORWARD
+# n): a FETCH waits for the first row, then returns what is ready, so a fetch returns the
+# snapshot, then each commit's rows as it happens.
+root.autocommit = True
+cur.execute("INSERT INTO app.t VALUES (300, 'before')")
+watcher = connect("u_user", "pw")
+live = watcher.cursor("live_t")
+live.execute("SUBSCRIBE SELECT id, v FROM app.t WHERE id >= 300")
+snapshot = live.fetchmany(100)
+assert [(r[0], r[2], r[3]) for r in snapshot] == [("snapshot", 300, "before")], snapshot
+cur.execute("INSERT INTO app.t VALUES (301, 'a'), (302, 'b'), (3, 'not matching')")
+inserted = live.fetchmany(100)
+assert [(r[0], r[2], r[3]) for r in inserted] == [("insert", 301, "a"), ("insert", 302, "b")], inserted
+assert inserted[0][1] == inserted[1][1] > snapshot[0][1], (snapshot, inserted)
+cur.execute("UPDATE app.t SET v = 'c' WHERE id = 301")
+updated = live.fetchone()
+assert (updated[0], updated[2], updated[3]) == ("update", 301, "c"), updated
+# A FETCH waiting for a change ends at a cancel request (psycopg2's cancel(), as Ctrl-C).
+import threading
+threading.Timer(0.3, watcher.cancel).start()
+try:
+    live.fetchone()
+    raise SystemExit("a FETCH with no change returned")
+except psycopg2.errors.QueryCanceled:
+    pass
+watcher.rollback()
+# The transaction ended: so did its cursor and the subscription.
+import time
+for _ in range(100):
+    cur.execute("SELECT count(*) FROM system.live_queries")
+    if cur.fetchone()[0] == 0:
+        break
+    time.sleep(0.05)
+else:
+    raise SystemExit("the subscription outlived its cursor")
+# Outside a transaction block a cursor needs WITH HOLD, as in PostgreSQL.
+watcher.autocommit = True
+try:
+    watcher.cursor().execute("DECLARE c CURSOR FOR SUBSCRIBE SELECT id FROM app.t")
+    raise SystemExit("DECLARE outside a transaction block was accepted")
+except psycopg2.errors.NoActiveSqlTransaction:
+    pass
 print("psycopg2: all checks passed")

@@ -171,4 +171,25 @@ with root.cursor() as cur:
                         "date", "timestamp", "bytea"])
         check_rows(list(copy.rows()), "psycopg binary COPY TO STDOUT")
 
+# A live query through a server-side cursor: psycopg 3 declares it, describes it as a portal,
+# then fetches with FETCH FORWARD n in the extended protocol; FETCH returns the rows that are
+# ready once the first one is.
+watcher = connect("u_user", "pw", autocommit=False)
+with watcher.cursor("live_items") as live:
+    live.execute("SUBSCRIBE SELECT id, name FROM app.items WHERE id = %s", (2,))
+    assert [d.name for d in live.description] == ["op", "position", "id", "name"], live.description
+    snapshot = live.fetchmany(50)
+    assert [(r[0], r[2], r[3]) for r in snapshot] == [("snapshot", 2, "ink")], snapshot
+    root.execute("UPDATE app.items SET name = 'blue ink' WHERE id IN (2, 3)")
+    changed = live.fetchmany(50)
+    assert [(r[0], r[2], r[3]) for r in changed] == [("update", 2, "blue ink")], changed
+    # Waiting with nothing to come: a cancel request ends the FETCH.
+    threading.Timer(0.3, watcher.cancel).start()
+    try:
+        live.fetchone()
+        raise SystemExit("a FETCH with no change returned")
+    except errors.QueryCanceled:
+        pass
+watcher.rollback()
+
 print("psycopg: all checks passed")
