@@ -472,7 +472,7 @@ impl Replicator for Proposer {
         Err(not_leader(leader))
     }
 
-    fn replicate(&self, command: Command) -> topicfusion_storage::Result<()> {
+    fn replicate(&self, command: Command) -> topicfusion_storage::Result<u64> {
         let command = command.encode();
         // A command every node would apply as nothing is refused here, before it is proposed.
         Command::decode(&command).map_err(|e| StorageError::Replication(format!("not a valid command: {e}")))?;
@@ -492,7 +492,7 @@ impl Replicator for Proposer {
         }
         match written {
             Some(Ok(written)) => match written.data {
-                ApplyOutcome::Applied => Ok(()),
+                ApplyOutcome::Applied => Ok(written.log_id.index),
                 // Retryable like a write sent to a follower: nothing was written.
                 ApplyOutcome::Stale => Err(StorageError::NotLeader {
                     leader: Some(

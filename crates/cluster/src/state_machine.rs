@@ -246,8 +246,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut changed = false;
             for entry in entries {
                 let id = entry.log_id;
-                changed |= matches!(entry.payload, EntryPayload::Normal(_))
-                    && !watcher.as_ref().is_some_and(|w| w.is_own(&id));
+                let own = watcher.as_ref().is_some_and(|w| w.is_own(&id));
+                changed |= matches!(entry.payload, EntryPayload::Normal(_)) && !own;
                 let fail = |e: &dyn std::error::Error| {
                     Box::new(StorageError::from(StorageIOError::apply(id, AnyError::error(e.to_string()))))
                 };
@@ -267,7 +267,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Payload::Membership(serde_json::to_vec(&stored).map_err(|e| fail(&e))?)
                     }
                 };
-                outcomes.push(match store.apply(applied_id(&id), payload).map_err(|e| fail(&e))? {
+                // The proposing writer reports its own entry's changes to live queries; any
+                // other entry's are reported as made elsewhere.
+                let applied =
+                    if own { store.apply_own(applied_id(&id), payload) } else { store.apply(applied_id(&id), payload) };
+                outcomes.push(match applied.map_err(|e| fail(&e))? {
                     Applied::Written(pending) => {
                         store.finish(pending).map_err(|e| fail(&e))?;
                         if rejected { ApplyOutcome::Rejected } else { ApplyOutcome::Applied }

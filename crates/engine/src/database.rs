@@ -363,11 +363,9 @@ impl Database {
         snapshot: Option<bool>,
         from: Option<u64>,
     ) -> Result<crate::live::Subscription> {
-        if self.core.cluster.get().is_some() {
-            return Err(DataFusionError::NotImplemented(
-                "live queries are not available on a cluster node yet (docs/live-queries.md)".into(),
-            ));
-        }
+        // On a cluster, live queries run on the leader, whose writers report their changes
+        // (elsewhere: the not-leader error naming the leader, as a write gets).
+        self.core.store.ensure_writable().map_err(|e| DataFusionError::External(Box::new(e)))?;
         let snapshot = snapshot.unwrap_or(from.is_none());
         if snapshot && from.is_some() {
             return Err(DataFusionError::Plan(

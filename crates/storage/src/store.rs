@@ -42,7 +42,20 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 /// A replicated write waiting for its proposal, and where its outcome goes.
 struct QueuedWrite {
     commit: Commit,
+    on_written: Option<OnWritten>,
     done: std::sync::mpsc::SyncSender<Result<Committed>>,
+}
+
+/// Positions a replicated log entry spans ([`Store::position`] on a replica): the writes one
+/// entry carries are at `index * POSITIONS_PER_ENTRY + i` (`i` their place in it), and
+/// everything through the entry at [`entry_position`]. So positions are the same on every node
+/// (they follow the log, not RocksDB's sequence numbers), and a JavaScript client holds them
+/// exactly up to 2^37 entries.
+pub const POSITIONS_PER_ENTRY: u64 = 1 << 16;
+
+/// The position through log entry `index`: after each of its writes.
+pub fn entry_position(index: u64) -> u64 {
+    index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(POSITIONS_PER_ENTRY - 1)
 }
 
 /// The same replication failure, for each writer of a batch.
@@ -210,8 +223,10 @@ pub struct Commit {
     pub partition_ops: Vec<PartitionOp>,
     /// Called once the batch is written, still under the commit lock (so in commit order), with
     /// the commit's position ([`Store::position`] right after it): for live queries, which must
-    /// see commits in the order they were made. Must be quick. A replicated store never calls
-    /// it (live queries run on a single node).
+    /// see commits in the order they were made. Must be quick. On a replica it is called once
+    /// the write's log entry is applied here, still in the proposing turn (so in log order, and
+    /// before any snapshot of [`Store::scan_at_position`] can see the entry), with the write's
+    /// position in the entry ([`POSITIONS_PER_ENTRY`]); a write that fails is never reported.
     pub on_written: Option<OnWritten>,
 }
 
@@ -440,11 +455,11 @@ pub trait Replicator: Send + Sync + 'static {
     /// entry committed before (else [`StorageError::NotLeader`]). Blocking.
     fn ready(&self) -> Result<()>;
 
-    /// Proposes `command` (prepared from this store's applied state) and returns once it is
-    /// committed and applied to this store through [`Store::apply`], or why it is not (then
-    /// nothing of it was applied). Blocking; called with no store lock held but one writer at a
-    /// time.
-    fn replicate(&self, command: Command) -> Result<()>;
+    /// Proposes `command` (prepared from this store's applied state) and returns the index of
+    /// its log entry once it is committed and applied to this store through [`Store::apply_own`],
+    /// or why it is not (then nothing of it was applied). Blocking; called with no store lock
+    /// held but one writer at a time.
+    fn replicate(&self, command: Command) -> Result<u64>;
 }
 
 /// The RocksDB store. `Send + Sync`; share it with an `Arc`.
@@ -459,6 +474,10 @@ pub struct Store {
     replicating: Mutex<()>,
     /// Replicated writes waiting for the next proposal (see [`Store::write_replicated`]).
     replication_queue: Mutex<Vec<QueuedWrite>>,
+    /// Told, in log order, the position of each applied entry this node's writers did not
+    /// propose in their current leadership (their [`Commit::on_written`] never ran here): see
+    /// [`Store::on_foreign_entries`].
+    on_foreign: std::sync::OnceLock<Arc<dyn Fn(u64) + Send + Sync>>,
     /// The commit lock.
     log: Mutex<LogState>,
     read: Arc<Mutex<ReadState>>,
@@ -558,6 +577,7 @@ impl Store {
             replicator: std::sync::OnceLock::new(),
             replicating: Mutex::new(()),
             replication_queue: Mutex::new(Vec::new()),
+            on_foreign: std::sync::OnceLock::new(),
             log,
             read,
             wal_sync,
@@ -594,7 +614,7 @@ impl Store {
         self.check_wal_sync()?;
         let on_written = commit.on_written.take();
         let pending = match self.replicator.get() {
-            Some(replicator) => self.write_replicated(replicator.as_ref(), commit),
+            Some(replicator) => self.write_replicated(replicator.as_ref(), commit, on_written),
             None => {
                 let log = self.lock();
                 let (command, offsets) = prepare(&log, self.clock.now_ms(), commit)?;
@@ -630,9 +650,15 @@ impl Store {
     /// after the other (each from the state the previous one leaves), proposes them as one
     /// command and hands each writer its outcome. While one proposal is in flight the next
     /// writes gather, so concurrent writers share a log entry, its round trip and its fsyncs.
-    fn write_replicated(&self, replicator: &dyn Replicator, commit: Commit) -> Result<Pending> {
+    fn write_replicated(
+        &self,
+        replicator: &dyn Replicator,
+        commit: Commit,
+        on_written: Option<OnWritten>,
+    ) -> Result<Pending> {
         let (done, outcome) = std::sync::mpsc::sync_channel(1);
-        self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(QueuedWrite { commit, done });
+        let queued = QueuedWrite { commit, on_written, done };
+        self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(queued);
         {
             let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
             // An earlier turn took this write: its outcome is waiting (the writes queued since
@@ -641,7 +667,13 @@ impl Store {
                 let committed = done?;
                 return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
             }
-            let batch = std::mem::take(&mut *self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()));
+            let batch = {
+                // At most one position per write in the entry (the rest is taken by the next
+                // turn: each queued writer takes one).
+                let mut queue = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner());
+                let n = queue.len().min(POSITIONS_PER_ENTRY as usize - 1);
+                queue.drain(..n).collect::<Vec<_>>()
+            };
             if !batch.is_empty() {
                 self.propose_batch(replicator, batch);
             }
@@ -672,7 +704,7 @@ impl Store {
         let now = self.clock.now_ms();
         let mut commands = Vec::with_capacity(batch.len());
         let mut prepared = Vec::with_capacity(batch.len());
-        for QueuedWrite { commit, done } in batch {
+        for QueuedWrite { commit, on_written, done } in batch {
             match prepare(&state, now, commit) {
                 Ok((command, offsets)) => {
                     // The next write is prepared from the state this one leaves.
@@ -683,7 +715,7 @@ impl Store {
                             None => state.partitions.remove(&change.id),
                         };
                     }
-                    prepared.push((done, Committed { timestamp_ms: command.timestamp_ms, offsets }));
+                    prepared.push((done, on_written, Committed { timestamp_ms: command.timestamp_ms, offsets }));
                     commands.push(command);
                 }
                 // Refused alone (an unknown partition, ...): the others go on.
@@ -696,13 +728,18 @@ impl Store {
             return;
         }
         match replicator.replicate(Command::merge(commands)) {
-            Ok(()) => {
-                for (done, committed) in prepared {
+            Ok(index) => {
+                // Applied here: reported in the turn, so in log order and before any later
+                // snapshot's position (those wait for the turn).
+                for (i, (done, on_written, committed)) in prepared.into_iter().enumerate() {
+                    if let Some(f) = on_written {
+                        f(index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(i as u64));
+                    }
                     let _ = done.send(Ok(committed));
                 }
             }
             Err(e) => {
-                for (done, _) in prepared {
+                for (done, _, _) in prepared {
                     let _ = done.send(Err(replication_error(&e)));
                 }
             }
@@ -730,7 +767,30 @@ impl Store {
     /// must prepare its commit again. Like [`Store::write`], what it writes is visible after
     /// [`Store::finish`] (or [`Store::durable`]) of the returned commit, which carries no offsets
     /// (they are in the command's messages).
+    ///
+    /// This is for an entry this node's writers did not propose in their current leadership:
+    /// the hook of [`Store::on_foreign_entries`] is told its position. [`Store::apply_own`]
+    /// applies the proposing writer's own entries.
     pub fn apply(&self, id: AppliedId, payload: Payload) -> Result<Applied> {
+        self.apply_entry(id, payload, false)
+    }
+
+    /// [`Store::apply`] of an entry this node's writer proposed in its current leadership
+    /// (its proposer reports the writes' positions itself, [`Commit::on_written`]).
+    pub fn apply_own(&self, id: AppliedId, payload: Payload) -> Result<Applied> {
+        self.apply_entry(id, payload, true)
+    }
+
+    /// Calls `hook` under the commit lock, in log order, with the position through each applied
+    /// entry ([`entry_position`]) this node's writers did not propose in their current
+    /// leadership: another leader's, this node's from an earlier leadership, the blank entry a
+    /// new leader starts its term with. Live queries, whose changes only the proposing writers
+    /// report, learn there that changes were made they never saw. Must be quick. Set once.
+    pub fn on_foreign_entries(&self, hook: Arc<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.on_foreign.set(hook);
+    }
+
+    fn apply_entry(&self, id: AppliedId, payload: Payload, own: bool) -> Result<Applied> {
         self.check_wal_sync()?;
         let log = self.lock();
         if log.last_applied.is_some_and(|last| last.index >= id.index) {
@@ -750,7 +810,14 @@ impl Store {
             }
             Payload::Blank => (blank(), false),
         };
-        let pending = self.apply_locked(log, Some(id), command, Vec::new(), None)?;
+        let on_foreign = match (own, self.on_foreign.get()) {
+            (false, Some(hook)) => {
+                let hook = Arc::clone(hook);
+                Some(Box::new(move |position| hook(position)) as OnWritten)
+            }
+            _ => None,
+        };
+        let pending = self.apply_locked(log, Some(id), command, Vec::new(), on_foreign)?;
         Ok(if stale { Applied::Stale } else { Applied::Written(pending) })
     }
 
@@ -845,7 +912,10 @@ impl Store {
         // Never synced here: durability comes from `finish`, one fsync for every commit
         // written before it started.
         self.db.write_opt(batch, &WriteOptions::default())?;
-        let position = on_written.is_some().then(|| self.db.latest_sequence_number());
+        let position = on_written.is_some().then(|| match id {
+            Some(id) => entry_position(id.index),
+            None => self.db.latest_sequence_number(),
+        });
 
         log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
         if id.is_some() {
@@ -1178,17 +1248,28 @@ impl Store {
         Ok(out)
     }
 
-    /// The position of the last commit: RocksDB's sequence number, which every commit moves up
-    /// and which survives a restart (with [`Durability::Sync`], every acknowledged commit's).
+    /// The position of the last commit: alone, RocksDB's sequence number, which every commit
+    /// moves up and which survives a restart (with [`Durability::Sync`], every acknowledged
+    /// commit's); on a replica (once it applied a log entry), the position through the last
+    /// applied entry ([`entry_position`]), the same on every node.
     pub fn position(&self) -> u64 {
-        self.db.latest_sequence_number()
+        Self::position_in(&self.lock(), &self.db)
     }
 
-    /// Calls `f` with the position of the last commit, under the commit lock: every commit whose
-    /// [`Commit::on_written`] ran is at or before it, every later one after it.
+    fn position_in(log: &LogState, db: &DB) -> u64 {
+        match log.last_applied {
+            Some(id) => entry_position(id.index),
+            None => db.latest_sequence_number(),
+        }
+    }
+
+    /// Calls `f` with the position of the last commit, under the commit lock (and on a replica
+    /// in the proposing turn): every commit whose [`Commit::on_written`] ran is at or before
+    /// it, every later one after it.
     pub fn at_position<T>(&self, f: impl FnOnce(u64) -> T) -> T {
-        let _log = self.lock();
-        f(self.db.latest_sequence_number())
+        let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
+        let log = self.lock();
+        f(Self::position_in(&log, &self.db))
     }
 
     /// Reads `[start, end)` from one snapshot taken under the commit lock, where `at_snapshot`
@@ -1204,9 +1285,10 @@ impl Store {
         on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
     ) -> Result<()> {
         let snapshot = {
-            let _log = self.lock();
+            let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
+            let log = self.lock();
             let snapshot = self.db.snapshot();
-            at_snapshot(self.db.latest_sequence_number());
+            at_snapshot(Self::position_in(&log, &self.db));
             snapshot
         };
         read_chunks(&snapshot, start, end, chunk, on_chunk)
@@ -1689,7 +1771,7 @@ mod tests {
             Ok(())
         }
 
-        fn replicate(&self, command: Command) -> Result<()> {
+        fn replicate(&self, command: Command) -> Result<u64> {
             std::thread::sleep(std::time::Duration::from_millis(3));
             let index = self.proposals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let id = AppliedId { index, term: 1, node: 1 };
@@ -1701,7 +1783,7 @@ mod tests {
                     _ => return Err(StorageError::Replication("not applied".into())),
                 }
             }
-            Ok(())
+            Ok(index)
         }
     }
 

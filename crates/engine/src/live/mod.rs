@@ -24,6 +24,12 @@
 //! from before a restart) get `position_too_old`: subscribe again with a snapshot. Idle
 //! subscriptions get a progress position about every second, so that the position they would
 //! resume from stays within the history.
+//!
+//! On a cluster, live queries run on the leader: its writers' commits reach the dispatcher
+//! once their log entry is applied there, in log order, with positions that follow the log (the
+//! same on every node, [`topicfusion_storage::store::POSITIONS_PER_ENTRY`]). An entry this node
+//! applies that its writers did not make (after a leader change) ends every subscription with
+//! `leader_changed` ([`Job::Foreign`]), and no resume reaches back before it.
 
 mod batches;
 mod inbox;
@@ -117,7 +123,7 @@ pub struct LiveRow {
 pub struct LiveEnd {
     /// `subscriber_too_slow`, `table_changed`, `permission_denied`, `filter_failed`,
     /// `position_too_old`, `server_overloaded`, `storage_failed`, `snapshot_failed`,
-    /// `too_many_subscriptions`, `shutting_down`.
+    /// `too_many_subscriptions`, `shutting_down`, `leader_changed`.
     pub code: &'static str,
     pub message: String,
 }
@@ -142,6 +148,8 @@ impl LiveEnd {
             "subscriber_too_slow" | "server_overloaded" | "too_many_subscriptions" => ErrorKind::InsufficientResources,
             "filter_failed" => ErrorKind::DataException,
             "shutting_down" => ErrorKind::AdminShutdown,
+            // As a write sent to a node that does not lead (25006 on the PostgreSQL protocol).
+            "leader_changed" => ErrorKind::ReadOnly,
             _ => ErrorKind::Internal,
         }
     }
@@ -194,6 +202,10 @@ struct Shared {
     queued_rows: AtomicUsize,
     /// Changes were dropped (the queue was full) up to this position; 0: none.
     dropped_through: AtomicU64,
+    /// On a cluster node: the position through the last log entry applied here that this
+    /// node's writers did not report (another leader's; see [`Job::Foreign`]). No resume reaches
+    /// back before it.
+    foreign_through: AtomicU64,
     next_id: AtomicU64,
     /// [`Subscription`]s alive.
     open: AtomicUsize,
@@ -234,6 +246,10 @@ enum Job {
     /// The commit at `through` was dropped (the queue was full; `Shared::dropped_through`):
     /// every subscription ends, in queue order (one registered before it is ended with them).
     Overloaded { through: u64 },
+    /// A cluster node applied a log entry through `through` that its writers did not report
+    /// (another leader made it, or this node lost and regained leadership): its subscriptions
+    /// may lack changes, so every one ends (`leader_changed`), in queue order.
+    Foreign { through: u64 },
     /// The database is closing: the dispatcher ends every subscription and stops.
     Exit,
 }
@@ -408,6 +424,7 @@ impl Live {
             jobs,
             queued_rows: AtomicUsize::new(0),
             dropped_through: AtomicU64::new(0),
+            foreign_through: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             listed: Mutex::default(),
@@ -426,6 +443,18 @@ impl Live {
             last_progress: Instant::now(),
             stopped: None,
         };
+        // On a cluster node, entries its writers did not propose (so whose changes nobody
+        // queued) end the subscriptions that may lack them; with none open only the resume
+        // floor moves (no wake-up of the dispatcher per entry on a follower). `open` is counted
+        // before a subscription's position is taken under the commit lock, which this hook
+        // holds: an entry after that position sees it counted and is queued.
+        let foreign = Arc::clone(&shared);
+        store.on_foreign_entries(Arc::new(move |through| {
+            foreign.foreign_through.fetch_max(through, Ordering::AcqRel);
+            if foreign.open.load(Ordering::Acquire) > 0 {
+                foreign.push(Job::Foreign { through });
+            }
+        }));
         let (thread_shared, weak_store) = (Arc::clone(&shared), Arc::downgrade(store));
         let thread = std::thread::Builder::new().name("live-dispatch".into()).spawn(move || {
             lower_thread_priority();
@@ -560,10 +589,18 @@ impl Live {
                 replied.await.unwrap_or_else(|_| exec_err!("internal: the live-query dispatcher stopped"))?;
                 from
             }
-            None => store.at_position(|position| {
-                shared.push(Job::Register { id, sub, start: position });
-                position
-            }),
+            None => {
+                // On a cluster node this waits for the proposal in flight: not on a runtime thread.
+                let (store, shared) = (Arc::clone(store), Arc::clone(shared));
+                tokio::task::spawn_blocking(move || {
+                    store.at_position(|position| {
+                        shared.push(Job::Register { id, sub, start: position });
+                        position
+                    })
+                })
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+            }
         };
         // The position given out is durable (with sync_writes: no crash can take it back).
         let durable = Arc::clone(store);
@@ -1099,6 +1136,14 @@ impl Hub {
                 // follows this one and ends what registered in between).
                 let _ = shared.dropped_through.compare_exchange(through, 0, Ordering::AcqRel, Ordering::Acquire);
             }
+            Job::Foreign { through } => {
+                let message = "changes were committed through another leader of the cluster, which this node's live queries do not see: subscribe again with a snapshot on the leader";
+                self.end_all(&end("leader_changed", message));
+                self.history.clear();
+                self.history_rows = 0;
+                self.floor = self.floor.max(through);
+                self.position = self.position.max(through);
+            }
         }
     }
 
@@ -1127,7 +1172,7 @@ impl Hub {
             return exec_err!("from_position {from} is ahead of this server's last commit ({now})");
         }
         let since = self.watched_since.get(&table.meta.id).copied().unwrap_or(u64::MAX);
-        let kept_from = self.floor.max(since);
+        let kept_from = self.floor.max(since).max(shared.foreign_through.load(Ordering::Acquire));
         if from < kept_from {
             let message = format!(
                 "the changes after position {from} are no longer kept (this server keeps those after {kept_from}): subscribe again with a snapshot"

@@ -136,6 +136,139 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
     }
 }
 
+/// The next event of `sub` other than a progress position, within 20 s.
+async fn next_event(sub: &mut topicfusion_engine::Subscription) -> topicfusion_engine::LiveEvent {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("an event within 20 s");
+        match event.expect("the subscription is open") {
+            topicfusion_engine::LiveEvent::Progress { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `(position, id)` of each row `sub` delivers until it has `n`.
+async fn live_rows(sub: &mut topicfusion_engine::Subscription, n: usize) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match next_event(sub).await {
+            topicfusion_engine::LiveEvent::Rows(rows) => {
+                for r in rows {
+                    let topicfusion_storage::Value::Int64(id) = r.row[0] else { panic!("{:?}", r.row) };
+                    out.push((r.position, id));
+                }
+            }
+            topicfusion_engine::LiveEvent::Ready { .. } => {}
+            other => panic!("expected rows, got {other:?}"),
+        }
+    }
+    out
+}
+
+/// Live queries on a cluster: refused on a follower (naming the leader); on the leader the
+/// snapshot, then each commit of concurrent writers once, in log order, with positions that
+/// follow the log; a resume replays exactly what followed its position. When another node takes
+/// the lead, the old leader's subscriptions end (`leader_changed`): they would miss the new
+/// leader's commits. A resume from before the change is refused there; a new subscription works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_queries_run_on_the_leader_and_end_when_leadership_moves() {
+    use topicfusion_engine::{ErrorKind, LiveEvent, Principal};
+    use topicfusion_storage::store::POSITIONS_PER_ENTRY;
+    let members = start_three().await;
+    let leader_id = members[0].node.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+    let leader = members.iter().find(|m| m.node.id() == leader_id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !leader.node.is_writable() {
+        assert!(std::time::Instant::now() < deadline, "the leader never takes writes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let root = Principal::root();
+    leader.db.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT); INSERT INTO t VALUES (1, 0)").await.unwrap();
+    let last = leader.db.store().last_applied().unwrap().index;
+    let followers: Vec<&Member> = members.iter().filter(|m| m.node.id() != leader_id).collect();
+    for m in &followers {
+        caught_up(m, last).await;
+        eventually(m, "SELECT count(*) FROM t", &[vec!["1".to_string()]]).await;
+        let e = m.db.subscribe(&root, "SELECT id FROM t", None, None).await.err().expect("refused on a follower");
+        assert_eq!(e.kind, ErrorKind::ReadOnly, "{e}");
+        assert!(e.to_string().contains(&format!("node {leader_id}")), "{e}");
+    }
+    let sql = "SELECT id FROM t WHERE k = 0";
+    let mut sub = leader.db.subscribe(&root, sql, None, None).await.unwrap();
+    assert_eq!(live_rows(&mut sub, 1).await, [(sub.position, 1)]);
+    assert!(sub.position >= last * POSITIONS_PER_ENTRY, "{} is not a log position", sub.position);
+    // Four writers at once (their statements share log entries): each matching row once. On
+    // threads of their own: a small write proposes on its caller's thread and waits for Raft's
+    // tasks, which share this test's runtime (a server runs them on another).
+    let runtime = tokio::runtime::Handle::current();
+    let writers: Vec<_> = (0..4i64)
+        .map(|w| {
+            let (db, runtime) = (Arc::clone(&leader.db), runtime.clone());
+            std::thread::spawn(move || {
+                runtime.block_on(async {
+                    for i in 0..25i64 {
+                        let id = 100 + w * 100 + i;
+                        db.execute(&format!("INSERT INTO t VALUES ({id}, 0), ({}, 1)", id + 50)).await.unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let rows = live_rows(&mut sub, 100).await;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    ids.sort_unstable();
+    let want: Vec<i64> = (0..4).flat_map(|w| (0..25).map(move |i| 100 + w * 100 + i)).collect();
+    assert_eq!(ids, want);
+    // One row per statement here: each commit its own position, increasing, within the log.
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "positions not increasing: {rows:?}");
+    let applied = leader.db.store().last_applied().unwrap().index;
+    assert!(rows.iter().all(|r| r.0 > sub.position && r.0 / POSITIONS_PER_ENTRY <= applied), "{rows:?}");
+    // Resuming from the middle replays exactly the rest.
+    let mid = rows[49].0;
+    let mut resumed = leader.db.subscribe(&root, sql, Some(false), Some(mid)).await.unwrap();
+    assert_eq!(live_rows(&mut resumed, 50).await, rows[50..]);
+    drop(resumed);
+    // Another node takes the lead: the old leader applies the new term's entries, which its
+    // subscriptions would not see; they end.
+    // (A follower may refuse its vote while its leader's lease lasts: ask again until one of
+    // them leads.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let new_leader = 'elected: loop {
+        for candidate in &followers {
+            candidate.node.raft().trigger().elect().await.unwrap();
+            for _ in 0..100 {
+                if let Some(m) = followers.iter().find(|m| m.node.is_writable()) {
+                    break 'elected *m;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no other node takes the lead");
+    };
+    match next_event(&mut sub).await {
+        LiveEvent::End(end) => assert_eq!(end.code, "leader_changed", "{end:?}"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    let e = leader.db.subscribe(&root, sql, None, None).await.err().expect("the old leader refuses");
+    assert_eq!(e.kind, ErrorKind::ReadOnly, "{e}");
+    // The new leader has not kept the changes from before its term: resume with a snapshot.
+    let e = new_leader.db.subscribe(&root, sql, Some(false), Some(rows[99].0)).await.err().expect("too old");
+    assert!(e.to_string().contains("position_too_old"), "{e}");
+    let mut fresh = new_leader.db.subscribe(&root, sql, None, None).await.unwrap();
+    assert_eq!(live_rows(&mut fresh, 101).await.len(), 101);
+    new_leader.db.execute("INSERT INTO t VALUES (7, 0)").await.unwrap();
+    let after = live_rows(&mut fresh, 1).await;
+    assert_eq!(after[0].1, 7);
+    assert!(after[0].0 > fresh.position && after[0].0 > rows[99].0, "{after:?}");
+    drop((sub, fresh));
+    for m in members {
+        m.node.shutdown().await;
+    }
+}
+
 mod processes {
     //! Three `topicfusion serve` processes with `[cluster]` on loopback.
 
@@ -457,6 +590,26 @@ mod processes {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.json::<Value>().await.unwrap(), json!({ "acknowledged_offset": 2, "position": 3 }));
+        // Live queries run on the leader: a follower answers 421 naming it, the leader streams.
+        let live = |node: &Node| {
+            http.get(format!("http://{}/v1/api/live/sse", node.http))
+                .bearer_auth(&token)
+                .query(&[("sql", "SELECT id FROM f WHERE id = 2")])
+                .send()
+        };
+        let resp = live(&nodes[follower]).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+        let body = resp.json::<Value>().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_leader", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&nodes[leader].http), "{body}");
+        let mut resp = live(&nodes[leader]).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut events = String::new();
+        while !events.contains(r#""row":{"id":2}"#) {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await.unwrap().unwrap();
+            events.push_str(&String::from_utf8_lossy(&chunk.expect("the stream goes on")));
+        }
+        drop(resp);
         // A request whose first statements ran here is not forwarded (the leader would run them
         // again): the client gets the refusal naming the leader, with what completed.
         let (status, body) = nodes[follower].sql(&http, "SELECT count(*) FROM f; INSERT INTO f VALUES (3)").await;
