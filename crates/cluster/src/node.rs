@@ -135,7 +135,11 @@ impl Reloads {
 /// every entry of the terms before (openraft's `ensure_linearizable`), reloads the engine's
 /// memory from it, and only then lets writes prepare (`fenced_term`). Until then writes are
 /// refused at once, so no writer holding engine locks waits for the reload that needs them.
-async fn fence(raft: Raft<TypeConfig>, fenced_term: Arc<AtomicU64>, reloads: Reloads) {
+///
+/// Entries of the term already in the log when the fence completes are not this process's
+/// proposals (a node restarted as leader of its old term keeps its log): `own_from` is set past
+/// them first, so they are applied as another node's ([`ChangeWatch::own_from`]).
+async fn fence(raft: Raft<TypeConfig>, fenced_term: Arc<AtomicU64>, own_from: Arc<AtomicU64>, reloads: Reloads) {
     let mut metrics = raft.metrics();
     loop {
         let (leading, term) = {
@@ -149,6 +153,10 @@ async fn fence(raft: Raft<TypeConfig>, fenced_term: Arc<AtomicU64>, reloads: Rel
                     // Still this term's leader: else the next round fences the new term.
                     let m = raft.metrics().borrow().clone();
                     if m.state.is_leader() && m.current_term == term {
+                        // No write of this term is proposed before `fenced_term` is set: every
+                        // entry past the log's end now is one of this process's writers'.
+                        let next = m.last_log_index.map_or(0, |i| i + 1);
+                        own_from.store(next, Ordering::Release);
                         fenced_term.store(term, Ordering::Release);
                     }
                 }
@@ -570,11 +578,13 @@ impl Node {
         let log = log.purge_only_durable(state_machine.durable());
         // Before Raft starts: entries it applies again at start are reported too.
         let fenced_term = Arc::new(AtomicU64::new(0));
+        let own_from = Arc::new(AtomicU64::new(u64::MAX));
         let reloads = Reloads::start(config.on_change.clone())?;
         let requested = reloads.clone();
         state_machine.watch_changes(ChangeWatch {
             node: config.id,
             own_term: Arc::clone(&fenced_term),
+            own_from: Arc::clone(&own_from),
             changed: Arc::new(move || requested.request()),
         });
         let network = Network::new(&config.secret);
@@ -599,7 +609,7 @@ impl Node {
             id: config.id,
             answered: Arc::clone(&answered),
         };
-        tokio::spawn(fence(raft.clone(), Arc::clone(&fenced_term), reloads.clone()));
+        tokio::spawn(fence(raft.clone(), Arc::clone(&fenced_term), own_from, reloads.clone()));
         // What the store holds now may be more than what the engine loaded (entries applied
         // again from the log at start, a kept snapshot installed).
         reloads.request();

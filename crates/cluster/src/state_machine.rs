@@ -66,6 +66,10 @@ pub struct ChangeWatch {
     /// The term in which this node's store writes as leader (0: none): its own entries carry
     /// `(term, node)`. The proposer sets it once it may write, and clears it when a write fails.
     pub own_term: Arc<AtomicU64>,
+    /// The first log index this node's writers may have proposed in `own_term`: set before it,
+    /// past the entries already in the log then (a node restarted as leader of its old term
+    /// keeps entries of that term that no writer of this process proposed).
+    pub own_from: Arc<AtomicU64>,
     /// Called on the apply thread, with no store lock held: must not wait (the node's version
     /// asks its reload thread and returns).
     pub changed: Arc<dyn Fn() + Send + Sync>,
@@ -73,7 +77,9 @@ pub struct ChangeWatch {
 
 impl ChangeWatch {
     fn is_own(&self, id: &LogId<u64>) -> bool {
-        id.leader_id.node_id == self.node && id.leader_id.term == self.own_term.load(Ordering::Acquire)
+        id.leader_id.node_id == self.node
+            && id.leader_id.term == self.own_term.load(Ordering::Acquire)
+            && id.index >= self.own_from.load(Ordering::Acquire)
     }
 }
 

@@ -223,12 +223,19 @@ impl Database {
         core.catalog.reload(&core.store, |meta, st| Ok(compile_routes(&core.expr_ctx, meta, st)))?;
         core.users.reload(&core.store)?;
         core.groups.forget_cached();
+        // The reload made new table objects (not live until subscribed to again): live queries
+        // of the old ones would miss their writes, so they end (`table_changed`).
+        core.live.check_tables(&core.catalog);
+        core.live.revalidate(&core.users);
         Ok(())
     }
 
     /// Makes this database a node of `cluster` (`system.cluster`, `ALTER CLUSTER`); set once.
     pub fn set_cluster(&self, cluster: Arc<dyn crate::core::Cluster>) {
         let _ = self.core.cluster.set(cluster);
+        // The store replicates now: positions follow the log (the dispatcher started from
+        // RocksDB's sequence number).
+        self.core.live.rebase(self.core.store.position());
     }
 
     /// The store this database keeps its data in.

@@ -478,6 +478,9 @@ pub struct Store {
     /// propose in their current leadership (their [`Commit::on_written`] never ran here): see
     /// [`Store::on_foreign_entries`].
     on_foreign: std::sync::OnceLock<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// The position through the last applied log entry ([`entry_position`]); 0: none yet.
+    /// Changed under the commit lock; read without it by [`Store::position`].
+    applied_position: std::sync::atomic::AtomicU64,
     /// The commit lock.
     log: Mutex<LogState>,
     read: Arc<Mutex<ReadState>>,
@@ -544,6 +547,7 @@ impl Store {
         let db = Arc::new(DB::open(&opts, path)?);
         migrate_legacy_messages(&db)?;
         let log = load_log_state(&db)?;
+        let applied_position = log.last_applied.map_or(0, |id| entry_position(id.index));
         let read = ReadState {
             partitions: log.partitions.clone(),
             signals: HashMap::new(),
@@ -578,6 +582,7 @@ impl Store {
             replicating: Mutex::new(()),
             replication_queue: Mutex::new(Vec::new()),
             on_foreign: std::sync::OnceLock::new(),
+            applied_position: std::sync::atomic::AtomicU64::new(applied_position),
             log,
             read,
             wal_sync,
@@ -659,30 +664,34 @@ impl Store {
         let (done, outcome) = std::sync::mpsc::sync_channel(1);
         let queued = QueuedWrite { commit, on_written, done };
         self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(queued);
-        {
-            let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
-            // An earlier turn took this write: its outcome is waiting (the writes queued since
-            // are taken by their own writers' turns).
+        loop {
+            {
+                let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
+                // An earlier turn took this write: its outcome is waiting (the writes queued
+                // since are taken by their own writers' turns).
+                if let Ok(done) = outcome.try_recv() {
+                    let committed = done?;
+                    return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
+                }
+                let batch = {
+                    // At most one position per write in the entry: the rest waits for the next
+                    // turn (this writer takes another if its own write is among the rest).
+                    let mut queue = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = queue.len().min(POSITIONS_PER_ENTRY as usize - 1);
+                    queue.drain(..n).collect::<Vec<_>>()
+                };
+                if !batch.is_empty() {
+                    self.propose_batch(replicator, batch);
+                }
+            }
+            // Answered in this turn, or left queued by the cap (then: another turn).
             if let Ok(done) = outcome.try_recv() {
                 let committed = done?;
+                // Applied (and, as the apply wrote it, counted as written): finishing it waits
+                // for what this store's durability asks, as for any write.
                 return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
             }
-            let batch = {
-                // At most one position per write in the entry (the rest is taken by the next
-                // turn: each queued writer takes one).
-                let mut queue = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner());
-                let n = queue.len().min(POSITIONS_PER_ENTRY as usize - 1);
-                queue.drain(..n).collect::<Vec<_>>()
-            };
-            if !batch.is_empty() {
-                self.propose_batch(replicator, batch);
-            }
         }
-        let committed =
-            outcome.recv().map_err(|_| StorageError::Replication("the proposing writer stopped".into()))??;
-        // Applied (and, as the apply wrote it, counted as written): finishing it waits for what
-        // this store's durability asks, as for any write.
-        Ok(Pending { seq: self.read_state().written_seq, committed, started: None })
     }
 
     /// Prepares, proposes and answers one batch of queued writes (under the proposing turn).
@@ -859,7 +868,8 @@ impl Store {
     /// Replaces everything the store holds by a checked export ([`Import::check`]) in one synced
     /// write batch (a crash leaves the old state or the new one), then reloads the partitions'
     /// states from it and wakes their readers. The caller reloads whatever it keeps in memory
-    /// (catalog, users, groups).
+    /// (catalog, users, groups). Tells the hook of [`Store::on_foreign_entries`] the position
+    /// through the snapshot: its entries were applied without this node's writers.
     pub fn import(&self, import: Import) -> Result<()> {
         let mut log = self.lock();
         let mut synced = WriteOptions::default();
@@ -869,6 +879,8 @@ impl Store {
         log.partitions = loaded.partitions;
         log.last_timestamp_ms = log.last_timestamp_ms.max(loaded.last_timestamp_ms);
         log.last_applied = loaded.last_applied;
+        let applied = loaded.last_applied.map_or(0, |id| entry_position(id.index));
+        self.applied_position.store(applied, std::sync::atomic::Ordering::Release);
         let mut read = self.read_state();
         read.written_seq += 1;
         // The synced write made every earlier one durable: nothing is left to publish.
@@ -883,6 +895,11 @@ impl Store {
             // Dropping the sender wakes the waiters; they find the partition gone.
             None => false,
         });
+        drop(read);
+        // Entries nobody here reported came with the snapshot (still under the commit lock).
+        if let Some(hook) = self.on_foreign.get() {
+            hook(applied);
+        }
         Ok(())
     }
 
@@ -918,8 +935,9 @@ impl Store {
         });
 
         log.last_timestamp_ms = log.last_timestamp_ms.max(timestamp_ms);
-        if id.is_some() {
-            log.last_applied = id;
+        if let Some(id) = id {
+            log.last_applied = Some(id);
+            self.applied_position.store(entry_position(id.index), std::sync::atomic::Ordering::Release);
         }
         let mut read = self.read_state();
         read.written_seq += 1;
@@ -1250,16 +1268,12 @@ impl Store {
 
     /// The position of the last commit: alone, RocksDB's sequence number, which every commit
     /// moves up and which survives a restart (with [`Durability::Sync`], every acknowledged
-    /// commit's); on a replica (once it applied a log entry), the position through the last
-    /// applied entry ([`entry_position`]), the same on every node.
+    /// commit's); on a replica, the position through the last applied entry ([`entry_position`],
+    /// the same on every node; 0 before the first).
     pub fn position(&self) -> u64 {
-        Self::position_in(&self.lock(), &self.db)
-    }
-
-    fn position_in(log: &LogState, db: &DB) -> u64 {
-        match log.last_applied {
-            Some(id) => entry_position(id.index),
-            None => db.latest_sequence_number(),
+        match self.applied_position.load(std::sync::atomic::Ordering::Acquire) {
+            0 if self.replicator.get().is_none() => self.db.latest_sequence_number(),
+            applied => applied,
         }
     }
 
@@ -1268,8 +1282,8 @@ impl Store {
     /// it, every later one after it.
     pub fn at_position<T>(&self, f: impl FnOnce(u64) -> T) -> T {
         let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
-        let log = self.lock();
-        f(Self::position_in(&log, &self.db))
+        let _log = self.lock();
+        f(self.position())
     }
 
     /// Reads `[start, end)` from one snapshot taken under the commit lock, where `at_snapshot`
@@ -1286,9 +1300,9 @@ impl Store {
     ) -> Result<()> {
         let snapshot = {
             let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
-            let log = self.lock();
+            let _log = self.lock();
             let snapshot = self.db.snapshot();
-            at_snapshot(Self::position_in(&log, &self.db));
+            at_snapshot(self.position());
             snapshot
         };
         read_chunks(&snapshot, start, end, chunk, on_chunk)

@@ -9,8 +9,8 @@
 //! MOVE  [ <direction> ] [ FROM | IN ] <cursor>
 //! <direction> ::= NEXT | PRIOR | FIRST | LAST | ABSOLUTE <n> | RELATIVE <n> | <n> | ALL
 //!               | FORWARD [ <n> | ALL ] | BACKWARD [ <n> | ALL ]
-//! DECLARE <cursor> [ ASENSITIVE | INSENSITIVE ] [ NO SCROLL ] CURSOR [ { WITH | WITHOUT } HOLD ]
-//!     FOR SUBSCRIBE ...
+//! DECLARE <cursor> [ BINARY ] [ ASENSITIVE | INSENSITIVE ] [ [ NO ] SCROLL ] CURSOR
+//!     [ { WITH | WITHOUT } HOLD ] FOR SUBSCRIBE ...      (the options in any order)
 //! UNLISTEN { <channel> | * }
 //! ```
 
@@ -79,14 +79,15 @@ pub enum SessionStatement {
     Fetch { rows: bool, direction: CursorDirection, cursor: Ident },
     /// `DECLARE cursor CURSOR [WITH HOLD] FOR SUBSCRIBE ...`: a cursor whose FETCH returns the
     /// live query's rows as they come (waiting for the first one).
-    DeclareSubscribe { cursor: Ident, hold: bool, subscribe: Subscribe },
+    /// `binary` and `scroll` are parsed so that the engine can refuse them as not supported.
+    DeclareSubscribe { cursor: Ident, hold: bool, binary: bool, scroll: bool, subscribe: Subscribe },
     /// `UNLISTEN channel` or `UNLISTEN *` (`None`).
     Unlisten { channel: Option<Ident> },
 }
 
-/// The most words between `DECLARE <name>` and `FOR` (`ASENSITIVE NO SCROLL CURSOR WITHOUT
-/// HOLD`).
-const MAX_DECLARE_WORDS: usize = 6;
+/// The most words between `DECLARE <name>` and `FOR` (`BINARY INSENSITIVE NO SCROLL CURSOR
+/// WITHOUT HOLD`, and one to spare).
+const MAX_DECLARE_WORDS: usize = 8;
 
 impl SessionStatement {
     /// Whether the statement ahead is one of these.
@@ -133,23 +134,20 @@ fn declares_subscribe(p: &Parser<'_>) -> bool {
 /// The rest of `DECLARE <name> ... CURSOR ... FOR SUBSCRIBE ...` after `DECLARE`.
 fn parse_declare_subscribe(p: &mut Parser<'_>) -> datafusion_common::Result<SessionStatement> {
     let cursor = p.parse_identifier()?;
-    let not_supported = |what: &str| {
-        datafusion_common::DataFusionError::NotImplemented(format!(
-            "not supported: {what} cursors over a live query (they read forward, as text)"
-        ))
-    };
-    if parse_word(p, "BINARY") {
-        return Err(not_supported("BINARY"));
+    let (mut binary, mut scroll) = (false, false);
+    loop {
+        if parse_word(p, "BINARY") {
+            binary = true;
+        } else if parse_word(p, "NO") {
+            expect_word(p, "SCROLL")?;
+            scroll = false;
+        } else if parse_word(p, "SCROLL") {
+            scroll = true;
+        } else if !parse_word(p, "ASENSITIVE") && !parse_word(p, "INSENSITIVE") {
+            expect_word(p, "CURSOR")?;
+            break;
+        }
     }
-    if !parse_word(p, "ASENSITIVE") {
-        parse_word(p, "INSENSITIVE");
-    }
-    if parse_word(p, "NO") {
-        expect_word(p, "SCROLL")?;
-    } else if parse_word(p, "SCROLL") {
-        return Err(not_supported("SCROLL"));
-    }
-    expect_word(p, "CURSOR")?;
     let hold = if parse_word(p, "WITH") {
         expect_word(p, "HOLD")?;
         true
@@ -161,7 +159,7 @@ fn parse_declare_subscribe(p: &mut Parser<'_>) -> datafusion_common::Result<Sess
     };
     expect_word(p, "FOR")?;
     let subscribe = Subscribe::parse(p)?;
-    Ok(SessionStatement::DeclareSubscribe { cursor, hold, subscribe })
+    Ok(SessionStatement::DeclareSubscribe { cursor, hold, binary, scroll, subscribe })
 }
 
 /// A direction, or `NEXT` when the next word is already the cursor's name (or `FROM`/`IN`).
@@ -226,9 +224,11 @@ impl fmt::Display for SessionStatement {
             SessionStatement::Fetch { rows, direction, cursor } => {
                 write!(f, "{} {direction} FROM {cursor}", if *rows { "FETCH" } else { "MOVE" })
             }
-            SessionStatement::DeclareSubscribe { cursor, hold, subscribe } => {
+            SessionStatement::DeclareSubscribe { cursor, hold, binary, scroll, subscribe } => {
+                let binary = if *binary { "BINARY " } else { "" };
+                let scroll = if *scroll { "SCROLL" } else { "NO SCROLL" };
                 let hold = if *hold { "WITH" } else { "WITHOUT" };
-                write!(f, "DECLARE {cursor} NO SCROLL CURSOR {hold} HOLD FOR {subscribe}")
+                write!(f, "DECLARE {cursor} {binary}{scroll} CURSOR {hold} HOLD FOR {subscribe}")
             }
             SessionStatement::Unlisten { channel: Some(c) } => write!(f, "UNLISTEN {c}"),
             SessionStatement::Unlisten { channel: None } => f.write_str("UNLISTEN *"),
@@ -301,9 +301,21 @@ mod tests {
             parse_sql("DECLARE c CURSOR FOR SELECT 1").unwrap().remove(0).statement,
             Statement::DataFusion(_)
         ));
+        // Options in any order; BINARY and SCROLL parse (the engine refuses them).
+        parses_to(
+            "DECLARE c NO SCROLL BINARY INSENSITIVE CURSOR WITH HOLD FOR SUBSCRIBE SELECT a FROM t",
+            "DECLARE c BINARY NO SCROLL CURSOR WITH HOLD FOR SUBSCRIBE TO SELECT a FROM t",
+        );
+        parses_to(
+            "DECLARE c BINARY INSENSITIVE NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE SELECT a FROM t",
+            "DECLARE c BINARY NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE TO SELECT a FROM t",
+        );
+        parses_to(
+            "DECLARE c SCROLL CURSOR FOR SUBSCRIBE SELECT a FROM t",
+            "DECLARE c SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE TO SELECT a FROM t",
+        );
         for (sql, expected) in [
-            ("DECLARE c SCROLL CURSOR FOR SUBSCRIBE SELECT a FROM t", "not supported: SCROLL"),
-            ("DECLARE c BINARY CURSOR FOR SUBSCRIBE SELECT a FROM t", "not supported: BINARY"),
+            ("DECLARE c NO CURSOR FOR SUBSCRIBE SELECT a FROM t", "SCROLL"),
             ("DECLARE c CURSOR WITH FOR SUBSCRIBE SELECT a FROM t", "HOLD"),
             ("DECLARE c CURSOR FOR SUBSCRIBE", "Expected"),
             ("DECLARE c CURSOR FOR SUBSCRIBE SELECT a FROM t WITH (snapshot = 3)", "true or false"),

@@ -71,11 +71,22 @@ pub struct LiveOptions {
     /// (`server_overloaded`) instead of letting the queue grow without bound. One commit alone
     /// is always queued, whatever its size.
     pub max_queued_rows: usize,
+    /// How long a snapshot waits for its client to take its next rows before it ends the
+    /// subscription as too slow (freeing its turn among the snapshots read at once, its thread
+    /// and its RocksDB snapshot): a client that reads nothing, such as a cursor nobody fetches
+    /// from, holds a turn at most this long.
+    pub snapshot_stall: Duration,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
-        Self { history_rows: 100_000, buffer_rows: 10_000, max_subscriptions: 100_000, max_queued_rows: 2_000_000 }
+        Self {
+            history_rows: 100_000,
+            buffer_rows: 10_000,
+            max_subscriptions: 100_000,
+            max_queued_rows: 2_000_000,
+            snapshot_stall: Duration::from_secs(10),
+        }
     }
 }
 
@@ -246,6 +257,9 @@ enum Job {
     /// The commit at `through` was dropped (the queue was full; `Shared::dropped_through`):
     /// every subscription ends, in queue order (one registered before it is ended with them).
     Overloaded { through: u64 },
+    /// The store's positions now follow the replicated log (a node joined a cluster): start
+    /// over from `position`, keeping no history.
+    Rebase { position: u64 },
     /// A cluster node applied a log entry through `through` that its writers did not report
     /// (another leader made it, or this node lost and regained leadership): its subscriptions
     /// may lack changes, so every one ends (`leader_changed`), in queue order.
@@ -319,7 +333,7 @@ pub struct Subscription {
     /// The columns a row object shows: each name once, at its first place (`SELECT id, id`
     /// gives one key, as a JSON object must).
     shown: Vec<usize>,
-    snapshot: Option<mpsc::Receiver<LiveEvent>>,
+    snapshot: Option<SnapshotRx>,
     rx: inbox::Receiver,
     buffered: Arc<AtomicUsize>,
     progress_pending: Arc<AtomicBool>,
@@ -338,19 +352,28 @@ impl Subscription {
             return None;
         }
         if let Some(snapshot) = &mut self.snapshot {
-            let event = snapshot.recv().await.unwrap_or_else(|| {
-                LiveEvent::End(end("snapshot_failed", "the snapshot stopped before it was complete"))
-            });
-            match &event {
-                // The scan's last event: live changes follow.
-                LiveEvent::Ready { .. } => self.snapshot = None,
-                LiveEvent::End(_) => {
-                    self.finished = true;
-                    self.ended.store(true, Ordering::Release);
+            let event = match snapshot.rows.recv().await {
+                Some(event) => Some(event),
+                // The scan gave up on this client.
+                None if let Some(stop) = snapshot.stop.get() => Some(LiveEvent::End(stop.clone())),
+                // The dispatcher ended the subscription (the scan stopped for it): its end is
+                // in the inbox, below.
+                None if self.ended.load(Ordering::Acquire) => None,
+                None => Some(LiveEvent::End(end("snapshot_failed", "the snapshot stopped before it was complete"))),
+            };
+            if let Some(event) = event {
+                match &event {
+                    // The scan's last event: live changes follow.
+                    LiveEvent::Ready { .. } => self.snapshot = None,
+                    LiveEvent::End(_) => {
+                        self.finished = true;
+                        self.ended.store(true, Ordering::Release);
+                    }
+                    _ => {}
                 }
-                _ => {}
+                return Some(event);
             }
-            return Some(event);
+            self.snapshot = None;
         }
         let event = self.rx.recv().await?;
         match &event {
@@ -560,7 +583,7 @@ impl Live {
                 .acquire_owned()
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let (rows_tx, rows_rx) = mpsc::channel(2);
+            let (rows_tx, rows_rx) = snapshot_channel(shared.options.snapshot_stall);
             let (start_tx, start_rx) = oneshot::channel();
             let (store, shared) = (Arc::clone(store), Arc::clone(shared));
             tokio::task::spawn_blocking(move || {
@@ -570,7 +593,7 @@ impl Live {
                 });
                 if std::panic::catch_unwind(scan).is_err() {
                     // The client must not take a partial snapshot for a whole one.
-                    let _ = rows_tx.try_send(LiveEvent::End(end("snapshot_failed", "reading the snapshot failed")));
+                    rows_tx.end(end("snapshot_failed", "reading the snapshot failed"));
                 }
             });
             subscription.position = match start_rx.await {
@@ -658,6 +681,13 @@ impl Live {
             self.shared.push(Job::Tables(state.tables.values().cloned().collect()));
             drop(state);
         }
+    }
+
+    /// The store now replicates (a cluster node): its positions follow the log from here on
+    /// ([`topicfusion_storage::Store::position`]), so the dispatcher starts over from `position`.
+    /// Called before any live query runs on the node.
+    pub fn rebase(&self, position: u64) {
+        self.shared.push(Job::Rebase { position });
     }
 
     /// Ends every subscription (`shutting_down`) and refuses new ones: a server stopping.
@@ -758,7 +788,7 @@ fn snapshot_scan(
     sub: Sub,
     query: &LiveQuery,
     start_tx: oneshot::Sender<Result<u64>>,
-    rows_tx: &mpsc::Sender<LiveEvent>,
+    rows_tx: &SnapshotTx,
     ended: &AtomicBool,
 ) {
     let table = &query.table;
@@ -787,14 +817,15 @@ fn snapshot_scan(
             shared.push(Job::Register { id, sub, start: at });
         },
         |pairs| {
-            if !announce() {
+            // Stop reading for a subscription that ended meanwhile.
+            if !announce() || ended.load(Ordering::Acquire) {
                 return false;
             }
             match snapshot_rows(query, &pairs, position.get()) {
                 Ok(rows) if rows.is_empty() => true,
-                Ok(rows) => send_snapshot(rows_tx, LiveEvent::Rows(rows), ended),
+                Ok(rows) => rows_tx.send(LiveEvent::Rows(rows), ended),
                 Err(e) => {
-                    send_end(rows_tx, end("snapshot_failed", e.to_string()), ended);
+                    rows_tx.end(end("snapshot_failed", e.to_string()));
                     false
                 }
             }
@@ -802,68 +833,74 @@ fn snapshot_scan(
     );
     match scanned {
         Ok(()) => {
-            if announce() {
-                send_snapshot(rows_tx, LiveEvent::Ready { position: position.get() }, ended);
+            // Not after the scan gave up on its client (its end is set) or the subscription
+            // ended: `ready` says the snapshot is whole.
+            if announce() && rows_tx.stop.get().is_none() && !ended.load(Ordering::Acquire) {
+                rows_tx.send(LiveEvent::Ready { position: position.get() }, ended);
             }
         }
         Err(e) => match start_tx.borrow_mut().take() {
             Some(tx) => {
                 let _ = tx.send(Err(storage_err(e)));
             }
-            None => {
-                send_end(rows_tx, end("snapshot_failed", e.to_string()), ended);
-            }
+            None => rows_tx.end(end("snapshot_failed", e.to_string())),
         },
     }
 }
 
-/// How long a snapshot waits for its client to take a chunk before it gives up (freeing its
-/// thread, its turn and its RocksDB snapshot).
-const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+/// The scan's side of a snapshot: its events, and why it stopped early.
+struct SnapshotTx {
+    rows: mpsc::Sender<LiveEvent>,
+    stop: Arc<std::sync::OnceLock<LiveEnd>>,
+    /// [`LiveOptions::snapshot_stall`].
+    stall: Duration,
+}
 
-/// Hands a snapshot event to the subscriber; false (stop reading) when it is gone, ended, or
-/// took nothing for [`SNAPSHOT_STALL`].
-fn send_snapshot(rows_tx: &mpsc::Sender<LiveEvent>, event: LiveEvent, ended: &AtomicBool) -> bool {
-    let since = Instant::now();
-    let mut event = event;
-    loop {
-        match rows_tx.try_send(event) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                if ended.load(Ordering::Acquire) {
-                    return false;
+/// The subscriber's side: once the scan dropped its sender, `stop` (if set) is why it ended.
+struct SnapshotRx {
+    rows: mpsc::Receiver<LiveEvent>,
+    stop: Arc<std::sync::OnceLock<LiveEnd>>,
+}
+
+fn snapshot_channel(stall: Duration) -> (SnapshotTx, SnapshotRx) {
+    let (tx, rx) = mpsc::channel(2);
+    let stop = Arc::new(std::sync::OnceLock::new());
+    (SnapshotTx { rows: tx, stop: Arc::clone(&stop), stall }, SnapshotRx { rows: rx, stop })
+}
+
+impl SnapshotTx {
+    /// Hands a snapshot event to the subscriber; false (stop reading) when it is gone, ended,
+    /// or took nothing for [`LiveOptions::snapshot_stall`] (then it is ended as too slow).
+    fn send(&self, event: LiveEvent, ended: &AtomicBool) -> bool {
+        let since = Instant::now();
+        let mut event = event;
+        loop {
+            match self.rows.try_send(event) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if ended.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    if since.elapsed() > self.stall {
+                        let message = format!(
+                            "the client took no snapshot rows for {} ms: subscribe again",
+                            self.stall.as_millis()
+                        );
+                        self.end(end("subscriber_too_slow", message));
+                        return false;
+                    }
+                    event = back;
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                if since.elapsed() > SNAPSHOT_STALL {
-                    let message = "the client took no snapshot rows for 60 s";
-                    send_end(rows_tx, end("subscriber_too_slow", message), ended);
-                    return false;
-                }
-                event = back;
-                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
-}
 
-/// Hands the end of a snapshot to the subscriber once it has room, waiting at most another
-/// [`SNAPSHOT_STALL`] (never for ever: a client that reads nothing must not keep the thread, its
-/// turn and its RocksDB snapshot). Not delivered, the subscriber still sees the snapshot stop
-/// (`snapshot_failed`) when the channel closes.
-fn send_end(rows_tx: &mpsc::Sender<LiveEvent>, why: LiveEnd, ended: &AtomicBool) {
-    let since = Instant::now();
-    let mut event = LiveEvent::End(why);
-    loop {
-        match rows_tx.try_send(event) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                if ended.load(Ordering::Acquire) || since.elapsed() > SNAPSHOT_STALL {
-                    return;
-                }
-                event = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+    /// Ends the snapshot with `why`, without waiting for room: the subscriber gets it after the
+    /// events it has, once the scan drops this sender.
+    fn end(&self, why: LiveEnd) {
+        let _ = self.stop.set(why);
     }
 }
 
@@ -1082,7 +1119,10 @@ impl Hub {
         match job {
             Job::Changes(staged) => self.dispatch(shared, Arc::new(staged)),
             Job::Watch { table_id, since } => {
-                self.watched_since.entry(table_id).or_insert(since);
+                // A table watched anew (its object replaced by DDL or a reload, which is not live
+                // until subscribed to again) has no kept changes from before: resumes start after.
+                let at = self.watched_since.entry(table_id).or_insert(since);
+                *at = (*at).max(since);
             }
             Job::Register { id, sub, start } => self.register(id, sub, start),
             Job::Resume { id, sub, from, now, reply } => {
@@ -1135,6 +1175,14 @@ impl Hub {
                 // Writers queue again, unless a later commit was dropped meanwhile (its own job
                 // follows this one and ends what registered in between).
                 let _ = shared.dropped_through.compare_exchange(through, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
+            Job::Rebase { position } => {
+                self.end_all(&end("leader_changed", "this node joined a cluster: subscribe again on its leader"));
+                self.history.clear();
+                self.history_rows = 0;
+                self.watched_since.clear();
+                self.floor = position;
+                self.position = position;
             }
             Job::Foreign { through } => {
                 let message = "changes were committed through another leader of the cluster, which this node's live queries do not see: subscribe again with a snapshot on the leader";

@@ -117,13 +117,19 @@ impl Session {
     }
 
     pub(crate) fn declare(&mut self, name: String, cursor: Cursor) -> Result<()> {
-        if self.cursors.contains_key(&name) {
+        self.can_declare(&name)?;
+        self.cursors.insert(name, cursor);
+        Ok(())
+    }
+
+    /// Whether a cursor `name` may be declared: none of that name, fewer than the most.
+    pub(crate) fn can_declare(&self, name: &str) -> Result<()> {
+        if self.cursors.contains_key(name) {
             return plan_err!("cursor \"{name}\" already exists");
         }
         if self.cursors.len() >= MAX_OPEN_CURSORS {
             return plan_err!("too many open cursors (at most {MAX_OPEN_CURSORS}): CLOSE some first");
         }
-        self.cursors.insert(name, cursor);
         Ok(())
     }
 
@@ -150,8 +156,9 @@ pub(crate) struct Cursor {
     stream: crate::statement::RowStream,
     /// Rows read from the stream and not yet fetched.
     pending: Option<RecordBatch>,
-    /// The error that stopped the stream after rows a FETCH returned: the next one fails with it.
-    failed: Option<datafusion::common::DataFusionError>,
+    /// The error that stopped the stream: every later FETCH fails with it (the first one after
+    /// the rows a FETCH returned before it), rather than finding the cursor exhausted.
+    failed: Option<std::sync::Arc<datafusion::common::DataFusionError>>,
     /// `WITH HOLD`: stays open after the transaction block ends.
     pub hold: bool,
     /// Over a live query: a FETCH waits for the first row only, then takes what is ready.
@@ -180,8 +187,8 @@ impl Cursor {
     /// live query it waits for one row, then returns without waiting for more (as
     /// Materialize's FETCH does), so `FETCH 100` returns the rows of the next commit.
     pub async fn read(&mut self, n: u64, keep: bool) -> Result<(Vec<RecordBatch>, u64)> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
+        if let Some(e) = &self.failed {
+            return Err(datafusion::common::DataFusionError::Shared(std::sync::Arc::clone(e)));
         }
         let mut out = Vec::new();
         let mut count = 0u64;
@@ -201,11 +208,14 @@ impl Cursor {
                     };
                     match next {
                         Some(Ok(b)) => b,
-                        Some(Err(e)) if count > 0 => {
-                            self.failed = Some(e);
-                            break;
+                        Some(Err(e)) => {
+                            let e = std::sync::Arc::new(e);
+                            self.failed = Some(std::sync::Arc::clone(&e));
+                            if count > 0 {
+                                break;
+                            }
+                            return Err(datafusion::common::DataFusionError::Shared(e));
                         }
-                        Some(Err(e)) => return Err(e),
                         None => {
                             self.done = true;
                             break;

@@ -264,17 +264,20 @@ impl Database {
         match statement {
             // This server never LISTENs, so there is nothing to stop listening to.
             SessionStatement::Unlisten { .. } => Ok(status_result("UNLISTEN".into())),
-            SessionStatement::DeclareSubscribe { cursor, hold, subscribe } => {
+            SessionStatement::DeclareSubscribe { cursor, hold, binary, scroll, subscribe } => {
                 if !session.live_cursors {
                     return Err(crate::database::subscribe_elsewhere());
+                }
+                if binary || scroll {
+                    let what = if binary { "BINARY" } else { "SCROLL" };
+                    return plan_err!("not supported: {what} cursors over a live query (they read forward, as text)");
                 }
                 if !hold && !session.in_transaction {
                     return plan_err!("DECLARE CURSOR can only be used in transaction blocks (or WITH HOLD)");
                 }
                 let name = cursor_name(&cursor);
-                if session.cursors.contains_key(&name) {
-                    return plan_err!("cursor \"{name}\" already exists");
-                }
+                // Checked before the subscription starts (its snapshot may wait for a turn).
+                session.can_declare(&name)?;
                 let sql = subscribe.to_string();
                 let (snapshot, from) = (subscribe.snapshot, subscribe.from_position);
                 let subscription = self.start_live_query(principal, &sql, subscribe.query, snapshot, from).await?;

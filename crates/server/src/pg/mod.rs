@@ -9,8 +9,9 @@
 //! - [`limits`]: the largest message a client may send, checked before it is buffered.
 //!
 //! Connections run on the engine runtime: a statement runs on the connection's own task, with
-//! no hop between runtimes. A cancel request (or a closed connection) ends a statement at its
-//! next await point: a waiting CONSUME returns nothing.
+//! no hop between runtimes. A cancel request ends a statement at its next await point: a
+//! waiting CONSUME returns nothing. A client that closed its connection is noticed only when the
+//! statement answers (a waiting CONSUME at its timeout, a live query at its next change).
 //!
 //! There are no multi-statement transactions: `BEGIN` and `COMMIT` are accepted so drivers
 //! work, every statement commits on its own, and `ROLLBACK` arrives with a warning that nothing
