@@ -1791,8 +1791,13 @@ mod tests {
             let id = AppliedId { index, term: 1, node: 1 };
             let bytes = command.encode();
             let leader = self.leader.upgrade().expect("the leader store");
-            for (store, command) in [(&leader, command), (&self.follower, Command::decode(&bytes)?)] {
-                match store.apply(id, Payload::Command(command))? {
+            for (own, store, command) in [(true, &leader, command), (false, &self.follower, Command::decode(&bytes)?)] {
+                let applied = if own {
+                    store.apply_own(id, Payload::Command(command))
+                } else {
+                    store.apply(id, Payload::Command(command))
+                };
+                match applied? {
                     Applied::Written(p) => drop(store.finish(p)?),
                     _ => return Err(StorageError::Replication("not applied".into())),
                 }
@@ -1804,7 +1809,9 @@ mod tests {
     /// Concurrent writers on a replica share proposals (fewer log entries than writes), each
     /// gets its own gap-free offsets as on a single node, a write refused while prepared (an
     /// unknown partition) fails alone, and the follower applying the merged commands holds
-    /// the same bytes.
+    /// the same bytes. Each write is reported (`on_written`) once, at its own position in its
+    /// entry, in log order; the follower's foreign-entry hook is told each entry, the leader's
+    /// never (its writers report their own).
     #[test]
     fn concurrent_replicated_writes_share_proposals_and_keep_offsets_gap_free() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1817,6 +1824,12 @@ mod tests {
         });
         leader.replicate_through(Arc::clone(&log) as Arc<dyn Replicator>).unwrap();
         assert!(leader.replicate_through(Arc::clone(&log) as Arc<dyn Replicator>).is_err());
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let (foreign_here, foreign_there) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        for (store, seen) in [(&leader, &foreign_here), (&follower, &foreign_there)] {
+            let seen = Arc::clone(seen);
+            store.on_foreign_entries(Arc::new(move |p| seen.lock().unwrap().push(p)));
+        }
         leader
             .commit(Commit {
                 partition_ops: vec![PartitionOp::Create { topic_id: 1, partition: 0 }],
@@ -1825,12 +1838,14 @@ mod tests {
             .unwrap();
         let writers: Vec<_> = (0..16)
             .map(|w| {
-                let leader = Arc::clone(&leader);
+                let (leader, reported) = (Arc::clone(&leader), Arc::clone(&reported));
                 std::thread::spawn(move || {
                     let mut offsets = Vec::new();
                     for i in 0..20 {
+                        let reported = Arc::clone(&reported);
                         let mut commit = Commit {
                             messages: vec![msg(1, 0, &format!("{w}-{i}")), msg(1, 0, "second")].into(),
+                            on_written: Some(Box::new(move |p| reported.lock().unwrap().push(p))),
                             ..Default::default()
                         };
                         commit.batch.put(format!("\x02w{w}-{i}"), b"row");
@@ -1853,6 +1868,15 @@ mod tests {
         assert_eq!(everything(&leader), everything(&follower));
         let read = leader.read_messages(1, 0, 0, u64::MAX, 1000).unwrap();
         assert_eq!(read.iter().map(|m| m.offset).collect::<Vec<_>>(), (0..640).collect::<Vec<_>>());
+        // Reported in log order, each at its place in its entry (entry 1 created the partition).
+        let reported = reported.lock().unwrap().clone();
+        assert_eq!(reported.len(), 320);
+        assert!(reported.windows(2).all(|w| w[0] < w[1]), "{reported:?}");
+        assert!(reported.iter().all(|p| (2..=proposals).contains(&(p / POSITIONS_PER_ENTRY))), "{reported:?}");
+        assert!(foreign_here.lock().unwrap().is_empty());
+        let entries: Vec<u64> = (1..=proposals).map(entry_position).collect();
+        assert_eq!(*foreign_there.lock().unwrap(), entries);
+        assert_eq!((leader.position(), follower.position()), (entry_position(proposals), entry_position(proposals)));
     }
 
     /// A store that receives another's export holds exactly the other's keys and values (its own
@@ -1898,7 +1922,13 @@ mod tests {
         assert!(Import::check(&export.bytes, Some(id(3))).is_err());
         assert!(Import::check(&export.bytes, None).is_err());
         assert!(b.partition_state(2, 0).is_some());
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&told);
+        b.on_foreign_entries(Arc::new(move |p| seen.lock().unwrap().push(p)));
         b.import(Import::check(&export.bytes, export.applied).unwrap()).unwrap();
+        // The entries came without this node's writers: live queries are told (through entry 2).
+        assert_eq!(*told.lock().unwrap(), [entry_position(2)]);
+        assert_eq!(b.position(), entry_position(2));
         assert_eq!(everything(&b), everything(&a));
         assert_eq!(b.last_applied(), Some(id(2)));
         assert_eq!(b.partition_state(2, 0), None);
