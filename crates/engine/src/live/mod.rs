@@ -71,10 +71,10 @@ pub struct LiveOptions {
     /// (`server_overloaded`) instead of letting the queue grow without bound. One commit alone
     /// is always queued, whatever its size.
     pub max_queued_rows: usize,
-    /// How long a snapshot waits for its client to take its next rows before it ends the
-    /// subscription as too slow (freeing its turn among the snapshots read at once, its thread
-    /// and its RocksDB snapshot): a client that reads nothing, such as a cursor nobody fetches
-    /// from, holds a turn at most this long.
+    /// How long a snapshot waits for room to hand its client more rows before it ends the
+    /// subscription as too slow (freeing its thread and its RocksDB snapshot). While it waits it
+    /// holds no turn among the snapshots read at once, so a client that reads slowly or not at
+    /// all (a cursor nobody fetches from) never holds up other subscriptions.
     pub snapshot_stall: Duration,
 }
 
@@ -85,7 +85,7 @@ impl Default for LiveOptions {
             buffer_rows: 10_000,
             max_subscriptions: 100_000,
             max_queued_rows: 2_000_000,
-            snapshot_stall: Duration::from_secs(10),
+            snapshot_stall: Duration::from_secs(60),
         }
     }
 }
@@ -583,11 +583,11 @@ impl Live {
                 .acquire_owned()
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let (rows_tx, rows_rx) = snapshot_channel(shared.options.snapshot_stall);
+            let turns = Arc::clone(&shared.snapshots);
+            let (rows_tx, rows_rx) = snapshot_channel(shared.options.snapshot_stall, permit, turns);
             let (start_tx, start_rx) = oneshot::channel();
             let (store, shared) = (Arc::clone(store), Arc::clone(shared));
             tokio::task::spawn_blocking(move || {
-                let _permit = permit;
                 let scan = std::panic::AssertUnwindSafe(|| {
                     snapshot_scan(&store, &shared, id, sub, &query, start_tx, &rows_tx, &ended)
                 });
@@ -854,6 +854,11 @@ struct SnapshotTx {
     stop: Arc<std::sync::OnceLock<LiveEnd>>,
     /// [`LiveOptions::snapshot_stall`].
     stall: Duration,
+    /// The scan's turn among [`CONCURRENT_SNAPSHOTS`] reading at once: given up while it waits
+    /// for its client to take rows (a client that reads slowly, or not at all, holds no turn),
+    /// taken again to read on.
+    turn: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// The subscriber's side: once the scan dropped its sender, `stop` (if set) is why it ended.
@@ -862,30 +867,37 @@ struct SnapshotRx {
     stop: Arc<std::sync::OnceLock<LiveEnd>>,
 }
 
-fn snapshot_channel(stall: Duration) -> (SnapshotTx, SnapshotRx) {
+fn snapshot_channel(
+    stall: Duration,
+    turn: tokio::sync::OwnedSemaphorePermit,
+    turns: Arc<tokio::sync::Semaphore>,
+) -> (SnapshotTx, SnapshotRx) {
     let (tx, rx) = mpsc::channel(2);
     let stop = Arc::new(std::sync::OnceLock::new());
-    (SnapshotTx { rows: tx, stop: Arc::clone(&stop), stall }, SnapshotRx { rows: rx, stop })
+    let turn = Mutex::new(Some(turn));
+    (SnapshotTx { rows: tx, stop: Arc::clone(&stop), stall, turn, turns }, SnapshotRx { rows: rx, stop })
 }
 
 impl SnapshotTx {
     /// Hands a snapshot event to the subscriber; false (stop reading) when it is gone, ended,
-    /// or took nothing for [`LiveOptions::snapshot_stall`] (then it is ended as too slow).
+    /// or had no room for the event for [`LiveOptions::snapshot_stall`] (then it is ended as too
+    /// slow). While it waits for room the scan holds no turn; it takes one again to read on.
     fn send(&self, event: LiveEvent, ended: &AtomicBool) -> bool {
         let since = Instant::now();
         let mut event = event;
         loop {
             match self.rows.try_send(event) {
-                Ok(()) => return true,
+                Ok(()) => return self.take_turn(ended),
                 Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     if ended.load(Ordering::Acquire) {
                         return false;
                     }
+                    self.turn.lock().unwrap_or_else(|e| e.into_inner()).take();
                     if since.elapsed() > self.stall {
                         let message = format!(
-                            "the client took no snapshot rows for {} ms: subscribe again",
-                            self.stall.as_millis()
+                            "the snapshot had no room to hand the client more rows for {} s (it reads too slowly): subscribe again",
+                            self.stall.as_secs()
                         );
                         self.end(end("subscriber_too_slow", message));
                         return false;
@@ -895,6 +907,19 @@ impl SnapshotTx {
                 }
             }
         }
+    }
+
+    /// Takes the scan's turn again if it gave it up (false: the subscription ended meanwhile).
+    fn take_turn(&self, ended: &AtomicBool) -> bool {
+        let mut turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        while turn.is_none() {
+            match Arc::clone(&self.turns).try_acquire_owned() {
+                Ok(permit) => *turn = Some(permit),
+                Err(_) if ended.load(Ordering::Acquire) => return false,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        true
     }
 
     /// Ends the snapshot with `why`, without waiting for room: the subscriber gets it after the

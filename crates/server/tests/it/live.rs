@@ -611,7 +611,7 @@ async fn a_cursor_over_a_live_query_fetches_what_is_ready_and_fails_with_the_end
         }
     };
     assert_eq!(e.kind, ErrorKind::InsufficientResources, "{e}");
-    assert!(e.to_string().contains("took no snapshot rows"), "{e}");
+    assert!(e.to_string().contains("had no room to hand the client more rows"), "{e}");
     db.execute_in(&mut session, &root, "CLOSE big").await.unwrap();
     // A cursor whose table is dropped fails with table_changed (55000).
     db.execute_in(&mut session, &root, "BEGIN; DECLARE d CURSOR FOR SUBSCRIBE SELECT id FROM t WHERE k = 1")
@@ -627,6 +627,34 @@ async fn a_cursor_over_a_live_query_fetches_what_is_ready_and_fails_with_the_end
     // COMMIT closes the cursor and ends its subscription.
     db.execute_in(&mut session, &root, "COMMIT").await.unwrap();
     assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);
+}
+
+/// Snapshots nobody reads (cursors that fetched one row) hold no turn among the 16 read at
+/// once: more than 16 of them, and another user's subscription after them, all start at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_snapshots_do_not_hold_up_other_subscriptions() {
+    use topicfusion_engine::Session;
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT); CREATE TABLE small (id BIGINT PRIMARY KEY)").await;
+    run(&db, "INSERT INTO small VALUES (1)").await;
+    insert_many(&db, 6, 1000, |i| format!("({i}, 0)")).await;
+    let root = Principal::root();
+    let mut session = Session::for_connection();
+    for i in 0..20 {
+        let declare = format!("DECLARE c{i} CURSOR WITH HOLD FOR SUBSCRIBE SELECT id, k FROM t; FETCH 1 FROM c{i}");
+        let declared = tokio::time::timeout(Duration::from_secs(10), db.execute_in(&mut session, &root, &declare));
+        declared.await.unwrap_or_else(|_| panic!("cursor {i} waited for a turn")).unwrap();
+    }
+    let mut other = tokio::time::timeout(Duration::from_secs(10), subscribe(&db, "SELECT id FROM small"))
+        .await
+        .expect("a subscription after 20 unread snapshots starts at once");
+    assert_eq!(snapshot(&mut other).await, [[int(1)]]);
+    // The unread ones are still whole: one reads all its rows.
+    let mut read = 1;
+    while read < 6000 {
+        read += fetch(&db, &mut session, "FETCH ALL FROM c7").await.len();
+    }
+    assert_eq!(read, 6000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
