@@ -897,7 +897,8 @@ mod live {
     //! subscriptions `WHERE user_id = k` (k < N, over 8 sockets read on a runtime of their own) while one writer inserts
     //! 1000-row statements whose user_id cycles over 0..N: deliveries/s (every row reaches exactly
     //! one subscription), and the writer's rows/s against the same writer on a table nobody
-    //! watches.
+    //! watches; (c) 1,000 subscriptions of every row while 5,000 rows are inserted in 1000-row
+    //! statements (5 million deliveries), as the anchor's bcast_n1000.
 
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -1013,63 +1014,89 @@ mod live {
         for n in [1000u64, 10_000] {
             let name = format!("key{n}");
             server.sql(&table(&name)).await;
-            // The readers run on a runtime of their own, as the anchor's listeners run in
-            // processes of their own: on the writer's runtime, its next statement waited
-            // behind them.
-            let readers_rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-            let delivered = Arc::new(AtomicU64::new(0));
-            let last_us = Arc::new(AtomicU64::new(0));
-            let mut readers = Vec::new();
-            for s in 0..8u64 {
-                let (base, token) = (server.base.clone(), server.token.clone());
-                let (delivered, last_us, name) = (Arc::clone(&delivered), Arc::clone(&last_us), name.clone());
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                readers.push(readers_rt.spawn(async move {
-                    let mut socket = connect(&base, &token).await;
-                    let mine: Vec<u64> = (0..n).filter(|k| k % 8 == s).collect();
-                    for &k in &mine {
-                        let sql = format!("SELECT id, ts FROM {name} WHERE user_id = {k}");
-                        subscribe(&mut socket, &k.to_string(), &sql).await;
-                    }
-                    await_subscribed(&mut socket, mine.len()).await;
-                    let _ = ready_tx.send(());
-                    while let Ok(Some(Ok(Message::Text(text)))) =
-                        tokio::time::timeout(Duration::from_secs(15), socket.next()).await
-                    {
-                        let frame: Value = serde_json::from_str(text.as_str()).expect("json");
-                        if frame["type"] == "progress" {
-                            continue;
-                        }
-                        assert_eq!(frame["type"], "rows", "{frame}");
-                        let got = frame["rows"].as_array().map_or(0, Vec::len) as u64;
-                        last_us.fetch_max(now_us(), Ordering::Relaxed);
-                        if delivered.fetch_add(got, Ordering::Relaxed) + got >= rows {
-                            break;
-                        }
-                    }
-                }));
-                ready_rx.await.expect("subscribed");
-            }
-            let start_us = now_us();
-            let (rate, _) = write(&server, &name, rows, n).await;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while delivered.load(Ordering::Relaxed) < rows && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let got = delivered.load(Ordering::Relaxed);
-            let secs = (last_us.load(Ordering::Relaxed).saturating_sub(start_us)) as f64 / 1e6;
-            for r in readers {
-                r.abort();
-            }
-            readers_rt.shutdown_background();
-            out.push(metric(&format!("live_key_n{n}_deliveries"), got as f64 / secs.max(1e-9), "deliveries/s"));
+            let (deliveries, rate) = fan_out(
+                &server,
+                &name,
+                n,
+                |name, k| format!("SELECT id, ts FROM {name} WHERE user_id = {k}"),
+                (rows, n, rows),
+            )
+            .await;
+            out.push(metric(&format!("live_key_n{n}_deliveries"), deliveries, "deliveries/s"));
             out.push(metric(&format!("live_key_n{n}_writer"), rate, "rows/s"));
             out.push(metric(&format!("live_key_n{n}_writer_ratio"), rate / alone, "x"));
-            if got < rows {
-                eprintln!("live_key_n{n}: only {got} of {rows} rows delivered");
-            }
         }
+        // (c) Broadcast: 1,000 subscriptions matching every row (no equality to index: each
+        // filter evaluated), 5,000 rows in 1000-row statements, as the anchor's bcast_n1000.
+        server.sql(&table("bcast")).await;
+        let every = |name: &str, _| format!("SELECT id, ts FROM {name}");
+        let (deliveries, rate) = fan_out(&server, "bcast", 1000, every, (5000, 1000, 5000 * 1000)).await;
+        out.push(metric("live_bcast_n1000_deliveries", deliveries, "deliveries/s"));
+        out.push(metric("live_bcast_n1000_writer", rate, "rows/s"));
+    }
+
+    /// `n` subscriptions (`sql(table, k)` for k < n) over 8 sockets read on a runtime of their
+    /// own (as the anchor's listeners run in processes of their own: on the writer's runtime, its
+    /// next statement waited behind them) while one writer inserts `rows` rows whose user_id
+    /// cycles over 0..users, until `expected` rows were delivered; returns deliveries/s (until
+    /// the last row arrived) and the writer's rows/s.
+    async fn fan_out(
+        server: &Server,
+        name: &str,
+        n: u64,
+        sql: fn(&str, u64) -> String,
+        (rows, users, expected): (u64, u64, u64),
+    ) -> (f64, f64) {
+        let readers_rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let delivered = Arc::new(AtomicU64::new(0));
+        let last_us = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for s in 0..8u64 {
+            let (base, token) = (server.base.clone(), server.token.clone());
+            let (delivered, last_us, name) = (Arc::clone(&delivered), Arc::clone(&last_us), name.to_owned());
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            readers.push(readers_rt.spawn(async move {
+                let mut socket = connect(&base, &token).await;
+                let mine: Vec<u64> = (0..n).filter(|k| k % 8 == s).collect();
+                for &k in &mine {
+                    subscribe(&mut socket, &k.to_string(), &sql(&name, k)).await;
+                }
+                await_subscribed(&mut socket, mine.len()).await;
+                let _ = ready_tx.send(());
+                while let Ok(Some(Ok(Message::Text(text)))) =
+                    tokio::time::timeout(Duration::from_secs(15), socket.next()).await
+                {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("json");
+                    if frame["type"] == "progress" {
+                        continue;
+                    }
+                    assert_eq!(frame["type"], "rows", "{frame}");
+                    let got = frame["rows"].as_array().map_or(0, Vec::len) as u64;
+                    last_us.fetch_max(now_us(), Ordering::Relaxed);
+                    if delivered.fetch_add(got, Ordering::Relaxed) + got >= expected {
+                        break;
+                    }
+                }
+            }));
+            ready_rx.await.expect("subscribed");
+        }
+        let start_us = now_us();
+        let (rate, _) = write(server, name, rows, users).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = delivered.load(Ordering::Relaxed);
+        let secs = (last_us.load(Ordering::Relaxed).saturating_sub(start_us)) as f64 / 1e6;
+        for r in readers {
+            r.abort();
+        }
+        readers_rt.shutdown_background();
+        if got < expected {
+            eprintln!("{name}: only {got} of {expected} rows delivered");
+        }
+        (got as f64 / secs.max(1e-9), rate)
     }
 }
 
