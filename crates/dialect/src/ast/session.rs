@@ -135,15 +135,27 @@ fn declares_subscribe(p: &Parser<'_>) -> bool {
 fn parse_declare_subscribe(p: &mut Parser<'_>) -> datafusion_common::Result<SessionStatement> {
     let cursor = p.parse_identifier()?;
     let (mut binary, mut scroll) = (false, false);
+    // Each option once, as PostgreSQL has it (`SCROLL NO SCROLL` is an error there).
+    let (mut binary_set, mut scroll_set, mut sensitivity_set) = (false, false, false);
+    let once = |set: &mut bool| {
+        let first = !*set;
+        *set = true;
+        if first { Ok(()) } else { Err(ParserError::ParserError("conflicting or redundant DECLARE options".into())) }
+    };
     loop {
         if parse_word(p, "BINARY") {
+            once(&mut binary_set)?;
             binary = true;
         } else if parse_word(p, "NO") {
             expect_word(p, "SCROLL")?;
+            once(&mut scroll_set)?;
             scroll = false;
         } else if parse_word(p, "SCROLL") {
+            once(&mut scroll_set)?;
             scroll = true;
-        } else if !parse_word(p, "ASENSITIVE") && !parse_word(p, "INSENSITIVE") {
+        } else if parse_word(p, "ASENSITIVE") || parse_word(p, "INSENSITIVE") {
+            once(&mut sensitivity_set)?;
+        } else {
             expect_word(p, "CURSOR")?;
             break;
         }
@@ -316,6 +328,9 @@ mod tests {
         );
         for (sql, expected) in [
             ("DECLARE c NO CURSOR FOR SUBSCRIBE SELECT a FROM t", "SCROLL"),
+            ("DECLARE c SCROLL NO SCROLL CURSOR FOR SUBSCRIBE SELECT a FROM t", "conflicting or redundant"),
+            ("DECLARE c ASENSITIVE INSENSITIVE CURSOR FOR SUBSCRIBE SELECT a FROM t", "conflicting or redundant"),
+            ("DECLARE c BINARY BINARY CURSOR FOR SUBSCRIBE SELECT a FROM t", "conflicting or redundant"),
             ("DECLARE c CURSOR WITH FOR SUBSCRIBE SELECT a FROM t", "HOLD"),
             ("DECLARE c CURSOR FOR SUBSCRIBE", "Expected"),
             ("DECLARE c CURSOR FOR SUBSCRIBE SELECT a FROM t WITH (snapshot = 3)", "true or false"),
