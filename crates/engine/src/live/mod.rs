@@ -1192,30 +1192,23 @@ impl Hub {
             }
             Job::Overloaded { through } => {
                 let message = "the live-query dispatcher fell too far behind the writers and dropped changes: subscribe again with a snapshot";
-                self.end_all(&end("server_overloaded", message));
-                self.history.clear();
-                self.history_rows = 0;
-                self.floor = self.floor.max(through);
-                self.position = self.position.max(through);
+                self.start_over(&end("server_overloaded", message), through);
                 // Writers queue again, unless a later commit was dropped meanwhile (its own job
                 // follows this one and ends what registered in between).
                 let _ = shared.dropped_through.compare_exchange(through, 0, Ordering::AcqRel, Ordering::Acquire);
             }
             Job::Rebase { position } => {
-                self.end_all(&end("leader_changed", "this node joined a cluster: subscribe again on its leader"));
-                self.history.clear();
-                self.history_rows = 0;
+                // Positions switch to the log's: none from before compares with them.
                 self.watched_since.clear();
-                self.floor = position;
-                self.position = position;
+                (self.floor, self.position) = (0, 0);
+                self.start_over(
+                    &end("leader_changed", "this node joined a cluster: subscribe again on its leader"),
+                    position,
+                );
             }
             Job::Foreign { through } => {
                 let message = "changes were committed through another leader of the cluster, which this node's live queries do not see: subscribe again with a snapshot on the leader";
-                self.end_all(&end("leader_changed", message));
-                self.history.clear();
-                self.history_rows = 0;
-                self.floor = self.floor.max(through);
-                self.position = self.position.max(through);
+                self.start_over(&end("leader_changed", message), through);
             }
         }
     }
@@ -1341,6 +1334,16 @@ impl Hub {
         if let Some(end) = end {
             let _ = sub.tx.send(LiveEvent::End(end));
         }
+    }
+
+    /// Ends every subscription with `why` and keeps nothing from before `through`: no resume
+    /// reaches back past it (changes up to it were dropped or made elsewhere).
+    fn start_over(&mut self, why: &LiveEnd, through: u64) {
+        self.end_all(why);
+        self.history.clear();
+        self.history_rows = 0;
+        self.floor = self.floor.max(through);
+        self.position = self.position.max(through);
     }
 
     fn end_all(&mut self, why: &LiveEnd) {

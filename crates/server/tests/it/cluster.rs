@@ -83,9 +83,8 @@ async fn eventually(m: &Member, sql: &str, want: &[Vec<String>]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sql_written_on_the_leader_is_read_on_every_follower() {
-    let members = start_three().await;
+/// The elected leader, once it takes writes (it applied the terms before).
+async fn writable_leader(members: &[Member]) -> &Member {
     let leader_id = members[0].node.wait_for_leader(Duration::from_secs(20)).await.unwrap();
     let leader = members.iter().find(|m| m.node.id() == leader_id).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -93,6 +92,14 @@ async fn sql_written_on_the_leader_is_read_on_every_follower() {
         assert!(std::time::Instant::now() < deadline, "the leader never takes writes");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_written_on_the_leader_is_read_on_every_follower() {
+    let members = start_three().await;
+    let leader = writable_leader(&members).await;
+    let leader_id = leader.node.id();
     for sql in [
         "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)",
         "CREATE TOPIC ev PARTITIONS 2",
@@ -175,13 +182,8 @@ async fn live_queries_run_on_the_leader_and_end_when_leadership_moves() {
     use topicfusion_engine::{ErrorKind, LiveEvent, Principal};
     use topicfusion_storage::store::POSITIONS_PER_ENTRY;
     let members = start_three().await;
-    let leader_id = members[0].node.wait_for_leader(Duration::from_secs(20)).await.unwrap();
-    let leader = members.iter().find(|m| m.node.id() == leader_id).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !leader.node.is_writable() {
-        assert!(std::time::Instant::now() < deadline, "the leader never takes writes");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let leader = writable_leader(&members).await;
+    let leader_id = leader.node.id();
     let root = Principal::root();
     leader.db.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT); INSERT INTO t VALUES (1, 0)").await.unwrap();
     let last = leader.db.store().last_applied().unwrap().index;
