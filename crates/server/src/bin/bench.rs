@@ -10,7 +10,7 @@
 //! INSERT, the median printed), BENCH_BIG (10000000 messages in the large topic), BENCH_DRAIN
 //! (200000), BENCH_LAT_N (1000), BENCH_RETENTION (1000000 expired messages to delete),
 //! BENCH_CONSUME_READS (200 reads of each topic; more to profile the read phase),
-//! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase), BENCH_LIVE_ROWS (50000
+//! BENCH_CLUSTER_N (2000 replicated commits per `cluster_store_` phase), BENCH_LIVE_ROWS (200000
 //! rows per `live_` fan-out run), BENCH_SCRAPE_ROUNDS (8 pairs of 2 s rounds of `metrics_scrape_`).
 //!
 //! The `http_` metrics start the real `topicfusion serve` (the binary next to this one) and talk
@@ -482,7 +482,7 @@ async fn main() {
     // 9. Live queries over WebSocket against a real server (synced commits, as PostgreSQL's
     //    NOTIFY anchor): commit-to-subscriber latency, per-key fan-out and the writer's rate.
     if wants(&["live_"]) {
-        live::run(env("BENCH_LIVE_ROWS", 50_000), lat_n, &mut out).await;
+        live::run(env("BENCH_LIVE_ROWS", 200_000), lat_n, &mut out).await;
     }
 
     // 10. Scraping /metrics does not slow writers: 16 synced single-row INSERT clients over HTTP
@@ -897,7 +897,9 @@ mod live {
     //! subscriptions `WHERE user_id = k` (k < N, over 8 sockets read on a runtime of their own) while one writer inserts
     //! 1000-row statements whose user_id cycles over 0..N: deliveries/s (every row reaches exactly
     //! one subscription), and the writer's rows/s against the same writer on a table nobody
-    //! watches; (c) 1,000 subscriptions of every row while 5,000 rows are inserted in 1000-row
+    //! watches, in four pairs of alternating rounds after a warm-up (medians; the readers count rows without
+    //! keeping them, as the anchor's listeners count notifications: they share the writer's two
+    //! cores); (c) 1,000 subscriptions of every row while 5,000 rows are inserted in 1000-row
     //! statements (5 million deliveries), as the anchor's bcast_n1000.
 
     use std::sync::Arc;
@@ -949,16 +951,17 @@ mod live {
         format!("INSERT INTO {{table}} VALUES {}", rows.join(","))
     }
 
-    /// Inserts `rows` rows in 1000-row statements into `table`; returns rows/s and the start.
-    async fn write(server: &Server, table: &str, rows: u64, users: u64) -> (f64, Instant) {
+    /// Inserts `rows` rows (ids from `first`) in 1000-row statements into `table`; returns
+    /// rows/s.
+    async fn write(server: &Server, table: &str, first: u64, rows: u64, users: u64) -> f64 {
         let statements: Vec<String> = (0..rows.div_ceil(1000))
-            .map(|b| insert(b * 1000, 1000.min(rows - b * 1000), users).replace("{table}", table))
+            .map(|b| insert(first + b * 1000, 1000.min(rows - b * 1000), users).replace("{table}", table))
             .collect();
         let start = Instant::now();
         for s in &statements {
             server.sql(s).await;
         }
-        (rows as f64 / start.elapsed().as_secs_f64(), start)
+        rows as f64 / start.elapsed().as_secs_f64()
     }
 
     pub async fn run(rows: u64, lat_n: u64, out: &mut Vec<String>) {
@@ -1007,46 +1010,69 @@ mod live {
         out.push(metric("live_insert_answered_p50", percentile(&inserts, 0.5), "ms"));
         out.push(metric("live_insert_answered_p99", percentile(&inserts, 0.99), "ms"));
 
-        // (b) The writer alone, on a table nobody watches.
-        server.sql(&table("base")).await;
-        let (alone, _) = write(&server, "base", rows, 1000).await;
-        out.push(metric("live_writer_no_subscriptions", alone, "rows/s"));
+        // (b) Per-key fan-out: rounds on the watched table alternate with the same writer on a
+        // table nobody watches (a ratio against one earlier run swung with what the machine
+        // was doing then: a flush, the previous phase's compaction).
         for n in [1000u64, 10_000] {
-            let name = format!("key{n}");
+            let (name, base) = (format!("key{n}"), format!("base{n}"));
             server.sql(&table(&name)).await;
-            let (deliveries, rate) = fan_out(
-                &server,
-                &name,
-                n,
-                |name, k| format!("SELECT id, ts FROM {name} WHERE user_id = {k}"),
-                (rows, n, rows),
-            )
-            .await;
-            out.push(metric(&format!("live_key_n{n}_deliveries"), deliveries, "deliveries/s"));
-            out.push(metric(&format!("live_key_n{n}_writer"), rate, "rows/s"));
-            out.push(metric(&format!("live_key_n{n}_writer_ratio"), rate / alone, "x"));
+            server.sql(&table(&base)).await;
+            let key = |name: &str, k| format!("SELECT id, ts FROM {name} WHERE user_id = {k}");
+            let r = fan_out(&server, &name, n, key, (rows, n, rows), Some(&base)).await;
+            out.push(metric(&format!("live_key_n{n}_deliveries"), r.deliveries, "deliveries/s"));
+            out.push(metric(&format!("live_key_n{n}_writer"), r.writer, "rows/s"));
+            out.push(metric(&format!("live_key_n{n}_writer_alone"), r.alone, "rows/s"));
+            out.push(metric(&format!("live_key_n{n}_writer_ratio"), r.ratio, "x"));
         }
         // (c) Broadcast: 1,000 subscriptions matching every row (no equality to index: each
         // filter evaluated), 5,000 rows in 1000-row statements, as the anchor's bcast_n1000.
         server.sql(&table("bcast")).await;
         let every = |name: &str, _| format!("SELECT id, ts FROM {name}");
-        let (deliveries, rate) = fan_out(&server, "bcast", 1000, every, (5000, 1000, 5000 * 1000)).await;
-        out.push(metric("live_bcast_n1000_deliveries", deliveries, "deliveries/s"));
-        out.push(metric("live_bcast_n1000_writer", rate, "rows/s"));
+        let r = fan_out(&server, "bcast", 1000, every, (5000, 1000, 5000 * 1000), None).await;
+        out.push(metric("live_bcast_n1000_deliveries", r.deliveries, "deliveries/s"));
+        out.push(metric("live_bcast_n1000_writer", r.writer, "rows/s"));
+    }
+
+    /// Rounds of the watched writer, each paired with one on an unwatched table (even: each
+    /// order as often).
+    const PAIRS: u64 = 4;
+
+    /// What [`fan_out`] measured: medians over its rounds.
+    struct FanOut {
+        /// Rows delivered per second, from a round's first statement to its last row's arrival.
+        deliveries: f64,
+        /// The writer's rows/s on the watched table.
+        writer: f64,
+        /// The same writer on the unwatched table (0 without one).
+        alone: f64,
+        /// The median of each pair's watched / unwatched rates.
+        ratio: f64,
+    }
+
+    /// A server frame as the fan-out readers read it: its type and how many rows it carries
+    /// (each row checked to be JSON, not kept).
+    #[derive(serde::Deserialize)]
+    struct Counted<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        rows: Vec<serde::de::IgnoredAny>,
     }
 
     /// `n` subscriptions (`sql(table, k)` for k < n) over 8 sockets read on a runtime of their
     /// own (as the anchor's listeners run in processes of their own: on the writer's runtime, its
-    /// next statement waited behind them) while one writer inserts `rows` rows whose user_id
-    /// cycles over 0..users, until `expected` rows were delivered; returns deliveries/s (until
-    /// the last row arrived) and the writer's rows/s.
+    /// next statement waited behind them). A round: one writer inserts `rows` rows whose user_id
+    /// cycles over 0..users, then waits until `expected` more rows were delivered. With `alone`
+    /// (a table nobody watches), a warm-up round on it, then [`PAIRS`] rounds, each paired with
+    /// the same writer on `alone`, in alternating order; else one round.
     async fn fan_out(
         server: &Server,
         name: &str,
         n: u64,
         sql: fn(&str, u64) -> String,
         (rows, users, expected): (u64, u64, u64),
-    ) -> (f64, f64) {
+        alone: Option<&str>,
+    ) -> FanOut {
         let readers_rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let delivered = Arc::new(AtomicU64::new(0));
@@ -1067,36 +1093,62 @@ mod live {
                 while let Ok(Some(Ok(Message::Text(text)))) =
                     tokio::time::timeout(Duration::from_secs(15), socket.next()).await
                 {
-                    let frame: Value = serde_json::from_str(text.as_str()).expect("json");
-                    if frame["type"] == "progress" {
+                    // Counted, not built into a tree (as the anchor's listeners count
+                    // notifications without parsing them): the readers share the writer's cores.
+                    let frame: Counted = serde_json::from_str(text.as_str()).expect("json");
+                    if frame.kind == "progress" {
                         continue;
                     }
-                    assert_eq!(frame["type"], "rows", "{frame}");
-                    let got = frame["rows"].as_array().map_or(0, Vec::len) as u64;
+                    assert_eq!(frame.kind, "rows", "{text}");
+                    let got = frame.rows.len() as u64;
                     last_us.fetch_max(now_us(), Ordering::Relaxed);
-                    if delivered.fetch_add(got, Ordering::Relaxed) + got >= expected {
-                        break;
-                    }
+                    delivered.fetch_add(got, Ordering::Relaxed);
                 }
             }));
             ready_rx.await.expect("subscribed");
         }
-        let start_us = now_us();
-        let (rate, _) = write(server, name, rows, users).await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let (mut deliveries, mut writer, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut target = 0;
+        if let Some(alone) = alone {
+            // Warm-up, not counted: the first writes after a quiet spell were the slowest.
+            write(server, alone, PAIRS * rows, rows, users).await;
         }
-        let got = delivered.load(Ordering::Relaxed);
-        let secs = (last_us.load(Ordering::Relaxed).saturating_sub(start_us)) as f64 / 1e6;
+        for p in 0..if alone.is_some() { PAIRS } else { 1 } {
+            let (first, mut pair) = (p * rows, [0.0; 2]);
+            for watched in if p % 2 == 0 { [true, false] } else { [false, true] } {
+                if !watched {
+                    if let Some(alone) = alone {
+                        pair[0] = write(server, alone, first, rows, users).await;
+                    }
+                    continue;
+                }
+                target += expected;
+                let start_us = now_us();
+                pair[1] = write(server, name, first, rows, users).await;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while delivered.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let got = delivered.load(Ordering::Relaxed);
+                if got < target {
+                    eprintln!("{name}: only {got} of {target} rows delivered");
+                }
+                let secs = (last_us.load(Ordering::Relaxed).saturating_sub(start_us)) as f64 / 1e6;
+                deliveries.push((got + expected - target) as f64 / secs.max(1e-9));
+            }
+            writer.push(pair[1]);
+            without.push(pair[0]);
+            ratios.push(pair[1] / pair[0]);
+        }
         for r in readers {
             r.abort();
         }
         readers_rt.shutdown_background();
-        if got < expected {
-            eprintln!("{name}: only {got} of {expected} rows delivered");
-        }
-        (got as f64 / secs.max(1e-9), rate)
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        FanOut { deliveries: median(deliveries), writer: median(writer), alone: median(without), ratio: median(ratios) }
     }
 }
 
