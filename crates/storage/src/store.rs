@@ -53,6 +53,63 @@ struct QueuedWrite {
 /// exactly up to 2^37 entries.
 pub const POSITIONS_PER_ENTRY: u64 = 1 << 16;
 
+/// The longest a proposing turn waits for writers it expects ([`Store::gather`]).
+const MAX_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The proposing turn of a replica. A writer waits for its turn or for its outcome, whichever
+/// comes first: with a mutex as the turn, the writers a turn had answered could only see their
+/// outcome once they got the mutex, and the next turn's holder, taking it first, kept them
+/// waiting for its whole round trip (steady writers then split into two groups taking turns).
+#[derive(Default)]
+struct TurnGate {
+    taken: Mutex<bool>,
+    /// Signalled when a turn ends.
+    ended: std::sync::Condvar,
+}
+
+/// A held turn; dropping it ends the turn.
+struct Turn<'a>(&'a TurnGate);
+
+impl TurnGate {
+    fn take(&self) -> Turn<'_> {
+        let Ok(turn) = self.take_unless(|| None::<std::convert::Infallible>);
+        turn
+    }
+
+    /// The turn once free, unless `instead` returns something first (checked before each wait
+    /// and after each turn ends).
+    fn take_unless<T>(&self, mut instead: impl FnMut() -> Option<T>) -> std::result::Result<Turn<'_>, T> {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(x) = instead() {
+                return Err(x);
+            }
+            if !*taken {
+                *taken = true;
+                return Ok(Turn(self));
+            }
+            taken = self.ended.wait(taken).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.taken.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.ended.notify_all();
+    }
+}
+
+/// What the last proposing turn saw ([`Store::gather`]).
+#[derive(Default)]
+struct Turns {
+    /// The writes it proposed plus those queued when it ended: the writers the next turn
+    /// expects.
+    writers: usize,
+    /// How long its proposal took (its round trip through the log).
+    round_trip: std::time::Duration,
+}
+
 /// The position through log entry `index`: after each of its writes.
 pub fn entry_position(index: u64) -> u64 {
     index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(POSITIONS_PER_ENTRY - 1)
@@ -469,11 +526,16 @@ pub struct Store {
     clock: Clock,
     /// Set on a replica: [`Store::write`] proposes through it instead of applying.
     replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
-    /// Held by a replicated write from prepare until applied: each is prepared from the state
-    /// the previous one left.
-    replicating: Mutex<()>,
+    /// The proposing turn, held by a replicated write from prepare until applied: each is
+    /// prepared from the state the previous one left.
+    turn: TurnGate,
+    /// What the last proposing turn saw, for the next one's wait (only its holder touches it).
+    last_turn: Mutex<Turns>,
     /// Replicated writes waiting for the next proposal (see [`Store::write_replicated`]).
     replication_queue: Mutex<Vec<QueuedWrite>>,
+    /// Signalled when a replicated write joins the queue (a turn may wait for it, see
+    /// [`Store::gather`]).
+    replication_arrived: std::sync::Condvar,
     /// Told, in log order, the position of each applied entry this node's writers did not
     /// propose in their current leadership (their [`Commit::on_written`] never ran here): see
     /// [`Store::on_foreign_entries`].
@@ -579,8 +641,10 @@ impl Store {
             durability,
             clock,
             replicator: std::sync::OnceLock::new(),
-            replicating: Mutex::new(()),
+            turn: TurnGate::default(),
+            last_turn: Mutex::new(Turns::default()),
             replication_queue: Mutex::new(Vec::new()),
+            replication_arrived: std::sync::Condvar::new(),
             on_foreign: std::sync::OnceLock::new(),
             applied_position: std::sync::atomic::AtomicU64::new(applied_position),
             log,
@@ -640,6 +704,12 @@ impl Store {
             .map_err(|_| StorageError::Replication("the store already replicates through another log".into()))
     }
 
+    /// Whether writes go through a replicated log ([`Store::replicate_through`]): each then
+    /// blocks its thread for a round trip through the log.
+    pub fn replicates(&self) -> bool {
+        self.replicator.get().is_some()
+    }
+
     /// Whether this store takes writes now: always alone; on a replica, once its replicator
     /// says it leads ([`StorageError::NotLeader`] otherwise). For what is not a write but may
     /// run only where writes do (a consumer group's claims, kept in the leader's memory).
@@ -651,7 +721,8 @@ impl Store {
     }
 
     /// [`Store::write`] on a replica, with group commit: a write joins the queue, then waits for
-    /// the proposing turn; whoever holds it takes every write queued so far, prepares them one
+    /// the proposing turn or its outcome; whoever holds the turn takes the writes queued (see
+    /// [`Store::gather`] for how long it waits for more), prepares them one
     /// after the other (each from the state the previous one leaves), proposes them as one
     /// command and hands each writer its outcome. While one proposal is in flight the next
     /// writes gather, so concurrent writers share a log entry, its round trip and its fsyncs.
@@ -664,24 +735,25 @@ impl Store {
         let (done, outcome) = std::sync::mpsc::sync_channel(1);
         let queued = QueuedWrite { commit, on_written, done };
         self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).push(queued);
+        self.replication_arrived.notify_one();
         loop {
             {
-                let _turn = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
-                // An earlier turn took this write: its outcome is waiting (the writes queued
-                // since are taken by their own writers' turns).
-                if let Ok(done) = outcome.try_recv() {
-                    let committed = done?;
-                    return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
-                }
-                let batch = {
-                    // At most one position per write in the entry: the rest waits for the next
-                    // turn (this writer takes another if its own write is among the rest).
-                    let mut queue = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = queue.len().min(POSITIONS_PER_ENTRY as usize - 1);
-                    queue.drain(..n).collect::<Vec<_>>()
+                // The turn, unless an earlier turn took this write: then its outcome is waiting
+                // (the writes queued since are taken by their own writers' turns).
+                let _turn = match self.turn.take_unless(|| outcome.try_recv().ok()) {
+                    Ok(turn) => turn,
+                    Err(done) => {
+                        let committed = done?;
+                        return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
+                    }
                 };
+                let mut turns = self.last_turn.lock().unwrap_or_else(|e| e.into_inner());
+                let batch = self.gather(&turns);
                 if !batch.is_empty() {
+                    let (proposed, started) = (batch.len(), Instant::now());
                     self.propose_batch(replicator, batch);
+                    let queued = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner()).len();
+                    *turns = Turns { writers: proposed + queued, round_trip: started.elapsed() };
                 }
             }
             // Answered in this turn, or left queued by the cap (then: another turn).
@@ -692,6 +764,35 @@ impl Store {
                 return Ok(Pending { seq: self.read_state().written_seq, committed, started: None });
             }
         }
+    }
+
+    /// Takes the queued writes for a proposing turn: at most one position per write in the entry
+    /// (the rest waits for the next turn; its writer takes another if its own write is among
+    /// them).
+    ///
+    /// Group commit across round trips (PostgreSQL's `commit_delay`, made adaptive): the
+    /// writers a turn answered come back with their next writes within a fraction of a round
+    /// trip. A turn that set off without them left them a whole round trip behind, so steady
+    /// writers split into two groups taking turns, each write waiting two round trips (16
+    /// pgbench clients: 8 writes an entry). So a turn waits until as many writes are queued as
+    /// the last turn proposed plus those queued when it ended, for at most the last turn's
+    /// round trip (and [`MAX_GATHER_WAIT`]): never longer than the turn it might save. A lone
+    /// writer never waits (it expects itself); writers that went away cost one wait, after
+    /// which the next turn expects only those that came.
+    fn gather(&self, turns: &Turns) -> Vec<QueuedWrite> {
+        let cap = POSITIONS_PER_ENTRY as usize - 1;
+        let mut queue = self.replication_queue.lock().unwrap_or_else(|e| e.into_inner());
+        let want = turns.writers.min(cap);
+        if queue.len() < want {
+            let wait = turns.round_trip.min(MAX_GATHER_WAIT);
+            queue = self
+                .replication_arrived
+                .wait_timeout_while(queue, wait, |q| q.len() < want)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let n = queue.len().min(cap);
+        queue.drain(..n).collect()
     }
 
     /// Prepares, proposes and answers one batch of queued writes (under the proposing turn).
@@ -1281,7 +1382,7 @@ impl Store {
     /// in the proposing turn): every commit whose [`Commit::on_written`] ran is at or before
     /// it, every later one after it.
     pub fn at_position<T>(&self, f: impl FnOnce(u64) -> T) -> T {
-        let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
+        let _turn = self.replicator.get().map(|_| self.turn.take());
         let _log = self.lock();
         f(self.position())
     }
@@ -1299,7 +1400,7 @@ impl Store {
         on_chunk: impl FnMut(Vec<KeyValue>) -> bool,
     ) -> Result<()> {
         let snapshot = {
-            let _turn = self.replicator.get().map(|_| self.replicating.lock().unwrap_or_else(|e| e.into_inner()));
+            let _turn = self.replicator.get().map(|_| self.turn.take());
             let _log = self.lock();
             let snapshot = self.db.snapshot();
             at_snapshot(self.position());
@@ -1877,6 +1978,31 @@ mod tests {
         let entries: Vec<u64> = (1..=proposals).map(entry_position).collect();
         assert_eq!(*foreign_there.lock().unwrap(), entries);
         assert_eq!((leader.position(), follower.position()), (entry_position(proposals), entry_position(proposals)));
+    }
+
+    /// A writer waiting for the proposing turn returns once a turn answered it, even when the
+    /// next turn was taken before it woke: it never waits out a round trip its write is not in.
+    #[test]
+    fn a_writer_answered_by_a_turn_does_not_wait_for_the_next_turn() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let gate = Arc::new(TurnGate::default());
+        let answered = Arc::new(AtomicBool::new(false));
+        let first = gate.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (gate, answered) = (Arc::clone(&gate), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let answered_instead = gate.take_unless(|| answered.load(SeqCst).then_some(())).is_err();
+                tx.send(answered_instead).unwrap();
+            })
+        };
+        // The first turn answers the waiting writer and ends; the next turn starts at once.
+        answered.store(true, SeqCst);
+        drop(first);
+        let _next = gate.take();
+        let answered_instead = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(answered_instead, Ok(true), "the answered writer returned while the next turn was held");
+        waiter.join().unwrap();
     }
 
     /// A store that receives another's export holds exactly the other's keys and values (its own

@@ -138,7 +138,9 @@ where
     // no fsync is running, fsyncs there too: no hand-off to a commit thread or the WAL-sync
     // thread and back (each a thread wake-up: most of a lone synced INSERT's time besides its
     // fsync). Nothing in it awaits, so it cannot be cancelled half-way.
-    let short = changes.changes.len() <= SHORT_PATH_ROWS;
+    // Not on a replica, whose write blocks its thread for a round trip through the log: on the
+    // engine's runtime that held up every other statement's parsing and planning.
+    let short = changes.changes.len() <= SHORT_PATH_ROWS && !core.store.replicates();
     if short && let Some(_slot) = core.commit_threads.short_path() {
         let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(core, table, &topics, changes)))
             .unwrap_or_else(|_| exec_err!("internal: writing the statement panicked"));
