@@ -53,6 +53,18 @@ struct QueuedWrite {
 /// exactly up to 2^37 entries.
 pub const POSITIONS_PER_ENTRY: u64 = 1 << 16;
 
+/// A replicated write's outcome, once a turn answered it. A turn that panicked after taking the
+/// write dropped its answer: that is an error too (waiting for it would spin for ever).
+fn answered(outcome: &std::sync::mpsc::Receiver<Result<Committed>>) -> Option<Result<Committed>> {
+    match outcome.try_recv() {
+        Ok(done) => Some(done),
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            Some(Err(StorageError::Replication("the proposal carrying this write failed (see the log)".into())))
+        }
+    }
+}
+
 /// The longest a proposing turn waits for writers it expects ([`Store::gather`]).
 const MAX_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -526,8 +538,9 @@ pub struct Store {
     clock: Clock,
     /// Set on a replica: [`Store::write`] proposes through it instead of applying.
     replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
-    /// The proposing turn, held by a replicated write from prepare until applied: each is
-    /// prepared from the state the previous one left.
+    /// The proposing turn, held by a replicated write from its wait for more writes
+    /// ([`Store::gather`]) until applied, so each is prepared from the state the previous one
+    /// left; also by [`Store::at_position`] and [`Store::scan_at_position`].
     turn: TurnGate,
     /// What the last proposing turn saw, for the next one's wait (only its holder touches it).
     last_turn: Mutex<Turns>,
@@ -740,7 +753,7 @@ impl Store {
             {
                 // The turn, unless an earlier turn took this write: then its outcome is waiting
                 // (the writes queued since are taken by their own writers' turns).
-                let _turn = match self.turn.take_unless(|| outcome.try_recv().ok()) {
+                let _turn = match self.turn.take_unless(|| answered(&outcome)) {
                     Ok(turn) => turn,
                     Err(done) => {
                         let committed = done?;
@@ -757,7 +770,7 @@ impl Store {
                 }
             }
             // Answered in this turn, or left queued by the cap (then: another turn).
-            if let Ok(done) = outcome.try_recv() {
+            if let Some(done) = answered(&outcome) {
                 let committed = done?;
                 // Applied (and, as the apply wrote it, counted as written): finishing it waits
                 // for what this store's durability asks, as for any write.
@@ -776,8 +789,8 @@ impl Store {
     /// writers split into two groups taking turns, each write waiting two round trips (16
     /// pgbench clients: 8 writes an entry). So a turn waits until as many writes are queued as
     /// the last turn proposed plus those queued when it ended, for at most the last turn's
-    /// round trip (and [`MAX_GATHER_WAIT`]): never longer than the turn it might save. A lone
-    /// writer never waits (it expects itself); writers that went away cost one wait, after
+    /// round trip (and [`MAX_GATHER_WAIT`]): never longer than the turn it might save. A steady
+    /// lone writer never waits (it expects itself); writers that went away cost one wait, after
     /// which the next turn expects only those that came.
     fn gather(&self, turns: &Turns) -> Vec<QueuedWrite> {
         let cap = POSITIONS_PER_ENTRY as usize - 1;
@@ -1982,21 +1995,31 @@ mod tests {
 
     /// A writer waiting for the proposing turn returns once a turn answered it, even when the
     /// next turn was taken before it woke: it never waits out a round trip its write is not in.
+    /// (With the turn checked before the answer, it either took the next turn or waited for it.)
     #[test]
     fn a_writer_answered_by_a_turn_does_not_wait_for_the_next_turn() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let gate = Arc::new(TurnGate::default());
         let answered = Arc::new(AtomicBool::new(false));
         let first = gate.take();
+        let (checked_tx, checked) = std::sync::mpsc::channel();
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let (gate, answered) = (Arc::clone(&gate), Arc::clone(&answered));
             std::thread::spawn(move || {
-                let answered_instead = gate.take_unless(|| answered.load(SeqCst).then_some(())).is_err();
+                let answered_instead = gate
+                    .take_unless(|| {
+                        let _ = checked_tx.send(());
+                        answered.load(SeqCst).then_some(())
+                    })
+                    .is_err();
                 tx.send(answered_instead).unwrap();
             })
         };
-        // The first turn answers the waiting writer and ends; the next turn starts at once.
+        // Its first look (under the gate's lock) found nothing: it is waiting once this thread
+        // gets the lock back to end the turn. The first turn answers it and ends; the next
+        // turn starts at once.
+        checked.recv().unwrap();
         answered.store(true, SeqCst);
         drop(first);
         let _next = gate.take();

@@ -2,7 +2,8 @@
 //! before and after image of every row), checks keys and NOT NULL, routes the changes to topic
 //! messages, and writes rows and messages in one write batch on a commit thread
 //! ([`crate::write::commit_threads`]), or for a lone small statement on its own thread (the short
-//! path, which also fsyncs there when no fsync is running: `Store::sync_here`); the statement
+//! path, which also fsyncs there when no fsync is running: `Store::sync_here`; never on a
+//! replica, whose write blocks for a round trip through the log); the statement
 //! is answered once the batch is durable and visible (`Store::when_durable`), after the locks
 //! are released.
 //!
