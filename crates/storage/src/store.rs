@@ -124,7 +124,12 @@ struct Turns {
 
 /// The position through log entry `index`: after each of its writes.
 pub fn entry_position(index: u64) -> u64 {
-    index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(POSITIONS_PER_ENTRY - 1)
+    write_position(index, POSITIONS_PER_ENTRY - 1)
+}
+
+/// The position of the `i`th write log entry `index` carries.
+fn write_position(index: u64, i: u64) -> u64 {
+    index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(i)
 }
 
 /// The same replication failure, for each writer of a batch.
@@ -856,7 +861,7 @@ impl Store {
                 // snapshot's position (those wait for the turn).
                 for (i, (done, on_written, committed)) in prepared.into_iter().enumerate() {
                     if let Some(f) = on_written {
-                        f(index.saturating_mul(POSITIONS_PER_ENTRY).saturating_add(i as u64));
+                        f(write_position(index, i as u64));
                     }
                     let _ = done.send(Ok(committed));
                 }
