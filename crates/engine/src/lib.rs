@@ -31,7 +31,7 @@ pub mod write;
 pub use auth::{Action, PermissionDenied, Principal, Role, UserMeta};
 pub use database::{Database, DatabaseOptions, PreparedStatement};
 pub use error::{ErrorKind, one_line};
-pub use live::{LiveEnd, LiveEvent, LiveOp, LiveOptions, LiveQueryInfo, LiveRow, Subscription};
+pub use live::{LiveEnd, LiveEvent, LiveGroup, LiveOp, LiveOptions, LiveQueryInfo, LiveRow, Subscription};
 pub use session::Session;
 pub use sql::postgres::ParamValue;
 pub use statement::{ClientCopy, CommandTag, Description, ExecuteError, Outcome, StatementResult};

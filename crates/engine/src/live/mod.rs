@@ -35,6 +35,8 @@ mod batches;
 mod inbox;
 mod query;
 
+pub use inbox::LiveGroup;
+
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -376,7 +378,39 @@ impl Subscription {
             self.snapshot = None;
         }
         let event = self.rx.recv().await?;
-        match &event {
+        self.took(&event);
+        Some(event)
+    }
+
+    /// [`Subscription::next`] without waiting, for a subscription that joined a group
+    /// ([`Subscription::join`]): the next event if one is queued, `Ready(None)` once ended,
+    /// `Pending` when nothing is queued now (the group's [`LiveGroup::ready`] names it again when
+    /// something is).
+    pub fn try_next(&mut self) -> std::task::Poll<Option<LiveEvent>> {
+        use std::task::Poll;
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.try_recv() {
+            Poll::Ready(Some(event)) => {
+                self.took(&event);
+                Poll::Ready(Some(event))
+            }
+            other => other,
+        }
+    }
+
+    /// Makes `group` wake for this subscription's events, named by `key`, instead of
+    /// [`Subscription::next`]'s waker: read them with [`Subscription::try_next`]. Only once its
+    /// snapshot is complete (it returned `Ready`, or it had none); refused (`false`) before, or
+    /// when it already joined a group.
+    pub fn join(&self, group: &Arc<LiveGroup>, key: u64) -> bool {
+        self.snapshot.is_none() && self.rx.join(group, key)
+    }
+
+    /// Accounts for an event taken from the inbox.
+    fn took(&mut self, event: &LiveEvent) {
+        match event {
             LiveEvent::Rows(rows) => {
                 let left = self.buffered.fetch_sub(rows.len(), Ordering::AcqRel) - rows.len();
                 if left == 0 && self.catching_up.load(Ordering::Acquire) {
@@ -390,7 +424,6 @@ impl Subscription {
             }
             LiveEvent::Ready { .. } => {}
         }
-        Some(event)
     }
 
     /// Whether the subscription starts with a snapshot (not yet complete).

@@ -18,7 +18,7 @@ use futures::stream::{BoxStream, SelectAll, SplitSink};
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use topicfusion_engine::{LiveEnd, LiveEvent, LiveRow, Principal, Subscription};
+use topicfusion_engine::{LiveEnd, LiveEvent, LiveGroup, LiveRow, Principal, Subscription};
 
 use super::error::ApiError;
 use super::{Caller, SharedState};
@@ -70,29 +70,38 @@ enum ClientFrame {
 }
 
 /// One socket: its client frames and the frames of all its subscriptions, in one task. A
-/// subscription is a stream of rendered frames in a [`SelectAll`], which polls only the
-/// subscriptions that were woken: a commit reaching many subscriptions of the socket wakes this
-/// task once, and their frames go out in one write (a task per subscription, with a queue to a
-/// writer task, cost the server more than the rest of the delivery).
+/// subscription starts as a stream (subscribing, then its snapshot's frames) in a [`SelectAll`];
+/// once its snapshot is complete the stream hands it over to the socket's [`LiveGroup`], whose
+/// ready list names the subscriptions with new events: a commit reaching many subscriptions of
+/// the socket wakes this task once, it takes just their events, and their frames go out in one
+/// write (a task per subscription, with a queue to a writer task, cost the server more than the
+/// rest of the delivery; live subscriptions as streams in the `SelectAll`, each woken, polled
+/// and queued again per event, cost a third of it).
 async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
-    let mut open: HashMap<String, AbortHandle> = HashMap::new();
-    let mut live: Live = SelectAll::new();
+    let mut subs = Subs::default();
+    let group = LiveGroup::new();
     loop {
         let message = tokio::select! {
             message = incoming.next() => match message {
                 Some(Ok(message)) => message,
                 _ => break,
             },
-            Some(out) = live.next(), if !live.is_empty() => {
-                if write_frames(&mut sink, out, &mut live, &mut open).await.is_err() {
+            Some(out) = subs.starting.next(), if !subs.starting.is_empty() => {
+                if write_frames(&mut sink, out, &mut subs, &group).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            keys = group.ready() => {
+                if write_live(&mut sink, keys, &mut subs).await.is_err() {
                     break;
                 }
                 continue;
             }
         };
         let reply = match message {
-            WsMessage::Text(text) => on_client_frame(&state, &principal, text.as_str(), &mut open, &mut live).await,
+            WsMessage::Text(text) => on_client_frame(&state, &principal, text.as_str(), &mut subs).await,
             WsMessage::Close(_) => break,
             WsMessage::Binary(_) => Reply::Frame(error_frame(None, "bad_request", "frames are JSON text")),
             _ => continue,
@@ -106,18 +115,48 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
             break;
         }
     }
-    // Dropping the streams ends their subscriptions.
-    drop(live);
+    // Dropping the subscriptions ends them.
+    drop(subs);
     let _ = sink.close().await;
 }
 
-/// A socket's subscriptions, each a stream of its frames that its unsubscribe can abort.
-type Live = SelectAll<Abortable<BoxStream<'static, Out>>>;
+/// A socket's subscriptions.
+#[derive(Default)]
+struct Subs {
+    /// By the client's id: each one's key, and the handle that aborts its starting stream.
+    open: HashMap<String, Open>,
+    /// Subscribing or sending their snapshot: streams of frames.
+    starting: Starting,
+    /// Live (snapshot complete), by key: read when the socket's group names them.
+    live: HashMap<u64, (Arc<str>, Subscription)>,
+    /// The key of the next subscription (the client may reuse an id once it ended).
+    next_key: u64,
+}
 
-/// What a subscription's stream yields: a frame, or that it ended (after its last frame).
+struct Open {
+    key: u64,
+    abort: AbortHandle,
+}
+
+impl Subs {
+    /// Forgets subscription `key` (named `id` by the client) once it ended.
+    fn ended(&mut self, id: &str, key: u64) {
+        self.live.remove(&key);
+        if self.open.get(id).is_some_and(|open| open.key == key) {
+            self.open.remove(id);
+        }
+    }
+}
+
+/// The streams of subscriptions being started, each abortable by its unsubscribe.
+type Starting = SelectAll<Abortable<BoxStream<'static, Out>>>;
+
+/// What a starting subscription's stream yields: a frame; that it ended (after its last frame);
+/// or, last, the subscription itself, its snapshot complete, to join the socket's group.
 enum Out {
     Frame(WsMessage),
-    Ended(Arc<str>),
+    Ended(Arc<str>, u64),
+    Live(Arc<str>, u64, Subscription),
 }
 
 /// The answer to a client frame; `Close`: the socket closes after it; `None`: it comes from the
@@ -128,13 +167,14 @@ enum Reply {
     None,
 }
 
-/// Writes `first` and every other frame ready now (up to [`WRITE_BATCH`], so that the client's
-/// own frames are read between), then flushes them in one write.
+/// Writes `first` and every other frame of a starting subscription ready now (up to
+/// [`WRITE_BATCH`], so that the client's own frames are read between), then flushes them in
+/// one write.
 async fn write_frames(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     first: Out,
-    live: &mut Live,
-    open: &mut HashMap<String, AbortHandle>,
+    subs: &mut Subs,
+    group: &Arc<LiveGroup>,
 ) -> Result<(), axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
@@ -144,13 +184,47 @@ async fn write_frames(
                 sink.feed(frame).await?;
                 written += 1;
             }
-            Out::Ended(id) => {
-                open.remove(&*id);
+            Out::Ended(id, key) => subs.ended(&id, key),
+            Out::Live(id, key, subscription) => {
+                // Rings the group once for what is already queued (read at the next turn).
+                subscription.join(group, key);
+                subs.live.insert(key, (id, subscription));
             }
         }
         if written < WRITE_BATCH {
             // Polled with a no-op waker: the select! polls it again before it waits.
-            next = live.next().now_or_never().flatten();
+            next = subs.starting.next().now_or_never().flatten();
+        }
+    }
+    sink.flush().await
+}
+
+/// Writes the queued events of the live subscriptions `keys` names, then flushes them in one
+/// write.
+async fn write_live(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    keys: Vec<u64>,
+    subs: &mut Subs,
+) -> Result<(), axum::Error> {
+    for key in keys {
+        // A key repeats when its inbox was rung again before this turn; gone once it ended.
+        while let Some((id, subscription)) = subs.live.get_mut(&key) {
+            let event = match subscription.try_next() {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(event) => event,
+            };
+            let Some(event) = event else {
+                let id = Arc::clone(id);
+                subs.ended(&id, key);
+                break;
+            };
+            let (frame, end) = render(id, subscription, event);
+            sink.feed(text_message(frame)).await?;
+            if end {
+                let id = Arc::clone(id);
+                subs.ended(&id, key);
+                break;
+            }
         }
     }
     sink.flush().await
@@ -161,13 +235,7 @@ const WRITE_BATCH: usize = 1024;
 
 /// Runs a client frame: subscribe (a stream of the subscription's frames joins `live`) or
 /// unsubscribe.
-async fn on_client_frame(
-    state: &SharedState,
-    principal: &Principal,
-    text: &str,
-    open: &mut HashMap<String, AbortHandle>,
-    live: &mut Live,
-) -> Reply {
+async fn on_client_frame(state: &SharedState, principal: &Principal, text: &str, subs: &mut Subs) -> Reply {
     let frame = match serde_json::from_str::<ClientFrame>(text) {
         Ok(frame) => frame,
         Err(e) => {
@@ -177,10 +245,10 @@ async fn on_client_frame(
     };
     match frame {
         ClientFrame::Subscribe { id, sql, from_position, snapshot } => {
-            if open.contains_key(&id) {
+            if subs.open.contains_key(&id) {
                 return Reply::Frame(error_frame(Some(&id), "bad_request", "a subscription with this id is open"));
             }
-            if open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+            if subs.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
                 let message = format!("a socket holds at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions");
                 return Reply::Frame(error_frame(Some(&id), "bad_request", &message));
             }
@@ -190,32 +258,37 @@ async fn on_client_frame(
             };
             // Subscribing (a snapshot may wait for its turn) runs in the subscription's stream,
             // not here: the socket's other subscriptions and frames go on meanwhile.
-            let (handle, registration) = AbortHandle::new_pair();
+            let (abort, registration) = AbortHandle::new_pair();
             let state = SharedState::clone(state);
-            let key: Arc<str> = Arc::from(id.as_str());
+            let key = subs.next_key;
+            subs.next_key += 1;
+            let name: Arc<str> = Arc::from(id.as_str());
             let started = futures::stream::once(async move {
                 match subscribe(&state, &principal, &sql, snapshot, from_position).await {
                     Ok(subscription) => {
-                        let reply = json!({ "type": "subscribed", "id": &*key, "position": subscription.position });
+                        let reply = json!({ "type": "subscribed", "id": &*name, "position": subscription.position });
                         futures::stream::once(std::future::ready(Out::Frame(text_message(reply.to_string()))))
-                            .chain(frames(key, subscription))
+                            .chain(starting_frames(name, key, subscription))
                             .boxed()
                     }
                     Err(e) => {
-                        let error = error_frame(Some(&key), e.code.as_str(), &e.message);
-                        futures::stream::iter([Out::Frame(text_message(error.to_string())), Out::Ended(key)]).boxed()
+                        let error = error_frame(Some(&name), e.code.as_str(), &e.message);
+                        futures::stream::iter([Out::Frame(text_message(error.to_string())), Out::Ended(name, key)])
+                            .boxed()
                     }
                 }
             })
             .flatten();
-            live.push(Abortable::new(started.boxed(), registration));
-            open.insert(id, handle);
+            subs.starting.push(Abortable::new(started.boxed(), registration));
+            subs.open.insert(id, Open { key, abort });
             Reply::None
         }
-        ClientFrame::Unsubscribe { id } => match open.remove(&id) {
-            Some(handle) => {
-                // Its stream ends at its next poll, dropping (ending) the subscription.
-                handle.abort();
+        ClientFrame::Unsubscribe { id } => match subs.open.remove(&id) {
+            Some(open) => {
+                // A starting stream ends at its next poll; either way the subscription is
+                // dropped (ended).
+                open.abort.abort();
+                subs.live.remove(&open.key);
                 Reply::Frame(json!({ "type": "unsubscribed", "id": id }))
             }
             None => Reply::Frame(error_frame(Some(&id), "not_found", "no open subscription has this id")),
@@ -256,28 +329,48 @@ impl LiveError {
     }
 }
 
-/// A subscription's frames, rendered, then `Out::Ended` once it ended.
-fn frames(id: Arc<str>, subscription: Subscription) -> BoxStream<'static, Out> {
-    let ended = Arc::clone(&id);
-    futures::stream::unfold(Some(subscription), move |state| {
+/// A starting subscription's frames (its snapshot's, rendered), then either `Out::Ended` (it
+/// ended) or, once its snapshot is complete (at once without one), `Out::Live` handing it over.
+fn starting_frames(id: Arc<str>, key: u64, subscription: Subscription) -> BoxStream<'static, Out> {
+    enum Phase {
+        Snapshot(Subscription),
+        Ended,
+        Done,
+    }
+    futures::stream::unfold(Phase::Snapshot(subscription), move |phase| {
         let id = Arc::clone(&id);
         async move {
-            let mut subscription = state?;
-            let (frame, next) = match subscription.next().await? {
-                LiveEvent::Rows(rows) => (rows_frame(&id, &subscription, &rows), Some(subscription)),
-                LiveEvent::Ready { position } => {
-                    (json!({ "type": "ready", "id": &*id, "position": position }).to_string(), Some(subscription))
-                }
-                LiveEvent::Progress { position } => {
-                    (json!({ "type": "progress", "id": &*id, "position": position }).to_string(), Some(subscription))
-                }
-                LiveEvent::End(end) => (error_frame(Some(&id), end.code, &end.message).to_string(), None),
+            let mut subscription = match phase {
+                Phase::Snapshot(subscription) => subscription,
+                Phase::Ended => return Some((Out::Ended(id, key), Phase::Done)),
+                Phase::Done => return None,
             };
+            if !subscription.has_snapshot() {
+                return Some((Out::Live(id, key, subscription), Phase::Done));
+            }
+            let Some(event) = subscription.next().await else {
+                return Some((Out::Ended(id, key), Phase::Done));
+            };
+            let (frame, end) = render(&id, &subscription, event);
+            let next = if end { Phase::Ended } else { Phase::Snapshot(subscription) };
             Some((Out::Frame(text_message(frame)), next))
         }
     })
-    .chain(futures::stream::once(async move { Out::Ended(ended) }))
     .boxed()
+}
+
+/// An event of subscription `id` as its frame, and whether it ended the subscription.
+fn render(id: &str, subscription: &Subscription, event: LiveEvent) -> (String, bool) {
+    match event {
+        LiveEvent::Rows(rows) => (rows_frame(id, subscription, &rows), false),
+        LiveEvent::Ready { position } => {
+            (json!({ "type": "ready", "id": id, "position": position }).to_string(), false)
+        }
+        LiveEvent::Progress { position } => {
+            (json!({ "type": "progress", "id": id, "position": position }).to_string(), false)
+        }
+        LiveEvent::End(end) => (error_frame(Some(id), end.code, &end.message).to_string(), true),
+    }
 }
 
 /// `{"type":"rows","id":..,"rows":[...]}`, written as text.

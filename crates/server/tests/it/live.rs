@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
-use topicfusion_engine::{Database, DatabaseOptions, LiveEvent, LiveOp, LiveOptions, Principal, Subscription};
+use topicfusion_engine::{
+    Database, DatabaseOptions, LiveEvent, LiveGroup, LiveOp, LiveOptions, Principal, Subscription,
+};
 use topicfusion_storage::Value;
 
 use crate::http::{ROOT_PASSWORD, Server, data_dir};
@@ -683,6 +685,90 @@ async fn a_thousand_subscriptions_by_key_each_get_their_rows() {
     assert_eq!(listed, [["1000", "2002"]]);
     drop(subs);
     assert_eq!(crate::query(&db, "SELECT count(*) FROM system.live_queries").await, [["0"]]);
+}
+
+/// The keys a group names within 10 s, sorted and without repeats.
+async fn ready_keys(group: &LiveGroup) -> Vec<u64> {
+    let mut keys = tokio::time::timeout(Duration::from_secs(10), group.ready()).await.expect("a ring within 10 s");
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Every event queued for a grouped subscription now (progress positions skipped), and whether
+/// it ended.
+fn drain(sub: &mut Subscription) -> (Vec<LiveEvent>, bool) {
+    let mut events = Vec::new();
+    loop {
+        match sub.try_next() {
+            std::task::Poll::Ready(Some(LiveEvent::Progress { .. })) => {}
+            std::task::Poll::Ready(Some(event)) => events.push(event),
+            std::task::Poll::Ready(None) => return (events, true),
+            std::task::Poll::Pending => return (events, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn grouped_subscriptions_are_named_by_their_group_and_read_without_waiting() {
+    let (_dir, db) = open(LiveOptions::default());
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, user_id BIGINT, v TEXT)").await;
+    run(&db, "INSERT INTO t VALUES (1, 1, 'before')").await;
+    let group = LiveGroup::new();
+    // With a snapshot, it may join only once the snapshot is read.
+    let mut one = subscribe(&db, "SELECT id, v FROM t WHERE user_id = 1").await;
+    assert!(!one.join(&group, 1), "joined during its snapshot");
+    assert_eq!(snapshot(&mut one).await, [vec![int(1), text("before")]]);
+    // A change queued for it before it joins is not lost: joining rings the group.
+    run(&db, "INSERT INTO t VALUES (2, 1, 'early')").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::query(&db, "SELECT delivered FROM system.live_queries").await != [["1"]] {
+        assert!(std::time::Instant::now() < deadline, "the change was not queued within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(one.join(&group, 1));
+    assert!(!one.join(&group, 9), "joined a second time");
+    let mut two =
+        db.subscribe(&Principal::root(), "SELECT id FROM t WHERE user_id = 2", Some(false), None).await.unwrap();
+    assert!(two.join(&group, 2));
+    assert_eq!(ready_keys(&group).await, [1, 2]);
+    let (events, ended) = drain(&mut one);
+    assert!(!ended);
+    assert!(matches!(&events[..], [LiveEvent::Rows(r)] if r[0].row == [int(2), text("early")]), "{events:?}");
+    let (events, ended) = drain(&mut two);
+    assert!(events.is_empty() && !ended, "{events:?}");
+
+    // A commit reaching both names both, once each read, in commit order.
+    run(&db, "INSERT INTO t VALUES (3, 2, 'a'), (4, 1, 'b'); INSERT INTO t VALUES (5, 2, 'c')").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        for key in ready_keys(&group).await {
+            let sub = if key == 1 { &mut one } else { &mut two };
+            for event in drain(sub).0 {
+                if let LiveEvent::Rows(rows) = event {
+                    seen.extend(rows.into_iter().map(|r| (key, r.row[0].clone())));
+                }
+            }
+        }
+    }
+    seen.sort_by_key(|(key, _)| *key);
+    assert_eq!(seen, [(1, int(4)), (2, int(3)), (2, int(5))]);
+
+    // An end reaches the group too; after it the subscription is done.
+    run(&db, "DROP TABLE t").await;
+    let mut ends = BTreeMap::new();
+    while ends.len() < 2 {
+        for key in ready_keys(&group).await {
+            let sub = if key == 1 { &mut one } else { &mut two };
+            let (events, ended) = drain(sub);
+            if let Some(LiveEvent::End(end)) = events.last() {
+                assert!(ended, "{key}: more after its end");
+                ends.insert(key, end.code.to_owned());
+            }
+        }
+    }
+    assert_eq!(ends, BTreeMap::from([(1, "table_changed".to_owned()), (2, "table_changed".to_owned())]));
+    assert!(matches!(one.try_next(), std::task::Poll::Ready(None)));
 }
 
 #[tokio::test]
