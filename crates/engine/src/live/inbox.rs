@@ -63,11 +63,18 @@ impl LiveGroup {
     }
 
     fn ring(&self, key: u64) {
+        self.requeue([key]);
+    }
+
+    /// Names `keys` again at the next [`LiveGroup::ready`] (the owner took them but left some
+    /// of their events for its next turn).
+    pub fn requeue(&self, keys: impl IntoIterator<Item = u64>) {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.push(key);
-        let first = ready.len() == 1;
+        let was_empty = ready.is_empty();
+        ready.extend(keys);
+        let wake = was_empty && !ready.is_empty();
         drop(ready);
-        if first {
+        if wake {
             self.waker.wake();
         }
     }

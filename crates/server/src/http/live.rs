@@ -94,7 +94,7 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
                 continue;
             }
             keys = group.ready() => {
-                if write_live(&mut sink, keys, &mut subs).await.is_err() {
+                if write_live(&mut sink, keys, &mut subs, &group).await.is_err() {
                     break;
                 }
                 continue;
@@ -187,7 +187,8 @@ async fn write_frames(
             Out::Ended(id, key) => subs.ended(&id, key),
             Out::Live(id, key, subscription) => {
                 // Rings the group once for what is already queued (read at the next turn).
-                subscription.join(group, key);
+                let joined = subscription.join(group, key);
+                debug_assert!(joined, "a subscription handed over with its snapshot incomplete");
                 subs.live.insert(key, (id, subscription));
             }
         }
@@ -199,16 +200,27 @@ async fn write_frames(
     sink.flush().await
 }
 
-/// Writes the queued events of the live subscriptions `keys` names, then flushes them in one
-/// write.
+/// Writes the queued events of the live subscriptions `keys` names (up to [`WRITE_BATCH`]
+/// frames: the rest are named again for the next turn, after the client's frames are read),
+/// then flushes them in one write.
 async fn write_live(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     keys: Vec<u64>,
     subs: &mut Subs,
+    group: &LiveGroup,
 ) -> Result<(), axum::Error> {
-    for key in keys {
+    let mut written = 0;
+    for (i, &key) in keys.iter().enumerate() {
+        if written >= WRITE_BATCH {
+            group.requeue(keys[i..].iter().copied());
+            break;
+        }
         // A key repeats when its inbox was rung again before this turn; gone once it ended.
         while let Some((id, subscription)) = subs.live.get_mut(&key) {
+            if written >= WRITE_BATCH {
+                group.requeue([key]);
+                break;
+            }
             let event = match subscription.try_next() {
                 std::task::Poll::Pending => break,
                 std::task::Poll::Ready(event) => event,
@@ -220,6 +232,7 @@ async fn write_live(
             };
             let (frame, end) = render(id, subscription, event);
             sink.feed(text_message(frame)).await?;
+            written += 1;
             if end {
                 let id = Arc::clone(id);
                 subs.ended(&id, key);
@@ -230,11 +243,12 @@ async fn write_live(
     sink.flush().await
 }
 
-/// Frames written to a socket before it is flushed and its client's frames are read again.
+/// Frames written to a socket in one turn (of starting subscriptions, or of live ones) before
+/// it is flushed and its client's frames are read again.
 const WRITE_BATCH: usize = 1024;
 
-/// Runs a client frame: subscribe (a stream of the subscription's frames joins `live`) or
-/// unsubscribe.
+/// Runs a client frame: subscribe (a stream of the subscription's frames joins
+/// `subs.starting`) or unsubscribe.
 async fn on_client_frame(state: &SharedState, principal: &Principal, text: &str, subs: &mut Subs) -> Reply {
     let frame = match serde_json::from_str::<ClientFrame>(text) {
         Ok(frame) => frame,
