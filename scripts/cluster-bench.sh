@@ -5,7 +5,9 @@
 # (every commit in a majority's fsynced Raft logs). Then failover: $KILLS times, kill -9 the
 # leader while a writer inserts, and time until an INSERT is acknowledged by the new leader;
 # the killed node is restarted and caught up before the next round; at the end every
-# acknowledged row must be on every node. Prints `METRIC name value unit` lines.
+# acknowledged row must be on every node. Also bulk: one client INSERTing 1000 rows a statement
+# (INSERT ... SELECT over generate_series), on one synced node and on the three. Prints
+# `METRIC name value unit` lines.
 #
 # Usage: scripts/cluster-bench.sh   (env: SECS=10 CLIENTS=16 KILLS=5 BIN=target/release/topicfusion)
 set -euo pipefail
@@ -32,6 +34,9 @@ setup_table() {
 }
 pgb() { pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$dir/insert.sql" -h 127.0.0.1 -p "$1" -U root topicfusion 2>/dev/null | awk '/^tps = /{print $3}'; }
 insert_sql
+# 1000 rows a statement, ids from a random base (simple protocol: pgbench writes the base in).
+printf '\\set base random(1, 4611686018427387904)\nINSERT INTO bench_t (id, status, amount) SELECT :base + value, '"'"'bulk'"'"', 42.5 FROM generate_series(1, 1000);\n' > "$dir/bulk.sql"
+bulk_rows() { pgbench -n -M simple -c 1 -T "$SECS" -f "$dir/bulk.sql" -h 127.0.0.1 -p "$1" -U root topicfusion 2>/dev/null | awk '/^tps = /{printf "%.0f", $3 * 1000}'; }
 
 # One node, every commit fsynced.
 port=$(free_port)
@@ -41,6 +46,8 @@ single=$!; pids+=("$single")
 wait_pg "$port"; setup_table "$port"
 single_tps=$(pgb "$port")
 metric "cluster_single_node_synced_insert_c$CLIENTS" "$single_tps" "stmts/s"
+single_bulk=$(bulk_rows "$port")
+metric "cluster_single_node_synced_bulk_b1000" "$single_bulk" "rows/s"
 kill "$single"; wait "$single" 2>/dev/null || true
 
 # Three nodes.
@@ -73,6 +80,9 @@ metric "cluster_r3_insert_c$CLIENTS" "$cluster_tps" "stmts/s"
 metric "cluster_r3_vs_single_node_c$CLIENTS" "$(awk -v a="$cluster_tps" -v b="$single_tps" 'BEGIN{printf "%.2f", a/b}')" "x"
 c1_tps=$(CLIENTS=1 pgb "${pg[$leader]}")
 metric "cluster_r3_insert_c1" "$c1_tps" "stmts/s"
+cluster_bulk=$(bulk_rows "${pg[$leader]}")
+metric "cluster_r3_bulk_b1000" "$cluster_bulk" "rows/s"
+metric "cluster_r3_vs_single_node_bulk_b1000" "$(awk -v a="$cluster_bulk" -v b="$single_bulk" 'BEGIN{printf "%.2f", a/b}')" "x"
 
 # Failover: kill -9 the leader, time until the next INSERT is acknowledged on another node.
 next_id=1
