@@ -103,13 +103,17 @@ where
         .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
     let mut subscription = subscribed.map_err(|e| super::query::statement_error(&e))?;
     let schema = subscription.schema();
+    let mut gone = std::pin::pin!(client_gone(client.session_extensions().get::<super::PeerSocket>()));
     match form {
         LiveForm::Rows(_) => {
             let fields = Arc::new(wire_fields(&schema, &Format::UnifiedText)?);
             let description = RowDescription::new(fields.iter().map(Into::into).collect());
             client.send(PgWireBackendMessage::RowDescription(description)).await?;
             loop {
-                let rows = next_rows(&mut subscription).await?;
+                let rows = tokio::select! {
+                    rows = next_rows(&mut subscription) => rows?,
+                    () = &mut gone => return Err(client_went_away()),
+                };
                 for row in DataRows::new(Arc::clone(&fields), vec![batch(&subscription, &schema, &rows)?]) {
                     client.feed(PgWireBackendMessage::DataRow(row?)).await?;
                 }
@@ -128,7 +132,10 @@ where
             loop {
                 // An end is an ErrorResponse in the middle of the COPY, as PostgreSQL ends a
                 // failing COPY TO (no CopyDone).
-                let rows = next_rows(&mut subscription).await?;
+                let rows = tokio::select! {
+                    rows = next_rows(&mut subscription) => rows?,
+                    () = &mut gone => return Err(client_went_away()),
+                };
                 for data in encoder.rows(&batch(&subscription, &schema, &rows)?)? {
                     client.feed(PgWireBackendMessage::CopyData(data)).await?;
                 }
@@ -136,6 +143,35 @@ where
             }
         }
     }
+}
+
+/// Returns once the client closed (or reset) its connection: a read of a duplicate of the
+/// socket's descriptor that peeks at the end of the stream. A streaming client sends nothing (a
+/// cancel comes on a connection of its own), so while it is there this waits; if it does send
+/// bytes (they stay unread for the connection) it is not watched further. Without a descriptor
+/// (none could be duplicated) it never returns.
+async fn client_gone(peer: Option<Arc<super::PeerSocket>>) {
+    let watched = peer.and_then(|p| {
+        // SAFETY: the descriptor is the socket of the connection whose statement is running
+        // (this future lives within it), which stays open until the connection's loop ends;
+        // it is only duplicated here, and the duplicate is owned.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(p.0) };
+        let socket = std::net::TcpStream::from(fd.try_clone_to_owned().ok()?);
+        // Non-blocking already (the flag is shared by both descriptors); set for tokio's sake.
+        socket.set_nonblocking(true).ok()?;
+        tokio::net::TcpStream::from_std(socket).ok()
+    });
+    if let Some(socket) = watched {
+        match socket.peek(&mut [0u8; 1]).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
+fn client_went_away() -> PgWireError {
+    PgWireError::IoError(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the client closed its connection"))
 }
 
 /// The next rows (the snapshot's end has none); the end as an error with the SQLSTATE of its

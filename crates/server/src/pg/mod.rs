@@ -10,8 +10,9 @@
 //!
 //! Connections run on the engine runtime: a statement runs on the connection's own task, with
 //! no hop between runtimes. A cancel request ends a statement at its next await point: a
-//! waiting CONSUME returns nothing. A client that closed its connection is noticed only when the
-//! statement answers (a waiting CONSUME at its timeout, a live query at its next change).
+//! waiting CONSUME returns nothing. A client that closed its connection is noticed when the
+//! statement answers (a waiting CONSUME at its timeout, a FETCH from a live cursor at its next
+//! change); a streaming `SUBSCRIBE` watches the socket and ends as soon as the client is gone.
 //!
 //! There are no multi-statement transactions: `BEGIN` and `COMMIT` are accepted so drivers
 //! work, every statement commits on its own, and `ROLLBACK` arrives with a warning that nothing
@@ -75,6 +76,10 @@ fn fatal(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
 }
 
+/// A connection's socket descriptor: open while the connection's handlers run (the socket is
+/// closed only after the connection's loop ends).
+pub struct PeerSocket(std::os::fd::RawFd);
+
 /// Serves one accepted TCP connection until it closes: TLS negotiation, login, then messages
 /// until the client terminates (pgwire's `process_socket`, with the message limit added).
 pub async fn serve_connection(state: Arc<PgState>, socket: tokio::net::TcpStream) {
@@ -83,6 +88,8 @@ pub async fn serve_connection(state: Arc<PgState>, socket: tokio::net::TcpStream
         queries: Arc::new(Queries::new(Arc::clone(&state.db))),
         cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(state.connections()))),
     };
+    // For a live query streaming to the client to watch the socket (see `live::client_gone`).
+    let peer = PeerSocket(std::os::fd::AsRawFd::as_raw_fd(&socket));
     let login_deadline = tokio::time::sleep(LOGIN_TIMEOUT);
     tokio::pin!(login_deadline);
     let negotiated = tokio::select! {
@@ -113,6 +120,7 @@ pub async fn serve_connection(state: Arc<PgState>, socket: tokio::net::TcpStream
     parts.read_buf = old.read_buf;
     parts.write_buf = old.write_buf;
     let mut socket = Framed::from_parts(parts);
+    socket.session_extensions().insert(peer);
 
     let ConnectionHandlers { startup, queries, cancel } = handlers;
     loop {

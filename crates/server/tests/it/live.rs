@@ -1269,6 +1269,16 @@ async fn subscribe_streams_over_the_postgresql_protocol_until_cancelled() {
     let line = line.expect("a COPY row from psql");
     let fields: Vec<&str> = line.split(',').collect();
     assert_eq!((fields[0], fields[3]), ("insert", "copy"), "{line}");
+    // The killed client's subscription ends with its connection, with no change to notice it by.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = server.sql("SELECT count(*) AS n FROM system.live_queries").await;
+        if listed["results"][0]["rows"] == json!([[0]]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the killed client's subscription is open: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Bad SQL: the error, not a stream.
     let out = std::process::Command::new("psql")
         .args(["-h", host, "-p", port, "-U", "root", "-d", "topicfusion", "-X", "-c", "SUBSCRIBE SELECT * FROM nope"])
