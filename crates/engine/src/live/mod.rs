@@ -354,32 +354,52 @@ impl Subscription {
             return None;
         }
         if let Some(snapshot) = &mut self.snapshot {
-            let event = match snapshot.rows.recv().await {
-                Some(event) => Some(event),
+            let received = snapshot.rows.recv().await;
+            let stopped = snapshot.stop.get().cloned();
+            let event = match received {
+                Some(event) => event,
                 // The scan gave up on this client.
-                None if let Some(stop) = snapshot.stop.get() => Some(LiveEvent::End(stop.clone())),
+                None if let Some(stop) = stopped => LiveEvent::End(stop),
                 // The dispatcher ended the subscription (the scan stopped for it): its end is
-                // in the inbox, below.
-                None if self.ended.load(Ordering::Acquire) => None,
-                None => Some(LiveEvent::End(end("snapshot_failed", "the snapshot stopped before it was complete"))),
+                // in the inbox.
+                None if self.ended.load(Ordering::Acquire) => LiveEvent::End(self.end_before_ready().await),
+                None => LiveEvent::End(end("snapshot_failed", "the snapshot stopped before it was complete")),
             };
-            if let Some(event) = event {
-                match &event {
-                    // The scan's last event: live changes follow.
-                    LiveEvent::Ready { .. } => self.snapshot = None,
-                    LiveEvent::End(_) => {
-                        self.finished = true;
-                        self.ended.store(true, Ordering::Release);
-                    }
-                    _ => {}
+            match &event {
+                // The scan's last event: live changes follow.
+                LiveEvent::Ready { .. } => self.snapshot = None,
+                LiveEvent::End(_) => {
+                    self.finished = true;
+                    self.ended.store(true, Ordering::Release);
                 }
-                return Some(event);
+                _ => {}
             }
-            self.snapshot = None;
+            return Some(event);
         }
         let event = self.rx.recv().await?;
         self.took(&event);
         Some(event)
+    }
+
+    /// The end the dispatcher queued for a subscription it ended before its snapshot was
+    /// complete. The changes queued before it are dropped: they follow a snapshot the client
+    /// does not have whole, and so does the position a `subscriber_too_slow` names (resuming
+    /// from it would skip the rows never sent): the client must subscribe again with a snapshot.
+    async fn end_before_ready(&mut self) -> LiveEnd {
+        loop {
+            match self.rx.recv().await {
+                Some(LiveEvent::End(e)) if e.code == "subscriber_too_slow" => {
+                    return end(
+                        "subscriber_too_slow",
+                        "the subscriber fell behind before its snapshot was complete (it reads too slowly): subscribe \
+                         again, with a snapshot",
+                    );
+                }
+                Some(LiveEvent::End(e)) => return e,
+                Some(other) => self.took(&other),
+                None => return end("snapshot_failed", "the snapshot stopped before it was complete"),
+            }
+        }
     }
 
     /// [`Subscription::next`] without waiting, for a subscription that joined a group

@@ -496,6 +496,30 @@ async fn a_dispatcher_too_far_behind_ends_every_subscription_and_forgets_the_dro
 }
 
 #[tokio::test]
+async fn a_subscriber_too_slow_during_its_snapshot_gets_no_changes_and_is_told_to_snapshot_again() {
+    let options = LiveOptions { buffer_rows: 100, ..LiveOptions::default() };
+    let (_dir, db) = open(options);
+    run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY, n BIGINT)").await;
+    run(&db, "INSERT INTO t SELECT value, 0 FROM generate_series(0, 49999)").await;
+    let mut sub = subscribe(&db, "SELECT id, n FROM t").await;
+    // Nothing read: the scan waits for room while changes queue behind it, past the limit.
+    run(&db, "UPDATE t SET n = 1 WHERE id < 50").await;
+    run(&db, "UPDATE t SET n = 2 WHERE id < 100").await;
+    let end = loop {
+        match next(&mut sub).await {
+            LiveEvent::Rows(rows) => {
+                assert!(rows.iter().all(|r| r.op == LiveOp::Snapshot), "a change before the snapshot was complete")
+            }
+            LiveEvent::End(end) => break end,
+            other => panic!("expected the snapshot's rows then the end, got {other:?}"),
+        }
+    };
+    assert_eq!(end.code, "subscriber_too_slow");
+    assert!(end.message.contains("with a snapshot") && !end.message.contains("from_position"), "{}", end.message);
+    assert!(sub.next().await.is_none());
+}
+
+#[tokio::test]
 async fn a_slow_subscriber_is_ended_while_writers_go_on_and_resumes_where_it_stopped() {
     let (_dir, db) = open(LiveOptions { buffer_rows: 100, ..Default::default() });
     run(&db, "CREATE TABLE t (id BIGINT PRIMARY KEY)").await;
