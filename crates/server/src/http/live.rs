@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -81,8 +82,8 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
     let (mut sink, mut incoming) = socket.split();
     let mut subs = Subs::default();
     let group = LiveGroup::new();
-    loop {
-        let message = tokio::select! {
+    'socket: loop {
+        let first = tokio::select! {
             message = incoming.next() => match message {
                 Some(Ok(message)) => message,
                 _ => break,
@@ -100,24 +101,60 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
                 continue;
             }
         };
-        let reply = match message {
-            WsMessage::Text(text) => on_client_frame(&state, &principal, text.as_str(), &mut subs).await,
-            WsMessage::Close(_) => break,
-            WsMessage::Binary(_) => Reply::Frame(error_frame(None, "bad_request", "frames are JSON text")),
-            _ => continue,
-        };
-        let (frame, close) = match reply {
-            Reply::Frame(frame) => (frame, false),
-            Reply::Close(frame) => (frame, true),
-            Reply::None => continue,
-        };
-        if sink.send(text_message(frame.to_string())).await.is_err() || close {
+        // Every client frame already received is answered in this turn (up to WRITE_BATCH), not
+        // one per turn: a turn writes up to WRITE_BATCH frames, so a busy socket read its client
+        // one frame per such turn, and answers (and the pong to a ping, queued as the ping is
+        // read) fell tens of seconds behind a client sending a hundred frames a second.
+        let mut next = Some(first);
+        let mut read = 0;
+        while let Some(message) = next.take() {
+            if on_message(&state, &principal, message, &mut subs, &mut sink).await.is_break() {
+                break 'socket;
+            }
+            read += 1;
+            if read < WRITE_BATCH {
+                next = match incoming.next().now_or_never() {
+                    Some(Some(Ok(message))) => Some(message),
+                    // Closed, or a broken frame.
+                    Some(_) => break 'socket,
+                    // Nothing more received yet.
+                    None => None,
+                };
+            }
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }
     // Dropping the subscriptions ends them.
     drop(subs);
     let _ = sink.close().await;
+}
+
+/// Runs one client message and queues its answer; `Break`: the socket closes.
+async fn on_message(
+    state: &SharedState,
+    principal: &Principal,
+    message: WsMessage,
+    subs: &mut Subs,
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+) -> ControlFlow<()> {
+    let reply = match message {
+        WsMessage::Text(text) => on_client_frame(state, principal, text.as_str(), subs).await,
+        WsMessage::Close(_) => return ControlFlow::Break(()),
+        WsMessage::Binary(_) => Reply::Frame(error_frame(None, "bad_request", "frames are JSON text")),
+        _ => return ControlFlow::Continue(()),
+    };
+    let (frame, close) = match reply {
+        Reply::Frame(frame) => (frame, false),
+        Reply::Close(frame) => (frame, true),
+        Reply::None => return ControlFlow::Continue(()),
+    };
+    // Flushed once the turn's client frames are answered (or by the close).
+    if sink.feed(text_message(frame.to_string())).await.is_err() || close {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
 }
 
 /// A socket's subscriptions.
@@ -244,7 +281,8 @@ async fn write_live(
 }
 
 /// Frames written to a socket in one turn (of starting subscriptions, or of live ones) before
-/// it is flushed and its client's frames are read again.
+/// it is flushed and its client's frames are read again; also the most client frames answered
+/// in one turn.
 const WRITE_BATCH: usize = 1024;
 
 /// Runs a client frame: subscribe (a stream of the subscription's frames joins

@@ -1040,6 +1040,32 @@ async fn websocket_subscriptions_snapshot_changes_errors_and_many_on_one_socket(
     assert!(got.iter().all(|(id, v)| id[1..] == v[1..]));
     let listed = server.sql("SELECT count(*) AS n FROM system.live_queries").await;
     assert_eq!(listed["results"][0]["rows"], json!([[1500]]));
+    // Client frames sent together are answered together while the socket has more to write
+    // than the connection holds (4,500 frames of 10 kB: a turn waits for the client to read):
+    // no other subscription's frame between the answers (read one client frame per turn,
+    // answers fell behind a busy socket's writes).
+    for fill in ["x", "y", "z"] {
+        server.sql(&format!("UPDATE app.t SET v = repeat('{fill}', 10000) WHERE id >= 1000")).await;
+    }
+    assert_eq!(frame(&mut socket).await["type"], "rows");
+    let leaving: Vec<String> = (0..20).map(|k| format!("k{k}")).collect();
+    for id in &leaving {
+        let frame = json!({ "type": "unsubscribe", "id": id }).to_string();
+        socket.feed(tokio_tungstenite::tungstenite::Message::text(frame)).await.unwrap();
+    }
+    socket.flush().await.unwrap();
+    let (mut answered, mut between) = (Vec::new(), Vec::new());
+    while answered.len() < leaving.len() {
+        let f = frame(&mut socket).await;
+        let id = f["id"].as_str().unwrap().to_owned();
+        if f["type"] == "unsubscribed" {
+            answered.push(id);
+        } else if !answered.is_empty() && !leaving.contains(&id) {
+            between.push(id);
+        }
+    }
+    assert_eq!(answered, leaving);
+    assert!(between.is_empty(), "frames of {} other subscriptions between the answers", between.len());
     drop(socket);
 
     // A user without the right to read system.users is refused; over a query-string token too.
