@@ -48,7 +48,8 @@ pub fn normalize_node<T: VisitMut>(node: &mut T) {
     let _ = node.visit(&mut Queries);
 }
 
-/// Visits every query of a statement (subqueries, `CREATE TABLE ... AS`, `INSERT ... VALUES`).
+/// Visits every query of a statement (subqueries, `CREATE TABLE ... AS`, `INSERT ... VALUES`);
+/// in the same pass, names the repeated items of its SELECT lists ([`super::output_names`]).
 struct Queries;
 
 impl VisitorMut for Queries {
@@ -56,6 +57,7 @@ impl VisitorMut for Queries {
 
     fn pre_visit_query(&mut self, query: &mut sql::Query) -> ControlFlow<()> {
         unify_values(&mut query.body);
+        super::output_names::make_distinct(&mut query.body);
         ControlFlow::Continue(())
     }
 }
