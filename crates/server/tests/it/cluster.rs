@@ -813,6 +813,74 @@ mod processes {
         until_identical(&nodes, &http).await;
     }
 
+    /// A leader stopped with a write in flight whose entry its followers hold (they were stopped
+    /// too, and take it when resumed) comes back after one of them, elected, committed the entry
+    /// and wrote past several snapshots: the write is answered, as committed (or, had the entry
+    /// been lost, with an error), the nodes agree on it, and the old leader takes part again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_in_flight_on_a_deposed_leader_caught_up_by_a_snapshot_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (nodes, _) = start_three(dir.path(), 100);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let leader = write_on_leader(
+            &nodes,
+            &http,
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC ev PARTITIONS 2; \
+             ALTER TOPIC ev ADD SOURCE t ON INSERT",
+        )
+        .await;
+        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let signal = |node: &Node, sig: &str| {
+            let pid = node.child.as_ref().unwrap().id().to_string();
+            assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        };
+        // With its followers stopped the leader's next write is proposed but cannot commit.
+        let (status, _) = nodes[leader].sql(&http, "SELECT 1").await;
+        assert_eq!(status, StatusCode::OK);
+        for &f in &followers {
+            signal(&nodes[f], "-STOP");
+        }
+        let (url, token) = (format!("http://{}/v1/api/sql", nodes[leader].http), nodes[leader].token.get().cloned());
+        let pending = tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
+            let sent =
+                http.post(url).bearer_auth(token.unwrap()).json(&json!({ "sql": "INSERT INTO t VALUES (-1, 'w')" }));
+            let resp = sent.send().await.ok()?;
+            Some((resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null)))
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(&nodes[leader], "-STOP");
+        for &f in &followers {
+            signal(&nodes[f], "-CONT");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new_leader = loop {
+            let (_, body) =
+                nodes[followers[0]].sql(&http, "SELECT node_id FROM system.cluster WHERE role = 'leader'").await;
+            let id = body["results"][0]["rows"][0][0].as_u64();
+            if let Some(f) = followers.iter().copied().find(|&f| Some(nodes[f].id) == id) {
+                break f;
+            }
+            assert!(Instant::now() < deadline, "no new leader among the followers");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for i in 0..400 {
+            write_through(&nodes[new_leader], &http, &format!("INSERT INTO t VALUES ({i}, 'v{i}')")).await;
+        }
+        // Snapshots are built in the background, and the log purged behind them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal(&nodes[leader], "-CONT");
+        let answer = tokio::time::timeout(Duration::from_secs(60), pending).await;
+        let (status, body) = answer.expect("the write in flight is answered").unwrap().expect("an HTTP answer");
+        until_identical(&nodes, &http).await;
+        if status == StatusCode::OK {
+            until_count(&nodes[leader], &http, "SELECT count(*) FROM t WHERE id = -1", 1).await;
+        }
+        // The old leader takes part again: a write through it reaches the new leader.
+        write_through(&nodes[leader], &http, "INSERT INTO t VALUES (1000, 'after')").await;
+        until_identical(&nodes, &http).await;
+    }
+
     /// A data dir that served a single node (a table in it) is refused as a cluster node's: its
     /// data is in no Raft log. An empty one starts (tested above).
     #[test]
