@@ -872,6 +872,7 @@ mod processes {
         signal(&nodes[leader], "-CONT");
         let answer = tokio::time::timeout(Duration::from_secs(60), pending).await;
         let (status, body) = answer.expect("the write in flight is answered").unwrap().expect("an HTTP answer");
+        assert!(status == StatusCode::OK || body["error"]["code"].is_string(), "{status} {body}");
         until_identical(&nodes, &http).await;
         if status == StatusCode::OK {
             until_count(&nodes[leader], &http, "SELECT count(*) FROM t WHERE id = -1", 1).await;
