@@ -83,47 +83,50 @@ async fn serve_socket(state: SharedState, principal: Principal, socket: WebSocke
     let mut subs = Subs::default();
     let group = LiveGroup::new();
     'socket: loop {
-        let first = tokio::select! {
+        // Every client frame received by now is answered before the next write turn (up to
+        // WRITE_BATCH of them), not one per turn: a turn writes up to WRITE_BATCH frames, and a
+        // busy socket that read its client one frame per turn (when the select! below happened
+        // to pick it) answered a client sending a hundred frames a second, and its pings, tens
+        // of seconds late. (A pong is queued as its ping is read, and flushed here.)
+        let mut read = 0;
+        while read < WRITE_BATCH {
+            match incoming.next().now_or_never() {
+                Some(Some(Ok(message))) => {
+                    if on_message(&state, &principal, message, &mut subs, &mut sink).await.is_break() {
+                        break 'socket;
+                    }
+                    read += 1;
+                }
+                // Closed, or a broken frame.
+                Some(_) => break 'socket,
+                // Nothing more received yet.
+                None => break,
+            }
+        }
+        if read > 0 && sink.flush().await.is_err() {
+            break;
+        }
+        tokio::select! {
             message = incoming.next() => match message {
-                Some(Ok(message)) => message,
+                Some(Ok(message)) => {
+                    if on_message(&state, &principal, message, &mut subs, &mut sink).await.is_break()
+                        || sink.flush().await.is_err()
+                    {
+                        break;
+                    }
+                }
                 _ => break,
             },
             Some(out) = subs.starting.next(), if !subs.starting.is_empty() => {
                 if write_frames(&mut sink, out, &mut subs, &group).await.is_err() {
                     break;
                 }
-                continue;
             }
             keys = group.ready() => {
                 if write_live(&mut sink, keys, &mut subs, &group).await.is_err() {
                     break;
                 }
-                continue;
             }
-        };
-        // Every client frame already received is answered in this turn (up to WRITE_BATCH), not
-        // one per turn: a turn writes up to WRITE_BATCH frames, so a busy socket read its client
-        // one frame per such turn, and answers (and the pong to a ping, queued as the ping is
-        // read) fell tens of seconds behind a client sending a hundred frames a second.
-        let mut next = Some(first);
-        let mut read = 0;
-        while let Some(message) = next.take() {
-            if on_message(&state, &principal, message, &mut subs, &mut sink).await.is_break() {
-                break 'socket;
-            }
-            read += 1;
-            if read < WRITE_BATCH {
-                next = match incoming.next().now_or_never() {
-                    Some(Some(Ok(message))) => Some(message),
-                    // Closed, or a broken frame.
-                    Some(_) => break 'socket,
-                    // Nothing more received yet.
-                    None => None,
-                };
-            }
-        }
-        if sink.flush().await.is_err() {
-            break;
         }
     }
     // Dropping the subscriptions ends them.

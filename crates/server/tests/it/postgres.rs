@@ -59,6 +59,13 @@ async fn prepared_statements_with_parameters_and_typed_results() {
     let rows = client.query("SELECT id, v FROM app.t WHERE id >= $1 ORDER BY id", &[&2i64]).await.unwrap();
     let got: Vec<(i64, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, [(2, Some("it's two".into())), (3, Some("x'); DROP TABLE app.t; --".into())), (i64::MAX, None)]);
+    // Bound values may repeat a name (`SELECT $1, $2` with 0 and 0 is `SELECT 0, 0`), as
+    // may the values of INSERT ... SELECT: repeats are renamed once the parameters are bound.
+    let row = client.query_one("SELECT $1::bigint, $2::bigint", &[&0i64, &0i64]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
+    let n = client.execute("INSERT INTO app.t SELECT $1::bigint, $2::bigint::text", &[&-5i64, &-5i64]);
+    assert_eq!(n.await.unwrap(), 1);
+    assert_eq!(client.execute("DELETE FROM app.t WHERE id = $1", &[&-5i64]).await.unwrap(), 1);
     // Result columns carry their types, in binary and text.
     let row = client
         .query_one("SELECT CAST(1.5 AS DOUBLE) AS f, true AS b, CAST(7 AS INT) AS i, 'x' AS s", &[])

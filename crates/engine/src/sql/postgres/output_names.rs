@@ -2,17 +2,37 @@
 //! `SELECT id, id FROM t`, `SELECT v, v::text FROM t`, `SELECT a AS x, b AS x`,
 //! `INSERT INTO t SELECT k, 0, 0`); DataFusion refuses a list whose items have the same name
 //! ("Projections require unique expression names"), and a cast does not change a name there. So
-//! before planning, an item whose name repeats an earlier item's in the same list is given a
-//! name of its own: its PostgreSQL name (a column's name, a function's, `?column?`) if no other
-//! item has it, else that name with `_1`, `_2`, ... The first item of each name keeps its name.
+//! before planning (at parse, and again once a prepared statement's parameters are bound), an
+//! item whose name repeats an earlier item's in the same list is given a name of its own: the
+//! name PostgreSQL would give it (a column's name, a function's, the type of a cast of a
+//! literal as written, `?column?`) if no other item has it, else that name with `_1`, `_2`, ...
+//! The first item of each name keeps its name.
 //!
-//! Names are compared as DataFusion derives them, without casts: a column as written (`t.id` and
-//! `id` are told apart, as are `a.id` and `b.id` of a join, which DataFusion keeps apart by their
-//! qualifiers), any other expression by its text.
+//! Names are compared as written, casts and parentheses aside: a column as written (so `a.id`
+//! and `b.id` of a join, which DataFusion keeps apart by their qualifiers, are left alone, and
+//! so is `t.id` beside `id`, which DataFusion still refuses), any other expression by its text
+//! (`count(*)` beside `COUNT(*)` is refused too). A wildcard's columns are not compared.
 
 use std::collections::HashSet;
 
-use topicfusion_dialect::sqlparser::ast::{Expr, Ident, ObjectNamePart, SelectItem, SetExpr};
+use std::ops::ControlFlow;
+
+use topicfusion_dialect::sqlparser::ast::{
+    Expr, Ident, ObjectNamePart, Query, SelectItem, SetExpr, VisitMut, VisitorMut,
+};
+
+/// Names the repeated items of every SELECT list in `node` (see [`make_distinct`]).
+pub fn make_all_distinct<T: VisitMut>(node: &mut T) {
+    struct Lists;
+    impl VisitorMut for Lists {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            make_distinct(&mut query.body);
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = node.visit(&mut Lists);
+}
 
 /// Names the repeated items of every SELECT list of `body` (a query's body; the set
 /// operations' operands too). Nested queries are the caller's (a visitor's) to reach.
@@ -41,8 +61,14 @@ fn make_list_distinct(items: &mut [SelectItem]) {
     if keys.iter().flatten().all(|k| seen.insert(k.as_str())) {
         return;
     }
-    // Every name in the list is taken, so that a new name repeats none of them.
+    // Every name in the list is taken, as compared and bare (a column's name without its
+    // qualifier: DataFusion drops an alias equal to the column's name, and an alias equal to a
+    // qualified column's name is ambiguous), so that a new name repeats none of them.
     let mut taken: HashSet<String> = keys.iter().flatten().cloned().collect();
+    taken.extend(items.iter().filter_map(|item| match item {
+        SelectItem::UnnamedExpr(e) => column_name(e),
+        _ => None,
+    }));
     let mut seen = HashSet::new();
     for (item, key) in items.iter_mut().zip(keys) {
         let Some(key) = key else { continue };
@@ -51,7 +77,7 @@ fn make_list_distinct(items: &mut [SelectItem]) {
         }
         let (expr, base) = match item {
             SelectItem::UnnamedExpr(expr) => (expr.clone(), postgres_name(expr)),
-            SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), alias.value.clone()),
+            SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), ident_key(alias)),
             _ => continue,
         };
         let name = std::iter::once(base.clone())
@@ -78,6 +104,16 @@ fn ident_key(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_lowercase(),
+    }
+}
+
+/// The name of the column an item is (under casts and parentheses), without its qualifier.
+fn column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(ident_key(ident)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_key),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => column_name(expr),
+        _ => None,
     }
 }
 

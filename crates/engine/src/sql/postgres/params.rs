@@ -104,7 +104,12 @@ pub fn bind_parameters(statement: &mut Statement, params: &[ParamValue]) -> Resu
     }
     match statement {
         Statement::DataFusion(df) => match df.as_mut() {
-            DFStatement::Statement(st) => replace_parameters(st.as_mut(), params),
+            DFStatement::Statement(st) => {
+                replace_parameters(st.as_mut(), params)?;
+                // Bound values may repeat one another's names (`SELECT $1, $2` with 0 and 0).
+                super::output_names::make_all_distinct(st.as_mut());
+                Ok(())
+            }
             _ => plan_err!("this statement takes no parameters"),
         },
         Statement::Session(SessionStatement::DeclareSubscribe { subscribe, .. }) => {
