@@ -704,6 +704,10 @@ mod processes {
         }
     }
 
+    /// The table and topic [`STATE`] reads.
+    const SCHEMA: &str = "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC ev PARTITIONS 2; \
+                          ALTER TOPIC ev ADD SOURCE t ON INSERT";
+
     /// `SELECT`s whose answers must be the same on every node once it caught up.
     const STATE: [&str; 3] = [
         "SELECT id, v FROM t ORDER BY id",
@@ -741,13 +745,7 @@ mod processes {
         let dir = tempfile::tempdir().unwrap();
         let (mut nodes, mut fourth) = start_three(dir.path(), 100);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        let leader = write_on_leader(
-            &nodes,
-            &http,
-            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC ev PARTITIONS 2; \
-             ALTER TOPIC ev ADD SOURCE t ON INSERT",
-        )
-        .await;
+        let leader = write_on_leader(&nodes, &http, SCHEMA).await;
         let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
         let paused = followers[0];
         let pid = nodes[paused].child.as_ref().unwrap().id().to_string();
@@ -824,13 +822,7 @@ mod processes {
         let dir = tempfile::tempdir().unwrap();
         let (nodes, _) = start_three(dir.path(), 100);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        let leader = write_on_leader(
-            &nodes,
-            &http,
-            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); CREATE TOPIC ev PARTITIONS 2; \
-             ALTER TOPIC ev ADD SOURCE t ON INSERT",
-        )
-        .await;
+        let leader = write_on_leader(&nodes, &http, SCHEMA).await;
         let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
         let signal = |node: &Node, sig: &str| {
             let pid = node.child.as_ref().unwrap().id().to_string();
